@@ -1,0 +1,109 @@
+"""The bus protocol every backend implements.
+
+Two kinds of channel:
+
+* **queues** (``declare_queue`` / ``publish`` / ``consume``): each message goes to
+  one consumer, which acks it when done; a consumer gets at most ``prefetch``
+  unacked messages; a message whose consumer goes away unacked is redelivered
+  with a higher ``delivery_count``; a message past its TTL is never delivered.
+* **topics** (``broadcast`` / ``subscribe``): every subscriber gets every
+  message, at most once, without acks (cancels, heartbeats).
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Coroutine, Mapping
+from typing import Any
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class QueueOptions:
+    """How a queue behaves; backends map these onto their own features."""
+
+    durable: bool = True
+    exclusive: bool = False
+    max_length: int | None = None
+    delivery_limit: int | None = None
+    dead_letter_queue: str | None = None
+
+
+class Delivery(abc.ABC):
+    """One delivered message."""
+
+    body: bytes
+    headers: Mapping[str, str]
+    delivery_count: int  # 1 on the first delivery
+
+    @abc.abstractmethod
+    async def ack(self) -> None: ...
+
+    @abc.abstractmethod
+    async def nack(self, *, requeue: bool = True) -> None: ...
+
+
+@dataclass
+class TopicMessage:
+    body: bytes
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+DeliveryHandler = Callable[[Delivery], Coroutine[Any, Any, None]]
+TopicHandler = Callable[[TopicMessage], Coroutine[Any, Any, None]]
+
+
+class Subscription(abc.ABC):
+    @abc.abstractmethod
+    async def set_prefetch(self, prefetch: int) -> None: ...
+
+    @abc.abstractmethod
+    async def cancel(self) -> None:
+        """Stop receiving; unacked deliveries of a queue go back to it."""
+
+
+class Bus(abc.ABC):
+    """A connection to one message bus."""
+
+    url: str
+
+    @abc.abstractmethod
+    async def connect(self) -> None: ...
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    @abc.abstractmethod
+    async def declare_queue(self, name: str, options: QueueOptions | None = None) -> None: ...
+
+    @abc.abstractmethod
+    async def publish(
+        self,
+        queue: str,
+        body: bytes,
+        *,
+        headers: Mapping[str, str] | None = None,
+        ttl_s: float | None = None,
+    ) -> None:
+        """Put a message on a declared queue; raises BusError if it cannot be routed."""
+
+    @abc.abstractmethod
+    async def consume(
+        self, queue: str, handler: DeliveryHandler, *, prefetch: int, auto_ack: bool = False
+    ) -> Subscription:
+        """Call ``handler`` for each message, concurrently up to ``prefetch`` unacked ones."""
+
+    @abc.abstractmethod
+    async def broadcast(
+        self, topic: str, body: bytes, *, headers: Mapping[str, str] | None = None
+    ) -> None: ...
+
+    @abc.abstractmethod
+    async def subscribe(self, topic: str, handler: TopicHandler) -> Subscription: ...
+
+    async def __aenter__(self) -> Bus:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

@@ -1,0 +1,81 @@
+"""Typed messages that cross the bus, serialized as JSON (never pickle).
+
+Each carries a schema version ``v``: a process that receives a version it does
+not know fails loudly instead of guessing.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from llmos.errors import BusError
+
+SCHEMA_VERSION = 1
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    v: Literal[1] = 1
+    """The schema version (SCHEMA_VERSION); messages of another version fail to decode."""
+
+
+class InferenceRequest(_Message):
+    request_id: str
+    deployment: str
+    kind: Literal["chat", "completion"]
+    body: dict[str, Any]
+    """Engine-ready OpenAI-style parameters, already validated by the gateway."""
+    stream: bool
+    max_tokens_explicit: bool = True
+    """False when the gateway filled in its default; the worker may then shorten it."""
+    reply_to: str
+    deadline: float
+    """Unix time after which nobody waits for the answer."""
+    project: str = "default"
+
+
+class Usage(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+
+
+class ErrorInfo(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    status: int
+    type: str
+    message: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ReplyChunk(_Message):
+    request_id: str
+    attempt: int
+    seq: int
+    text: str = ""
+    final: bool = False
+    finish_reason: str | None = None
+    usage: Usage | None = None
+    error: ErrorInfo | None = None
+
+
+class Cancel(_Message):
+    request_id: str
+
+
+def encode(message: _Message) -> bytes:
+    return message.model_dump_json(exclude_defaults=False).encode()
+
+
+M = TypeVar("M", bound=_Message)
+
+
+def decode(cls: type[M], body: bytes) -> M:
+    try:
+        return cls.model_validate_json(body)
+    except ValidationError as exc:
+        raise BusError(f"undecodable {cls.__name__} message: {exc.errors()[0]['msg']}") from exc

@@ -1,0 +1,18 @@
+"""Every queue, topic and header name on the bus lives here."""
+
+from __future__ import annotations
+
+INFER_QUEUE_PREFIX = "llmos.infer."
+REPLY_QUEUE_PREFIX = "llmos.reply."
+CANCEL_TOPIC = "llmos.control.cancel"
+
+HEADER_SCHEMA = "x-llmos-schema"
+HEADER_REQUEST_ID = "x-request-id"
+
+
+def infer_queue(deployment: str) -> str:
+    return f"{INFER_QUEUE_PREFIX}{deployment}"
+
+
+def reply_queue(gateway_id: str) -> str:
+    return f"{REPLY_QUEUE_PREFIX}{gateway_id}"

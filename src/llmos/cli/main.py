@@ -1,0 +1,130 @@
+"""``llmos``: serve, chat, version."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx
+import typer
+from rich.console import Console
+
+from llmos import __version__
+from llmos.cli.client import api_error, err, no_server, server_url
+from llmos.errors import LLMOSError
+
+app = typer.Typer(help="LLMOS: an operating system for large language models.",
+                  no_args_is_help=True, add_completion=False)
+out = Console()
+
+UrlOption = Annotated[str | None, typer.Option(
+    "--url", help="server address (default: $LLMOS_URL or http://127.0.0.1:8000)")]
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port to listen on")] = 8000,
+    bus: Annotated[str | None, typer.Option(help="bus URL (default memory://)")] = None,
+    home: Annotated[Path | None, typer.Option(help="state directory ($LLMOS_HOME)")] = None,
+    config: Annotated[Path | None, typer.Option(help="TOML settings file")] = None,
+    slots: Annotated[int | None, typer.Option(help="parallel slots of the model")] = None,
+    threads: Annotated[int | None, typer.Option(help="engine threads")] = None,
+    ctx_size: Annotated[int | None, typer.Option(help="total context, split by slots")] = None,
+    insecure: Annotated[bool, typer.Option(
+        help="allow a non-loopback address without authentication")] = False,
+) -> None:
+    """Run LLMOS in one process, serving the default model on an OpenAI-compatible API."""
+    from llmos.server import serve as run_server
+    from llmos.settings import Settings
+
+    given: dict[str, Any] = {"host": host, "port": port}
+    if insecure:
+        given["insecure"] = True
+    for key, value in (("bus_url", bus), ("home", home), ("config", config)):
+        if value is not None:
+            given[key] = value
+    try:
+        settings = Settings(**given)
+        engine = {k: v for k, v in (("slots", slots), ("threads", threads),
+                                    ("ctx_size", ctx_size)) if v is not None}
+        if engine:
+            settings.engine = settings.engine.model_copy(update=engine)
+        asyncio.run(run_server(settings))
+    except LLMOSError as exc:
+        err.print(f"[red]error:[/red] {exc.message}")
+        raise typer.Exit(code=2) from None
+    except KeyboardInterrupt:
+        pass
+
+
+@app.command()
+def chat(
+    model: Annotated[str, typer.Option(help="model id")] = "gemma-3-270m",
+    url: UrlOption = None,
+    system: Annotated[str | None, typer.Option(help="system prompt")] = None,
+    max_tokens: Annotated[int, typer.Option(help="tokens per answer")] = 256,
+) -> None:
+    """Chat with a model interactively; answers stream as they are generated."""
+    base = server_url(url)
+    messages: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
+    err.print(f"Chatting with [bold]{model}[/bold] at {base}. Ctrl-D or /exit to leave.")
+    with httpx.Client(base_url=base, timeout=httpx.Timeout(600, connect=5)) as client:
+        while True:
+            try:
+                line = input("> ")
+            except (EOFError, KeyboardInterrupt):
+                out.print()
+                return
+            if line.strip() in {"/exit", "/quit"}:
+                return
+            if not line.strip():
+                continue
+            messages.append({"role": "user", "content": line})
+            answer = _stream_chat(client, base, {"model": model, "messages": messages,
+                                                 "max_tokens": max_tokens, "stream": True})
+            messages.append({"role": "assistant", "content": answer})
+
+
+def _stream_chat(client: httpx.Client, base: str, body: dict[str, Any]) -> str:
+    parts: list[str] = []
+    try:
+        with client.stream("POST", "/v1/chat/completions", json=body) as response:
+            if response.status_code != 200:
+                response.read()
+                raise api_error(response)
+            for line in response.iter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                event = json.loads(line[6:])
+                if "error" in event:
+                    err.print(f"\n[red]error:[/red] {event['error']['message']}")
+                    break
+                for choice in event.get("choices", []):
+                    text = choice.get("delta", {}).get("content") or ""
+                    parts.append(text)
+                    out.print(text, end="", markup=False, highlight=False)
+    except httpx.ConnectError:
+        raise no_server(base) from None
+    out.print()
+    return "".join(parts)
+
+
+@app.command()
+def version(url: UrlOption = None) -> None:
+    """Print the version of this client and of the server, if one answers."""
+    out.print(f"llmos {__version__}")
+    base = server_url(url)
+    try:
+        response = httpx.get(f"{base}/api/version", timeout=3)
+    except httpx.HTTPError:
+        err.print(f"(no server answers at {base})")
+        return
+    if response.status_code == 200:
+        out.print(f"server {base}: llmos {response.json().get('version')}")
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,73 @@
+"""The engine protocol: one loaded model that generates for many requests at once.
+
+``generate`` blocks its calling thread; the worker calls it from a pool with one
+thread per slot, so concurrent requests really run in parallel slots.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+Kind = Literal["chat", "completion"]
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    model_path: Path
+    slots: int = 8
+    threads: int = 2
+    batch_threads: int | None = None
+    ctx_size: int = 8192
+    kv_unified: bool = False
+    cache_ram_mib: int = 256
+    poll: int = 50
+
+    @property
+    def ctx_per_slot(self) -> int | None:
+        """Tokens one request can hold, or None when the engine decides (ctx_size 0)."""
+        if self.ctx_size == 0:
+            return None
+        return self.ctx_size if self.kv_unified else self.ctx_size // self.slots
+
+
+@dataclass(frozen=True)
+class PromptReady:
+    """The prompt is tokenized; sent before any token is generated."""
+
+    prompt_tokens: int
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    text: str
+
+
+EngineEvent = PromptReady | TextDelta
+EventCallback = Callable[[EngineEvent], bool]
+"""Gets each event; returning True stops the generation and frees its slot."""
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    stopped: bool = False
+    """True when the callback asked to stop."""
+
+
+class Engine(abc.ABC):
+    config: EngineConfig
+
+    @abc.abstractmethod
+    def generate(
+        self, kind: Kind, body: dict[str, Any], on_event: EventCallback
+    ) -> GenerationResult:
+        """Run one request to completion (blocking); raises an LLMOSError on failure."""
+
+    @abc.abstractmethod
+    def close(self) -> None: ...

@@ -1,0 +1,76 @@
+"""One exception tree for LLMOS; the API edge turns each into one error body."""
+
+from __future__ import annotations
+
+
+class LLMOSError(Exception):
+    """Base of every error LLMOS raises on purpose."""
+
+    status = 500
+    type = "server_error"
+    code: str | None = None
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+
+class ConfigError(LLMOSError):
+    """A setting or a URL is wrong; the message says which and how to fix it."""
+
+    type = "invalid_request_error"
+    code = "config_error"
+
+
+class BadRequest(LLMOSError):
+    status = 400
+    type = "invalid_request_error"
+
+
+class UnsupportedParameter(BadRequest):
+    code = "unsupported_parameter"
+
+
+class ContextLengthExceeded(BadRequest):
+    code = "context_length_exceeded"
+
+
+class NotFound(LLMOSError):
+    status = 404
+    type = "invalid_request_error"
+    code = "not_found"
+
+
+class ModelNotFound(NotFound):
+    code = "model_not_found"
+
+
+class Unavailable(LLMOSError):
+    status = 503
+    type = "server_error"
+    code = "unavailable"
+
+
+class Timeout(LLMOSError):
+    status = 504
+    type = "server_error"
+    code = "timeout"
+
+
+class EngineError(LLMOSError):
+    status = 500
+    type = "server_error"
+    code = "engine_error"
+
+
+class BusError(LLMOSError):
+    status = 503
+    type = "server_error"
+    code = "bus_error"
+
+
+class RegistryError(LLMOSError):
+    status = 400
+    type = "invalid_request_error"
+    code = "registry_error"

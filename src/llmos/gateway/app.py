@@ -1,0 +1,69 @@
+"""The FastAPI application factory."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+from llmos import __version__
+from llmos.bus import Bus
+from llmos.gateway.catalog import Catalog
+from llmos.gateway.dispatch import Dispatcher
+from llmos.gateway.errors import install_error_handlers
+from llmos.gateway.health import probe_until_ready
+from llmos.gateway.middleware import RequestIdMiddleware
+from llmos.gateway.routes import health, openai
+from llmos.gateway.state import GatewayState
+from llmos.settings import Settings
+from llmos.store import Store
+
+
+def create_app(settings: Settings, bus: Bus, store: Store) -> FastAPI:
+    """Build the API app; the bus must be connected before the app starts."""
+    state = GatewayState(
+        settings=settings,
+        dispatcher=Dispatcher(bus, timeout_s=settings.request_timeout_s),
+        catalog=Catalog(store),
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await state.dispatcher.start()
+        probe = asyncio.create_task(probe_until_ready(state))
+        try:
+            yield
+        finally:
+            probe.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await probe
+            await state.dispatcher.stop()
+
+    app = FastAPI(title="LLMOS", version=__version__, lifespan=lifespan,
+                  description="OpenAI-compatible inference and management API of LLMOS.")
+    app.state.gateway = state
+    install_error_handlers(app)
+    app.add_middleware(RequestIdMiddleware)
+    app.include_router(openai.router)
+    app.include_router(health.router)
+    app.openapi = lambda: _openapi_without_422(app)  # type: ignore[method-assign]
+    return app
+
+
+def _openapi_without_422(app: FastAPI) -> dict[str, Any]:
+    """The schema as FastAPI builds it, minus the 422s: validation errors are 400s here."""
+    if app.openapi_schema is None:
+        schema = get_openapi(title=app.title, version=app.version,
+                             description=app.description, routes=app.routes)
+        for path in schema.get("paths", {}).values():
+            for operation in path.values():
+                operation.get("responses", {}).pop("422", None)
+        schemas = schema.get("components", {}).get("schemas", {})
+        schemas.pop("HTTPValidationError", None)
+        schemas.pop("ValidationError", None)
+        app.openapi_schema = schema
+    return app.openapi_schema

@@ -1,0 +1,154 @@
+"""Sends inference requests onto the bus and turns reply chunks back into a stream.
+
+Each request gets a handle whose iterator yields the chunks of one attempt in
+order. When a chunk of a newer attempt arrives (the request was redelivered to
+another replica), the handle switches to it if nothing was yielded yet, and
+otherwise fails: output already sent cannot be taken back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncGenerator
+from typing import Any, Literal
+
+from llmos.bus import Bus, Delivery, QueueOptions, Subscription, names
+from llmos.bus.messages import Cancel, InferenceRequest, ReplyChunk, decode, encode
+from llmos.errors import BusError, LLMOSError, Timeout, Unavailable
+
+log = logging.getLogger(__name__)
+
+
+class ReplicaFailed(LLMOSError):
+    status = 502
+    type = "server_error"
+    code = "replica_failed"
+
+
+class RequestHandle:
+    def __init__(self, dispatcher: Dispatcher, request: InferenceRequest) -> None:
+        self.request = request
+        self._dispatcher = dispatcher
+        self._inbox: asyncio.Queue[ReplyChunk] = asyncio.Queue()
+        self._attempt = 0
+        self._next_seq = 0
+        self._early: dict[int, ReplyChunk] = {}
+        self._yielded = False
+        self.finished = False
+
+    def deliver(self, chunk: ReplyChunk) -> None:
+        self._inbox.put_nowait(chunk)
+
+    async def chunks(self) -> AsyncGenerator[ReplyChunk, None]:
+        """Chunks of the current attempt in sequence order, ending with the final one."""
+        try:
+            while True:
+                chunk = await self._next()
+                self._yielded = self._yielded or bool(chunk.text)
+                yield chunk
+                if chunk.final:
+                    self.finished = True
+                    return
+        finally:
+            await self.close()
+
+    async def _next(self) -> ReplyChunk:
+        while True:
+            if self._next_seq in self._early:
+                chunk = self._early.pop(self._next_seq)
+                self._next_seq += 1
+                return chunk
+            timeout = self.request.deadline - time.time()
+            if timeout <= 0:
+                raise Timeout(f"no answer within the request deadline of "
+                              f"{self._dispatcher.timeout_s:.0f}s")
+            try:
+                chunk = await asyncio.wait_for(self._inbox.get(), timeout)
+            except TimeoutError:
+                continue
+            if chunk.attempt < self._attempt:
+                continue  # a superseded attempt
+            if chunk.attempt > self._attempt:
+                if self._yielded:
+                    raise ReplicaFailed(
+                        "the replica serving this request failed after part of the answer "
+                        "was sent; the answer is incomplete, retry the request")
+                if self._attempt:
+                    log.warning("request %s retried on a new attempt %d",
+                                self.request.request_id, chunk.attempt)
+                self._attempt = chunk.attempt
+                self._next_seq = 0
+                self._early.clear()
+            if chunk.seq >= self._next_seq:
+                self._early[chunk.seq] = chunk
+
+    async def close(self) -> None:
+        """Forget the request; if it did not finish, tell the workers to stop it."""
+        if self._dispatcher.forget(self.request.request_id) and not self.finished:
+            await self._dispatcher.cancel(self.request.request_id)
+
+
+class Dispatcher:
+    def __init__(self, bus: Bus, *, timeout_s: float = 600.0,
+                 gateway_id: str | None = None) -> None:
+        self.bus = bus
+        self.timeout_s = timeout_s
+        self.gateway_id = gateway_id or uuid.uuid4().hex[:12]
+        self.reply_to = names.reply_queue(self.gateway_id)
+        self._handles: dict[str, RequestHandle] = {}
+        self._declared: set[str] = set()
+        self._replies: Subscription | None = None
+
+    async def start(self) -> None:
+        await self.bus.declare_queue(self.reply_to, QueueOptions(durable=False, exclusive=True))
+        self._replies = await self.bus.consume(self.reply_to, self._on_reply, prefetch=1024,
+                                               auto_ack=True)
+
+    async def stop(self) -> None:
+        if self._replies is not None:
+            await self._replies.cancel()
+            self._replies = None
+
+    async def submit(self, *, request_id: str, deployment: str,
+                     kind: Literal["chat", "completion"], body: dict[str, Any], stream: bool,
+                     max_tokens_explicit: bool, project: str = "default") -> RequestHandle:
+        request = InferenceRequest(
+            request_id=request_id, deployment=deployment, kind=kind, body=body, stream=stream,
+            max_tokens_explicit=max_tokens_explicit, reply_to=self.reply_to,
+            deadline=time.time() + self.timeout_s, project=project)
+        handle = RequestHandle(self, request)
+        self._handles[request_id] = handle
+        queue = names.infer_queue(deployment)
+        try:
+            if queue not in self._declared:
+                await self.bus.declare_queue(queue, QueueOptions(durable=True))
+                self._declared.add(queue)
+            await self.bus.publish(queue, encode(request),
+                                   headers={names.HEADER_REQUEST_ID: request_id},
+                                   ttl_s=self.timeout_s)
+        except BusError as exc:
+            self._handles.pop(request_id, None)
+            raise Unavailable(f"could not queue the request: {exc.message}") from exc
+        return handle
+
+    def forget(self, request_id: str) -> bool:
+        return self._handles.pop(request_id, None) is not None
+
+    async def cancel(self, request_id: str) -> None:
+        try:
+            await self.bus.broadcast(names.CANCEL_TOPIC, encode(Cancel(request_id=request_id)))
+        except BusError as exc:
+            log.warning("could not cancel %s: %s", request_id, exc)
+
+    async def _on_reply(self, delivery: Delivery) -> None:
+        try:
+            chunk = decode(ReplyChunk, delivery.body)
+        except BusError as exc:
+            log.error("dropped a reply: %s", exc)
+            return
+        handle = self._handles.get(chunk.request_id)
+        if handle is not None:
+            handle.deliver(chunk)

@@ -1,0 +1,39 @@
+"""Liveness, readiness, version and metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from llmos import __version__
+from llmos.gateway.deps import StateDep
+from llmos.gateway.schemas import Health
+from llmos.observability.metrics import REGISTRY
+
+router = APIRouter()
+
+
+@router.get("/healthz", response_model=Health, tags=["health"])
+async def healthz() -> Health:
+    """The process is alive."""
+    return Health(status="ok", version=__version__)
+
+
+@router.get("/readyz", response_model=Health, tags=["health"],
+            responses={503: {"model": Health, "description": "not ready yet"}})
+async def readyz(state: StateDep) -> Response:
+    """200 once the default model has answered a request through the bus."""
+    body = Health(status="ready" if state.ready else "starting", version=__version__,
+                  detail=state.ready_detail)
+    return JSONResponse(body.model_dump(), status_code=200 if state.ready else 503)
+
+
+@router.get("/api/version", response_model=Health, tags=["management"])
+async def version() -> Health:
+    return Health(status="ok", version=__version__)
+
+
+@router.get("/metrics", include_in_schema=False)
+async def prometheus_metrics() -> Response:
+    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,251 @@
+"""OpenAI-compatible endpoints: /v1/models, /v1/chat/completions, /v1/completions."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any, Literal
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from llmos.bus.messages import ErrorInfo, ReplyChunk
+from llmos.errors import BadRequest, LLMOSError, UnsupportedParameter
+from llmos.gateway.deps import StateDep
+from llmos.gateway.dispatch import RequestHandle
+from llmos.gateway.errors import error_body, error_response, sse_error
+from llmos.gateway.schemas import (
+    ChatCompletion,
+    ChatCompletionCreate,
+    Completion,
+    CompletionCreate,
+    ErrorResponse,
+    ModelList,
+    ModelPublic,
+)
+from llmos.gateway.state import GatewayState
+from llmos.observability import metrics
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse, "description": text}
+    for status, text in [(400, "invalid request"), (404, "unknown model"),
+                         (500, "engine failure"), (503, "not available")]
+}
+_STREAM = {"text/event-stream": {"schema": {"type": "string"}}}
+
+router = APIRouter(prefix="/v1", tags=["openai"], responses=_ERRORS)
+
+
+@router.get("/models", response_model=ModelList)
+async def list_models(state: StateDep) -> ModelList:
+    deployments = await state.catalog.deployments()
+    return ModelList(data=[
+        ModelPublic(id=d.name, created=int(d.created_at.timestamp()), owned_by=d.project)
+        for d in deployments
+    ])
+
+
+@router.post("/chat/completions", response_model=ChatCompletion,
+             responses={200: {"content": _STREAM}})
+async def create_chat_completion(body: ChatCompletionCreate, request: Request,
+                                 state: StateDep) -> Response:
+    engine_body: dict[str, Any] = {
+        "messages": [{"role": m.role if m.role != "developer" else "system",
+                      "content": m.text()} for m in body.messages],
+    }
+    if body.response_format is not None and body.response_format.type != "text":
+        fmt = body.response_format
+        engine_body["response_format"] = (
+            {"type": "json_object"} if fmt.type == "json_object" else
+            {"type": "json_schema", "json_schema": {
+                "name": fmt.json_schema.name if fmt.json_schema else "response",
+                "schema": fmt.json_schema.schema_ if fmt.json_schema else {}}})
+    return await _run(state, request, "chat", body, body.requested_max_tokens(), engine_body)
+
+
+@router.post("/completions", response_model=Completion,
+             responses={200: {"content": _STREAM}})
+async def create_completion(body: CompletionCreate, request: Request,
+                            state: StateDep) -> Response:
+    prompt: Any = body.prompt
+    if isinstance(prompt, list) and prompt and isinstance(prompt[0], str):
+        prompt = prompt[0]
+    return await _run(state, request, "completion", body, body.requested_max_tokens(),
+                      {"prompt": prompt})
+
+
+async def _run(state: GatewayState, request: Request, kind: Literal["chat", "completion"],
+               body: ChatCompletionCreate | CompletionCreate, max_tokens: int | None,
+               engine_body: dict[str, Any]) -> Response:
+    endpoint = "chat" if kind == "chat" else "completions"
+    started = time.perf_counter()
+    deployment = await state.catalog.get(body.model)
+    unsupported = body.unsupported()
+    if unsupported is not None:
+        raise UnsupportedParameter(
+            f"the parameter {unsupported!r} is not supported by this model's engine"
+            + (" (only n=1)" if unsupported == "n" else ""), param=unsupported)
+    limits = state.engine_settings(deployment)
+    explicit = max_tokens is not None
+    if max_tokens is None:
+        max_tokens = limits.default_max_tokens
+    elif max_tokens > limits.max_tokens_limit:
+        raise BadRequest(f"max_tokens is {max_tokens} but this server allows at most "
+                         f"{limits.max_tokens_limit}", param="max_tokens")
+    engine_body |= body.sampling()
+    engine_body["max_tokens"] = max_tokens
+    request_id: str = request.scope["state"]["request_id"]
+    handle = await state.dispatcher.submit(
+        request_id=request_id, deployment=deployment.name, kind=kind, body=engine_body,
+        stream=body.stream, max_tokens_explicit=explicit, project=deployment.project)
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        response = await _stream(handle, kind, body.model, include_usage)
+    else:
+        response = await _complete(handle, request, kind, body.model)
+    metrics.GATEWAY_REQUESTS.labels(endpoint, str(response.status_code)).inc()
+    metrics.GATEWAY_LATENCY.labels(endpoint).observe(time.perf_counter() - started)
+    return response
+
+
+def _error_json(error: ErrorInfo) -> JSONResponse:
+    return JSONResponse(error_body(error.message, error.type, param=error.param,
+                                   code=error.code), status_code=error.status)
+
+
+async def _complete(handle: RequestHandle, request: Request,
+                    kind: Literal["chat", "completion"], model: str) -> Response:
+    chunks = handle.chunks()
+    collect = asyncio.ensure_future(_last_chunk(chunks))
+    disconnect = asyncio.ensure_future(_client_gone(request))
+    try:
+        await asyncio.wait({collect, disconnect}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        disconnect.cancel()
+        if not collect.done():
+            collect.cancel()
+            with contextlib.suppress(asyncio.CancelledError, LLMOSError):
+                await collect
+            await chunks.aclose()
+    if not collect.done() or collect.cancelled():
+        return Response(status_code=499)
+    try:
+        final = collect.result()
+    except LLMOSError as exc:
+        return error_response(exc)
+    if final.error is not None:
+        return _error_json(final.error)
+    usage = final.usage.model_dump() if final.usage else _no_usage()
+    rid = handle.request.request_id
+    created = int(time.time())
+    if kind == "chat":
+        answer: dict[str, Any] = {
+            "id": f"chatcmpl-{rid}", "object": "chat.completion", "created": created,
+            "model": model, "choices": [{"index": 0, "finish_reason": final.finish_reason,
+                                         "message": {"role": "assistant", "content": final.text},
+                                         "logprobs": None}],
+            "usage": usage}
+    else:
+        answer = {
+            "id": f"cmpl-{rid}", "object": "text_completion", "created": created,
+            "model": model, "choices": [{"index": 0, "text": final.text, "logprobs": None,
+                                         "finish_reason": final.finish_reason}],
+            "usage": usage}
+    return JSONResponse(answer)
+
+
+async def _last_chunk(chunks: AsyncIterator[ReplyChunk]) -> ReplyChunk:
+    last: ReplyChunk | None = None
+    async for chunk in chunks:
+        last = chunk
+    assert last is not None
+    return last
+
+
+async def _client_gone(request: Request) -> None:
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+def _no_usage() -> dict[str, int]:
+    return {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+
+
+async def _stream(handle: RequestHandle, kind: Literal["chat", "completion"], model: str,
+                  include_usage: bool) -> Response:
+    chunks = handle.chunks()
+    # Wait for the first chunk before answering, so an error that comes before any
+    # token (bad input, context too long) still gets its proper HTTP status.
+    try:
+        first = await anext(chunks)
+    except LLMOSError as exc:
+        await chunks.aclose()
+        return error_response(exc)
+    if first.error is not None:
+        await chunks.aclose()
+        return _error_json(first.error)
+    events = _SseEncoder(kind, handle.request.request_id, model)
+
+    async def body() -> AsyncIterator[bytes]:
+        try:
+            if kind == "chat":
+                yield events.event({"role": "assistant", "content": ""}, None)
+            chunk = first
+            while True:
+                if chunk.error is not None:
+                    yield events.error(chunk.error)
+                    return
+                if chunk.text:
+                    yield events.event(chunk.text if kind == "completion"
+                                       else {"content": chunk.text}, None)
+                if chunk.final:
+                    yield events.event("" if kind == "completion" else {},
+                                       chunk.finish_reason)
+                    if include_usage:
+                        yield events.usage(chunk.usage.model_dump() if chunk.usage
+                                           else _no_usage())
+                    yield b"data: [DONE]\n\n"
+                    return
+                try:
+                    chunk = await anext(chunks)
+                except LLMOSError as exc:
+                    yield sse_error(exc)
+                    return
+        finally:
+            await chunks.aclose()
+
+    return StreamingResponse(body(), media_type="text/event-stream",
+                             headers={"cache-control": "no-cache"})
+
+
+class _SseEncoder:
+    def __init__(self, kind: Literal["chat", "completion"], request_id: str, model: str) -> None:
+        self.kind = kind
+        self.base: dict[str, Any] = {
+            "id": f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{request_id}",
+            "object": "chat.completion.chunk" if kind == "chat" else "text_completion",
+            "created": int(time.time()),
+            "model": model,
+        }
+
+    def event(self, delta: Any, finish_reason: str | None) -> bytes:
+        choice: dict[str, Any] = {"index": 0, "finish_reason": finish_reason}
+        if self.kind == "chat":
+            choice["delta"] = delta
+        else:
+            choice["text"] = delta
+            choice["logprobs"] = None
+        return b"data: " + json.dumps(self.base | {"choices": [choice]}).encode() + b"\n\n"
+
+    def error(self, error: ErrorInfo) -> bytes:
+        body = error_body(error.message, error.type, param=error.param, code=error.code)
+        return b"data: " + json.dumps(body).encode() + b"\n\n"
+
+    def usage(self, usage: dict[str, int]) -> bytes:
+        body = self.base | {"choices": [], "usage": usage}
+        return b"data: " + json.dumps(body).encode() + b"\n\n"

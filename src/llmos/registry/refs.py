@@ -1,0 +1,58 @@
+"""Repository names and references: ``name``, ``name:tag``, ``name@3``, ``name@sha256:…``."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from llmos.errors import BadRequest
+
+_COMPONENT = r"[a-z0-9][a-z0-9._-]*"
+NAME_RE = re.compile(rf"^(?:{_COMPONENT}/)?{_COMPONENT}$")
+TAG_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}$")
+DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
+NAME_RULE = ("a model name is [namespace/]name of lowercase letters, digits, '-', '.' and '_', "
+             "starting with a letter or digit")
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    name: str
+    tag: str | None = None
+    version: int | None = None
+    digest: str | None = None
+
+    def __str__(self) -> str:
+        if self.version is not None:
+            return f"{self.name}@{self.version}"
+        if self.digest is not None:
+            return f"{self.name}@{self.digest}"
+        return f"{self.name}:{self.tag or 'latest'}"
+
+
+def check_name(name: str) -> str:
+    if not NAME_RE.match(name) or ".." in name:
+        raise BadRequest(f"invalid model name {name!r}: {NAME_RULE}", param="name")
+    return name
+
+
+def check_tag(tag: str) -> str:
+    if not TAG_RE.match(tag) or ".." in tag:
+        raise BadRequest(f"invalid tag {tag!r}: lowercase letters, digits, '-', '.' and '_'",
+                         param="tag")
+    return tag
+
+
+def parse_ref(ref: str) -> ModelRef:
+    if "@" in ref:
+        name, _, at = ref.partition("@")
+        check_name(name)
+        if at.isdigit():
+            return ModelRef(name, version=int(at))
+        if DIGEST_RE.match(at):
+            return ModelRef(name, digest=at)
+        raise BadRequest(f"invalid reference {ref!r}: after '@' comes a version number or "
+                         "sha256:<64 hex digits>", param="model")
+    name, sep, tag = ref.partition(":")
+    check_name(name)
+    return ModelRef(name, tag=check_tag(tag) if sep else None)

@@ -1,0 +1,84 @@
+"""``llmos serve``: everything in one process — gateway, controller, agent and worker.
+
+The inference path still goes gateway -> bus -> worker -> bus -> gateway, so the
+same code runs with the worker in another process once the bus is networked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+
+from llmos.errors import ConfigError
+from llmos.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_bind(settings: Settings) -> None:
+    if not is_loopback(settings.host) and not settings.insecure:
+        raise ConfigError(
+            f"refusing to listen on {settings.host}: LLMOS has no authentication yet, so "
+            "anyone who can reach this address could use it. Bind 127.0.0.1, or pass "
+            "--insecure if this network is trusted.")
+
+
+async def serve(settings: Settings) -> None:
+    import uvicorn
+
+    from llmos.agent import LocalAgent
+    from llmos.bus import open_bus
+    from llmos.controller import Controller
+    from llmos.gateway import create_app
+    from llmos.observability.logs import configure_logging
+    from llmos.registry import LocalRegistry
+    from llmos.registry.defaults import DEFAULT_MODEL_NAME, ensure_default_model
+    from llmos.store import Store
+
+    check_bind(settings)
+    settings.home.mkdir(parents=True, exist_ok=True)
+    configure_logging(settings.log_level, json_logs=settings.log_json,
+                      log_dir=settings.logs_dir)
+    store = Store(settings.db_url)
+    await asyncio.to_thread(store.migrate)
+    registry = LocalRegistry(settings.models_dir)
+    bus = open_bus(settings.bus_url)
+    await bus.connect()
+    agent = LocalAgent(bus, registry, settings.engine)
+    controller = Controller(store, agent)
+    app = create_app(settings, bus, store)
+    server = uvicorn.Server(uvicorn.Config(
+        app, host=settings.host, port=settings.port, log_config=None, access_log=False,
+        lifespan="on", timeout_graceful_shutdown=5))
+    serving = asyncio.create_task(server.serve(), name="uvicorn")
+    reconciling: asyncio.Task[None] | None = None
+    try:
+        if settings.default_model == DEFAULT_MODEL_NAME:
+            await asyncio.to_thread(ensure_default_model, registry)
+        if store.get_deployment(settings.default_model) is None:
+            store.upsert_deployment(settings.default_model, settings.default_model)
+        reconciling = asyncio.create_task(controller.run(), name="controller")
+        await serving
+    finally:
+        if reconciling is not None:
+            reconciling.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reconciling
+        if not serving.done():
+            server.should_exit = True
+            await serving
+        await agent.stop_all()
+        await bus.close()
+        store.close()
+        log.info("stopped")

@@ -1,0 +1,104 @@
+"""Settings: one class, read from LLMOS_* variables, an optional TOML file and CLI flags.
+
+Precedence, highest first: CLI flags (passed as init arguments), environment
+variables, the config file (``--config`` or ``LLMOS_CONFIG``), defaults.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+
+def _default_threads() -> int:
+    return max(1, os.cpu_count() or 1)
+
+
+class EngineSettings(BaseModel):
+    """Per-model engine settings; the defaults suit a small CPU machine."""
+
+    slots: int = Field(8, ge=1, le=256, description="parallel sequences (continuous batching)")
+    threads: int = Field(default_factory=_default_threads, ge=1, description="generation threads")
+    batch_threads: int | None = Field(None, ge=1, description="prompt threads (default: threads)")
+    ctx_size: int = Field(8192, ge=0, description="total KV context; split across slots")
+    kv_unified: bool = Field(False, description="share one KV cache across slots")
+    cache_ram_mib: int = Field(256, ge=0, description="host-side prompt cache")
+    poll: int = Field(50, ge=0, le=100, description="busy-wait level of engine threads")
+    default_max_tokens: int = Field(256, ge=1, description="max_tokens when a request has none")
+    max_tokens_limit: int = Field(4096, ge=1, description="largest max_tokens a request may ask")
+
+    @property
+    def ctx_per_slot(self) -> int:
+        """Tokens one request can hold (0 means the model's own context length)."""
+        if self.kv_unified or self.ctx_size == 0:
+            return self.ctx_size
+        return self.ctx_size // self.slots
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="LLMOS_",
+        env_nested_delimiter="__",
+        extra="forbid",
+    )
+
+    home: Path = Field(default_factory=lambda: Path.home() / ".llmos")
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    insecure: bool = False
+    bus_url: str = "memory://"
+    database_url: str | None = None
+    default_model: str = "gemma-3-270m"
+    engine: EngineSettings = Field(default_factory=EngineSettings)  # type: ignore[arg-type]
+    request_timeout_s: float = Field(600.0, gt=0, description="end-to-end deadline")
+    log_level: str = "INFO"
+    log_json: bool = True
+    config: Path | None = Field(None, description="TOML file with these settings")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_path = _config_path(init_settings)
+        if config_path is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_path))
+        return tuple(sources)
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.home / 'llmos.db'}"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.home / "models"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.home / "logs"
+
+
+def _config_path(init_settings: PydanticBaseSettingsSource) -> Path | None:
+    given: Any = init_settings().get("config") or os.environ.get("LLMOS_CONFIG")
+    if not given:
+        return None
+    path = Path(given).expanduser()
+    if not path.is_file():
+        from llmos.errors import ConfigError
+
+        raise ConfigError(f"config file {path} does not exist")
+    return path

@@ -1,0 +1,70 @@
+"""The SQL store: connection, Alembic migrations, and the queries other modules use."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import create_engine, select
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from llmos.store.tables import Deployment
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+
+
+class Store:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        connect_args = {"check_same_thread": False} if url.startswith("sqlite") else {}
+        self.engine: Engine = create_engine(url, connect_args=connect_args)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    def migrate(self) -> None:
+        """Bring the schema to the newest migration (idempotent)."""
+        from alembic import command
+        from alembic.config import Config
+
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS))
+        config.set_main_option("sqlalchemy.url", self.url.replace("%", "%%"))
+        with self.engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+
+    def session(self) -> Session:
+        return self._sessions()
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # deployments -------------------------------------------------------------------
+
+    def list_deployments(self, project: str | None = None) -> list[Deployment]:
+        with self.session() as s:
+            query = select(Deployment).order_by(Deployment.project, Deployment.name)
+            if project is not None:
+                query = query.where(Deployment.project == project)
+            return list(s.scalars(query))
+
+    def get_deployment(self, name: str, project: str = "default") -> Deployment | None:
+        with self.session() as s:
+            return s.scalars(select(Deployment).where(
+                Deployment.project == project, Deployment.name == name)).first()
+
+    def upsert_deployment(self, name: str, model_ref: str, *, project: str = "default",
+                          engine: str = "llama.cpp",
+                          engine_settings: dict[str, Any] | None = None,
+                          replicas: int = 1) -> Deployment:
+        with self.session() as s, s.begin():
+            row = s.scalars(select(Deployment).where(
+                Deployment.project == project, Deployment.name == name)).first()
+            if row is None:
+                row = Deployment(project=project, name=name)
+                s.add(row)
+            row.model_ref = model_ref
+            row.engine = engine
+            row.engine_settings = dict(engine_settings or {})
+            row.replicas = replicas
+        return row

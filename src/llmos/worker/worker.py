@@ -1,0 +1,218 @@
+"""The Worker: consumes ``infer.<deployment>``, runs the engine, streams reply chunks.
+
+The same class runs inside ``llmos serve`` (embedded) and as its own process.
+A request is acked only after its final chunk is published, so a worker that
+dies mid-request leaves the message to be redelivered to another replica.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from llmos.bus import Bus, Delivery, QueueOptions, Subscription, TopicMessage, names
+from llmos.bus.messages import (
+    Cancel,
+    ErrorInfo,
+    InferenceRequest,
+    ReplyChunk,
+    Usage,
+    decode,
+    encode,
+)
+from llmos.engines.base import Engine, EngineEvent, GenerationResult, PromptReady, TextDelta
+from llmos.errors import BusError, ContextLengthExceeded, LLMOSError
+from llmos.observability import metrics
+from llmos.observability.context import request_id_var
+
+log = logging.getLogger(__name__)
+
+_REMEMBERED_CANCELS = 10_000
+
+
+class Worker:
+    def __init__(self, bus: Bus, engine: Engine, deployment: str, *,
+                 worker_id: str | None = None) -> None:
+        self.bus = bus
+        self.engine = engine
+        self.deployment = deployment
+        self.worker_id = worker_id or uuid.uuid4().hex[:12]
+        self.slots = engine.config.slots
+        self._pool = ThreadPoolExecutor(max_workers=self.slots,
+                                        thread_name_prefix=f"engine-{deployment}")
+        self._inflight: dict[str, threading.Event] = {}
+        self._cancelled: OrderedDict[str, float] = OrderedDict()
+        self._requests: Subscription | None = None
+        self._cancels: Subscription | None = None
+        self._stopping = False
+        self._labels = {"deployment": deployment, "worker": self.worker_id}
+
+    @property
+    def busy_slots(self) -> int:
+        return len(self._inflight)
+
+    async def start(self) -> None:
+        queue = names.infer_queue(self.deployment)
+        await self.bus.declare_queue(queue, QueueOptions(durable=True))
+        self._cancels = await self.bus.subscribe(names.CANCEL_TOPIC, self._on_cancel)
+        # One unacked request per slot: the bus never hands us more than we can run.
+        self._requests = await self.bus.consume(queue, self._on_request, prefetch=self.slots)
+        metrics.WORKER_SLOTS.labels(**self._labels).set(self.slots)
+        metrics.WORKER_BUSY_SLOTS.labels(**self._labels).set(0)
+        log.info("worker %s consuming %s with %d slots", self.worker_id, queue, self.slots)
+
+    async def stop(self, timeout_s: float = 10.0) -> None:
+        """Stop generating; requests in flight go back to the queue for another replica."""
+        self._stopping = True
+        for event in self._inflight.values():
+            event.set()
+        deadline = time.monotonic() + timeout_s
+        while self._inflight and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        for sub in (self._requests, self._cancels):
+            if sub is not None:
+                await sub.cancel()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        metrics.WORKER_SLOTS.labels(**self._labels).set(0)
+
+    async def _on_cancel(self, message: TopicMessage) -> None:
+        try:
+            cancel = decode(Cancel, message.body)
+        except BusError as exc:
+            log.warning("ignored a cancel: %s", exc)
+            return
+        event = self._inflight.get(cancel.request_id)
+        if event is not None:
+            event.set()
+            return
+        self._cancelled[cancel.request_id] = time.time()
+        while len(self._cancelled) > _REMEMBERED_CANCELS:
+            self._cancelled.popitem(last=False)
+
+    async def _on_request(self, delivery: Delivery) -> None:
+        try:
+            request = decode(InferenceRequest, delivery.body)
+        except BusError as exc:
+            log.error("dropped an undecodable request: %s", exc)
+            await delivery.nack(requeue=False)
+            return
+        request_id_var.set(request.request_id)
+        if request.request_id in self._cancelled or time.time() > request.deadline:
+            # Nobody waits for this answer any more.
+            self._cancelled.pop(request.request_id, None)
+            metrics.WORKER_REQUESTS.labels(self.deployment, "skipped").inc()
+            await delivery.ack()
+            return
+        cancel = threading.Event()
+        self._inflight[request.request_id] = cancel
+        metrics.WORKER_BUSY_SLOTS.labels(**self._labels).set(len(self._inflight))
+        try:
+            outcome = await self._serve(request, delivery.delivery_count, cancel)
+        except BaseException:
+            await delivery.nack(requeue=True)
+            raise
+        finally:
+            self._inflight.pop(request.request_id, None)
+            metrics.WORKER_BUSY_SLOTS.labels(**self._labels).set(len(self._inflight))
+        if outcome == "requeue":
+            await delivery.nack(requeue=True)
+        else:
+            await delivery.ack()
+        metrics.WORKER_REQUESTS.labels(self.deployment, outcome).inc()
+
+    async def _serve(self, request: InferenceRequest, attempt: int,
+                     cancel: threading.Event) -> str:
+        loop = asyncio.get_running_loop()
+        out: asyncio.Queue[str | None] = asyncio.Queue()
+        texts: list[str] = []
+        body = request.body
+        ctx_per_slot = self.engine.config.ctx_per_slot
+
+        def on_event(event: EngineEvent) -> bool:
+            if cancel.is_set() or time.time() > request.deadline:
+                return True
+            if isinstance(event, PromptReady):
+                if request.max_tokens_explicit:
+                    _check_context(event.prompt_tokens, body, ctx_per_slot)
+            elif isinstance(event, TextDelta):
+                if request.stream:
+                    loop.call_soon_threadsafe(out.put_nowait, event.text)
+                else:
+                    texts.append(event.text)
+            return False
+
+        future = loop.run_in_executor(self._pool, self.engine.generate, request.kind, body,
+                                      on_event)
+        future.add_done_callback(lambda _: out.put_nowait(None))
+        seq = itertools.count()
+        publish = _Publisher(self.bus, request, attempt, seq)
+        while (text := await out.get()) is not None:
+            await publish.chunk(text=text)
+        try:
+            result: GenerationResult = await future
+        except LLMOSError as exc:
+            await publish.chunk(final=True, error=_error_info(exc))
+            return "error"
+        except Exception as exc:
+            log.exception("engine failed")
+            await publish.chunk(final=True, error=ErrorInfo(
+                status=500, type="server_error", code="engine_error",
+                message=f"the engine failed: {exc}"))
+            return "error"
+        if result.stopped and self._stopping:
+            return "requeue"
+        if result.stopped and cancel.is_set():
+            return "cancelled"
+        metrics.GENERATED_TOKENS.labels(self.deployment).inc(result.completion_tokens)
+        await publish.chunk(
+            text="".join(texts), final=True, finish_reason=result.finish_reason,
+            usage=Usage(prompt_tokens=result.prompt_tokens,
+                        completion_tokens=result.completion_tokens,
+                        total_tokens=result.prompt_tokens + result.completion_tokens))
+        return "ok"
+
+
+class _Publisher:
+    def __init__(self, bus: Bus, request: InferenceRequest, attempt: int,
+                 seq: itertools.count[int]) -> None:
+        self._bus = bus
+        self._request = request
+        self._attempt = attempt
+        self._seq = seq
+        self._headers: Mapping[str, str] = {names.HEADER_REQUEST_ID: request.request_id}
+
+    async def chunk(self, **fields: Any) -> None:
+        message = ReplyChunk(request_id=self._request.request_id, attempt=self._attempt,
+                             seq=next(self._seq), **fields)
+        try:
+            await self._bus.publish(self._request.reply_to, encode(message),
+                                    headers=self._headers)
+        except BusError as exc:
+            # The gateway that asked is gone; nobody can receive this answer.
+            log.warning("reply to %s lost: %s", self._request.reply_to, exc)
+
+
+def _check_context(prompt_tokens: int, body: dict[str, Any], ctx_per_slot: int | None) -> None:
+    if ctx_per_slot is None:
+        return
+    max_tokens = int(body.get("max_tokens") or 0)
+    if prompt_tokens + max_tokens > ctx_per_slot:
+        raise ContextLengthExceeded(
+            f"the prompt has {prompt_tokens} tokens and max_tokens is {max_tokens}, "
+            f"together {prompt_tokens + max_tokens}, but a request slot holds {ctx_per_slot} "
+            "tokens (context size / slots); shorten the prompt or lower max_tokens",
+            param="max_tokens",
+        )
+
+
+def _error_info(exc: LLMOSError) -> ErrorInfo:
+    return ErrorInfo(status=exc.status, type=exc.type, message=exc.message, param=exc.param,
+                     code=exc.code)
