@@ -33,6 +33,7 @@ class EngineSettings(BaseModel):
     kv_unified: bool = Field(False, description="share one KV cache across slots")
     cache_ram_mib: int = Field(256, ge=0, description="host-side prompt cache")
     poll: int = Field(50, ge=0, le=100, description="busy-wait level of engine threads")
+    log_verbosity: int = Field(0, ge=-1, le=5, description="llama.cpp log level (0: quiet)")
     default_max_tokens: int = Field(256, ge=1, description="max_tokens when a request has none")
     max_tokens_limit: int = Field(4096, ge=1, description="largest max_tokens a request may ask")
 

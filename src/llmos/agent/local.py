@@ -42,7 +42,8 @@ class LocalAgent:
             model_path=self.registry.weights_path(version), slots=settings.slots,
             threads=settings.threads, batch_threads=settings.batch_threads,
             ctx_size=settings.ctx_size, kv_unified=settings.kv_unified,
-            cache_ram_mib=settings.cache_ram_mib, poll=settings.poll)
+            cache_ram_mib=settings.cache_ram_mib, poll=settings.poll,
+            log_verbosity=settings.log_verbosity)
 
     async def start_replica(self, deployment: Deployment) -> Replica:
         config = self.engine_config(deployment)

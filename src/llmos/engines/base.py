@@ -25,6 +25,7 @@ class EngineConfig:
     kv_unified: bool = False
     cache_ram_mib: int = 256
     poll: int = 50
+    log_verbosity: int = 0
 
     @property
     def ctx_per_slot(self) -> int | None:

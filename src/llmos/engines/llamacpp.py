@@ -38,6 +38,7 @@ def _params(config: EngineConfig) -> Any:
     p.cpuparams_batch.poll = config.poll
     p.cache_ram_mib = config.cache_ram_mib
     p.n_predict = -1
+    p.verbosity = config.log_verbosity
     p.ui = False
     p.api_keys = [secrets.token_urlsafe(32)]
     p.endpoint_metrics = False
@@ -73,13 +74,13 @@ class LlamaCppEngine(Engine):
         except LLMOSError:
             raise
         except Exception as exc:
-            _raise_engine_error({"message": str(exc)})
+            _raise_engine_error({"message": str(exc)}, kind)
         if state.callback_error is not None:
             raise state.callback_error
         if isinstance(answer, dict) and "error" in answer:
-            _raise_engine_error(answer["error"])
+            _raise_engine_error(answer["error"], kind)
         if state.error is not None:
-            _raise_engine_error(state.error)
+            _raise_engine_error(state.error, kind)
         return state.result()
 
     def close(self) -> None:
@@ -152,7 +153,7 @@ class _StreamState:
         )
 
 
-def _raise_engine_error(error: Any) -> NoReturn:
+def _raise_engine_error(error: Any, request_kind: Kind) -> NoReturn:
     if not isinstance(error, dict):
         raise EngineError(f"llama.cpp failed: {error}")
     message = str(error.get("message", "unknown engine error"))
@@ -161,7 +162,7 @@ def _raise_engine_error(error: Any) -> NoReturn:
         raise ContextLengthExceeded(
             f"the prompt has {error.get('n_prompt_tokens')} tokens but a request slot holds "
             f"{error.get('n_ctx')} tokens (context size / slots)",
-            param="messages",
+            param="messages" if request_kind == "chat" else "prompt",
         )
     if "json schema" in message.lower() or "grammar" in message.lower():
         raise BadRequest(f"response_format cannot be used: {message}", param="response_format")

@@ -1,0 +1,3 @@
+from llmos.cli.main import main
+
+main()

@@ -1,0 +1,167 @@
+"""The OpenAI-compatible API of a real `llmos serve`, driven by the official openai client."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import httpx
+import openai
+import pytest
+
+from tests.conftest import RunningServer
+
+MODEL = "gemma-3-270m"
+COUNTING = "Numbers: 1, 2, 3, 4, 5, 6,"
+
+
+@pytest.fixture(scope="module")
+def client(llmos_server: RunningServer) -> openai.OpenAI:
+    return openai.OpenAI(base_url=llmos_server.api, api_key="unused", max_retries=0)
+
+
+def test_lists_the_default_model(client: openai.OpenAI) -> None:
+    models = client.models.list()
+    assert [m.id for m in models.data] == [MODEL]
+
+
+def test_chat_completion(client: openai.OpenAI) -> None:
+    answer = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Say hello"}], max_tokens=8,
+        temperature=0)
+    assert answer.object == "chat.completion"
+    assert answer.choices[0].message.role == "assistant"
+    assert answer.choices[0].message.content
+    assert answer.choices[0].finish_reason in {"stop", "length"}
+    assert answer.usage is not None
+    assert answer.usage.prompt_tokens > 0
+    assert 0 < answer.usage.completion_tokens <= 8
+    assert answer.usage.total_tokens == answer.usage.prompt_tokens + answer.usage.completion_tokens
+
+
+def test_chat_streaming_first_chunk_arrives_early(client: openai.OpenAI) -> None:
+    started = time.perf_counter()
+    first_content: float | None = None
+    parts: list[str] = []
+    usage = None
+    finish = None
+    stream = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": COUNTING}], max_tokens=16,
+        temperature=0, stream=True, stream_options={"include_usage": True})
+    for chunk in stream:
+        if chunk.usage is not None:
+            usage = chunk.usage
+        for choice in chunk.choices:
+            if choice.delta.content:
+                first_content = first_content or time.perf_counter()
+                parts.append(choice.delta.content)
+            finish = choice.finish_reason or finish
+    ended = time.perf_counter()
+    assert len(parts) >= 4
+    assert first_content is not None
+    assert first_content - started < 0.6 * (ended - started)
+    assert finish in {"stop", "length"}
+    assert usage is not None and usage.completion_tokens == len(parts)
+
+
+def test_completion_plain_and_streaming_agree(client: openai.OpenAI) -> None:
+    plain = client.completions.create(model=MODEL, prompt=COUNTING, max_tokens=8,
+                                      temperature=0)
+    assert plain.object == "text_completion"
+    assert plain.usage is not None and plain.usage.completion_tokens == 8
+    streamed = "".join(
+        c.choices[0].text for c in client.completions.create(
+            model=MODEL, prompt=COUNTING, max_tokens=8, temperature=0, stream=True)
+        if c.choices)
+    assert streamed == plain.choices[0].text
+    assert "7" in plain.choices[0].text
+
+
+def test_sampling_parameters_are_honoured(client: openai.OpenAI) -> None:
+    def sample(seed: int) -> str:
+        answer = client.completions.create(
+            model=MODEL, prompt="Once upon a time", max_tokens=12, temperature=1.0,
+            top_p=0.95, seed=seed, presence_penalty=0.1, frequency_penalty=0.1,
+            extra_body={"top_k": 40, "min_p": 0.05})
+        return answer.choices[0].text
+
+    assert sample(7) == sample(7)
+    stopped = client.completions.create(model=MODEL, prompt=COUNTING, max_tokens=16,
+                                        temperature=0, stop=[" 9"])
+    assert "9" not in stopped.choices[0].text
+    assert stopped.choices[0].finish_reason == "stop"
+
+
+def test_json_schema_response_format(client: openai.OpenAI) -> None:
+    answer = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Is the sky blue?"}],
+        max_tokens=16, temperature=0,
+        response_format={"type": "json_schema", "json_schema": {"name": "answer", "schema": {
+            "type": "object", "properties": {"yes": {"type": "boolean"}},
+            "required": ["yes"], "additionalProperties": False}}})
+    data = json.loads(answer.choices[0].message.content or "")
+    assert isinstance(data["yes"], bool)
+
+
+def test_sixteen_concurrent_requests_fill_sixteen_slots(llmos_server: RunningServer) -> None:
+    async def run() -> tuple[list[str], float]:
+        client = openai.AsyncOpenAI(base_url=llmos_server.api, api_key="unused",
+                                    max_retries=0)
+        peak = 0.0
+        done = False
+
+        async def watch() -> None:
+            nonlocal peak
+            async with httpx.AsyncClient() as http:
+                while not done:
+                    text = (await http.get(f"{llmos_server.url}/metrics")).text
+                    busy = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                               if line.startswith("llmos_worker_busy_slots{"))
+                    peak = max(peak, busy)
+                    await asyncio.sleep(0.02)
+
+        watcher = asyncio.create_task(watch())
+        answers = await asyncio.gather(*[
+            client.completions.create(model=MODEL, prompt=f"{COUNTING} request {i}:",
+                                      max_tokens=16, temperature=0)
+            for i in range(16)])
+        done = True
+        await watcher
+        await client.close()
+        return [a.choices[0].text for a in answers], peak
+
+    texts, peak = asyncio.run(run())
+    assert len(texts) == 16 and all(texts)
+    assert peak >= 8, f"only {peak} slots were busy at once"
+
+
+def _wait_for_idle(server: RunningServer, within_s: float) -> float:
+    started = time.perf_counter()
+    while time.perf_counter() - started < within_s:
+        if server.metric("llmos_worker_busy_slots") == 0:
+            return time.perf_counter() - started
+        time.sleep(0.02)
+    raise AssertionError(f"slots still busy {within_s}s after the client left")
+
+
+def test_stream_disconnect_frees_the_slot(llmos_server: RunningServer) -> None:
+    cancelled_before = llmos_server.metric("llmos_worker_requests_total",
+                                           outcome="cancelled")
+    body = {"model": MODEL, "prompt": COUNTING, "max_tokens": 200, "stream": True}
+    with httpx.stream("POST", f"{llmos_server.api}/completions", json=body, timeout=30) as r:
+        assert r.status_code == 200
+        lines = r.iter_lines()  # held: abandoning it would close the connection early
+        assert next(line for line in lines if line.startswith("data: "))
+        assert llmos_server.metric("llmos_worker_busy_slots") >= 1
+    # 200 tokens take several seconds; a freed slot is idle well before that.
+    assert _wait_for_idle(llmos_server, within_s=2.0) < 2.0
+    cancelled = llmos_server.metric("llmos_worker_requests_total", outcome="cancelled")
+    assert cancelled == cancelled_before + 1
+
+
+def test_non_streaming_disconnect_frees_the_slot(llmos_server: RunningServer) -> None:
+    body = {"model": MODEL, "prompt": COUNTING, "max_tokens": 200}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{llmos_server.api}/completions", json=body, timeout=0.5)
+    assert _wait_for_idle(llmos_server, within_s=2.0) < 2.0
