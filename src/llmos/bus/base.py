@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable, Coroutine, Mapping
-from typing import Any
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -52,12 +53,22 @@ def serve(
                                     ("ctx_size", ctx_size)) if v is not None}
         if engine:
             settings.engine = settings.engine.model_copy(update=engine)
-        asyncio.run(run_server(settings))
+        _run(run_server(settings))
     except LLMOSError as exc:
         err.print(f"[red]error:[/red] {exc.message}")
         raise typer.Exit(code=2) from None
     except KeyboardInterrupt:
         pass
+
+
+def _run(main: Coroutine[Any, Any, None]) -> None:
+    """Run on uvloop when it is installed (it is a dependency; the fallback is for dev trees)."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+        return
+    uvloop.run(main)
 
 
 @app.command()

@@ -32,7 +32,11 @@ class RequestHandle:
     def __init__(self, dispatcher: Dispatcher, request: InferenceRequest) -> None:
         self.request = request
         self._dispatcher = dispatcher
-        self._inbox: asyncio.Queue[ReplyChunk] = asyncio.Queue()
+        self._inbox: asyncio.Queue[ReplyChunk | None] = asyncio.Queue()
+        # One timer per request (not one per chunk): it wakes the reader at the deadline.
+        self._timer = asyncio.get_running_loop().call_at(
+            asyncio.get_running_loop().time() + max(0.0, request.deadline - time.time()),
+            self._inbox.put_nowait, None)
         self._attempt = 0
         self._next_seq = 0
         self._early: dict[int, ReplyChunk] = {}
@@ -58,17 +62,13 @@ class RequestHandle:
     async def _next(self) -> ReplyChunk:
         while True:
             if self._next_seq in self._early:
-                chunk = self._early.pop(self._next_seq)
+                ready = self._early.pop(self._next_seq)
                 self._next_seq += 1
-                return chunk
-            timeout = self.request.deadline - time.time()
-            if timeout <= 0:
+                return ready
+            chunk = await self._inbox.get()
+            if chunk is None:
                 raise Timeout(f"no answer within the request deadline of "
                               f"{self._dispatcher.timeout_s:.0f}s")
-            try:
-                chunk = await asyncio.wait_for(self._inbox.get(), timeout)
-            except TimeoutError:
-                continue
             if chunk.attempt < self._attempt:
                 continue  # a superseded attempt
             if chunk.attempt > self._attempt:
@@ -87,6 +87,7 @@ class RequestHandle:
 
     async def close(self) -> None:
         """Forget the request; if it did not finish, tell the workers to stop it."""
+        self._timer.cancel()
         if self._dispatcher.forget(self.request.request_id) and not self.finished:
             await self._dispatcher.cancel(self.request.request_id)
 

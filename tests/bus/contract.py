@@ -1,0 +1,221 @@
+"""The bus contract: one suite, subclassed once per backend (the kombu way)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+import pytest_asyncio
+
+from llmos.bus import Bus, Delivery, QueueOptions, TopicMessage
+from llmos.errors import BusError
+
+
+async def eventually(condition: object, timeout_s: float = 5.0) -> None:
+    assert callable(condition)
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not condition():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.01)
+
+
+class BusContract:
+    """Subclasses provide ``url``; every test gets a fresh, connected bus."""
+
+    url: str
+
+    def make_bus(self) -> Bus:
+        from llmos.bus import open_bus
+
+        return open_bus(self.url)
+
+    @pytest_asyncio.fixture
+    async def bus(self) -> AsyncIterator[Bus]:
+        bus = self.make_bus()
+        await bus.connect()
+        try:
+            yield bus
+        finally:
+            await bus.close()
+
+    @pytest.mark.asyncio
+    async def test_publish_and_consume(self, bus: Bus) -> None:
+        await bus.declare_queue("q.basic")
+        got: list[Delivery] = []
+
+        async def handler(d: Delivery) -> None:
+            got.append(d)
+            await d.ack()
+
+        await bus.consume("q.basic", handler, prefetch=1)
+        await bus.publish("q.basic", b"hello", headers={"x-request-id": "r1"})
+        await eventually(lambda: got)
+        assert got[0].body == b"hello"
+        assert got[0].headers["x-request-id"] == "r1"
+        assert got[0].delivery_count == 1
+
+    @pytest.mark.asyncio
+    async def test_unroutable_publish_raises(self, bus: Bus) -> None:
+        with pytest.raises(BusError):
+            await bus.publish("q.never-declared", b"x")
+
+    @pytest.mark.asyncio
+    async def test_prefetch_bounds_unacked_deliveries(self, bus: Bus) -> None:
+        await bus.declare_queue("q.prefetch")
+        held: list[Delivery] = []
+
+        async def handler(d: Delivery) -> None:
+            held.append(d)
+
+        sub = await bus.consume("q.prefetch", handler, prefetch=2)
+        for i in range(5):
+            await bus.publish("q.prefetch", str(i).encode())
+        await eventually(lambda: len(held) == 2)
+        await asyncio.sleep(0.1)
+        assert len(held) == 2
+        await held[0].ack()
+        await eventually(lambda: len(held) == 3)
+        await sub.set_prefetch(4)
+        await eventually(lambda: len(held) == 5)
+
+    @pytest.mark.asyncio
+    async def test_ordering_within_a_queue(self, bus: Bus) -> None:
+        await bus.declare_queue("q.order")
+        got: list[bytes] = []
+
+        async def handler(d: Delivery) -> None:
+            got.append(d.body)
+            await d.ack()
+
+        for i in range(50):
+            await bus.publish("q.order", str(i).encode())
+        await bus.consume("q.order", handler, prefetch=1)
+        await eventually(lambda: len(got) == 50)
+        assert got == [str(i).encode() for i in range(50)]
+
+    @pytest.mark.asyncio
+    async def test_unacked_message_of_a_gone_consumer_is_redelivered(self, bus: Bus) -> None:
+        await bus.declare_queue("q.redeliver")
+        first: list[Delivery] = []
+        second: list[Delivery] = []
+
+        async def hold(d: Delivery) -> None:
+            first.append(d)
+
+        async def take(d: Delivery) -> None:
+            second.append(d)
+            await d.ack()
+
+        dying = await bus.consume("q.redeliver", hold, prefetch=1)
+        await bus.publish("q.redeliver", b"job")
+        await eventually(lambda: first)
+        await bus.consume("q.redeliver", take, prefetch=1)
+        await asyncio.sleep(0.1)
+        assert not second, "a live consumer's message must not be redelivered"
+        await dying.cancel()
+        await eventually(lambda: second)
+        assert second[0].body == b"job"
+        assert second[0].delivery_count == 2
+
+    @pytest.mark.asyncio
+    async def test_competing_consumers_share_the_load(self, bus: Bus) -> None:
+        await bus.declare_queue("q.compete")
+        counts = {"a": 0, "b": 0}
+
+        def handler(name: str):  # type: ignore[no-untyped-def]
+            async def handle(d: Delivery) -> None:
+                counts[name] += 1
+                await asyncio.sleep(0.01)
+                await d.ack()
+            return handle
+
+        await bus.consume("q.compete", handler("a"), prefetch=1)
+        await bus.consume("q.compete", handler("b"), prefetch=1)
+        for i in range(20):
+            await bus.publish("q.compete", str(i).encode())
+        await eventually(lambda: counts["a"] + counts["b"] == 20)
+        assert counts["a"] >= 5 and counts["b"] >= 5
+
+    @pytest.mark.asyncio
+    async def test_expired_messages_are_not_delivered(self, bus: Bus) -> None:
+        await bus.declare_queue("q.ttl")
+        got: list[bytes] = []
+
+        async def handler(d: Delivery) -> None:
+            got.append(d.body)
+            await d.ack()
+
+        await bus.publish("q.ttl", b"stale", ttl_s=0.05)
+        await bus.publish("q.ttl", b"fresh", ttl_s=30)
+        await asyncio.sleep(0.2)
+        await bus.consume("q.ttl", handler, prefetch=1)
+        await eventually(lambda: got)
+        await asyncio.sleep(0.1)
+        assert got == [b"fresh"]
+
+    @pytest.mark.asyncio
+    async def test_dead_letter_after_the_delivery_limit(self, bus: Bus) -> None:
+        await bus.declare_queue("q.poison", QueueOptions(delivery_limit=2,
+                                                         dead_letter_queue="q.poison.dead"))
+        dead: list[Delivery] = []
+        attempts = 0
+
+        async def reject(d: Delivery) -> None:
+            nonlocal attempts
+            attempts += 1
+            await d.nack(requeue=True)
+
+        async def morgue(d: Delivery) -> None:
+            dead.append(d)
+            await d.ack()
+
+        await bus.consume("q.poison", reject, prefetch=1)
+        await bus.consume("q.poison.dead", morgue, prefetch=1)
+        await bus.publish("q.poison", b"poison")
+        await eventually(lambda: dead)
+        assert attempts == 2
+        assert dead[0].body == b"poison"
+
+    @pytest.mark.asyncio
+    async def test_one_mebibyte_message(self, bus: Bus) -> None:
+        await bus.declare_queue("q.big")
+        payload = bytes(range(256)) * 4096
+        got: list[bytes] = []
+
+        async def handler(d: Delivery) -> None:
+            got.append(d.body)
+            await d.ack()
+
+        await bus.consume("q.big", handler, prefetch=1)
+        await bus.publish("q.big", payload)
+        await eventually(lambda: got)
+        assert got[0] == payload
+
+    @pytest.mark.asyncio
+    async def test_queue_length_limit(self, bus: Bus) -> None:
+        await bus.declare_queue("q.bounded", QueueOptions(max_length=2))
+        await bus.publish("q.bounded", b"1")
+        await bus.publish("q.bounded", b"2")
+        with pytest.raises(BusError):
+            await bus.publish("q.bounded", b"3")
+
+    @pytest.mark.asyncio
+    async def test_broadcast_reaches_every_subscriber(self, bus: Bus) -> None:
+        got: dict[str, list[bytes]] = {"a": [], "b": []}
+
+        def handler(name: str):  # type: ignore[no-untyped-def]
+            async def handle(m: TopicMessage) -> None:
+                got[name].append(m.body)
+            return handle
+
+        await bus.subscribe("t.cancel", handler("a"))
+        sub_b = await bus.subscribe("t.cancel", handler("b"))
+        await bus.broadcast("t.cancel", b"stop r1")
+        await eventually(lambda: got["a"] and got["b"])
+        await sub_b.cancel()
+        await bus.broadcast("t.cancel", b"stop r2")
+        await eventually(lambda: len(got["a"]) == 2)
+        await asyncio.sleep(0.05)
+        assert got["b"] == [b"stop r1"]

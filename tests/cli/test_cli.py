@@ -1,0 +1,67 @@
+"""The real `llmos` command, run as a user would."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from tests.conftest import RunningServer, free_port
+
+
+def llmos(*args: str, stdin: str = "", env: dict[str, str] | None = None,
+          timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "llmos", *args], input=stdin,
+                          capture_output=True, text=True, timeout=timeout,
+                          env=os.environ | (env or {}))
+
+
+def test_help_lists_the_commands() -> None:
+    result = llmos("--help")
+    assert result.returncode == 0
+    for command in ("serve", "chat", "version"):
+        assert command in result.stdout
+    serve_help = llmos("serve", "--help")
+    assert "--port" in serve_help.stdout and "--insecure" in serve_help.stdout
+
+
+def test_version_without_a_server() -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    result = llmos("version", "--url", url)
+    assert result.returncode == 0
+    assert result.stdout.startswith("llmos ")
+    assert "no server answers" in result.stderr
+
+
+def test_chat_without_a_server_says_how_to_start_one() -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    result = llmos("chat", stdin="hello\n", env={"LLMOS_URL": url})
+    assert result.returncode == 2
+    assert "No LLMOS server answers" in result.stderr
+    assert "llmos serve" in result.stderr
+
+
+def test_non_loopback_bind_is_refused_without_insecure() -> None:
+    result = llmos("serve", "--host", "0.0.0.0", "--port", str(free_port()), timeout=30)
+    assert result.returncode == 2
+    assert "refusing to listen on 0.0.0.0" in result.stderr
+    assert "--insecure" in result.stderr
+
+
+def test_chat_streams_an_answer(llmos_server: RunningServer) -> None:
+    result = llmos("chat", "--url", llmos_server.url, "--max-tokens", "8",
+                   stdin="Hello there\n/exit\n")
+    assert result.returncode == 0, result.stderr
+    assert "Chatting with gemma-3-270m" in result.stderr
+    assert len(result.stdout.strip()) > 0
+
+
+def test_chat_reports_an_unknown_model(llmos_server: RunningServer) -> None:
+    result = llmos("chat", "--url", llmos_server.url, "--model", "nope", stdin="hi\n")
+    assert result.returncode == 1
+    assert "404" in result.stderr and "nope" in result.stderr
+
+
+def test_version_reports_the_server(llmos_server: RunningServer) -> None:
+    result = llmos("version", "--url", llmos_server.url)
+    assert f"server {llmos_server.url}: llmos" in result.stdout

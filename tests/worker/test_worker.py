@@ -1,0 +1,162 @@
+"""Worker + dispatcher over the memory bus, with the real engine and model."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from llmos.bus.memory import MemoryBus
+from llmos.bus.messages import ReplyChunk
+from llmos.engines import EngineConfig, load_engine
+from llmos.engines.base import Engine
+from llmos.gateway.dispatch import Dispatcher, ReplicaFailed, RequestHandle
+from llmos.worker import Worker
+from tests.model import gemma_path
+
+SLOTS = 4
+PROMPT = "Numbers: 1, 2, 3, 4, 5, 6,"
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
+    path: Path = gemma_path(tmp_path_factory)
+    loaded = load_engine("llama.cpp", EngineConfig(path, slots=SLOTS, ctx_size=1024, threads=2))
+    yield loaded
+    loaded.close()
+
+
+@pytest_asyncio.fixture
+async def bus() -> AsyncIterator[MemoryBus]:
+    bus = MemoryBus()
+    await bus.connect()
+    yield bus
+    await bus.close()
+
+
+@pytest_asyncio.fixture
+async def dispatcher(bus: MemoryBus) -> AsyncIterator[Dispatcher]:
+    d = Dispatcher(bus, timeout_s=60)
+    await d.start()
+    yield d
+    await d.stop()
+
+
+async def submit(dispatcher: Dispatcher, rid: str, *, max_tokens: int = 8,
+                 stream: bool = False) -> RequestHandle:
+    return await dispatcher.submit(
+        request_id=rid, deployment="m", kind="completion",
+        body={"prompt": PROMPT, "max_tokens": max_tokens, "temperature": 0},
+        stream=stream, max_tokens_explicit=True)
+
+
+async def collect(handle: RequestHandle) -> list[ReplyChunk]:
+    return [c async for c in handle.chunks()]
+
+
+@pytest.mark.asyncio
+async def test_request_reply_through_the_bus(engine: Engine, bus: MemoryBus,
+                                             dispatcher: Dispatcher) -> None:
+    worker = Worker(bus, engine, "m")
+    await worker.start()
+    try:
+        chunks = await collect(await submit(dispatcher, "r1", stream=True))
+    finally:
+        await worker.stop()
+    assert [c.seq for c in chunks] == list(range(len(chunks)))
+    assert all(c.attempt == 1 for c in chunks)
+    final = chunks[-1]
+    assert final.final and final.usage is not None
+    assert final.usage.completion_tokens == 8
+    assert "".join(c.text for c in chunks[:-1]).strip().startswith("7")
+
+
+@pytest.mark.asyncio
+async def test_prefetch_equals_the_slots(engine: Engine, bus: MemoryBus,
+                                         dispatcher: Dispatcher) -> None:
+    worker = Worker(bus, engine, "m")
+    await worker.start()
+    peak = 0
+    handles = [await submit(dispatcher, f"p{i}", max_tokens=12) for i in range(3 * SLOTS)]
+    results = asyncio.gather(*(collect(h) for h in handles))
+    while not results.done():
+        peak = max(peak, worker.busy_slots)
+        await asyncio.sleep(0.005)
+    await worker.stop()
+    assert peak == SLOTS
+    assert all(r[-1].error is None for r in results.result())
+
+
+@pytest.mark.asyncio
+async def test_a_request_of_a_dead_replica_is_retried_on_another(
+        engine: Engine, bus: MemoryBus, dispatcher: Dispatcher) -> None:
+    dying = Worker(bus, engine, "m")
+    await dying.start()
+    handle = await submit(dispatcher, "r-retry", max_tokens=40)
+    collecting = asyncio.ensure_future(collect(handle))
+    await asyncio.sleep(0.1)
+    assert dying.busy_slots == 1
+    survivor = Worker(bus, engine, "m")
+    await survivor.start()
+    assert dying._requests is not None
+    await dying._requests.cancel()  # its connection is gone: the message is redelivered
+    await dying.stop()  # and it never answers
+    chunks = await asyncio.wait_for(collecting, 30)
+    await survivor.stop()
+    assert chunks[-1].error is None
+    assert chunks[-1].attempt == 2
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 40
+
+
+@pytest.mark.asyncio
+async def test_a_stream_that_already_sent_text_fails_explicitly(
+        engine: Engine, bus: MemoryBus, dispatcher: Dispatcher) -> None:
+    dying = Worker(bus, engine, "m")
+    await dying.start()
+    handle = await submit(dispatcher, "r-stream", max_tokens=60, stream=True)
+    chunks = handle.chunks()
+    first = await anext(chunks)
+    assert first.text
+    survivor = Worker(bus, engine, "m")
+    await survivor.start()
+    assert dying._requests is not None
+    await dying._requests.cancel()
+    with pytest.raises(ReplicaFailed):
+        async for _ in chunks:
+            pass
+    await dying.stop()
+    await survivor.stop()
+
+
+@pytest.mark.asyncio
+async def test_cancel_stops_generation_and_frees_the_slot(
+        engine: Engine, bus: MemoryBus, dispatcher: Dispatcher) -> None:
+    worker = Worker(bus, engine, "m")
+    await worker.start()
+    handle = await submit(dispatcher, "r-cancel", max_tokens=200, stream=True)
+    chunks = handle.chunks()
+    await anext(chunks)
+    assert worker.busy_slots == 1
+    await chunks.aclose()  # the client went away
+    for _ in range(100):
+        if worker.busy_slots == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert worker.busy_slots == 0
+    await worker.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_request_cancelled_while_queued_is_never_run(
+        engine: Engine, bus: MemoryBus, dispatcher: Dispatcher) -> None:
+    handle = await submit(dispatcher, "r-queued")
+    await handle.close()
+    await asyncio.sleep(0.01)
+    worker = Worker(bus, engine, "m")
+    await worker.start()
+    await asyncio.sleep(0.2)
+    assert worker.busy_slots == 0
+    await worker.stop()
