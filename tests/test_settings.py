@@ -35,3 +35,15 @@ def test_flags_override_env_which_overrides_the_file(monkeypatch: pytest.MonkeyP
 def test_missing_config_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         Settings(config=tmp_path / "nope.toml")
+
+
+def test_per_model_sampling_defaults_are_checked() -> None:
+    from pydantic import ValidationError
+
+    from llmos.settings import EngineSettings
+
+    engine = EngineSettings.model_validate({"sampling": {"temperature": 0.3, "top_k": 20}})
+    assert engine.sampling.given() == {"temperature": 0.3, "top_k": 20}
+    assert EngineSettings().sampling.given() == {}
+    with pytest.raises(ValidationError):
+        EngineSettings.model_validate({"sampling": {"temprature": 0.3}})

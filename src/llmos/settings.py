@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -21,6 +21,22 @@ from pydantic_settings import (
 
 def _default_threads() -> int:
     return max(1, os.cpu_count() or 1)
+
+
+class SamplingDefaults(BaseModel):
+    """Sampling a request gets for what it leaves unset (unset here: llama.cpp's defaults)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    top_k: int | None = Field(None, ge=0)
+    min_p: float | None = Field(None, ge=0, le=1)
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+
+    def given(self) -> dict[str, float | int]:
+        return {k: v for k, v in self.model_dump().items() if v is not None}
 
 
 class EngineSettings(BaseModel):
@@ -34,6 +50,7 @@ class EngineSettings(BaseModel):
     cache_ram_mib: int = Field(256, ge=0, description="host-side prompt cache")
     poll: int = Field(50, ge=0, le=100, description="busy-wait level of engine threads")
     log_verbosity: int = Field(0, ge=-1, le=5, description="llama.cpp log level (0: quiet)")
+    sampling: SamplingDefaults = Field(default_factory=lambda: SamplingDefaults())
     default_max_tokens: int = Field(256, ge=1, description="max_tokens when a request has none")
     max_tokens_limit: int = Field(4096, ge=1, description="largest max_tokens a request may ask")
 
@@ -59,7 +76,7 @@ class Settings(BaseSettings):
     bus_url: str = "memory://"
     database_url: str | None = None
     default_model: str = "gemma-3-270m"
-    engine: EngineSettings = Field(default_factory=EngineSettings)  # type: ignore[arg-type]
+    engine: EngineSettings = Field(default_factory=lambda: EngineSettings())
     request_timeout_s: float = Field(600.0, gt=0, description="end-to-end deadline")
     log_level: str = "INFO"
     log_json: bool = True

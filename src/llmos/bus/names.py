@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from llmos.bus.base import QueueOptions
+
 INFER_QUEUE_PREFIX = "llmos.infer."
 REPLY_QUEUE_PREFIX = "llmos.reply."
 CANCEL_TOPIC = "llmos.control.cancel"
+
+# A request whose worker fails this many times is poison: it is dropped, not bounced on.
+INFER_DELIVERY_LIMIT = 5
+INFER_QUEUE_OPTIONS = QueueOptions(durable=True, delivery_limit=INFER_DELIVERY_LIMIT)
 
 HEADER_SCHEMA = "x-llmos-schema"
 HEADER_REQUEST_ID = "x-request-id"

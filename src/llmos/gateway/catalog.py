@@ -9,6 +9,7 @@ from llmos.errors import ModelNotFound
 from llmos.store import Deployment, Store
 
 _TTL_S = 2.0
+_MIN_FORCED_REFRESH_S = 0.5  # so a flood of unknown model ids cannot flood the database
 
 
 class Catalog:
@@ -34,7 +35,8 @@ class Catalog:
         return deployment
 
     async def _refresh(self, *, force: bool = False) -> None:
-        if not force and time.monotonic() - self._loaded_at < _TTL_S:
+        age = time.monotonic() - self._loaded_at
+        if age < (_MIN_FORCED_REFRESH_S if force else _TTL_S):
             return
         rows = await asyncio.to_thread(self._store.list_deployments)
         self._cache = {(d.project, d.name): d for d in rows}

@@ -125,7 +125,7 @@ class Dispatcher:
         queue = names.infer_queue(deployment)
         try:
             if queue not in self._declared:
-                await self.bus.declare_queue(queue, QueueOptions(durable=True))
+                await self.bus.declare_queue(queue, names.INFER_QUEUE_OPTIONS)
                 self._declared.add(queue)
             await self.bus.publish(queue, encode(request),
                                    headers={names.HEADER_REQUEST_ID: request_id},

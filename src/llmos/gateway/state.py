@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from llmos.gateway.catalog import Catalog
 from llmos.gateway.dispatch import Dispatcher
@@ -17,7 +17,14 @@ class GatewayState:
     catalog: Catalog
     ready: bool = False
     ready_detail: str = "the default model has not answered yet"
+    _engine_settings: dict[tuple[str, str, str], EngineSettings] = field(default_factory=dict)
 
     def engine_settings(self, deployment: Deployment) -> EngineSettings:
-        merged = self.settings.engine.model_dump() | dict(deployment.engine_settings or {})
-        return EngineSettings.model_validate(merged)
+        """The deployment's engine settings over the server's defaults (cached: hot path)."""
+        overrides = dict(deployment.engine_settings or {})
+        key = (deployment.project, deployment.name, repr(sorted(overrides.items())))
+        cached = self._engine_settings.get(key)
+        if cached is None:
+            cached = EngineSettings.model_validate(self.settings.engine.model_dump() | overrides)
+            self._engine_settings[key] = cached
+        return cached

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from llmos.bus import Bus, Delivery, QueueOptions, Subscription, TopicMessage, names
+from llmos.bus import Bus, Delivery, Subscription, TopicMessage, names
 from llmos.bus.messages import (
     Cancel,
     ErrorInfo,
@@ -53,7 +53,10 @@ class Worker:
         self._requests: Subscription | None = None
         self._cancels: Subscription | None = None
         self._stopping = False
-        self._labels = {"deployment": deployment, "worker": self.worker_id}
+        labels = {"deployment": deployment, "worker": self.worker_id}
+        self._slots_gauge = metrics.WORKER_SLOTS.labels(**labels)
+        self._busy_gauge = metrics.WORKER_BUSY_SLOTS.labels(**labels)
+        self._tokens = metrics.GENERATED_TOKENS.labels(deployment)
 
     @property
     def busy_slots(self) -> int:
@@ -61,12 +64,17 @@ class Worker:
 
     async def start(self) -> None:
         queue = names.infer_queue(self.deployment)
-        await self.bus.declare_queue(queue, QueueOptions(durable=True))
+        await self.bus.declare_queue(queue, names.INFER_QUEUE_OPTIONS)
         self._cancels = await self.bus.subscribe(names.CANCEL_TOPIC, self._on_cancel)
         # One unacked request per slot: the bus never hands us more than we can run.
         self._requests = await self.bus.consume(queue, self._on_request, prefetch=self.slots)
-        metrics.WORKER_SLOTS.labels(**self._labels).set(self.slots)
-        metrics.WORKER_BUSY_SLOTS.labels(**self._labels).set(0)
+        # Start every engine thread now, not during the first burst of requests.
+        # (Each task waits for all the others, so the pool must create one thread per slot.)
+        barrier = threading.Barrier(self.slots, timeout=10)
+        for future in [self._pool.submit(barrier.wait) for _ in range(self.slots)]:
+            await asyncio.wrap_future(future)
+        self._slots_gauge.set(self.slots)
+        self._busy_gauge.set(0)
         log.info("worker %s consuming %s with %d slots", self.worker_id, queue, self.slots)
 
     async def stop(self, timeout_s: float = 10.0) -> None:
@@ -81,7 +89,7 @@ class Worker:
             if sub is not None:
                 await sub.cancel()
         self._pool.shutdown(wait=False, cancel_futures=True)
-        metrics.WORKER_SLOTS.labels(**self._labels).set(0)
+        self._slots_gauge.set(0)
 
     async def _on_cancel(self, message: TopicMessage) -> None:
         try:
@@ -113,22 +121,30 @@ class Worker:
             return
         cancel = threading.Event()
         self._inflight[request.request_id] = cancel
-        metrics.WORKER_BUSY_SLOTS.labels(**self._labels).set(len(self._inflight))
+        self._busy_gauge.set(len(self._inflight))
+        publish = _Publisher(self.bus, request, delivery.delivery_count)
         try:
-            outcome = await self._serve(request, delivery.delivery_count, cancel)
+            outcome = await self._serve(request, publish, cancel)
+        except Exception:
+            # A bug here must not bounce the request between replicas forever.
+            log.exception("worker failed on a request")
+            await publish.chunk(final=True, error=ErrorInfo(
+                status=500, type="server_error", code="worker_error",
+                message="the worker failed on this request"))
+            outcome = "error"
         except BaseException:
             await delivery.nack(requeue=True)
             raise
         finally:
             self._inflight.pop(request.request_id, None)
-            metrics.WORKER_BUSY_SLOTS.labels(**self._labels).set(len(self._inflight))
+            self._busy_gauge.set(len(self._inflight))
         if outcome == "requeue":
             await delivery.nack(requeue=True)
         else:
             await delivery.ack()
         metrics.WORKER_REQUESTS.labels(self.deployment, outcome).inc()
 
-    async def _serve(self, request: InferenceRequest, attempt: int,
+    async def _serve(self, request: InferenceRequest, publish: _Publisher,
                      cancel: threading.Event) -> str:
         loop = asyncio.get_running_loop()
         out: asyncio.Queue[str | None] = asyncio.Queue()
@@ -152,8 +168,6 @@ class Worker:
         future = loop.run_in_executor(self._pool, self.engine.generate, request.kind, body,
                                       on_event)
         future.add_done_callback(lambda _: out.put_nowait(None))
-        seq = itertools.count()
-        publish = _Publisher(self.bus, request, attempt, seq)
         finished = False
         while not finished:
             parts = [await out.get()]
@@ -179,7 +193,7 @@ class Worker:
             return "requeue"
         if result.stopped and cancel.is_set():
             return "cancelled"
-        metrics.GENERATED_TOKENS.labels(self.deployment).inc(result.completion_tokens)
+        self._tokens.inc(result.completion_tokens)
         await publish.chunk(
             text="".join(texts), final=True, finish_reason=result.finish_reason,
             usage=Usage(prompt_tokens=result.prompt_tokens,
@@ -189,12 +203,11 @@ class Worker:
 
 
 class _Publisher:
-    def __init__(self, bus: Bus, request: InferenceRequest, attempt: int,
-                 seq: itertools.count[int]) -> None:
+    def __init__(self, bus: Bus, request: InferenceRequest, attempt: int) -> None:
         self._bus = bus
         self._request = request
         self._attempt = attempt
-        self._seq = seq
+        self._seq = itertools.count()
         self._headers: Mapping[str, str] = {names.HEADER_REQUEST_ID: request.request_id}
 
     async def chunk(self, **fields: Any) -> None:

@@ -95,7 +95,7 @@ async def _run(state: GatewayState, request: Request, kind: Literal["chat", "com
     elif max_tokens > limits.max_tokens_limit:
         raise BadRequest(f"max_tokens is {max_tokens} but this server allows at most "
                          f"{limits.max_tokens_limit}", param="max_tokens")
-    engine_body |= body.sampling()
+    engine_body |= limits.sampling.given() | body.sampling()
     engine_body["max_tokens"] = max_tokens
     request_id: str = request.scope["state"]["request_id"]
     handle = await state.dispatcher.submit(
