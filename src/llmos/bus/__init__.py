@@ -12,6 +12,8 @@ from llmos.errors import ConfigError
 # scheme -> "module:Class", imported only when a URL asks for it
 BACKENDS: dict[str, str] = {
     "memory": "llmos.bus.memory:MemoryBus",
+    "amqp": "llmos.bus.rabbitmq:RabbitMQBus",
+    "amqps": "llmos.bus.rabbitmq:RabbitMQBus",
 }
 
 

@@ -77,6 +77,10 @@ class Bus(abc.ABC):
     async def declare_queue(self, name: str, options: QueueOptions | None = None) -> None: ...
 
     @abc.abstractmethod
+    async def delete_queue(self, name: str) -> None:
+        """Remove a queue and its messages; a queue that does not exist is no error."""
+
+    @abc.abstractmethod
     async def publish(
         self,
         queue: str,
@@ -84,8 +88,14 @@ class Bus(abc.ABC):
         *,
         headers: Mapping[str, str] | None = None,
         ttl_s: float | None = None,
+        durable: bool = True,
     ) -> None:
-        """Put a message on a declared queue; raises BusError if it cannot be routed."""
+        """Put a message on a declared queue; raises BusError if it cannot be routed.
+
+        ``durable`` messages (requests) are persisted and confirmed by the broker;
+        others (reply chunks) are transient and unconfirmed: cheaper, and lost
+        with a broker restart, which their senders tolerate.
+        """
 
     @abc.abstractmethod
     async def consume(

@@ -199,6 +199,14 @@ class MemoryBus(Bus):
             queue.dead = self._queues[opts.dead_letter_queue]
         self._queues[name] = queue
 
+    async def delete_queue(self, name: str) -> None:
+        queue = self._queues.pop(name, None)
+        if queue is not None:
+            for consumer in list(queue.consumers):
+                consumer.active = False
+            queue.consumers.clear()
+            queue.messages.clear()
+
     def _queue(self, name: str) -> _Queue:
         try:
             return self._queues[name]
@@ -212,6 +220,7 @@ class MemoryBus(Bus):
         *,
         headers: Mapping[str, str] | None = None,
         ttl_s: float | None = None,
+        durable: bool = True,
     ) -> None:
         self._check()
         expires = time.monotonic() + ttl_s if ttl_s is not None else None

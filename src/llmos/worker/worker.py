@@ -215,7 +215,7 @@ class _Publisher:
                              seq=next(self._seq), **fields)
         try:
             await self._bus.publish(self._request.reply_to, encode(message),
-                                    headers=self._headers)
+                                    headers=self._headers, durable=False)
         except BusError as exc:
             # The gateway that asked is gone; nobody can receive this answer.
             log.warning("reply to %s lost: %s", self._request.reply_to, exc)

@@ -1,0 +1,234 @@
+"""RabbitMQ backend (``amqp://user:pass@host:port/vhost``) through aio-pika.
+
+* Durable queues are quorum queues: replicated, with ``x-delivery-limit`` and
+  dead-lettering; exclusive queues (a gateway's replies) are classic and vanish
+  with their connection.
+* Publishing to a queue uses one channel with publisher confirms and
+  ``mandatory``: an unroutable or refused message raises ``BusError`` instead of
+  vanishing. aio-pika keeps many publishes in flight on that channel, so
+  concurrent publishers share a window of confirms rather than waiting in turn.
+  ``durable=False`` messages (reply chunks) go on a channel without confirms.
+* Each consumer has its own channel with ``prefetch`` as its QoS, so cancelling
+  a subscription (closing its channel) hands its unacked messages back.
+* Topics are fanout exchanges; each subscriber binds an exclusive queue.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from llmos.bus.base import (
+    Bus,
+    Delivery,
+    DeliveryHandler,
+    QueueOptions,
+    Subscription,
+    TopicHandler,
+    TopicMessage,
+)
+from llmos.errors import BusError
+
+log = logging.getLogger(__name__)
+
+
+class _AmqpDelivery(Delivery):
+    def __init__(self, message: Any, *, auto_ack: bool) -> None:
+        self._message = message
+        self._auto_ack = auto_ack
+        self.body = message.body
+        raw = message.headers or {}
+        self.headers = {k: v.decode() if isinstance(v, bytes) else str(v)
+                        for k, v in raw.items()}
+        # Quorum queues count earlier failed deliveries in x-delivery-count.
+        if "x-delivery-count" in raw:
+            self.delivery_count = int(raw["x-delivery-count"]) + 1
+        else:
+            self.delivery_count = 2 if message.redelivered else 1
+
+    async def ack(self) -> None:
+        if not self._auto_ack:
+            await self._message.ack()
+
+    async def nack(self, *, requeue: bool = True) -> None:
+        if not self._auto_ack:
+            await self._message.nack(requeue=requeue)
+
+
+class _AmqpSubscription(Subscription):
+    def __init__(self, channel: Any, queue: Any, tag: str, callback: Any,
+                 no_ack: bool) -> None:
+        self._channel = channel
+        self._queue = queue
+        self._tag = tag
+        self._callback = callback
+        self._no_ack = no_ack
+        self._cancelled = False
+
+    async def set_prefetch(self, prefetch: int) -> None:
+        # A new per-consumer QoS applies to consumers started after it (and quorum
+        # queues refuse channel-wide QoS), so the consumer restarts on the same
+        # channel; its unacked deliveries stay valid.
+        await self._channel.set_qos(prefetch_count=prefetch)
+        old = self._tag
+        self._tag = await self._queue.consume(self._callback, no_ack=self._no_ack)
+        await self._queue.cancel(old)
+
+    async def cancel(self) -> None:
+        if self._cancelled:
+            return
+        self._cancelled = True
+        try:
+            await self._queue.cancel(self._tag)
+        except Exception as exc:  # the channel may already be gone with its connection
+            log.debug("cancel of %s failed: %s", self._tag, exc)
+        # Closing the channel returns its unacked messages to the queue.
+        if not self._channel.is_closed:
+            await self._channel.close()
+
+
+class RabbitMQBus(Bus):
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._connection: Any = None
+        self._confirmed: Any = None
+        self._fast: Any = None
+        self._exchanges: dict[str, Any] = {}
+
+    async def connect(self) -> None:
+        import aio_pika
+
+        try:
+            self._connection = await aio_pika.connect_robust(self.url)
+        except Exception as exc:  # aiormq and socket errors
+            raise BusError(f"cannot connect to RabbitMQ at {_safe(self.url)}: {exc}") from exc
+        self._confirmed = await self._connection.channel(publisher_confirms=True,
+                                                         on_return_raises=True)
+        self._fast = await self._connection.channel(publisher_confirms=False)
+
+    async def close(self) -> None:
+        if self._connection is not None:
+            await self._connection.close()
+            self._connection = None
+
+    def _channel(self) -> Any:
+        if self._confirmed is None:
+            raise BusError(f"bus {_safe(self.url)} is not connected")
+        return self._confirmed
+
+    async def declare_queue(self, name: str, options: QueueOptions | None = None) -> None:
+        opts = options or QueueOptions()
+        channel = self._channel()
+        arguments: dict[str, Any] = {}
+        if opts.durable and not opts.exclusive:
+            arguments["x-queue-type"] = "quorum"
+            if opts.delivery_limit is not None:
+                # x-delivery-limit counts returns; ours counts deliveries in all.
+                arguments["x-delivery-limit"] = max(0, opts.delivery_limit - 1)
+        if opts.dead_letter_queue:
+            await self.declare_queue(opts.dead_letter_queue,
+                                     QueueOptions(durable=opts.durable))
+            arguments["x-dead-letter-exchange"] = ""
+            arguments["x-dead-letter-routing-key"] = opts.dead_letter_queue
+            if arguments.get("x-queue-type") == "quorum":
+                arguments["x-dead-letter-strategy"] = "at-least-once"
+                arguments["x-overflow"] = "reject-publish"
+        if opts.max_length is not None:
+            arguments["x-max-length"] = opts.max_length
+            arguments["x-overflow"] = "reject-publish"
+        try:
+            await channel.declare_queue(
+                name, durable=opts.durable and not opts.exclusive, exclusive=opts.exclusive,
+                auto_delete=opts.exclusive, arguments=arguments)
+        except Exception as exc:
+            raise BusError(f"cannot declare queue {name}: {exc}") from exc
+
+    async def delete_queue(self, name: str) -> None:
+        try:
+            await self._channel().queue_delete(name)
+        except Exception as exc:
+            log.debug("delete of queue %s: %s", name, exc)
+            # a failed delete closes the channel; open a fresh one
+            self._confirmed = await self._connection.channel(publisher_confirms=True,
+                                                             on_return_raises=True)
+
+    async def publish(
+        self,
+        queue: str,
+        body: bytes,
+        *,
+        headers: Mapping[str, str] | None = None,
+        ttl_s: float | None = None,
+        durable: bool = True,
+    ) -> None:
+        import aio_pika
+
+        message = aio_pika.Message(
+            body, headers=dict(headers or {}), expiration=ttl_s,
+            delivery_mode=(aio_pika.DeliveryMode.PERSISTENT if durable
+                           else aio_pika.DeliveryMode.NOT_PERSISTENT))
+        channel = self._channel() if durable else self._fast
+        try:
+            await channel.default_exchange.publish(message, routing_key=queue,
+                                                   mandatory=durable)
+        except aio_pika.exceptions.DeliveryError as exc:
+            raise BusError(f"queue {queue} did not accept the message (it does not exist, "
+                           "is full, or refused it)") from exc
+        except aio_pika.exceptions.PublishError as exc:
+            raise BusError(f"queue {queue} did not accept the message: {exc}") from exc
+
+    async def consume(
+        self, queue: str, handler: DeliveryHandler, *, prefetch: int, auto_ack: bool = False
+    ) -> Subscription:
+        channel = await self._connection.channel()
+        await channel.set_qos(prefetch_count=0 if auto_ack else prefetch)
+        q = await channel.get_queue(queue, ensure=False)
+
+        async def on_message(message: Any) -> None:
+            await handler(_AmqpDelivery(message, auto_ack=auto_ack))
+
+        tag = await q.consume(on_message, no_ack=auto_ack)
+        return _AmqpSubscription(channel, q, tag, on_message, auto_ack)
+
+    async def _exchange(self, topic: str) -> Any:
+        import aio_pika
+
+        exchange = self._exchanges.get(topic)
+        if exchange is None:
+            exchange = await self._fast.declare_exchange(topic, aio_pika.ExchangeType.FANOUT,
+                                                         durable=False)
+            self._exchanges[topic] = exchange
+        return exchange
+
+    async def broadcast(
+        self, topic: str, body: bytes, *, headers: Mapping[str, str] | None = None
+    ) -> None:
+        import aio_pika
+
+        exchange = await self._exchange(topic)
+        await exchange.publish(aio_pika.Message(body, headers=dict(headers or {})),
+                               routing_key="")
+
+    async def subscribe(self, topic: str, handler: TopicHandler) -> Subscription:
+        exchange = await self._exchange(topic)
+        channel = await self._connection.channel()
+        queue = await channel.declare_queue(exclusive=True, auto_delete=True)
+        await queue.bind(exchange)
+
+        async def on_message(message: Any) -> None:
+            headers = {k: str(v) for k, v in (message.headers or {}).items()}
+            await handler(TopicMessage(message.body, headers))
+
+        tag = await queue.consume(on_message, no_ack=True)
+        return _AmqpSubscription(channel, queue, tag, on_message, True)
+
+
+def _safe(url: str) -> str:
+    """The URL without its password, for messages."""
+    if "@" not in url:
+        return url
+    scheme, _, rest = url.partition("://")
+    credentials, _, host = rest.rpartition("@")
+    user = credentials.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}"
