@@ -68,7 +68,8 @@ async def serve(settings: Settings) -> None:
             await asyncio.to_thread(ensure_default_model, registry)
         if store.get_deployment(settings.default_model) is None:
             store.upsert_deployment(settings.default_model, settings.default_model)
-        reconciling = asyncio.create_task(controller.run(), name="controller")
+        if settings.embedded_worker:
+            reconciling = asyncio.create_task(controller.run(), name="controller")
         await serving
     finally:
         if reconciling is not None:
@@ -82,3 +83,40 @@ async def serve(settings: Settings) -> None:
         await bus.close()
         store.close()
         log.info("stopped")
+
+
+async def run_worker(settings: Settings, model: str, deployment: str | None = None) -> None:
+    """``llmos worker``: one replica of ``model`` in this process, until SIGTERM or SIGINT."""
+    import signal
+
+    from llmos.agent.local import engine_config
+    from llmos.bus import open_bus
+    from llmos.engines import load_engine
+    from llmos.observability.logs import configure_logging
+    from llmos.registry import LocalRegistry, parse_ref
+    from llmos.registry.defaults import DEFAULT_MODEL_NAME, ensure_default_model
+    from llmos.worker import Worker
+
+    configure_logging(settings.log_level, json_logs=settings.log_json)
+    registry = LocalRegistry(settings.models_dir)
+    ref = parse_ref(model)
+    if ref.name == DEFAULT_MODEL_NAME:
+        await asyncio.to_thread(ensure_default_model, registry)
+    version = registry.get(ref)
+    config = engine_config(settings.engine, registry.weights_path(version))
+    bus = open_bus(settings.bus_url)
+    await bus.connect()
+    engine = await asyncio.to_thread(load_engine, "llama.cpp", config)
+    worker = Worker(bus, engine, deployment or ref.name)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await worker.start()
+        await stop.wait()
+        log.info("stopping: requests in flight go back to the queue")
+    finally:
+        await worker.stop()
+        await asyncio.to_thread(engine.close)
+        await bus.close()

@@ -76,6 +76,8 @@ class Settings(BaseSettings):
     bus_url: str = "memory://"
     database_url: str | None = None
     default_model: str = "gemma-3-270m"
+    embedded_worker: bool = Field(
+        True, description="serve runs the default model's replica in its own process")
     engine: EngineSettings = Field(default_factory=lambda: EngineSettings())
     request_timeout_s: float = Field(600.0, gt=0, description="end-to-end deadline")
     log_level: str = "INFO"

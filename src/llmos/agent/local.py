@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 from llmos.bus import Bus
 from llmos.engines import EngineConfig, load_engine
@@ -18,6 +19,14 @@ from llmos.store import Deployment
 from llmos.worker import Worker
 
 log = logging.getLogger(__name__)
+
+
+def engine_config(settings: EngineSettings, model_path: Path) -> EngineConfig:
+    return EngineConfig(
+        model_path=model_path, slots=settings.slots, threads=settings.threads,
+        batch_threads=settings.batch_threads, ctx_size=settings.ctx_size,
+        kv_unified=settings.kv_unified, cache_ram_mib=settings.cache_ram_mib,
+        poll=settings.poll, log_verbosity=settings.log_verbosity)
 
 
 @dataclass
@@ -38,12 +47,7 @@ class LocalAgent:
         settings = EngineSettings.model_validate(
             self.defaults.model_dump() | dict(deployment.engine_settings or {}))
         version = self.registry.get(deployment.model_ref, project=deployment.project)
-        return EngineConfig(
-            model_path=self.registry.weights_path(version), slots=settings.slots,
-            threads=settings.threads, batch_threads=settings.batch_threads,
-            ctx_size=settings.ctx_size, kv_unified=settings.kv_unified,
-            cache_ram_mib=settings.cache_ram_mib, poll=settings.poll,
-            log_verbosity=settings.log_verbosity)
+        return engine_config(settings, self.registry.weights_path(version))
 
     async def start_replica(self, deployment: Deployment) -> Replica:
         config = self.engine_config(deployment)

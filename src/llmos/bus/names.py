@@ -14,6 +14,7 @@ INFER_QUEUE_OPTIONS = QueueOptions(durable=True, delivery_limit=INFER_DELIVERY_L
 
 HEADER_SCHEMA = "x-llmos-schema"
 HEADER_REQUEST_ID = "x-request-id"
+HEADER_ATTEMPT = "x-llmos-attempt"  # on API responses: which delivery answered
 
 
 def infer_queue(deployment: str) -> str:

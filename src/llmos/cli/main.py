@@ -36,6 +36,9 @@ def serve(
     ctx_size: Annotated[int | None, typer.Option(help="total context, split by slots")] = None,
     insecure: Annotated[bool, typer.Option(
         help="allow a non-loopback address without authentication")] = False,
+    worker: Annotated[bool, typer.Option(
+        help="run the default model's replica here (--no-worker: `llmos worker` "
+             "processes serve it over the bus)")] = True,
 ) -> None:
     """Run LLMOS in one process, serving the default model on an OpenAI-compatible API."""
     from llmos.server import serve as run_server
@@ -44,6 +47,8 @@ def serve(
     given: dict[str, Any] = {"host": host, "port": port}
     if insecure:
         given["insecure"] = True
+    if not worker:
+        given["embedded_worker"] = False
     for key, value in (("bus_url", bus), ("home", home), ("config", config)):
         if value is not None:
             given[key] = value
@@ -69,6 +74,41 @@ def _run(main: Coroutine[Any, Any, None]) -> None:
         asyncio.run(main)
         return
     uvloop.run(main)
+
+
+@app.command("worker")
+def worker_command(
+    bus: Annotated[str, typer.Option(help="bus URL, e.g. amqp://guest:guest@127.0.0.1:5672/")],
+    model: Annotated[str, typer.Option(help="model reference: name, name:tag, name@3")] = (
+        "gemma-3-270m"),
+    deployment: Annotated[str | None, typer.Option(
+        help="deployment (API model id) to serve; default: the model's name")] = None,
+    home: Annotated[Path | None, typer.Option(help="state directory ($LLMOS_HOME)")] = None,
+    config: Annotated[Path | None, typer.Option(help="TOML settings file")] = None,
+    slots: Annotated[int | None, typer.Option(help="parallel slots")] = None,
+    threads: Annotated[int | None, typer.Option(help="engine threads")] = None,
+    ctx_size: Annotated[int | None, typer.Option(help="total context, split by slots")] = None,
+) -> None:
+    """Run one model replica in this process, consuming its deployment's queue on the bus."""
+    from llmos.server import run_worker
+    from llmos.settings import Settings
+
+    given: dict[str, Any] = {"bus_url": bus}
+    for key, value in (("home", home), ("config", config)):
+        if value is not None:
+            given[key] = value
+    try:
+        settings = Settings(**given)
+        engine = {k: v for k, v in (("slots", slots), ("threads", threads),
+                                    ("ctx_size", ctx_size)) if v is not None}
+        if engine:
+            settings.engine = settings.engine.model_copy(update=engine)
+        _run(run_worker(settings, model, deployment))
+    except LLMOSError as exc:
+        err.print(f"[red]error:[/red] {exc.message}")
+        raise typer.Exit(code=2) from None
+    except KeyboardInterrupt:
+        pass
 
 
 @app.command()

@@ -43,6 +43,11 @@ class RequestHandle:
         self._yielded = False
         self.finished = False
 
+    @property
+    def attempt(self) -> int:
+        """The delivery the answer comes from: above 1 when a replica failed before it."""
+        return self._attempt
+
     def deliver(self, chunk: ReplyChunk) -> None:
         self._inbox.put_nowait(chunk)
 

@@ -45,5 +45,5 @@ def configure_logging(level: str = "INFO", *, json_logs: bool = True,
         handler.setFormatter(formatter)
         root.addHandler(handler)
     root.setLevel(level.upper())
-    for noisy in ("uvicorn.access",):
+    for noisy in ("uvicorn.access", "alembic", "aio_pika", "aiormq"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

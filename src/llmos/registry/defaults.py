@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import uuid
 
@@ -37,5 +38,7 @@ def ensure_default_model(registry: LocalRegistry, name: str = DEFAULT_MODEL_NAME
         for leftover in staging.glob("*"):
             leftover.unlink()
         staging.rmdir()
+        with contextlib.suppress(OSError):  # other imports may be staging too
+            staging.parent.rmdir()
     log.info("imported %s as %s", name, version.ref)
     return version

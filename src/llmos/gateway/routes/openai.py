@@ -12,6 +12,7 @@ from typing import Any, Literal
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from llmos.bus import names
 from llmos.bus.messages import ErrorInfo, ReplyChunk
 from llmos.errors import BadRequest, LLMOSError, UnsupportedParameter
 from llmos.gateway.deps import StateDep
@@ -154,7 +155,7 @@ async def _complete(handle: RequestHandle, request: Request,
             "model": model, "choices": [{"index": 0, "text": final.text, "logprobs": None,
                                          "finish_reason": final.finish_reason}],
             "usage": usage}
-    return JSONResponse(answer)
+    return JSONResponse(answer, headers={names.HEADER_ATTEMPT: str(handle.attempt)})
 
 
 async def _last_chunk(chunks: AsyncIterator[ReplyChunk]) -> ReplyChunk:
@@ -220,7 +221,8 @@ async def _stream(handle: RequestHandle, kind: Literal["chat", "completion"], mo
             await chunks.aclose()
 
     return StreamingResponse(body(), media_type="text/event-stream",
-                             headers={"cache-control": "no-cache"})
+                             headers={"cache-control": "no-cache",
+                                      names.HEADER_ATTEMPT: str(handle.attempt)})
 
 
 class _SseEncoder:

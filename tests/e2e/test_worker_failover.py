@@ -1,0 +1,105 @@
+"""Two `llmos worker` processes on RabbitMQ; one is killed with SIGKILL mid-load.
+
+Every one of 100 concurrent requests must still complete, exactly once, because
+the dead worker's unacked requests are redelivered to the survivor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import openai
+import pytest
+
+from tests.bus.test_rabbitmq import AMQP_URL
+from tests.conftest import RunningServer, require_service, start_server, stop_server
+
+MODEL = "gemma-3-270m"
+WORKER_ENV = {"LLMOS_ENGINE__SLOTS": "4", "LLMOS_ENGINE__CTX_SIZE": "1024",
+              "LLMOS_ENGINE__THREADS": "1", "LLMOS_ENGINE__POLL": "0"}
+
+
+def start_worker(home: Path, name: str) -> tuple[subprocess.Popen[bytes], Path]:
+    log = home / f"{name}.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "llmos", "worker", "--bus", AMQP_URL],
+            env=os.environ | WORKER_ENV | {"LLMOS_HOME": str(home)},
+            stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    while b"consuming" not in log.read_bytes():
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise RuntimeError(f"worker {name} did not start:\n{log.read_text()[-2000:]}")
+        time.sleep(0.2)
+    return process, log
+
+
+def stop_worker(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[tuple[RunningServer, list[subprocess.Popen[bytes]]]]:
+    parts = urlsplit(AMQP_URL)
+    require_service("RabbitMQ", parts.hostname or "127.0.0.1", parts.port or 5672)
+    workers: list[subprocess.Popen[bytes]] = []
+    server: RunningServer | None = None
+    try:
+        workers.append(start_worker(tmp_path, "worker-a")[0])
+        server = start_server(tmp_path, args=["--bus", AMQP_URL, "--no-worker"])
+        workers.append(start_worker(tmp_path, "worker-b")[0])
+        yield server, workers
+    finally:
+        if server is not None:
+            stop_server(server)
+        for process in workers:
+            stop_worker(process)
+
+
+def test_kill_9_of_one_worker_loses_no_request(
+        cluster: tuple[RunningServer, list[subprocess.Popen[bytes]]]) -> None:
+    server, (victim, _survivor) = cluster
+
+    async def run() -> list[tuple[int, openai.types.Completion]]:
+        client = openai.AsyncOpenAI(base_url=server.api, api_key="unused", max_retries=0,
+                                    timeout=300)
+
+        async def one(i: int) -> tuple[int, openai.types.Completion]:
+            raw = await client.completions.with_raw_response.create(
+                model=MODEL, prompt=f"Request {i}: 1, 2, 3,", max_tokens=8, temperature=0,
+                extra_body={"ignore_eos": True})
+            return int(raw.headers["x-llmos-attempt"]), raw.parse()
+
+        async def kill_soon() -> None:
+            await asyncio.sleep(1.5)  # both workers are busy by now
+            victim.send_signal(signal.SIGKILL)
+
+        results = await asyncio.gather(kill_soon(), *(one(i) for i in range(100)))
+        await client.close()
+        return list(results[1:])
+
+    answers = asyncio.run(run())
+    assert victim.wait(timeout=10) == -signal.SIGKILL
+    assert len(answers) == 100
+    assert len({a.id for _, a in answers}) == 100
+    retried = [attempt for attempt, _ in answers if attempt > 1]
+    assert retried, "the killed worker held no request: the test proved nothing"
+    print(f"{len(retried)} of 100 answers came from a redelivery")
+    for _, answer in answers:
+        assert answer.choices[0].text
+        assert answer.usage is not None and answer.usage.completion_tokens == 8
