@@ -70,6 +70,15 @@ class BusError(LLMOSError):
     code = "bus_error"
 
 
+class QueueFull(BusError):
+    """A bounded queue refused a message: the caller should back off and retry."""
+
+    status = 429
+    type = "rate_limit_error"
+    code = "queue_full"
+    retry_after_s = 1
+
+
 class RegistryError(LLMOSError):
     status = 400
     type = "invalid_request_error"

@@ -10,7 +10,7 @@ import pytest
 import pytest_asyncio
 
 from llmos.bus import Bus, Delivery, QueueOptions, TopicMessage
-from llmos.errors import BusError
+from llmos.errors import BusError, QueueFull
 
 
 async def eventually(condition: object, timeout_s: float = 5.0) -> None:
@@ -72,8 +72,9 @@ class BusContract:
 
     @pytest.mark.asyncio
     async def test_unroutable_publish_raises(self, bus: Bus) -> None:
-        with pytest.raises(BusError):
+        with pytest.raises(BusError) as info:
             await bus.publish(self.q("never-declared"), b"x")
+        assert not isinstance(info.value, QueueFull)
 
     @pytest.mark.asyncio
     async def test_prefetch_bounds_unacked_deliveries(self, bus: Bus) -> None:
@@ -213,7 +214,7 @@ class BusContract:
         await bus.publish(self.q("bounded"), b"1")
         await bus.publish(self.q("bounded"), b"2")
         # Quorum queues enforce the limit a little late, so allow a small overshoot.
-        with pytest.raises(BusError):
+        with pytest.raises(QueueFull):
             for i in range(3, 13):
                 await bus.publish(self.q("bounded"), str(i).encode())
                 await asyncio.sleep(0.02)

@@ -11,7 +11,8 @@ import httpx
 import openai
 import pytest
 
-from tests.bus.test_rabbitmq import AMQP_URL
+from llmos.bus import names
+from tests.bus.test_rabbitmq import AMQP_URL, reset_queue
 from tests.conftest import RunningServer, require_service, start_server, stop_server
 
 MODEL = "gemma-3-270m"
@@ -21,6 +22,7 @@ MODEL = "gemma-3-270m"
 def amqp_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     parts = urlsplit(AMQP_URL)
     require_service("RabbitMQ", parts.hostname or "127.0.0.1", parts.port or 5672)
+    reset_queue(names.infer_queue(MODEL))
     server = start_server(tmp_path_factory.mktemp("llmos-amqp"),
                           extra_env={"LLMOS_ENGINE__SLOTS": "4", "LLMOS_ENGINE__CTX_SIZE": "1024"},
                           args=["--bus", AMQP_URL])

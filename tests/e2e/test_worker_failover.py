@@ -19,7 +19,8 @@ from urllib.parse import urlsplit
 import openai
 import pytest
 
-from tests.bus.test_rabbitmq import AMQP_URL
+from llmos.bus import names
+from tests.bus.test_rabbitmq import AMQP_URL, reset_queue
 from tests.conftest import RunningServer, require_service, start_server, stop_server
 
 MODEL = "gemma-3-270m"
@@ -57,6 +58,7 @@ def stop_worker(process: subprocess.Popen[bytes]) -> None:
 def cluster(tmp_path: Path) -> Iterator[tuple[RunningServer, list[subprocess.Popen[bytes]]]]:
     parts = urlsplit(AMQP_URL)
     require_service("RabbitMQ", parts.hostname or "127.0.0.1", parts.port or 5672)
+    reset_queue(names.infer_queue(MODEL))
     workers: list[subprocess.Popen[bytes]] = []
     server: RunningServer | None = None
     try:

@@ -19,7 +19,7 @@ from llmos.bus.base import (
     TopicHandler,
     TopicMessage,
 )
-from llmos.errors import BusError
+from llmos.errors import BusError, QueueFull
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ class _Queue:
     def put(self, message: _Message) -> None:
         limit = self.options.max_length
         if limit is not None and len(self.messages) >= limit:
-            raise BusError(f"queue {self.name} is full ({limit} messages)")
+            raise QueueFull(f"queue {self.name} is full ({limit} messages)")
         self.messages.append(message)
         self.dispatch()
 

@@ -10,7 +10,10 @@ CANCEL_TOPIC = "llmos.control.cancel"
 
 # A request whose worker fails this many times is poison: it is dropped, not bounced on.
 INFER_DELIVERY_LIMIT = 5
-INFER_QUEUE_OPTIONS = QueueOptions(durable=True, delivery_limit=INFER_DELIVERY_LIMIT)
+# Beyond this many waiting requests a deployment answers 429 instead of queueing more.
+INFER_MAX_LENGTH = 10_000
+INFER_QUEUE_OPTIONS = QueueOptions(durable=True, delivery_limit=INFER_DELIVERY_LIMIT,
+                                   max_length=INFER_MAX_LENGTH)
 
 HEADER_SCHEMA = "x-llmos-schema"
 HEADER_REQUEST_ID = "x-request-id"

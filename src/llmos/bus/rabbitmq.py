@@ -28,7 +28,7 @@ from llmos.bus.base import (
     TopicHandler,
     TopicMessage,
 )
-from llmos.errors import BusError
+from llmos.errors import BusError, QueueFull
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +142,13 @@ class RabbitMQBus(Bus):
                 name, durable=opts.durable and not opts.exclusive, exclusive=opts.exclusive,
                 auto_delete=opts.exclusive, arguments=arguments)
         except Exception as exc:
-            raise BusError(f"cannot declare queue {name}: {exc}") from exc
+            # A different redeclaration closes the channel: open a fresh one.
+            self._confirmed = await self._connection.channel(publisher_confirms=True,
+                                                             on_return_raises=True)
+            hint = (f"; it exists with other arguments: delete it "
+                    f"(rabbitmqctl delete_queue {name}) to apply the new ones"
+                    if "PRECONDITION_FAILED" in str(exc) else "")
+            raise BusError(f"cannot declare queue {name}: {exc}{hint}") from exc
 
     async def delete_queue(self, name: str) -> None:
         try:
@@ -172,11 +178,12 @@ class RabbitMQBus(Bus):
         try:
             await channel.default_exchange.publish(message, routing_key=queue,
                                                    mandatory=durable)
+        except aio_pika.exceptions.PublishError as exc:  # (a DeliveryError: test it first)
+            # A Basic.Return of a mandatory message: nothing is bound to that name.
+            raise BusError(f"queue {queue} does not exist (message unroutable)") from exc
         except aio_pika.exceptions.DeliveryError as exc:
-            raise BusError(f"queue {queue} did not accept the message (it does not exist, "
-                           "is full, or refused it)") from exc
-        except aio_pika.exceptions.PublishError as exc:
-            raise BusError(f"queue {queue} did not accept the message: {exc}") from exc
+            # A Basic.Nack: the queue is at its length limit (overflow reject-publish).
+            raise QueueFull(f"queue {queue} is full; it refused the message") from exc
 
     async def consume(
         self, queue: str, handler: DeliveryHandler, *, prefetch: int, auto_ack: bool = False

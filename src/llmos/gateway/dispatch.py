@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from llmos.bus import Bus, Delivery, QueueOptions, Subscription, names
 from llmos.bus.messages import Cancel, InferenceRequest, ReplyChunk, decode, encode
-from llmos.errors import BusError, LLMOSError, Timeout, Unavailable
+from llmos.errors import BusError, LLMOSError, QueueFull, Timeout, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +135,10 @@ class Dispatcher:
             await self.bus.publish(queue, encode(request),
                                    headers={names.HEADER_REQUEST_ID: request_id},
                                    ttl_s=self.timeout_s)
+        except QueueFull as exc:
+            self._handles.pop(request_id, None)
+            raise QueueFull(f"the model {deployment!r} has too many waiting requests; "
+                            f"retry in {exc.retry_after_s}s") from exc
         except BusError as exc:
             self._handles.pop(request_id, None)
             raise Unavailable(f"could not queue the request: {exc.message}") from exc

@@ -11,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from llmos.errors import LLMOSError
+from llmos.errors import LLMOSError, QueueFull
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,9 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _llmos_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, LLMOSError)
-    return error_response(exc)
+    headers = ({"retry-after": str(exc.retry_after_s)} if isinstance(exc, QueueFull)
+               else None)
+    return error_response(exc, headers)
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:

@@ -33,6 +33,7 @@ from llmos.observability import metrics
 _ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse, "description": text}
     for status, text in [(400, "invalid request"), (404, "unknown model"),
+                         (429, "too many waiting requests (see Retry-After)"),
                          (500, "engine failure"), (503, "not available")]
 }
 _STREAM = {"text/event-stream": {"schema": {"type": "string"}}}
