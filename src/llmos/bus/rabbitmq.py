@@ -169,15 +169,18 @@ class RabbitMQBus(Bus):
         durable: bool = True,
     ) -> None:
         import aio_pika
+        from pamqp.commands import Basic
 
-        message = aio_pika.Message(
-            body, headers=dict(headers or {}), expiration=ttl_s,
-            delivery_mode=(aio_pika.DeliveryMode.PERSISTENT if durable
-                           else aio_pika.DeliveryMode.NOT_PERSISTENT))
-        channel = self._channel() if durable else self._fast
+        # Straight onto aiormq's channel: aio-pika's Message and Exchange wrappers cost
+        # more than the publish itself on the hot path. The exceptions are the same.
+        properties = Basic.Properties(
+            headers=dict(headers) if headers else None,
+            expiration=str(max(1, int(ttl_s * 1000))) if ttl_s is not None else None,
+            delivery_mode=2 if durable else 1)
+        channel = await (self._channel() if durable else self._fast).get_underlay_channel()
         try:
-            await channel.default_exchange.publish(message, routing_key=queue,
-                                                   mandatory=durable)
+            await channel.basic_publish(body, routing_key=queue, properties=properties,
+                                        mandatory=durable)
         except aio_pika.exceptions.PublishError as exc:  # (a DeliveryError: test it first)
             # A Basic.Return of a mandatory message: nothing is bound to that name.
             raise BusError(f"queue {queue} does not exist (message unroutable)") from exc

@@ -1,0 +1,311 @@
+"""Bus benchmark: the LLMOS backends against bare client libraries, in one run.
+
+(i)   transient messages, no confirms, manual acks, on a classic queue:
+      LLMOS amqp:// against bare aiormq and against pika;
+(ii)  persistent messages with publisher confirms on a quorum queue:
+      LLMOS amqp:// against bare aio-pika with windowed confirms, and against
+      pika's per-message synchronous confirms;
+(iii) request-reply round trip of a 200-byte message, p50/p99, on memory:// and amqp://.
+
+Throughput is messages/s from the first publish until the consumer has acked the
+last one (publisher and consumer run at once). Each case runs --runs times,
+alternated; the table shows medians and the ratios against the baselines.
+
+    .venv/bin/python benchmarks/bus.py [--messages 20000] [--runs 3] [--url amqp://…]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import threading
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+PAYLOAD = b"x" * 200
+WINDOW = 256  # publishes in flight for the confirmed cases
+
+
+def qname(kind: str) -> str:
+    return f"bench.{kind}.{uuid.uuid4().hex[:8]}"
+
+
+# LLMOS backend ---------------------------------------------------------------------------
+
+async def llmos_throughput(url: str, n: int, *, durable: bool) -> float:
+    from llmos.bus import Delivery, QueueOptions, open_bus
+
+    bus = open_bus(url)
+    await bus.connect()
+    name = qname("llmos")
+    await bus.declare_queue(name, QueueOptions(durable=durable))
+    done = asyncio.Event()
+    count = 0
+
+    async def handler(delivery: Delivery) -> None:
+        nonlocal count
+        await delivery.ack()
+        count += 1
+        if count == n:
+            done.set()
+
+    sub = await bus.consume(name, handler, prefetch=WINDOW)
+    gate = asyncio.Semaphore(WINDOW)
+
+    async def send() -> None:
+        async with gate:
+            await bus.publish(name, PAYLOAD, durable=durable)
+
+    started = time.perf_counter()
+    if durable:
+        await asyncio.gather(*(send() for _ in range(n)))
+    else:
+        for _ in range(n):
+            await bus.publish(name, PAYLOAD, durable=False)
+    await done.wait()
+    elapsed = time.perf_counter() - started
+    await sub.cancel()
+    await bus.delete_queue(name)
+    await bus.close()
+    return n / elapsed
+
+
+# bare aiormq (transient) and bare aio-pika (confirmed) -------------------------------------
+
+async def aiormq_throughput(url: str, n: int) -> float:
+    import aiormq
+    from aiormq.abc import DeliveredMessage
+
+    connection = await aiormq.connect(url)
+    channel = await connection.channel(publisher_confirms=False)
+    name = qname("aiormq")
+    await channel.queue_declare(name, durable=False)
+    consumer = await connection.channel()
+    await consumer.basic_qos(prefetch_count=WINDOW)
+    done = asyncio.Event()
+    count = 0
+
+    async def on_message(message: DeliveredMessage) -> None:
+        nonlocal count
+        await message.channel.basic_ack(message.delivery_tag)
+        count += 1
+        if count == n:
+            done.set()
+
+    await consumer.basic_consume(name, on_message)
+    props = aiormq.spec.Basic.Properties(delivery_mode=1)
+    started = time.perf_counter()
+    for _ in range(n):
+        await channel.basic_publish(PAYLOAD, routing_key=name, properties=props)
+    await done.wait()
+    elapsed = time.perf_counter() - started
+    await channel.queue_delete(name)
+    await connection.close()
+    return n / elapsed
+
+
+async def aiopika_confirmed_throughput(url: str, n: int) -> float:
+    import aio_pika
+
+    connection = await aio_pika.connect(url)
+    channel = await connection.channel(publisher_confirms=True)
+    name = qname("aiopika")
+    queue = await channel.declare_queue(name, durable=True,
+                                        arguments={"x-queue-type": "quorum"})
+    consumer = await connection.channel()
+    await consumer.set_qos(prefetch_count=WINDOW)
+    consumer_queue = await consumer.get_queue(name, ensure=False)
+    done = asyncio.Event()
+    count = 0
+
+    async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+        nonlocal count
+        await message.ack()
+        count += 1
+        if count == n:
+            done.set()
+
+    await consumer_queue.consume(on_message)
+    gate = asyncio.Semaphore(WINDOW)
+
+    async def send() -> None:
+        async with gate:
+            await channel.default_exchange.publish(
+                aio_pika.Message(PAYLOAD, delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+                routing_key=name)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(send() for _ in range(n)))
+    await done.wait()
+    elapsed = time.perf_counter() - started
+    await queue.delete(if_unused=False, if_empty=False)
+    await connection.close()
+    return n / elapsed
+
+
+# pika (blocking; consumer in a thread of its own) -------------------------------------------
+
+def pika_throughput(url: str, n: int, *, confirmed: bool) -> float:
+    import pika
+
+    params = pika.URLParameters(url)
+    publisher = pika.BlockingConnection(params)
+    channel = publisher.channel()
+    name = qname("pika")
+    if confirmed:
+        channel.queue_declare(name, durable=True, arguments={"x-queue-type": "quorum"})
+        channel.confirm_delivery()
+    else:
+        channel.queue_declare(name, durable=False)
+    finished = threading.Event()
+    ready = threading.Event()
+
+    def consume() -> None:
+        connection = pika.BlockingConnection(params)
+        ch = connection.channel()
+        ch.basic_qos(prefetch_count=WINDOW)
+        count = 0
+
+        def on_message(chan: Any, method: Any, props: Any, body: bytes) -> None:
+            nonlocal count
+            chan.basic_ack(method.delivery_tag)
+            count += 1
+            if count == n:
+                chan.stop_consuming()
+
+        ch.basic_consume(name, on_message)
+        ready.set()
+        ch.start_consuming()
+        connection.close()
+        finished.set()
+
+    thread = threading.Thread(target=consume)
+    thread.start()
+    ready.wait()
+    props = pika.BasicProperties(delivery_mode=2 if confirmed else 1)
+    started = time.perf_counter()
+    for _ in range(n):
+        channel.basic_publish("", name, PAYLOAD, props)  # confirmed: waits for each ack
+    finished.wait()
+    elapsed = time.perf_counter() - started
+    thread.join()
+    channel.queue_delete(name)
+    publisher.close()
+    return n / elapsed
+
+
+# request-reply round trip ----------------------------------------------------------------
+
+async def round_trip(url: str, n: int) -> dict[str, float]:
+    from llmos.bus import Delivery, QueueOptions, open_bus
+
+    bus = open_bus(url)
+    await bus.connect()
+    server_queue, reply_queue = qname("rr-server"), qname("rr-reply")
+    await bus.declare_queue(server_queue, QueueOptions(durable=True))
+    await bus.declare_queue(reply_queue, QueueOptions(durable=False, exclusive=True))
+    waiting: dict[str, asyncio.Future[None]] = {}
+
+    async def serve(delivery: Delivery) -> None:
+        await bus.publish(reply_queue, delivery.body, headers=dict(delivery.headers),
+                          durable=False)
+        await delivery.ack()
+
+    async def on_reply(delivery: Delivery) -> None:
+        future = waiting.pop(delivery.headers["id"], None)
+        if future is not None:
+            future.set_result(None)
+
+    server = await bus.consume(server_queue, serve, prefetch=16)
+    replies = await bus.consume(reply_queue, on_reply, prefetch=1, auto_ack=True)
+    times: list[float] = []
+    loop = asyncio.get_running_loop()
+    for i in range(n):
+        key = str(i)
+        waiting[key] = loop.create_future()
+        started = time.perf_counter()
+        await bus.publish(server_queue, PAYLOAD, headers={"id": key})
+        await waiting[key]
+        times.append(time.perf_counter() - started)
+    await server.cancel()
+    await replies.cancel()
+    await bus.delete_queue(server_queue)
+    await bus.close()
+    times.sort()
+    return {"p50_ms": times[len(times) // 2] * 1000,
+            "p99_ms": times[int(len(times) * 0.99)] * 1000}
+
+
+# driver --------------------------------------------------------------------------------
+
+async def run_cases(args: argparse.Namespace) -> dict[str, Any]:
+    n, url = args.messages, args.url
+    cases: dict[str, Callable[[], Awaitable[float]]] = {
+        "i_llmos_transient": lambda: llmos_throughput(url, n, durable=False),
+        "i_aiormq_transient": lambda: aiormq_throughput(url, n),
+        "i_pika_transient": lambda: asyncio.to_thread(pika_throughput, url, n,
+                                                      confirmed=False),
+        "ii_llmos_confirmed": lambda: llmos_throughput(url, n // 2, durable=True),
+        "ii_aiopika_windowed": lambda: aiopika_confirmed_throughput(url, n // 2),
+        "ii_pika_per_message": lambda: asyncio.to_thread(pika_throughput, url,
+                                                         args.pika_confirmed, confirmed=True),
+    }
+    rates: dict[str, list[float]] = {name: [] for name in cases}
+    names = list(cases)
+    for run in range(args.runs):
+        order = names[run % len(names):] + names[:run % len(names)]
+        for name in order:
+            rate = await cases[name]()
+            rates[name].append(rate)
+            print(f"run {run + 1} {name:<22} {rate:9.0f} msg/s", flush=True)
+    medians = {name: statistics.median(values) for name, values in rates.items()}
+    rr = {"memory": await round_trip("memory://", args.round_trips),
+          "amqp": await round_trip(url, args.round_trips)}
+    return {"throughput_msgs_per_s": medians, "runs": rates, "round_trip": rr}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--url", default="amqp://guest:guest@127.0.0.1:5672/")
+    parser.add_argument("--messages", type=int, default=20000)
+    parser.add_argument("--pika-confirmed", type=int, default=3000,
+                        help="messages for pika's per-message confirms (slow)")
+    parser.add_argument("--round-trips", type=int, default=2000)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "bus.json")
+    args = parser.parse_args()
+    results = asyncio.run(run_cases(args))
+    t = results["throughput_msgs_per_s"]
+    ratios = {
+        "i_llmos_over_aiormq": t["i_llmos_transient"] / t["i_aiormq_transient"],
+        "i_llmos_over_pika": t["i_llmos_transient"] / t["i_pika_transient"],
+        "ii_llmos_over_aiopika_windowed": t["ii_llmos_confirmed"] / t["ii_aiopika_windowed"],
+        "ii_llmos_over_pika_per_message": t["ii_llmos_confirmed"] / t["ii_pika_per_message"],
+    }
+    results["ratios"] = ratios
+    print(f"\n{'case':<24} | {'msg/s (median)':>14}")
+    print("-" * 42)
+    for name, rate in t.items():
+        print(f"{name:<24} | {rate:14.0f}")
+    print()
+    for name, ratio in ratios.items():
+        target = " (target >= 0.8)" if name in ("i_llmos_over_aiormq",
+                                                 "ii_llmos_over_aiopika_windowed") else ""
+        print(f"{name:<32} {ratio:6.3f}{target}")
+    for bus, rr in results["round_trip"].items():
+        print(f"request-reply 200 B on {bus:<7} p50 {rr['p50_ms']:.3f} ms  "
+              f"p99 {rr['p99_ms']:.3f} ms")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2))
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
