@@ -219,6 +219,32 @@ class BusContract:
                 await bus.publish(self.q("bounded"), str(i).encode())
                 await asyncio.sleep(0.02)
 
+    async def cut_connection(self, bus: Bus) -> None:
+        """Kill the client's connection to the broker (backends with one override this)."""
+        pytest.skip("an in-process bus has no connection to cut")
+
+    @pytest.mark.asyncio
+    async def test_resumes_after_the_connection_is_cut(self, bus: Bus) -> None:
+        await bus.declare_queue(self.q("resume"))
+        got: list[bytes] = []
+        reconnected = asyncio.Event()
+
+        async def handler(d: Delivery) -> None:
+            got.append(d.body)
+            await d.ack()
+
+        async def on_reconnect() -> None:
+            reconnected.set()
+
+        bus.on_reconnect(on_reconnect)
+        await bus.consume(self.q("resume"), handler, prefetch=1)
+        await bus.publish(self.q("resume"), b"before")
+        await eventually(lambda: got == [b"before"])
+        await self.cut_connection(bus)
+        await asyncio.wait_for(reconnected.wait(), 30)
+        await bus.publish(self.q("resume"), b"after")
+        await eventually(lambda: got == [b"before", b"after"], timeout_s=15)
+
     @pytest.mark.asyncio
     async def test_broadcast_reaches_every_subscriber(self, bus: Bus) -> None:
         got: dict[str, list[bytes]] = {"a": [], "b": []}

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import socket
 from urllib.parse import urlsplit
 
 import pytest
 
+from llmos.bus import Bus
 from tests.bus.contract import BusContract
 from tests.conftest import require_service
 
@@ -28,8 +30,31 @@ def reset_queue(name: str) -> None:
     asyncio.run(delete())
 
 
+def shut_sockets_to(host: str, port: int) -> int:
+    """Shut down this process's TCP connections to host:port, as a dying network would."""
+    shut = 0
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            sock = socket.socket(fileno=os.dup(int(name)))
+        except OSError:
+            continue  # not a socket
+        try:
+            if sock.type == socket.SOCK_STREAM and sock.getpeername()[:2] == (host, port):
+                sock.shutdown(socket.SHUT_RDWR)
+                shut += 1
+        except OSError:
+            pass
+        finally:
+            sock.close()
+    return shut
+
+
 class TestRabbitMQBus(BusContract):
     url = AMQP_URL
+
+    async def cut_connection(self, bus: Bus) -> None:
+        parts = urlsplit(AMQP_URL)
+        assert shut_sockets_to(parts.hostname or "127.0.0.1", parts.port or 5672) >= 1
 
     @pytest.fixture(autouse=True)
     def _broker(self) -> None:

@@ -7,6 +7,7 @@ the dead worker's unacked requests are redelivered to the survivor.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -16,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import httpx
 import openai
 import pytest
 
@@ -76,6 +78,7 @@ def cluster(tmp_path: Path) -> Iterator[tuple[RunningServer, list[subprocess.Pop
 def test_kill_9_of_one_worker_loses_no_request(
         cluster: tuple[RunningServer, list[subprocess.Popen[bytes]]]) -> None:
     server, (victim, _survivor) = cluster
+    endings: list[str] = []
 
     async def run() -> list[tuple[int, openai.types.Completion]]:
         client = openai.AsyncOpenAI(base_url=server.api, api_key="unused", max_retries=0,
@@ -87,11 +90,34 @@ def test_kill_9_of_one_worker_loses_no_request(
                 extra_body={"ignore_eos": True})
             return int(raw.headers["x-llmos-attempt"]), raw.parse()
 
+        async def stream(i: int) -> str:
+            """How a stream ended: "done" (complete) or the error code it ended with."""
+            body = {"model": MODEL, "prompt": f"Stream {i}: 1, 2, 3,", "max_tokens": 48,
+                    "temperature": 0, "ignore_eos": True, "stream": True}
+            texts: list[str] = []
+            async with httpx.AsyncClient(timeout=300) as http, http.stream(
+                    "POST", f"{server.api}/completions", json=body) as response:
+                assert response.status_code == 200
+                async for line in response.aiter_lines():
+                    if line == "data: [DONE]":
+                        assert len(texts) == 48, "a stream ended early without saying so"
+                        return "done"
+                    if line.startswith("data: "):
+                        event = json.loads(line[6:])
+                        if "error" in event:
+                            return str(event["error"]["code"])
+                        texts += [c["text"] for c in event["choices"] if c.get("text")]
+            raise AssertionError("a stream ended with neither [DONE] nor an error event")
+
         async def kill_soon() -> None:
             await asyncio.sleep(1.5)  # both workers are busy by now
             victim.send_signal(signal.SIGKILL)
 
+        # The streams go first, so each worker is streaming two of them when one dies.
+        streams = [asyncio.create_task(stream(i)) for i in range(4)]
+        await asyncio.sleep(0.2)
         results = await asyncio.gather(kill_soon(), *(one(i) for i in range(100)))
+        endings.extend(await asyncio.gather(*streams))
         await client.close()
         return list(results[1:])
 
@@ -105,3 +131,7 @@ def test_kill_9_of_one_worker_loses_no_request(
     for _, answer in answers:
         assert answer.choices[0].text
         assert answer.usage is not None and answer.usage.completion_tokens == 8
+    # Streams either finished, or (when their replica died after sending tokens) ended
+    # with an explicit error event: never a silent, truncated 200.
+    assert set(endings) <= {"done", "replica_failed"}, endings
+    assert "replica_failed" in endings and "done" in endings, endings

@@ -62,10 +62,33 @@ class Subscription(abc.ABC):
         """Stop receiving; unacked deliveries of a queue go back to it."""
 
 
+ReconnectHandler = Callable[[], Coroutine[Any, Any, None]]
+
+
 class Bus(abc.ABC):
     """A connection to one message bus."""
 
     url: str
+
+    def on_reconnect(self, handler: ReconnectHandler) -> None:
+        """Call ``handler`` after the connection was lost and restored.
+
+        Consumers and subscriptions resume by themselves; what was in flight on
+        the lost connection (unacked deliveries, transient replies) is gone, and
+        the handler is where its owner learns that.
+        """
+        self._reconnect_handlers().append(handler)
+
+    def _reconnect_handlers(self) -> list[ReconnectHandler]:
+        handlers: list[ReconnectHandler] | None = getattr(self, "_on_reconnect", None)
+        if handlers is None:
+            handlers = []
+            self._on_reconnect = handlers
+        return handlers
+
+    async def _notify_reconnect(self) -> None:
+        for handler in list(self._reconnect_handlers()):
+            await handler()
 
     @abc.abstractmethod
     async def connect(self) -> None: ...

@@ -49,11 +49,19 @@ class _AmqpDelivery(Delivery):
 
     async def ack(self) -> None:
         if not self._auto_ack:
-            await self._message.ack()
+            await self._settle(self._message.ack())
 
     async def nack(self, *, requeue: bool = True) -> None:
         if not self._auto_ack:
-            await self._message.nack(requeue=requeue)
+            await self._settle(self._message.nack(requeue=requeue))
+
+    @staticmethod
+    async def _settle(operation: Any) -> None:
+        try:
+            await operation
+        except Exception as exc:
+            # The channel it came on is gone: the broker has already put it back.
+            log.warning("could not settle a delivery (connection lost?): %s", exc)
 
 
 class _AmqpSubscription(Subscription):
@@ -106,6 +114,12 @@ class RabbitMQBus(Bus):
         self._confirmed = await self._connection.channel(publisher_confirms=True,
                                                          on_return_raises=True)
         self._fast = await self._connection.channel(publisher_confirms=False)
+
+        async def reconnected(*_: Any) -> None:
+            log.warning("reconnected to RabbitMQ at %s", _safe(self.url))
+            await self._notify_reconnect()
+
+        self._connection.reconnect_callbacks.add(reconnected)
 
     async def close(self) -> None:
         if self._connection is not None:
@@ -193,7 +207,12 @@ class RabbitMQBus(Bus):
     ) -> Subscription:
         channel = await self._connection.channel()
         await channel.set_qos(prefetch_count=0 if auto_ack else prefetch)
-        q = await channel.get_queue(queue, ensure=False)
+        # (A passive declare, not get_queue: only declared queues, and consumers on
+        # them, are restored by the robust channel after a reconnect.)
+        try:
+            q = await channel.declare_queue(queue, passive=True)
+        except Exception as exc:
+            raise BusError(f"cannot consume from queue {queue}: {exc}") from exc
 
         async def on_message(message: Any) -> None:
             await handler(_AmqpDelivery(message, auto_ack=auto_ack))

@@ -32,7 +32,7 @@ class RequestHandle:
     def __init__(self, dispatcher: Dispatcher, request: InferenceRequest) -> None:
         self.request = request
         self._dispatcher = dispatcher
-        self._inbox: asyncio.Queue[ReplyChunk | None] = asyncio.Queue()
+        self._inbox: asyncio.Queue[ReplyChunk | LLMOSError | None] = asyncio.Queue()
         # One timer per request (not one per chunk): it wakes the reader at the deadline.
         self._timer = asyncio.get_running_loop().call_at(
             asyncio.get_running_loop().time() + max(0.0, request.deadline - time.time()),
@@ -50,6 +50,9 @@ class RequestHandle:
 
     def deliver(self, chunk: ReplyChunk) -> None:
         self._inbox.put_nowait(chunk)
+
+    def fail(self, error: LLMOSError) -> None:
+        self._inbox.put_nowait(error)
 
     async def chunks(self) -> AsyncGenerator[ReplyChunk, None]:
         """Chunks of the current attempt in sequence order, ending with the final one."""
@@ -74,6 +77,8 @@ class RequestHandle:
             if chunk is None:
                 raise Timeout(f"no answer within the request deadline of "
                               f"{self._dispatcher.timeout_s:.0f}s")
+            if isinstance(chunk, LLMOSError):
+                raise chunk
             if chunk.attempt < self._attempt:
                 continue  # a superseded attempt
             if chunk.attempt > self._attempt:
@@ -109,6 +114,7 @@ class Dispatcher:
         self._replies: Subscription | None = None
 
     async def start(self) -> None:
+        self.bus.on_reconnect(self._on_reconnect)
         await self.bus.declare_queue(self.reply_to, QueueOptions(durable=False, exclusive=True))
         self._replies = await self.bus.consume(self.reply_to, self._on_reply, prefetch=1024,
                                                auto_ack=True)
@@ -152,6 +158,14 @@ class Dispatcher:
             await self.bus.broadcast(names.CANCEL_TOPIC, encode(Cancel(request_id=request_id)))
         except BusError as exc:
             log.warning("could not cancel %s: %s", request_id, exc)
+
+    async def _on_reconnect(self) -> None:
+        # Replies sent while the connection was down went to a reply queue that died
+        # with it: the requests in flight cannot be answered reliably any more.
+        for handle in list(self._handles.values()):
+            handle.fail(Unavailable(
+                "the connection to the message bus was lost while this request was in "
+                "flight; its answer may be lost, so retry the request"))
 
     async def _on_reply(self, delivery: Delivery) -> None:
         try:

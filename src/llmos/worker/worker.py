@@ -65,6 +65,7 @@ class Worker:
     async def start(self) -> None:
         queue = names.infer_queue(self.deployment)
         await self.bus.declare_queue(queue, names.INFER_QUEUE_OPTIONS)
+        self.bus.on_reconnect(self._on_reconnect)
         self._cancels = await self.bus.subscribe(names.CANCEL_TOPIC, self._on_cancel)
         # One unacked request per slot: the bus never hands us more than we can run.
         self._requests = await self.bus.consume(queue, self._on_request, prefetch=self.slots)
@@ -90,6 +91,12 @@ class Worker:
                 await sub.cancel()
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._slots_gauge.set(0)
+
+    async def _on_reconnect(self) -> None:
+        # The deliveries in flight belonged to the lost connection; the broker hands
+        # them out again, so finishing them here would only compute answers twice.
+        for event in self._inflight.values():
+            event.set()
 
     async def _on_cancel(self, message: TopicMessage) -> None:
         try:
