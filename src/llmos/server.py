@@ -98,14 +98,14 @@ async def run_worker(settings: Settings, model: str, deployment: str | None = No
     from llmos.worker import Worker
 
     configure_logging(settings.log_level, json_logs=settings.log_json)
-    registry = LocalRegistry(settings.models_dir)
     ref = parse_ref(model)
+    bus = open_bus(settings.bus_url)  # first, so a wrong URL fails before any slow work
+    await bus.connect()
+    registry = LocalRegistry(settings.models_dir)
     if ref.name == DEFAULT_MODEL_NAME:
         await asyncio.to_thread(ensure_default_model, registry)
     version = registry.get(ref)
     config = engine_config(settings.engine, registry.weights_path(version))
-    bus = open_bus(settings.bus_url)
-    await bus.connect()
     engine = await asyncio.to_thread(load_engine, "llama.cpp", config)
     worker = Worker(bus, engine, deployment or ref.name)
     stop = asyncio.Event()

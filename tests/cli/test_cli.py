@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 from tests.conftest import RunningServer, free_port
 
@@ -65,3 +66,18 @@ def test_chat_reports_an_unknown_model(llmos_server: RunningServer) -> None:
 def test_version_reports_the_server(llmos_server: RunningServer) -> None:
     result = llmos("version", "--url", llmos_server.url)
     assert f"server {llmos_server.url}: llmos" in result.stdout
+
+
+def test_worker_with_an_unknown_bus_scheme_lists_the_known_ones(tmp_path: Path) -> None:
+    result = llmos("worker", "--bus", "kafak://127.0.0.1:9092", "--home", str(tmp_path))
+    assert result.returncode == 2
+    assert "unknown bus URL scheme kafak://" in result.stderr
+    assert "amqp://" in result.stderr and "memory://" in result.stderr
+
+
+def test_worker_without_a_broker_says_so(tmp_path: Path) -> None:
+    url = f"amqp://guest:secret@127.0.0.1:{free_port()}/"
+    result = llmos("worker", "--bus", url, "--home", str(tmp_path))
+    assert result.returncode == 2
+    assert "cannot connect to RabbitMQ at amqp://guest:***@127.0.0.1" in result.stderr
+    assert "secret" not in result.stderr

@@ -1,12 +1,12 @@
-"""``llmos``: serve, chat, version."""
+"""``llmos``: serve, worker, chat, version."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import httpx
 import typer
@@ -15,6 +15,9 @@ from rich.console import Console
 from llmos import __version__
 from llmos.cli.client import api_error, err, no_server, server_url
 from llmos.errors import LLMOSError
+
+if TYPE_CHECKING:
+    from llmos.settings import Settings
 
 app = typer.Typer(help="LLMOS: an operating system for large language models.",
                   no_args_is_help=True, add_completion=False)
@@ -42,23 +45,28 @@ def serve(
 ) -> None:
     """Run LLMOS in one process, serving the default model on an OpenAI-compatible API."""
     from llmos.server import serve as run_server
-    from llmos.settings import Settings
 
-    given: dict[str, Any] = {"host": host, "port": port}
+    given: dict[str, Any] = {"host": host, "port": port, "bus_url": bus, "home": home,
+                             "config": config}
     if insecure:
         given["insecure"] = True
     if not worker:
         given["embedded_worker"] = False
-    for key, value in (("bus_url", bus), ("home", home), ("config", config)):
-        if value is not None:
-            given[key] = value
+    engine = {"slots": slots, "threads": threads, "ctx_size": ctx_size}
+    _run_with_settings(given, engine, run_server)
+
+
+def _run_with_settings(given: dict[str, Any], engine: dict[str, Any],
+                       main: Callable[[Settings], Coroutine[Any, Any, None]]) -> None:
+    """Settings from flags (those given) over env and file, then run ``main`` with them."""
+    from llmos.settings import Settings
+
     try:
-        settings = Settings(**given)
-        engine = {k: v for k, v in (("slots", slots), ("threads", threads),
-                                    ("ctx_size", ctx_size)) if v is not None}
-        if engine:
-            settings.engine = settings.engine.model_copy(update=engine)
-        _run(run_server(settings))
+        settings = Settings(**{k: v for k, v in given.items() if v is not None})
+        overrides = {k: v for k, v in engine.items() if v is not None}
+        if overrides:
+            settings.engine = settings.engine.model_copy(update=overrides)
+        _run(main(settings))
     except LLMOSError as exc:
         err.print(f"[red]error:[/red] {exc.message}")
         raise typer.Exit(code=2) from None
@@ -91,24 +99,10 @@ def worker_command(
 ) -> None:
     """Run one model replica in this process, consuming its deployment's queue on the bus."""
     from llmos.server import run_worker
-    from llmos.settings import Settings
 
-    given: dict[str, Any] = {"bus_url": bus}
-    for key, value in (("home", home), ("config", config)):
-        if value is not None:
-            given[key] = value
-    try:
-        settings = Settings(**given)
-        engine = {k: v for k, v in (("slots", slots), ("threads", threads),
-                                    ("ctx_size", ctx_size)) if v is not None}
-        if engine:
-            settings.engine = settings.engine.model_copy(update=engine)
-        _run(run_worker(settings, model, deployment))
-    except LLMOSError as exc:
-        err.print(f"[red]error:[/red] {exc.message}")
-        raise typer.Exit(code=2) from None
-    except KeyboardInterrupt:
-        pass
+    given: dict[str, Any] = {"bus_url": bus, "home": home, "config": config}
+    engine = {"slots": slots, "threads": threads, "ctx_size": ctx_size}
+    _run_with_settings(given, engine, lambda settings: run_worker(settings, model, deployment))
 
 
 @app.command()
