@@ -12,8 +12,7 @@ CANCEL_TOPIC = "llmos.control.cancel"
 INFER_DELIVERY_LIMIT = 5
 # Beyond this many waiting requests a deployment answers 429 instead of queueing more.
 INFER_MAX_LENGTH = 10_000
-INFER_QUEUE_OPTIONS = QueueOptions(durable=True, delivery_limit=INFER_DELIVERY_LIMIT,
-                                   max_length=INFER_MAX_LENGTH)
+DEAD_QUEUE_PREFIX = "llmos.dead.infer."
 
 HEADER_SCHEMA = "x-llmos-schema"
 HEADER_REQUEST_ID = "x-request-id"
@@ -22,6 +21,17 @@ HEADER_ATTEMPT = "x-llmos-attempt"  # on API responses: which delivery answered
 
 def infer_queue(deployment: str) -> str:
     return f"{INFER_QUEUE_PREFIX}{deployment}"
+
+
+def dead_letter_queue(deployment: str) -> str:
+    return f"{DEAD_QUEUE_PREFIX}{deployment}"
+
+
+def infer_queue_options(deployment: str) -> QueueOptions:
+    """How every process declares a deployment's request queue (they must agree)."""
+    return QueueOptions(durable=True, delivery_limit=INFER_DELIVERY_LIMIT,
+                        max_length=INFER_MAX_LENGTH,
+                        dead_letter_queue=dead_letter_queue(deployment))
 
 
 def reply_queue(gateway_id: str) -> str:

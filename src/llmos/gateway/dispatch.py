@@ -16,10 +16,13 @@ from collections.abc import AsyncGenerator
 from typing import Any, Literal
 
 from llmos.bus import Bus, Delivery, QueueOptions, Subscription, names
-from llmos.bus.messages import Cancel, InferenceRequest, ReplyChunk, decode, encode
+from llmos.bus.messages import Cancel, ErrorInfo, InferenceRequest, ReplyChunk, decode, encode
 from llmos.errors import BusError, LLMOSError, QueueFull, Timeout, Unavailable
 
 log = logging.getLogger(__name__)
+
+
+_DEAD_LETTER_ATTEMPT = 1_000_000  # above any real delivery count
 
 
 class ReplicaFailed(LLMOSError):
@@ -112,6 +115,7 @@ class Dispatcher:
         self._handles: dict[str, RequestHandle] = {}
         self._declared: set[str] = set()
         self._replies: Subscription | None = None
+        self._dead_letters: list[Subscription] = []
 
     async def start(self) -> None:
         self.bus.on_reconnect(self._on_reconnect)
@@ -120,6 +124,9 @@ class Dispatcher:
                                                auto_ack=True)
 
     async def stop(self) -> None:
+        for subscription in self._dead_letters:
+            await subscription.cancel()
+        self._dead_letters.clear()
         if self._replies is not None:
             await self._replies.cancel()
             self._replies = None
@@ -136,7 +143,11 @@ class Dispatcher:
         queue = names.infer_queue(deployment)
         try:
             if queue not in self._declared:
-                await self.bus.declare_queue(queue, names.INFER_QUEUE_OPTIONS)
+                await self.bus.declare_queue(queue, names.infer_queue_options(deployment))
+                dead = names.dead_letter_queue(deployment)
+                await self.bus.declare_queue(dead)
+                self._dead_letters.append(await self.bus.consume(
+                    dead, self._on_dead_letter, prefetch=16))
                 self._declared.add(queue)
             await self.bus.publish(queue, encode(request),
                                    headers={names.HEADER_REQUEST_ID: request_id},
@@ -158,6 +169,33 @@ class Dispatcher:
             await self.bus.broadcast(names.CANCEL_TOPIC, encode(Cancel(request_id=request_id)))
         except BusError as exc:
             log.warning("could not cancel %s: %s", request_id, exc)
+
+    async def _on_dead_letter(self, delivery: Delivery) -> None:
+        """A request the replicas failed on too often (or that expired): tell its client.
+
+        Any gateway may take it; the answer goes to the reply queue of the one that
+        asked, as a chunk of an attempt no replica can reach, so it wins.
+        """
+        try:
+            request = decode(InferenceRequest, delivery.body)
+        except BusError as exc:
+            log.error("dropped an undecodable dead letter: %s", exc)
+            await delivery.ack()
+            return
+        if time.time() < request.deadline:
+            log.error("request %s dead-lettered after %d failed deliveries",
+                      request.request_id, names.INFER_DELIVERY_LIMIT)
+            chunk = ReplyChunk(
+                request_id=request.request_id, attempt=_DEAD_LETTER_ATTEMPT, seq=0, final=True,
+                error=ErrorInfo(
+                    status=500, type="server_error", code="request_dead_lettered",
+                    message=f"the request failed on {names.INFER_DELIVERY_LIMIT} deliveries "
+                            "to replicas (they crashed or failed on it); it was given up"))
+            try:
+                await self.bus.publish(request.reply_to, encode(chunk), durable=False)
+            except BusError as exc:
+                log.warning("could not report dead letter %s: %s", request.request_id, exc)
+        await delivery.ack()
 
     async def _on_reconnect(self) -> None:
         # Replies sent while the connection was down went to a reply queue that died

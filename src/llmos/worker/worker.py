@@ -64,7 +64,7 @@ class Worker:
 
     async def start(self) -> None:
         queue = names.infer_queue(self.deployment)
-        await self.bus.declare_queue(queue, names.INFER_QUEUE_OPTIONS)
+        await self.bus.declare_queue(queue, names.infer_queue_options(self.deployment))
         self.bus.on_reconnect(self._on_reconnect)
         self._cancels = await self.bus.subscribe(names.CANCEL_TOPIC, self._on_cancel)
         # One unacked request per slot: the bus never hands us more than we can run.
