@@ -28,11 +28,12 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -127,6 +128,81 @@ class InProcess:
 
 # (b) and (c) over HTTP ----------------------------------------------------------------
 
+class LeanHttpClient:
+    """A minimal HTTP/1.1 client for the load: one kept-alive connection per caller.
+
+    The load generator shares two cores with the servers it measures; httpx costs
+    milliseconds of CPU per streamed request there, enough to spread a wave of
+    concurrent requests over a few hundred milliseconds. This one does only what the
+    benchmark needs: POST a JSON body and yield the SSE lines of a chunked response.
+    """
+
+    def __init__(self, base: str) -> None:
+        parts = urlsplit(base)
+        self.host = parts.hostname or "127.0.0.1"
+        self.port = parts.port or 80
+        self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+
+    async def sse_lines(self, path: str, body: dict[str, Any],
+                        headers: dict[str, str]) -> AsyncIterator[str]:
+        payload = json.dumps(body).encode()
+        head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        request = (f"POST {path} HTTP/1.1\r\nhost: {self.host}\r\n"
+                   f"content-type: application/json\r\ncontent-length: {len(payload)}\r\n"
+                   f"{head}\r\n").encode() + payload
+        while True:
+            reused = bool(self._idle)
+            reader, writer = self._idle.pop() if reused else await self._connect()
+            try:
+                writer.write(request)
+                status = await reader.readline()
+            except ConnectionError:
+                status = b""
+            if status:
+                break
+            writer.close()
+            if not reused:
+                raise ConnectionResetError("server closed a fresh connection")
+            # A kept-alive connection the server had closed meanwhile: all idle ones
+            # are suspect, so drop them and go again on a new connection.
+            self.close()
+        code = int(status.split()[1])
+        response_headers: dict[str, str] = {}
+        while (line := await reader.readline()) not in (b"\r\n", b""):
+            key, _, value = line.decode().partition(":")
+            response_headers[key.strip().lower()] = value.strip()
+        if code != 200:
+            length = int(response_headers.get("content-length", "0"))
+            raise RuntimeError(f"{code}: {(await reader.readexactly(length))[:300]!r}")
+        buffer = b""
+        while True:
+            size = int((await reader.readline()).strip(), 16)
+            if size == 0:
+                await reader.readline()
+                break
+            buffer += await reader.readexactly(size)
+            await reader.readexactly(2)
+            *lines, buffer = buffer.split(b"\n")
+            for raw in lines:
+                if raw.strip():
+                    yield raw.decode().rstrip("\r")
+        if response_headers.get("connection", "").lower() == "close":
+            writer.close()
+        else:
+            self._idle.append((reader, writer))
+
+
+    async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        reader, writer = await asyncio.open_connection(self.host, self.port)
+        writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return reader, writer
+
+    def close(self) -> None:
+        for _, writer in self._idle:
+            writer.close()
+        self._idle.clear()
+
+
 class OverHttp:
     def __init__(self, name: str, base: str, headers: dict[str, str], model: str,
                  busy: Callable[[httpx.AsyncClient], Awaitable[int]]) -> None:
@@ -136,7 +212,7 @@ class OverHttp:
         self.model = model
         self.busy = busy
 
-    async def one(self, client: httpx.AsyncClient, prompt: str, tokens: int,
+    async def one(self, client: LeanHttpClient, prompt: str, tokens: int,
                   sample: Sample) -> None:
         body = {"model": self.model, "prompt": prompt, "max_tokens": tokens,
                 "temperature": 0, "ignore_eos": True, "stream": True,
@@ -146,30 +222,25 @@ class OverHttp:
             try:
                 await self._stream(client, body, started, sample)
                 return
-            except httpx.RemoteProtocolError:
+            except (ConnectionResetError, asyncio.IncompleteReadError, ValueError):
                 # llama.cpp's HTTP server closes kept-alive connections after a few
                 # requests, which can race with the client reusing one; nothing was sent.
                 sample.retries += 1
                 if attempt == 2:
                     raise
 
-    async def _stream(self, client: httpx.AsyncClient, body: dict[str, Any], started: float,
+    async def _stream(self, client: LeanHttpClient, body: dict[str, Any], started: float,
                       sample: Sample) -> None:
         first = None
         usage = 0
-        async with client.stream("POST", f"{self.base}/v1/completions", json=body,
-                                 headers=self.headers) as response:
-            if response.status_code != 200:
-                raise RuntimeError(f"{self.name}: {response.status_code} "
-                                   f"{(await response.aread())[:300]!r}")
-            async for line in response.aiter_lines():
-                if not line.startswith("data: ") or line == "data: [DONE]":
-                    continue
-                event = json.loads(line[6:])
-                if first is None and any(c.get("text") for c in event.get("choices", [])):
-                    first = time.perf_counter()
-                if event.get("usage"):
-                    usage = event["usage"]["completion_tokens"]
+        async for line in client.sse_lines("/v1/completions", body, self.headers):
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            event = json.loads(line[6:])
+            if first is None and any(c.get("text") for c in event.get("choices", [])):
+                first = time.perf_counter()
+            if event.get("usage"):
+                usage = event["usage"]["completion_tokens"]
         ended = time.perf_counter()
         sample.tokens += usage
         sample.ttft.append((first or ended) - started)
@@ -177,27 +248,27 @@ class OverHttp:
 
     async def batch(self, concurrency: int, requests: list[str], tokens: int) -> Sample:
         sample = Sample()
-        limits = httpx.Limits(max_connections=concurrency + 2)
-        async with httpx.AsyncClient(timeout=600, limits=limits) as client:
-            gate = asyncio.Semaphore(concurrency)
-            done = asyncio.Event()
+        client = LeanHttpClient(self.base)  # one per batch; connections kept alive in it
+        gate = asyncio.Semaphore(concurrency)
+        done = asyncio.Event()
 
-            async def watch() -> None:
-                async with httpx.AsyncClient(timeout=10) as poller:
-                    while not done.is_set():
-                        sample.peak_busy = max(sample.peak_busy, await self.busy(poller))
-                        await asyncio.sleep(0.05)
+        async def watch() -> None:
+            async with httpx.AsyncClient(timeout=10) as poller:
+                while not done.is_set():
+                    sample.peak_busy = max(sample.peak_busy, await self.busy(poller))
+                    await asyncio.sleep(0.05)
 
-            async def run(prompt: str) -> None:
-                async with gate:
-                    await self.one(client, prompt, tokens, sample)
+        async def run(prompt: str) -> None:
+            async with gate:
+                await self.one(client, prompt, tokens, sample)
 
-            watcher = asyncio.create_task(watch())
-            started = time.perf_counter()
-            await asyncio.gather(*(run(p) for p in requests))
-            sample.wall = time.perf_counter() - started
-            done.set()
-            await watcher
+        watcher = asyncio.create_task(watch())
+        started = time.perf_counter()
+        await asyncio.gather(*(run(p) for p in requests))
+        sample.wall = time.perf_counter() - started
+        done.set()
+        await watcher
+        client.close()
         return sample
 
 
