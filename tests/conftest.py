@@ -8,12 +8,15 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
+import pytest_asyncio
+
+from llmos.bus.memory import MemoryBus
 
 REQUIRE_SERVICES = bool(os.environ.get("LLMOS_REQUIRE_SERVICES"))
 
@@ -113,3 +116,12 @@ def llmos_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSe
         yield server
     finally:
         stop_server(server)
+
+
+@pytest_asyncio.fixture
+async def bus() -> AsyncIterator[MemoryBus]:
+    """A connected in-process bus, closed after the test."""
+    memory = MemoryBus()
+    await memory.connect()
+    yield memory
+    await memory.close()

@@ -2,22 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
-import pytest_asyncio
 
 from llmos.bus import Delivery, names
 from llmos.bus.memory import MemoryBus
 from llmos.gateway.dispatch import Dispatcher
-
-
-@pytest_asyncio.fixture
-async def bus() -> AsyncIterator[MemoryBus]:
-    bus = MemoryBus()
-    await bus.connect()
-    yield bus
-    await bus.close()
 
 
 @pytest.mark.asyncio

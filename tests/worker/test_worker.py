@@ -30,14 +30,6 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
 
 
 @pytest_asyncio.fixture
-async def bus() -> AsyncIterator[MemoryBus]:
-    bus = MemoryBus()
-    await bus.connect()
-    yield bus
-    await bus.close()
-
-
-@pytest_asyncio.fixture
 async def dispatcher(bus: MemoryBus) -> AsyncIterator[Dispatcher]:
     d = Dispatcher(bus, timeout_s=60)
     await d.start()

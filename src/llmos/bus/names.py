@@ -14,7 +14,6 @@ INFER_DELIVERY_LIMIT = 5
 INFER_MAX_LENGTH = 10_000
 DEAD_QUEUE_PREFIX = "llmos.dead.infer."
 
-HEADER_SCHEMA = "x-llmos-schema"
 HEADER_REQUEST_ID = "x-request-id"
 HEADER_ATTEMPT = "x-llmos-attempt"  # on API responses: which delivery answered
 
