@@ -163,6 +163,11 @@ def test_openapi_is_accurate_and_has_no_422(llmos_server: RunningServer) -> None
     chat = paths["/v1/chat/completions"]["post"]
     assert {"200", "400", "404"} <= set(chat["responses"])
     assert "text/event-stream" in chat["responses"]["200"]["content"]
+    body = chat["requestBody"]["content"]["application/json"]["schema"]
+    assert body == {"$ref": "#/components/schemas/ChatCompletionCreate"}
+    completion = paths["/v1/completions"]["post"]["requestBody"]["content"]
+    assert completion["application/json"]["schema"]["$ref"].endswith("/CompletionCreate")
+    assert "ChatMessage" in schema["components"]["schemas"]
     props = schema["components"]["schemas"]["ChatCompletionCreate"]["properties"]
     for name in ("messages", "max_tokens", "temperature", "top_p", "top_k", "min_p", "stop",
                  "seed", "presence_penalty", "frequency_penalty", "logit_bias",

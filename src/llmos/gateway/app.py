@@ -12,6 +12,7 @@ from fastapi.openapi.utils import get_openapi
 
 from llmos import __version__
 from llmos.bus import Bus
+from llmos.gateway.body import component_schemas
 from llmos.gateway.catalog import Catalog
 from llmos.gateway.dispatch import Dispatcher
 from llmos.gateway.errors import install_error_handlers
@@ -62,7 +63,8 @@ def _openapi_without_422(app: FastAPI) -> dict[str, Any]:
         for path in schema.get("paths", {}).values():
             for operation in path.values():
                 operation.get("responses", {}).pop("422", None)
-        schemas = schema.get("components", {}).get("schemas", {})
+        schemas = schema.setdefault("components", {}).setdefault("schemas", {})
+        schemas.update(component_schemas())
         schemas.pop("HTTPValidationError", None)
         schemas.pop("ValidationError", None)
         app.openapi_schema = schema

@@ -63,9 +63,11 @@ class RequestHandle:
             while True:
                 chunk = await self._next()
                 self._yielded = self._yielded or bool(chunk.text)
+                # Before the yield: a reader that stops at the final chunk never resumes
+                # this generator, and a finished request needs no cancel.
+                self.finished = chunk.final
                 yield chunk
                 if chunk.final:
-                    self.finished = True
                     return
         finally:
             await self.close()

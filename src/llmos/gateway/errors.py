@@ -57,6 +57,9 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     elif kind == "missing":
         message = f"missing required parameter {param!r}"
         code = "missing_parameter"
+    elif param is None:
+        message = f"invalid request body: {first.get('msg')}"
+        code = "invalid_value"
     else:
         message = f"invalid value for {param!r}: {first.get('msg')}"
         code = "invalid_value"

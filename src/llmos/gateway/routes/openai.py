@@ -10,11 +10,12 @@ from collections.abc import AsyncIterator
 from typing import Any, Literal
 
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse
 
 from llmos.bus import names
 from llmos.bus.messages import ErrorInfo, ReplyChunk
 from llmos.errors import BadRequest, LLMOSError, UnsupportedParameter
+from llmos.gateway.body import openapi_body, parse_body
 from llmos.gateway.deps import StateDep
 from llmos.gateway.dispatch import RequestHandle
 from llmos.gateway.errors import error_body, error_response, sse_error
@@ -27,6 +28,7 @@ from llmos.gateway.schemas import (
     ModelList,
     ModelPublic,
 )
+from llmos.gateway.sse import SseResponse
 from llmos.gateway.state import GatewayState
 from llmos.observability import metrics
 
@@ -51,9 +53,10 @@ async def list_models(state: StateDep) -> ModelList:
 
 
 @router.post("/chat/completions", response_model=ChatCompletion,
-             responses={200: {"content": _STREAM}})
-async def create_chat_completion(body: ChatCompletionCreate, request: Request,
-                                 state: StateDep) -> Response:
+             responses={200: {"content": _STREAM}},
+             openapi_extra=openapi_body(ChatCompletionCreate))
+async def create_chat_completion(request: Request, state: StateDep) -> Response:
+    body = await parse_body(request, ChatCompletionCreate)
     engine_body: dict[str, Any] = {
         "messages": [{"role": m.role if m.role != "developer" else "system",
                       "content": m.text()} for m in body.messages],
@@ -69,9 +72,10 @@ async def create_chat_completion(body: ChatCompletionCreate, request: Request,
 
 
 @router.post("/completions", response_model=Completion,
-             responses={200: {"content": _STREAM}})
-async def create_completion(body: CompletionCreate, request: Request,
-                            state: StateDep) -> Response:
+             responses={200: {"content": _STREAM}},
+             openapi_extra=openapi_body(CompletionCreate))
+async def create_completion(request: Request, state: StateDep) -> Response:
+    body = await parse_body(request, CompletionCreate)
     prompt: Any = body.prompt
     if isinstance(prompt, list) and prompt and isinstance(prompt[0], str):
         prompt = prompt[0]
@@ -215,15 +219,23 @@ async def _stream(handle: RequestHandle, kind: Literal["chat", "completion"], mo
                     return
                 try:
                     chunk = await anext(chunks)
+                except ClientGone:
+                    return
                 except LLMOSError as exc:
                     yield sse_error(exc)
                     return
         finally:
             await chunks.aclose()
 
-    return StreamingResponse(body(), media_type="text/event-stream",
-                             headers={"cache-control": "no-cache",
-                                      names.HEADER_ATTEMPT: str(handle.attempt)})
+    return SseResponse(body(), headers={names.HEADER_ATTEMPT: str(handle.attempt)},
+                       on_disconnect=lambda: handle.fail(ClientGone("the client went away")))
+
+
+class ClientGone(LLMOSError):
+    """The client closed the connection: the stream ends and the generation is cancelled."""
+
+    status = 499
+    code = "client_closed_request"
 
 
 class _SseEncoder:

@@ -1,0 +1,57 @@
+"""A server-sent-events response that stops its source when the client goes away.
+
+Starlette's ``StreamingResponse`` watches for the disconnect through an anyio task
+group with cancel scopes on every request; here one plain task waits for
+``http.disconnect`` and calls ``on_disconnect``, which ends the source (the
+gateway fails the request handle, so the generator finishes and cancels the
+generation on the workers).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable, Mapping
+
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+
+class SseResponse(Response):
+    media_type = "text/event-stream"
+
+    def __init__(
+        self,
+        events: AsyncIterator[bytes],
+        *,
+        on_disconnect: Callable[[], None],
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        self.events = events
+        self.on_disconnect = on_disconnect
+        self.status_code = 200
+        self.background = None
+        self.init_headers({"cache-control": "no-cache", **(headers or {})})
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def watch() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            self.on_disconnect()
+
+        watcher = asyncio.ensure_future(watch())
+        try:
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": self.status_code,
+                    "headers": self.raw_headers,
+                }
+            )
+            async for event in self.events:
+                await send({"type": "http.response.body", "body": event, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
