@@ -3,6 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from llmos.errors import ConfigError
 from llmos.settings import Settings
@@ -47,3 +48,12 @@ def test_per_model_sampling_defaults_are_checked() -> None:
     assert EngineSettings().sampling.given() == {}
     with pytest.raises(ValidationError):
         EngineSettings.model_validate({"sampling": {"temprature": 0.3}})
+
+
+def test_a_request_may_not_outlive_the_brokers_consumer_timeout(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="consumer timeout"):
+        Settings(home=tmp_path, request_timeout_s=1800)
+    with pytest.raises(ValidationError, match="bus_consumer_timeout_s"):
+        Settings(home=tmp_path, request_timeout_s=600, bus_consumer_timeout_s=630)
+    settings = Settings(home=tmp_path, request_timeout_s=3600, bus_consumer_timeout_s=7200)
+    assert settings.request_timeout_s == 3600

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -62,6 +62,10 @@ class EngineSettings(BaseModel):
         return self.ctx_size // self.slots
 
 
+_ACK_MARGIN_S = 60.0
+"""Time a worker needs after a request's deadline to stop, publish its end and ack."""
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="LLMOS_",
@@ -80,6 +84,9 @@ class Settings(BaseSettings):
         True, description="serve runs the default model's replica in its own process")
     engine: EngineSettings = Field(default_factory=lambda: EngineSettings())
     request_timeout_s: float = Field(600.0, gt=0, description="end-to-end deadline")
+    bus_consumer_timeout_s: float = Field(
+        1800.0, gt=0, description="the broker's limit on how long a delivery may stay "
+        "unacked (RabbitMQ's consumer_timeout, 30 min by default)")
     log_level: str = "INFO"
     log_json: bool = True
     config: Path | None = Field(None, description="TOML file with these settings")
@@ -98,6 +105,20 @@ class Settings(BaseSettings):
         if config_path is not None:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_path))
         return tuple(sources)
+
+    @model_validator(mode="after")
+    def _generation_fits_the_consumer_timeout(self) -> Settings:
+        # A worker acks a request after its last chunk, and stops generating at the
+        # request's deadline; a deadline beyond the broker's consumer timeout would let
+        # the broker close the worker's channel under a long generation.
+        if self.request_timeout_s + _ACK_MARGIN_S > self.bus_consumer_timeout_s:
+            raise ValueError(
+                f"request_timeout_s ({self.request_timeout_s:g}s) must be at least "
+                f"{_ACK_MARGIN_S:g}s below bus_consumer_timeout_s "
+                f"({self.bus_consumer_timeout_s:g}s): a generation may not outlive the "
+                "broker's consumer timeout. Lower the request timeout, or raise the broker's "
+                "consumer_timeout and bus_consumer_timeout_s with it")
+        return self
 
     @property
     def db_url(self) -> str:

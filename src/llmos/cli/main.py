@@ -59,6 +59,8 @@ def serve(
 def _run_with_settings(given: dict[str, Any], engine: dict[str, Any],
                        main: Callable[[Settings], Coroutine[Any, Any, None]]) -> None:
     """Settings from flags (those given) over env and file, then run ``main`` with them."""
+    from pydantic import ValidationError
+
     from llmos.settings import Settings
 
     try:
@@ -69,6 +71,13 @@ def _run_with_settings(given: dict[str, Any], engine: dict[str, Any],
         _run(main(settings))
     except LLMOSError as exc:
         err.print(f"[red]error:[/red] {exc.message}")
+        raise typer.Exit(code=2) from None
+    except ValidationError as exc:
+        for problem in exc.errors(include_url=False):
+            where = ".".join(str(p) for p in problem["loc"])
+            message = problem["msg"].removeprefix("Value error, ")
+            err.print(f"[red]invalid setting[/red] {where + ': ' if where else ''}{message}",
+                      markup=True, highlight=False)
         raise typer.Exit(code=2) from None
     except KeyboardInterrupt:
         pass
