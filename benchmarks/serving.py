@@ -4,7 +4,8 @@ Three columns, measured in one run and alternated to cancel drift:
 
   (a) the engine called in-process (the limit),
   (b) llama.cpp's own HTTP server (xllamacpp's built-in one) in its own process,
-  (c) LLMOS over HTTP (`llmos serve`), same model, slots and threads.
+  (c) LLMOS over HTTP (`llmos serve`), same model, slots and threads,
+  (d) with ``--bus URL``: the same LLMOS with its bus on URL (e.g. RabbitMQ), against (c).
 
 Same prompts at each concurrency, greedy, a fixed number of generated tokens
 (``ignore_eos``). Prints a table and writes JSON: aggregate tokens/s, TTFT and
@@ -331,7 +332,8 @@ def start_llmos(home: Path, slots: int, threads: int, ctx: int, poll: int,
     async def busy(client: httpx.AsyncClient) -> int:
         return metric_sum((await client.get(f"{base}/metrics")).text, "llmos_worker_busy_slots{")
 
-    return process, OverHttp("c: LLMOS", base, {}, MODEL_ID, busy)
+    name = f"d: LLMOS over {urlsplit(bus).scheme}" if bus else "c: LLMOS"
+    return process, OverHttp(name, base, {}, MODEL_ID, busy)
 
 
 def summarize(samples: list[Sample]) -> dict[str, float]:
@@ -374,8 +376,17 @@ async def measure(args: argparse.Namespace, columns: list[Any]) -> dict[str, Any
 def paired(raw: dict[str, dict[int, list[Sample]]], columns: list[Any],
            n: int) -> dict[str, float]:
     """Ratios within each run (columns measured minutes apart at most), then their median."""
-    a, b, c = (raw[col.name][n] for col in columns)
-    return {
+    a, b, c = (raw[col.name][n] for col in columns[:3])
+    extra: dict[str, float] = {}
+    if len(columns) > 3:
+        d = raw[columns[3].name][n]
+        extra = {
+            "d_over_c_tokens": statistics.median(
+                y.tokens_per_s / x.tokens_per_s for x, y in zip(c, d, strict=True)),
+            "d_minus_c_ttft_p50_ms": (pct([t for s in d for t in s.ttft], 0.5)
+                                      - pct([t for s in c for t in s.ttft], 0.5)) * 1000,
+        }
+    return extra | {
         "c_over_b_tokens": statistics.median(
             y.tokens_per_s / x.tokens_per_s for x, y in zip(b, c, strict=True)),
         "c_over_a_tokens": statistics.median(
@@ -391,12 +402,13 @@ def paired(raw: dict[str, dict[int, list[Sample]]], columns: list[Any],
 def print_table(results: dict[str, Any], levels: list[int]) -> dict[str, Any]:
     summary, pairs = results["summary"], results["paired"]
     a, b, c = (next(k for k in summary if k.startswith(p)) for p in ("a:", "b:", "c:"))
+    d = next((k for k in summary if k.startswith("d:")), None)
     verdicts: dict[str, Any] = {}
     header = (f"{'conc':>4} | {'column':<22} | {'tok/s':>7} | {'TTFT p50':>8} | "
               f"{'TTFT p99':>8} | {'e2e p50':>8} | {'e2e p99':>8} | {'peak slots':>10}")
     print("\n" + header + "\n" + "-" * len(header))
     for n in levels:
-        for name in (a, b, c):
+        for name in (a, b, c) + ((d,) if d else ()):
             r = summary[name][n]
             print(f"{n:>4} | {name:<22} | {r['tokens_per_s']:7.1f} | "
                   f"{r['ttft_p50_ms']:6.1f}ms | {r['ttft_p99_ms']:6.1f}ms | "
@@ -410,6 +422,12 @@ def print_table(results: dict[str, Any], levels: list[int]) -> dict[str, Any]:
               f"(c)/(a) {p['c_over_a_tokens']:.3f}  (b)/(a) {p['b_over_a_tokens']:.3f}  "
               f"TTFT p50 (c)-(b) {p['ttft_p50_delta_ms']:+.1f} ms (allowed +{allowed:.1f})  "
               f"{'OK' if ok else 'BELOW TARGET'}")
+        if d:
+            bus_ok = p["d_over_c_tokens"] >= 0.95
+            verdicts[str(n)] |= {"bus_meets_target": bus_ok}
+            print(f"{'':>4} | bus: (d)/(c) tokens/s {p['d_over_c_tokens']:.3f}  TTFT p50 (d)-(c) "
+                  f"{p['d_minus_c_ttft_p50_ms']:+.1f} ms  {'OK' if bus_ok else 'BELOW TARGET'} "
+                  "(target >= 0.95)")
     return verdicts
 
 
@@ -425,7 +443,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--ctx-size", type=int, default=4096)
     parser.add_argument("--poll", type=int, default=50)
-    parser.add_argument("--bus", default=None, help="bus URL for LLMOS (default memory://)")
+    parser.add_argument("--bus", default=None,
+                        help="also measure (d): LLMOS over this bus URL, against (c) on memory://")
     parser.add_argument("--out", type=Path,
                         default=ROOT / "benchmarks" / "results" / "serving.json")
     args = parser.parse_args()
@@ -438,17 +457,25 @@ def main() -> None:
         llama_proc, llama = start_llamacpp(model, args.slots, args.threads, args.ctx_size,
                                            args.poll)
         llmos_proc, llmos = start_llmos(Path(home), args.slots, args.threads, args.ctx_size,
-                                        args.poll, args.bus)
+                                        args.poll, None)
+        columns: list[Any] = [llama, llmos]
+        processes: list[subprocess.Popen[bytes]] = [llmos_proc]
+        if args.bus:
+            bus_proc, over_bus = start_llmos(Path(home) / "d", args.slots, args.threads,
+                                             args.ctx_size, args.poll, args.bus)
+            columns.append(over_bus)
+            processes.append(bus_proc)
         inproc = InProcess(model, args.slots, args.threads, args.ctx_size, args.poll)
         try:
-            results = asyncio.run(measure(args, [inproc, llama, llmos]))
+            results = asyncio.run(measure(args, [inproc, *columns]))
         finally:
             inproc.close()
             assert llama_proc.stdin is not None
             llama_proc.stdin.close()
             llama_proc.wait(timeout=30)
-            llmos_proc.send_signal(signal.SIGTERM)
-            llmos_proc.wait(timeout=30)
+            for process in processes:
+                process.send_signal(signal.SIGTERM)
+                process.wait(timeout=30)
     verdicts = print_table(results, levels)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     report = {"settings": {k: (str(v) if isinstance(v, Path) else v)

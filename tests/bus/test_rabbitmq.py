@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import shutil
 import socket
 from urllib.parse import urlsplit
 
@@ -10,15 +12,13 @@ import pytest
 
 from llmos.bus import Bus
 from tests.bus.contract import BusContract
-from tests.conftest import require_service
+from tests.conftest import REQUIRE_SERVICES, require_service
 
 AMQP_URL = os.environ.get("LLMOS_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 
 
 def reset_queue(name: str) -> None:
     """Delete a queue left by an earlier run (its arguments may predate this code)."""
-    import asyncio
-
     from llmos.bus.rabbitmq import RabbitMQBus
 
     async def delete() -> None:
@@ -55,6 +55,23 @@ class TestRabbitMQBus(BusContract):
     async def cut_connection(self, bus: Bus) -> None:
         parts = urlsplit(AMQP_URL)
         assert shut_sockets_to(parts.hostname or "127.0.0.1", parts.port or 5672) >= 1
+
+    async def restart_broker(self) -> None:
+        """Restart the RabbitMQ application on its node (the node's Erlang VM stays up)."""
+        if shutil.which("rabbitmqctl") is None or os.geteuid() != 0:
+            message = "restarting RabbitMQ needs rabbitmqctl and root"
+            if REQUIRE_SERVICES:
+                pytest.fail(message)
+            pytest.skip(message)
+        for action in ("stop_app", "start_app"):
+            process = await asyncio.create_subprocess_exec(
+                "rabbitmqctl", action, stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.PIPE)
+            _, stderr = await asyncio.wait_for(process.communicate(), 120)
+            assert process.returncode == 0, stderr.decode()
+        process = await asyncio.create_subprocess_exec(
+            "rabbitmqctl", "await_startup", stdout=asyncio.subprocess.DEVNULL)
+        await asyncio.wait_for(process.wait(), 120)
 
     @pytest.fixture(autouse=True)
     def _broker(self) -> None:

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Literal
 
 import pytest
 import pytest_asyncio
 
+from llmos.bus import TopicMessage, names
 from llmos.bus.memory import MemoryBus
-from llmos.bus.messages import ReplyChunk
+from llmos.bus.messages import Command, Heartbeat, ReplyChunk, decode, encode
 from llmos.engines import EngineConfig, load_engine
 from llmos.engines.base import Engine
 from llmos.gateway.dispatch import Dispatcher, ReplicaFailed, RequestHandle
@@ -151,4 +154,73 @@ async def test_a_request_cancelled_while_queued_is_never_run(
     await worker.start()
     await asyncio.sleep(0.2)
     assert worker.busy_slots == 0
+    await worker.stop()
+
+
+async def _heartbeats(bus: MemoryBus) -> list[Heartbeat]:
+    beats: list[Heartbeat] = []
+
+    async def on_beat(message: TopicMessage) -> None:
+        beats.append(decode(Heartbeat, message.body))
+
+    await bus.subscribe(names.HEARTBEAT_TOPIC, on_beat)
+    return beats
+
+
+async def _command(bus: MemoryBus, worker: Worker, action: Literal["drain", "resume"], *,
+                   epoch: str | None = None, age_s: float = 0.0) -> None:
+    now = time.time() - age_s
+    await bus.broadcast(names.COMMAND_TOPIC, encode(Command(
+        worker_id=worker.worker_id, epoch=epoch or worker.epoch, action=action,
+        issued_at=now, expires_at=now + 1.0)))
+    await asyncio.sleep(0.05)
+
+
+@pytest.mark.asyncio
+async def test_heartbeats_say_who_is_alive_and_how_busy(engine: Engine,
+                                                        bus: MemoryBus) -> None:
+    beats = await _heartbeats(bus)
+    worker = Worker(bus, engine, "m", heartbeat_interval_s=0.1)
+    await worker.start()
+    await asyncio.sleep(0.35)
+    await worker.stop()
+    assert len(beats) >= 3
+    assert {(b.worker_id, b.epoch, b.deployment, b.slots) for b in beats} == {
+        (worker.worker_id, worker.epoch, "m", SLOTS)}
+    assert all(b.expires_at == b.sent_at + 0.2 for b in beats)
+
+
+@pytest.mark.asyncio
+async def test_drain_finishes_what_runs_and_takes_nothing_new_until_resumed(
+        engine: Engine, bus: MemoryBus, dispatcher: Dispatcher) -> None:
+    beats = await _heartbeats(bus)
+    worker = Worker(bus, engine, "m", heartbeat_interval_s=60)
+    await worker.start()
+    running = asyncio.ensure_future(collect(await submit(dispatcher, "d-running", max_tokens=24)))
+    await asyncio.sleep(0.1)
+    assert worker.busy_slots == 1
+    await _command(bus, worker, "drain")
+    assert worker.draining and beats[-1].draining
+    waiting = asyncio.ensure_future(collect(await submit(dispatcher, "d-waiting")))
+    chunks = await asyncio.wait_for(running, 30)  # the one in flight finishes
+    assert chunks[-1].error is None
+    await asyncio.sleep(0.3)
+    assert not waiting.done() and worker.busy_slots == 0  # the new one waits in the queue
+    await _command(bus, worker, "resume")
+    assert not worker.draining
+    chunks = await asyncio.wait_for(waiting, 30)
+    assert chunks[-1].error is None
+    await worker.stop()
+
+
+@pytest.mark.asyncio
+async def test_stale_commands_and_commands_for_an_earlier_start_are_ignored(
+        engine: Engine, bus: MemoryBus) -> None:
+    worker = Worker(bus, engine, "m", heartbeat_interval_s=60)
+    await worker.start()
+    await _command(bus, worker, "drain", epoch="an-earlier-start")
+    await _command(bus, worker, "drain", age_s=5.0)  # expired 4 s ago
+    assert not worker.draining
+    await _command(bus, worker, "drain")
+    assert worker.draining
     await worker.stop()

@@ -58,6 +58,10 @@ class Subscription(abc.ABC):
     async def set_prefetch(self, prefetch: int) -> None: ...
 
     @abc.abstractmethod
+    async def pause(self) -> None:
+        """Stop receiving new deliveries; those already received can still be settled."""
+
+    @abc.abstractmethod
     async def cancel(self) -> None:
         """Stop receiving; unacked deliveries of a queue go back to it."""
 
@@ -128,8 +132,13 @@ class Bus(abc.ABC):
 
     @abc.abstractmethod
     async def broadcast(
-        self, topic: str, body: bytes, *, headers: Mapping[str, str] | None = None
-    ) -> None: ...
+        self, topic: str, body: bytes, *, headers: Mapping[str, str] | None = None,
+        ttl_s: float | None = None,
+    ) -> None:
+        """Send to every current subscriber; transient, dropped after ``ttl_s`` unread.
+
+        A subscriber that falls behind loses the oldest messages, never blocks the sender.
+        """
 
     @abc.abstractmethod
     async def subscribe(self, topic: str, handler: TopicHandler) -> Subscription: ...

@@ -67,6 +67,7 @@ class _Consumer:
     unacked: set[_MemoryDelivery] = field(default_factory=set)
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     active: bool = True
+    cancelled: bool = False
 
     def has_room(self) -> bool:
         return self.active and (self.auto_ack or len(self.unacked) < self.prefetch)
@@ -136,10 +137,17 @@ class _QueueSubscription(Subscription):
         self._consumer.prefetch = prefetch
         self._consumer.queue.dispatch()
 
+    async def pause(self) -> None:
+        consumer = self._consumer
+        consumer.active = False  # its unacked deliveries stay with it, still ackable
+        if consumer in consumer.queue.consumers:
+            consumer.queue.consumers.remove(consumer)
+
     async def cancel(self) -> None:
         consumer = self._consumer
-        if not consumer.active:
+        if consumer.cancelled:
             return
+        consumer.cancelled = True
         consumer.active = False
         queue = consumer.queue
         if consumer in queue.consumers:
@@ -158,6 +166,9 @@ class _TopicSubscription(Subscription):
 
     async def set_prefetch(self, prefetch: int) -> None:
         return None
+
+    async def pause(self) -> None:
+        await self.cancel()
 
     async def cancel(self) -> None:
         subs = self._bus._topics.get(self._topic, [])
@@ -239,8 +250,10 @@ class MemoryBus(Bus):
         return _QueueSubscription(consumer)
 
     async def broadcast(
-        self, topic: str, body: bytes, *, headers: Mapping[str, str] | None = None
+        self, topic: str, body: bytes, *, headers: Mapping[str, str] | None = None,
+        ttl_s: float | None = None,
     ) -> None:
+        # Delivered at once to each subscriber, so nothing waits long enough to expire.
         self._check()
         message = TopicMessage(body, dict(headers or {}))
         loop = asyncio.get_running_loop()

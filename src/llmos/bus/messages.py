@@ -67,6 +67,35 @@ class Cancel(_Message):
     request_id: str
 
 
+class Heartbeat(_Message):
+    """A worker says it is alive, every ``interval_s``; stale after two intervals."""
+
+    worker_id: str
+    epoch: str
+    """New on every start of the process: a restarted worker is a new epoch."""
+    deployment: str
+    host: str
+    slots: int
+    busy: int
+    draining: bool = False
+    sent_at: float
+    interval_s: float
+
+    @property
+    def expires_at(self) -> float:
+        return self.sent_at + 2 * self.interval_s
+
+
+class Command(_Message):
+    """An order to one worker process (its id and epoch), void after ``expires_at``."""
+
+    worker_id: str
+    epoch: str
+    action: Literal["drain", "resume"]
+    issued_at: float
+    expires_at: float
+
+
 def encode(message: _Message) -> bytes:
     return message.model_dump_json(exclude_defaults=False).encode()
 

@@ -7,6 +7,10 @@ from llmos.bus.base import QueueOptions
 INFER_QUEUE_PREFIX = "llmos.infer."
 REPLY_QUEUE_PREFIX = "llmos.reply."
 CANCEL_TOPIC = "llmos.control.cancel"
+HEARTBEAT_TOPIC = "llmos.control.heartbeat"
+COMMAND_TOPIC = "llmos.control.command"
+HEARTBEAT_INTERVAL_S = 5.0
+"""Heartbeats and commands live two intervals, so nobody acts on stale ones."""
 
 # A request whose worker fails this many times is poison: it is dropped, not bounced on.
 INFER_DELIVERY_LIMIT = 5

@@ -73,6 +73,7 @@ class _AmqpSubscription(Subscription):
         self._callback = callback
         self._no_ack = no_ack
         self._cancelled = False
+        self._paused = False
 
     async def set_prefetch(self, prefetch: int) -> None:
         # A new per-consumer QoS applies to consumers started after it (and quorum
@@ -83,12 +84,19 @@ class _AmqpSubscription(Subscription):
         self._tag = await self._queue.consume(self._callback, no_ack=self._no_ack)
         await self._queue.cancel(old)
 
+    async def pause(self) -> None:
+        # basic.cancel on an open channel: no new deliveries, the unacked ones stay ackable.
+        if not self._paused:
+            self._paused = True
+            await self._queue.cancel(self._tag)
+
     async def cancel(self) -> None:
         if self._cancelled:
             return
         self._cancelled = True
         try:
-            await self._queue.cancel(self._tag)
+            if not self._paused:
+                await self._queue.cancel(self._tag)
         except Exception as exc:  # the channel may already be gone with its connection
             log.debug("cancel of %s failed: %s", self._tag, exc)
         # Closing the channel returns its unacked messages to the queue.
@@ -231,18 +239,22 @@ class RabbitMQBus(Bus):
         return exchange
 
     async def broadcast(
-        self, topic: str, body: bytes, *, headers: Mapping[str, str] | None = None
+        self, topic: str, body: bytes, *, headers: Mapping[str, str] | None = None,
+        ttl_s: float | None = None,
     ) -> None:
         import aio_pika
 
         exchange = await self._exchange(topic)
-        await exchange.publish(aio_pika.Message(body, headers=dict(headers or {})),
+        await exchange.publish(aio_pika.Message(body, headers=dict(headers or {}),
+                                                expiration=ttl_s),
                                routing_key="")
 
     async def subscribe(self, topic: str, handler: TopicHandler) -> Subscription:
         exchange = await self._exchange(topic)
         channel = await self._connection.channel()
-        queue = await channel.declare_queue(exclusive=True, auto_delete=True)
+        # Bounded: a subscriber that falls behind loses the oldest messages (drop-head).
+        queue = await channel.declare_queue(exclusive=True, auto_delete=True, arguments={
+            "x-max-length": _TOPIC_BACKLOG})
         await queue.bind(exchange)
 
         async def on_message(message: Any) -> None:
@@ -251,6 +263,9 @@ class RabbitMQBus(Bus):
 
         tag = await queue.consume(on_message, no_ack=True)
         return _AmqpSubscription(channel, queue, tag, on_message, True)
+
+
+_TOPIC_BACKLOG = 10_000
 
 
 def _safe(url: str) -> str:

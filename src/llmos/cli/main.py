@@ -1,9 +1,10 @@
-"""``llmos``: serve, worker, chat, version."""
+"""``llmos``: serve, worker, workers, chat, version."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -178,6 +179,54 @@ def version(url: UrlOption = None) -> None:
         return
     if response.status_code == 200:
         out.print(f"server {base}: llmos {response.json().get('version')}")
+
+
+workers_app = typer.Typer(help="Worker processes: list them, drain or resume one.",
+                          no_args_is_help=True)
+app.add_typer(workers_app, name="workers")
+
+
+def _api(method: str, base: str, path: str) -> Any:
+    try:
+        response = httpx.request(method, f"{base}{path}", timeout=10)
+    except httpx.HTTPError:
+        raise no_server(base) from None
+    if response.status_code >= 400:
+        raise api_error(response)
+    return response.json()
+
+
+@workers_app.command("ls")
+def workers_ls(url: UrlOption = None) -> None:
+    """The worker processes that sent a heartbeat within two intervals."""
+    from rich.table import Table
+
+    workers = _api("GET", server_url(url), "/api/workers")["data"]
+    if not workers:
+        err.print("no live workers")
+        return
+    table = Table("ID", "DEPLOYMENT", "HOST", "SLOTS", "BUSY", "STATE", "SEEN")
+    for w in workers:
+        seen = max(0.0, time.time() - w["last_heartbeat"])
+        table.add_row(w["id"], w["deployment"], w["host"], str(w["slots"]),
+                      str(w["busy_slots"]), w["state"], f"{seen:.0f}s ago")
+    out.print(table)
+
+
+@workers_app.command("drain")
+def workers_drain(worker_id: Annotated[str, typer.Argument(help="worker id (see ls)")],
+                  url: UrlOption = None) -> None:
+    """Stop a worker taking new requests; those in flight finish."""
+    _api("POST", server_url(url), f"/api/workers/{worker_id}/drain")
+    out.print(f"draining {worker_id}")
+
+
+@workers_app.command("resume")
+def workers_resume(worker_id: Annotated[str, typer.Argument(help="worker id (see ls)")],
+                   url: UrlOption = None) -> None:
+    """Let a drained worker take requests again."""
+    _api("POST", server_url(url), f"/api/workers/{worker_id}/resume")
+    out.print(f"resumed {worker_id}")
 
 
 def main() -> None:

@@ -14,11 +14,12 @@ from llmos import __version__
 from llmos.bus import Bus
 from llmos.gateway.body import component_schemas
 from llmos.gateway.catalog import Catalog
+from llmos.gateway.control import WorkerControl
 from llmos.gateway.dispatch import Dispatcher
 from llmos.gateway.errors import install_error_handlers
 from llmos.gateway.health import probe_until_ready
 from llmos.gateway.middleware import RequestIdMiddleware
-from llmos.gateway.routes import health, openai
+from llmos.gateway.routes import health, openai, workers
 from llmos.gateway.state import GatewayState
 from llmos.settings import Settings
 from llmos.store import Store
@@ -30,11 +31,13 @@ def create_app(settings: Settings, bus: Bus, store: Store) -> FastAPI:
         settings=settings,
         dispatcher=Dispatcher(bus, timeout_s=settings.request_timeout_s),
         catalog=Catalog(store),
+        workers=WorkerControl(bus),
     )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await state.dispatcher.start()
+        await state.workers.start()
         probe = asyncio.create_task(probe_until_ready(state))
         try:
             yield
@@ -42,6 +45,7 @@ def create_app(settings: Settings, bus: Bus, store: Store) -> FastAPI:
             probe.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await probe
+            await state.workers.stop()
             await state.dispatcher.stop()
 
     app = FastAPI(title="LLMOS", version=__version__, lifespan=lifespan,
@@ -51,6 +55,7 @@ def create_app(settings: Settings, bus: Bus, store: Store) -> FastAPI:
     app.add_middleware(RequestIdMiddleware)
     app.include_router(openai.router)
     app.include_router(health.router)
+    app.include_router(workers.router)
     app.openapi = lambda: _openapi_without_422(app)  # type: ignore[method-assign]
     return app
 

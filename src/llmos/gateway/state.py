@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from llmos.gateway.catalog import Catalog
+from llmos.gateway.control import WorkerControl
 from llmos.gateway.dispatch import Dispatcher
 from llmos.settings import EngineSettings, Settings
 from llmos.store import Deployment
@@ -15,6 +16,7 @@ class GatewayState:
     settings: Settings
     dispatcher: Dispatcher
     catalog: Catalog
+    workers: WorkerControl
     ready: bool = False
     ready_detail: str = "the default model has not answered yet"
     _engine_settings: dict[tuple[str, str, str], EngineSettings] = field(default_factory=dict)

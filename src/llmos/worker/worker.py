@@ -8,8 +8,10 @@ dies mid-request leaves the message to be redelivered to another replica.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
+import socket
 import threading
 import time
 import uuid
@@ -21,7 +23,9 @@ from typing import Any
 from llmos.bus import Bus, Delivery, Subscription, TopicMessage, names
 from llmos.bus.messages import (
     Cancel,
+    Command,
     ErrorInfo,
+    Heartbeat,
     InferenceRequest,
     ReplyChunk,
     Usage,
@@ -40,11 +44,19 @@ _REMEMBERED_CANCELS = 10_000
 
 class Worker:
     def __init__(self, bus: Bus, engine: Engine, deployment: str, *,
-                 worker_id: str | None = None) -> None:
+                 worker_id: str | None = None,
+                 heartbeat_interval_s: float = names.HEARTBEAT_INTERVAL_S) -> None:
         self.bus = bus
         self.engine = engine
         self.deployment = deployment
         self.worker_id = worker_id or uuid.uuid4().hex[:12]
+        self.epoch = uuid.uuid4().hex[:12]
+        """This start of the worker: commands for an earlier one are not for us."""
+        self.heartbeat_interval_s = heartbeat_interval_s
+        self.draining = False
+        self._paused: list[Subscription] = []
+        self._commands: Subscription | None = None
+        self._heartbeats: asyncio.Task[None] | None = None
         self.slots = engine.config.slots
         self._pool = ThreadPoolExecutor(max_workers=self.slots,
                                         thread_name_prefix=f"engine-{deployment}")
@@ -69,6 +81,7 @@ class Worker:
         self._cancels = await self.bus.subscribe(names.CANCEL_TOPIC, self._on_cancel)
         # One unacked request per slot: the bus never hands us more than we can run.
         self._requests = await self.bus.consume(queue, self._on_request, prefetch=self.slots)
+        self._commands = await self.bus.subscribe(names.COMMAND_TOPIC, self._on_command)
         # Start every engine thread now, not during the first burst of requests.
         # (Each task waits for all the others, so the pool must create one thread per slot.)
         barrier = threading.Barrier(self.slots, timeout=10)
@@ -76,6 +89,7 @@ class Worker:
             await asyncio.wrap_future(future)
         self._slots_gauge.set(self.slots)
         self._busy_gauge.set(0)
+        self._heartbeats = asyncio.create_task(self._beat(), name=f"heartbeat-{self.worker_id}")
         log.info("worker %s consuming %s with %d slots", self.worker_id, queue, self.slots)
 
     async def stop(self, timeout_s: float = 10.0) -> None:
@@ -86,11 +100,76 @@ class Worker:
         deadline = time.monotonic() + timeout_s
         while self._inflight and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
-        for sub in (self._requests, self._cancels):
+        if self._heartbeats is not None:
+            self._heartbeats.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._heartbeats
+        for sub in (self._requests, self._cancels, self._commands, *self._paused):
             if sub is not None:
                 await sub.cancel()
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._slots_gauge.set(0)
+
+    async def drain(self) -> None:
+        """Take no new requests; those in flight finish. ``resume`` undoes it."""
+        if self.draining or self._requests is None:
+            return
+        self.draining = True
+        await self._requests.pause()
+        self._paused.append(self._requests)
+        self._requests = None
+        log.info("worker %s draining: %d requests in flight", self.worker_id, self.busy_slots)
+        await self._send_heartbeat()
+
+    async def resume(self) -> None:
+        if not self.draining:
+            return
+        self._requests = await self.bus.consume(names.infer_queue(self.deployment),
+                                                self._on_request, prefetch=self.slots)
+        self.draining = False
+        if not self._inflight:  # nothing left to settle on the paused subscriptions
+            for sub in self._paused:
+                await sub.cancel()
+            self._paused.clear()
+        log.info("worker %s resumed", self.worker_id)
+        await self._send_heartbeat()
+
+    def heartbeat(self) -> Heartbeat:
+        return Heartbeat(worker_id=self.worker_id, epoch=self.epoch,
+                         deployment=self.deployment, host=socket.gethostname(),
+                         slots=self.slots, busy=self.busy_slots, draining=self.draining,
+                         sent_at=time.time(), interval_s=self.heartbeat_interval_s)
+
+    async def _beat(self) -> None:
+        while True:
+            await self._send_heartbeat()
+            await asyncio.sleep(self.heartbeat_interval_s)
+
+    async def _send_heartbeat(self) -> None:
+        try:
+            await self.bus.broadcast(names.HEARTBEAT_TOPIC, encode(self.heartbeat()),
+                                     ttl_s=2 * self.heartbeat_interval_s)
+        except BusError as exc:  # the next one may get through; never fatal
+            log.warning("heartbeat not sent: %s", exc)
+
+    async def _on_command(self, message: TopicMessage) -> None:
+        try:
+            command = decode(Command, message.body)
+        except BusError as exc:
+            log.warning("ignored a command: %s", exc)
+            return
+        if command.worker_id != self.worker_id:
+            return
+        if command.epoch != self.epoch:
+            log.warning("ignored %s for an earlier start of this worker", command.action)
+            return
+        if time.time() > command.expires_at:
+            log.warning("ignored a stale %s command", command.action)
+            return
+        if command.action == "drain":
+            await self.drain()
+        else:
+            await self.resume()
 
     async def _on_reconnect(self) -> None:
         # The deliveries in flight belonged to the lost connection; the broker hands

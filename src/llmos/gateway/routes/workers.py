@@ -1,0 +1,67 @@
+"""Management API for worker processes: who is alive, and drain/resume one."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from fastapi import APIRouter
+from pydantic import BaseModel
+
+from llmos.bus.messages import Heartbeat
+from llmos.gateway.deps import StateDep
+from llmos.gateway.schemas import ErrorResponse
+
+router = APIRouter(prefix="/api/workers", tags=["management"])
+
+
+class WorkerPublic(BaseModel):
+    id: str
+    deployment: str
+    host: str
+    slots: int
+    busy_slots: int
+    state: Literal["serving", "draining"]
+    last_heartbeat: float
+    """Unix time of the worker's latest heartbeat."""
+
+
+class WorkerList(BaseModel):
+    data: list[WorkerPublic]
+
+
+class CommandAccepted(BaseModel):
+    worker_id: str
+    action: Literal["drain", "resume"]
+    expires_at: float
+
+
+def _public(h: Heartbeat) -> WorkerPublic:
+    return WorkerPublic(id=h.worker_id, deployment=h.deployment, host=h.host, slots=h.slots,
+                        busy_slots=h.busy, state="draining" if h.draining else "serving",
+                        last_heartbeat=h.sent_at)
+
+
+@router.get("", response_model=WorkerList)
+async def list_workers(state: StateDep) -> WorkerList:
+    """Worker processes heard from within two heartbeat intervals."""
+    return WorkerList(data=[_public(h) for h in state.workers.workers()])
+
+
+_NOT_FOUND: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorResponse, "description": "no live worker with this id"}}
+
+
+@router.post("/{worker_id}/drain", response_model=CommandAccepted, status_code=202,
+             responses=_NOT_FOUND)
+async def drain_worker(worker_id: str, state: StateDep) -> CommandAccepted:
+    """The worker takes no new requests; those in flight finish."""
+    command = await state.workers.command(worker_id, "drain")
+    return CommandAccepted(worker_id=worker_id, action="drain", expires_at=command.expires_at)
+
+
+@router.post("/{worker_id}/resume", response_model=CommandAccepted, status_code=202,
+             responses=_NOT_FOUND)
+async def resume_worker(worker_id: str, state: StateDep) -> CommandAccepted:
+    """A drained worker takes requests again."""
+    command = await state.workers.command(worker_id, "resume")
+    return CommandAccepted(worker_id=worker_id, action="resume", expires_at=command.expires_at)

@@ -1,0 +1,82 @@
+"""The workers management API and CLI of a real `llmos serve`: heartbeats, drain, resume."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from tests.cli.test_cli import llmos
+from tests.conftest import RunningServer
+
+
+def workers(server: RunningServer) -> list[dict[str, Any]]:
+    response = httpx.get(f"{server.url}/api/workers", timeout=5)
+    assert response.status_code == 200
+    data: list[dict[str, Any]] = response.json()["data"]
+    return data
+
+
+def wait_for_state(server: RunningServer, worker_id: str, state: str) -> None:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if any(w["id"] == worker_id and w["state"] == state for w in workers(server)):
+            return
+        time.sleep(0.05)
+    pytest.fail(f"worker {worker_id} did not become {state}: {workers(server)}")
+
+
+def test_the_embedded_worker_is_listed(llmos_server: RunningServer) -> None:
+    [worker] = workers(llmos_server)
+    assert worker["deployment"] == "gemma-3-270m"
+    assert worker["slots"] == 16
+    assert worker["state"] == "serving"
+    assert time.time() - worker["last_heartbeat"] < 11  # two intervals of 5 s, and slack
+
+
+def test_drain_holds_new_requests_until_resume(llmos_server: RunningServer) -> None:
+    [worker] = workers(llmos_server)
+    response = httpx.post(f"{llmos_server.url}/api/workers/{worker['id']}/drain", timeout=5)
+    assert response.status_code == 202
+    try:
+        wait_for_state(llmos_server, worker["id"], "draining")
+        with openai.OpenAI(base_url=llmos_server.api, api_key="unused", max_retries=0,
+                           timeout=2.0) as client, pytest.raises(openai.APITimeoutError):
+            client.completions.create(model="gemma-3-270m", prompt="hi", max_tokens=2)
+    finally:
+        response = httpx.post(f"{llmos_server.url}/api/workers/{worker['id']}/resume",
+                              timeout=5)
+    assert response.status_code == 202
+    wait_for_state(llmos_server, worker["id"], "serving")
+    with openai.OpenAI(base_url=llmos_server.api, api_key="unused", max_retries=0,
+                       timeout=30) as client:
+        answer = client.completions.create(model="gemma-3-270m", prompt="hi", max_tokens=2)
+    assert answer.choices[0].text is not None
+
+
+def test_an_unknown_worker_is_404(llmos_server: RunningServer) -> None:
+    response = httpx.post(f"{llmos_server.url}/api/workers/nobody/drain", timeout=5)
+    assert response.status_code == 404
+    error = response.json()["error"]
+    assert error["code"] == "worker_not_found"
+    assert "live workers:" in error["message"]
+
+
+def test_cli_lists_drains_and_resumes(llmos_server: RunningServer) -> None:
+    [worker] = workers(llmos_server)
+    listed = llmos("workers", "ls", "--url", llmos_server.url)
+    assert listed.returncode == 0, listed.stderr
+    assert worker["id"] in listed.stdout and "serving" in listed.stdout
+    drained = llmos("workers", "drain", worker["id"], "--url", llmos_server.url)
+    assert drained.returncode == 0, drained.stderr
+    resumed = llmos("workers", "resume", worker["id"], "--url", llmos_server.url)
+    assert resumed.returncode == 0, resumed.stderr
+    wait_for_state(llmos_server, worker["id"], "serving")
+    missing = llmos("workers", "drain", "nobody", "--url", llmos_server.url)
+    assert missing.returncode == 1
+    assert "no live worker" in missing.stderr
+
+
