@@ -17,6 +17,7 @@ from llmos.bus.messages import Command, Heartbeat, ReplyChunk, decode, encode
 from llmos.engines import EngineConfig, load_engine
 from llmos.engines.base import Engine
 from llmos.gateway.dispatch import Dispatcher, ReplicaFailed, RequestHandle
+from llmos.observability.metrics import REGISTRY
 from llmos.worker import Worker
 from tests.model import gemma_path
 
@@ -147,14 +148,24 @@ async def test_cancel_stops_generation_and_frees_the_slot(
 @pytest.mark.asyncio
 async def test_a_request_cancelled_while_queued_is_never_run(
         engine: Engine, bus: MemoryBus, dispatcher: Dispatcher) -> None:
-    handle = await submit(dispatcher, "r-queued")
-    await handle.close()
-    await asyncio.sleep(0.01)
-    worker = Worker(bus, engine, "m")
+    worker = Worker(bus, engine, "m", heartbeat_interval_s=60)
     await worker.start()
+    await worker.drain()  # so the request waits in the queue
+    skipped = _skipped()
+    handle = await submit(dispatcher, "r-queued")
+    await handle.close()  # the client went away: the workers hear a cancel
+    await asyncio.sleep(0.01)
+    await worker.resume()
     await asyncio.sleep(0.2)
+    assert _skipped() == skipped + 1  # taken from the queue, and dropped unrun
     assert worker.busy_slots == 0
     await worker.stop()
+
+
+def _skipped() -> float:
+    value = REGISTRY.get_sample_value("llmos_worker_requests_total",
+                                      {"deployment": "m", "outcome": "skipped"})
+    return value or 0.0
 
 
 async def _heartbeats(bus: MemoryBus) -> list[Heartbeat]:
