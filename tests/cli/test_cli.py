@@ -81,3 +81,12 @@ def test_worker_without_a_broker_says_so(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "cannot connect to RabbitMQ at amqp://guest:***@127.0.0.1" in result.stderr
     assert "secret" not in result.stderr
+
+
+def test_serve_takes_host_and_port_from_the_environment(tmp_path: Path) -> None:
+    env = os.environ | {"LLMOS_HOME": str(tmp_path), "LLMOS_HOST": "0.0.0.0",
+                        "LLMOS_PORT": "8123"}
+    result = subprocess.run([sys.executable, "-m", "llmos", "serve"], env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "refusing to listen on 0.0.0.0" in result.stderr  # the env's host, not a default

@@ -30,8 +30,10 @@ UrlOption = Annotated[str | None, typer.Option(
 
 @app.command()
 def serve(
-    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="port to listen on")] = 8000,
+    host: Annotated[str | None, typer.Option(
+        help="address to listen on (default: $LLMOS_HOST or 127.0.0.1)")] = None,
+    port: Annotated[int | None, typer.Option(
+        help="port to listen on (default: $LLMOS_PORT or 8000)")] = None,
     bus: Annotated[str | None, typer.Option(help="bus URL (default memory://)")] = None,
     home: Annotated[Path | None, typer.Option(help="state directory ($LLMOS_HOME)")] = None,
     config: Annotated[Path | None, typer.Option(help="TOML settings file")] = None,
