@@ -165,3 +165,17 @@ def test_non_streaming_disconnect_frees_the_slot(llmos_server: RunningServer) ->
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(f"{llmos_server.api}/completions", json=body, timeout=0.5)
     assert _wait_for_idle(llmos_server, within_s=2.0) < 2.0
+
+
+@pytest.mark.parametrize("tier", ["priority", "flex", "auto"])
+def test_each_service_tier_is_served(client: openai.OpenAI, tier: str) -> None:
+    answer = client.completions.create(model=MODEL, prompt=COUNTING, max_tokens=2,
+                                       temperature=0, extra_body={"service_tier": tier})
+    assert answer.usage is not None and answer.usage.completion_tokens == 2
+
+
+def test_an_unknown_service_tier_is_400(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as info:
+        client.completions.create(model=MODEL, prompt="x", max_tokens=1,
+                                  extra_body={"service_tier": "gold"})
+    assert "service_tier" in str(info.value)

@@ -97,8 +97,8 @@ async def test_a_request_of_a_dead_replica_is_retried_on_another(
     assert dying.busy_slots == 1
     survivor = Worker(bus, engine, "m")
     await survivor.start()
-    assert dying._requests is not None
-    await dying._requests.cancel()  # its connection is gone: the message is redelivered
+    for subscription in dying._requests:  # its connection is gone: the message is redelivered
+        await subscription.cancel()
     await dying.stop()  # and it never answers
     chunks = await asyncio.wait_for(collecting, 30)
     await survivor.stop()
@@ -118,8 +118,8 @@ async def test_a_stream_that_already_sent_text_fails_explicitly(
     assert first.text
     survivor = Worker(bus, engine, "m")
     await survivor.start()
-    assert dying._requests is not None
-    await dying._requests.cancel()
+    for subscription in dying._requests:
+        await subscription.cancel()
     with pytest.raises(ReplicaFailed):
         async for _ in chunks:
             pass
@@ -235,3 +235,17 @@ async def test_stale_commands_and_commands_for_an_earlier_start_are_ignored(
     await _command(bus, worker, "drain")
     assert worker.draining
     await worker.stop()
+
+
+@pytest.mark.asyncio
+async def test_every_service_tier_has_its_queue_and_is_served(
+        engine: Engine, bus: MemoryBus, dispatcher: Dispatcher) -> None:
+    worker = Worker(bus, engine, "m", heartbeat_interval_s=60)
+    await worker.start()
+    handles = [await dispatcher.submit(
+        request_id=f"t-{tier}", deployment="m", kind="completion",
+        body={"prompt": PROMPT, "max_tokens": 4, "temperature": 0}, stream=False,
+        max_tokens_explicit=True, tier=tier) for tier in names.TIERS]
+    results = await asyncio.wait_for(asyncio.gather(*(collect(h) for h in handles)), 30)
+    await worker.stop()
+    assert all(r[-1].error is None and r[-1].usage is not None for r in results)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from llmos.bus.base import QueueOptions
 
 INFER_QUEUE_PREFIX = "llmos.infer."
@@ -22,8 +24,16 @@ HEADER_REQUEST_ID = "x-request-id"
 HEADER_ATTEMPT = "x-llmos-attempt"  # on API responses: which delivery answered
 
 
-def infer_queue(deployment: str) -> str:
-    return f"{INFER_QUEUE_PREFIX}{deployment}"
+Tier = Literal["priority", "default", "flex"]
+TIERS: tuple[Tier, ...] = ("priority", "default", "flex")
+"""Service tiers, best first (OpenAI's ``service_tier``); each has its own queue."""
+
+
+def infer_queue(deployment: str, tier: Tier = "default") -> str:
+    """``llmos.infer.<deployment>``, or ``llmos.infer-<tier>.<deployment>`` for the others."""
+    if tier == "default":
+        return f"{INFER_QUEUE_PREFIX}{deployment}"
+    return f"llmos.infer-{tier}.{deployment}"
 
 
 def dead_letter_queue(deployment: str) -> str:

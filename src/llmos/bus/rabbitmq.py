@@ -8,8 +8,11 @@
   vanishing. aio-pika keeps many publishes in flight on that channel, so
   concurrent publishers share a window of confirms rather than waiting in turn.
   ``durable=False`` messages (reply chunks) go on a channel without confirms.
-* Each consumer has its own channel with ``prefetch`` as its QoS, so cancelling
-  a subscription (closing its channel) hands its unacked messages back.
+* Each consumer has its own robust channel with ``prefetch`` as its QoS, so
+  cancelling a subscription (closing its channel) hands its unacked messages
+  back. It subscribes through aiormq directly (aio-pika's message wrapper and its
+  extra task per message cost more than the delivery itself) and again whenever
+  aio-pika reopens the channel after a reconnect.
 * Topics are fanout exchanges; each subscriber binds an exclusive queue.
 """
 
@@ -34,26 +37,29 @@ log = logging.getLogger(__name__)
 
 
 class _AmqpDelivery(Delivery):
+    """A delivery as aiormq hands it over (aio-pika's IncomingMessage costs too much here)."""
+
     def __init__(self, message: Any, *, auto_ack: bool) -> None:
-        self._message = message
+        self._channel = message.channel
+        self._tag = message.delivery.delivery_tag
         self._auto_ack = auto_ack
         self.body = message.body
-        raw = message.headers or {}
+        raw = message.header.properties.headers or {}
         self.headers = {k: v.decode() if isinstance(v, bytes) else str(v)
                         for k, v in raw.items()}
         # Quorum queues count earlier failed deliveries in x-delivery-count.
         if "x-delivery-count" in raw:
             self.delivery_count = int(raw["x-delivery-count"]) + 1
         else:
-            self.delivery_count = 2 if message.redelivered else 1
+            self.delivery_count = 2 if message.delivery.redelivered else 1
 
     async def ack(self) -> None:
         if not self._auto_ack:
-            await self._settle(self._message.ack())
+            await self._settle(self._channel.basic_ack(self._tag))
 
     async def nack(self, *, requeue: bool = True) -> None:
         if not self._auto_ack:
-            await self._settle(self._message.nack(requeue=requeue))
+            await self._settle(self._channel.basic_nack(self._tag, requeue=requeue))
 
     @staticmethod
     async def _settle(operation: Any) -> None:
@@ -62,6 +68,75 @@ class _AmqpDelivery(Delivery):
         except Exception as exc:
             # The channel it came on is gone: the broker has already put it back.
             log.warning("could not settle a delivery (connection lost?): %s", exc)
+
+
+class _QueueConsumer(Subscription):
+    """A consumer on its own robust channel, subscribed straight through aiormq.
+
+    aio-pika's robust channel reopens after a lost connection (QoS and the queue
+    restored); ``reopen_callbacks`` then subscribe again, unless paused or cancelled.
+    """
+
+    def __init__(self, channel: Any, queue: str, handler: DeliveryHandler, *,
+                 auto_ack: bool) -> None:
+        self._channel = channel
+        self._queue = queue
+        self._handler = handler
+        self._auto_ack = auto_ack
+        self._tag: str | None = None
+        self._paused = False
+        self._cancelled = False
+        channel.reopen_callbacks.add(self._resubscribe)
+
+    async def subscribe(self) -> None:
+        underlay = await self._channel.get_underlay_channel()
+        auto_ack = self._auto_ack
+
+        async def on_message(message: Any) -> None:
+            await self._handler(_AmqpDelivery(message, auto_ack=auto_ack))
+
+        ok = await underlay.basic_consume(self._queue, on_message, no_ack=auto_ack)
+        self._tag = ok.consumer_tag
+
+    async def _resubscribe(self, *_: Any) -> None:
+        if not (self._paused or self._cancelled):
+            await self.subscribe()
+
+    async def _unsubscribe(self) -> None:
+        tag, self._tag = self._tag, None
+        if tag is not None:
+            underlay = await self._channel.get_underlay_channel()
+            await underlay.basic_cancel(tag)
+
+    async def set_prefetch(self, prefetch: int) -> None:
+        # A new per-consumer QoS applies to consumers started after it (and quorum
+        # queues refuse channel-wide QoS), so the consumer restarts on the same
+        # channel; its unacked deliveries stay valid.
+        await self._channel.set_qos(prefetch_count=prefetch)
+        old = self._tag
+        await self.subscribe()
+        if old is not None:
+            underlay = await self._channel.get_underlay_channel()
+            await underlay.basic_cancel(old)
+
+    async def pause(self) -> None:
+        # basic.cancel on an open channel: no new deliveries, the unacked ones stay ackable.
+        if not self._paused:
+            self._paused = True
+            await self._unsubscribe()
+
+    async def cancel(self) -> None:
+        if self._cancelled:
+            return
+        self._cancelled = True
+        self._channel.reopen_callbacks.discard(self._resubscribe)
+        try:
+            await self._unsubscribe()
+        except Exception as exc:  # the channel may already be gone with its connection
+            log.debug("cancel of %s failed: %s", self._queue, exc)
+        # Closing the channel returns its unacked messages to the queue.
+        if not self._channel.is_closed:
+            await self._channel.close()
 
 
 class _AmqpSubscription(Subscription):
@@ -215,18 +290,15 @@ class RabbitMQBus(Bus):
     ) -> Subscription:
         channel = await self._connection.channel()
         await channel.set_qos(prefetch_count=0 if auto_ack else prefetch)
-        # (A passive declare, not get_queue: only declared queues, and consumers on
-        # them, are restored by the robust channel after a reconnect.)
+        # A passive declare: it fails for a missing queue, and the robust channel
+        # checks the queue again when it reopens after a reconnect.
         try:
-            q = await channel.declare_queue(queue, passive=True)
+            await channel.declare_queue(queue, passive=True)
         except Exception as exc:
             raise BusError(f"cannot consume from queue {queue}: {exc}") from exc
-
-        async def on_message(message: Any) -> None:
-            await handler(_AmqpDelivery(message, auto_ack=auto_ack))
-
-        tag = await q.consume(on_message, no_ack=auto_ack)
-        return _AmqpSubscription(channel, q, tag, on_message, auto_ack)
+        consumer = _QueueConsumer(channel, queue, handler, auto_ack=auto_ack)
+        await consumer.subscribe()
+        return consumer
 
     async def _exchange(self, topic: str) -> Any:
         import aio_pika

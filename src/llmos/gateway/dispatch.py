@@ -135,22 +135,25 @@ class Dispatcher:
 
     async def submit(self, *, request_id: str, deployment: str,
                      kind: Literal["chat", "completion"], body: dict[str, Any], stream: bool,
-                     max_tokens_explicit: bool, project: str = "default") -> RequestHandle:
+                     max_tokens_explicit: bool, project: str = "default",
+                     tier: names.Tier = "default") -> RequestHandle:
         request = InferenceRequest(
             request_id=request_id, deployment=deployment, kind=kind, body=body, stream=stream,
             max_tokens_explicit=max_tokens_explicit, reply_to=self.reply_to,
             deadline=time.time() + self.timeout_s, project=project)
         handle = RequestHandle(self, request)
         self._handles[request_id] = handle
-        queue = names.infer_queue(deployment)
+        queue = names.infer_queue(deployment, tier)
         try:
-            if queue not in self._declared:
-                await self.bus.declare_queue(queue, names.infer_queue_options(deployment))
+            if deployment not in self._declared:
+                for each in names.TIERS:
+                    await self.bus.declare_queue(names.infer_queue(deployment, each),
+                                                 names.infer_queue_options(deployment))
                 dead = names.dead_letter_queue(deployment)
                 await self.bus.declare_queue(dead)
                 self._dead_letters.append(await self.bus.consume(
                     dead, self._on_dead_letter, prefetch=16))
-                self._declared.add(queue)
+                self._declared.add(deployment)
             await self.bus.publish(queue, encode(request),
                                    headers={names.HEADER_REQUEST_ID: request_id},
                                    ttl_s=self.timeout_s)

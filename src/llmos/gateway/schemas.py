@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from llmos.bus.names import Tier
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -56,7 +58,7 @@ class ResponseFormat(_Strict):
 UNSUPPORTED: dict[str, Any] = {
     "tools": None, "tool_choice": None, "functions": None, "function_call": None,
     "parallel_tool_calls": None, "logprobs": (None, False), "top_logprobs": None,
-    "audio": None, "modalities": None, "prediction": None, "service_tier": None,
+    "audio": None, "modalities": None, "prediction": None,
     "store": (None, False), "reasoning_effort": None, "web_search_options": None,
     "echo": (None, False), "best_of": (None, 1), "suffix": None, "metadata": None,
 }
@@ -80,6 +82,9 @@ class _Sampling(_Strict):
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
+    service_tier: Literal["auto", "default", "flex", "priority"] | None = Field(
+        None, description="queue class: `priority` is served before `default`, `flex` after; "
+        "`auto` is `default`")
     # accepted so they can be refused by name instead of as "extra fields"
     tools: Any = None
     tool_choice: Any = None
@@ -91,7 +96,6 @@ class _Sampling(_Strict):
     audio: Any = None
     modalities: Any = None
     prediction: Any = None
-    service_tier: Any = None
     store: Any = None
     reasoning_effort: Any = None
     web_search_options: Any = None
@@ -124,6 +128,11 @@ class _Sampling(_Strict):
             if value not in allowed:
                 return name
         return None
+
+    def tier(self) -> Tier:
+        if self.service_tier == "priority" or self.service_tier == "flex":
+            return self.service_tier
+        return "default"
 
     def sampling(self) -> dict[str, Any]:
         fields = ("temperature", "top_p", "top_k", "min_p", "stop", "seed",

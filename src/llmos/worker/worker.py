@@ -36,6 +36,7 @@ from llmos.engines.base import Engine, EngineEvent, GenerationResult, PromptRead
 from llmos.errors import BusError, ContextLengthExceeded, LLMOSError
 from llmos.observability import metrics
 from llmos.observability.context import request_id_var
+from llmos.worker.slots import TieredSlots
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,8 @@ class Worker:
                                         thread_name_prefix=f"engine-{deployment}")
         self._inflight: dict[str, threading.Event] = {}
         self._cancelled: OrderedDict[str, float] = OrderedDict()
-        self._requests: Subscription | None = None
+        self._requests: list[Subscription] = []
+        self._engine_slots = TieredSlots(self.slots, names.TIERS)
         self._cancels: Subscription | None = None
         self._stopping = False
         labels = {"deployment": deployment, "worker": self.worker_id}
@@ -72,15 +74,16 @@ class Worker:
 
     @property
     def busy_slots(self) -> int:
-        return len(self._inflight)
+        """Requests on the engine now (others may wait here for a slot)."""
+        return self._engine_slots.in_use
 
     async def start(self) -> None:
-        queue = names.infer_queue(self.deployment)
-        await self.bus.declare_queue(queue, names.infer_queue_options(self.deployment))
+        for tier in names.TIERS:
+            await self.bus.declare_queue(names.infer_queue(self.deployment, tier),
+                                         names.infer_queue_options(self.deployment))
         self.bus.on_reconnect(self._on_reconnect)
         self._cancels = await self.bus.subscribe(names.CANCEL_TOPIC, self._on_cancel)
-        # One unacked request per slot: the bus never hands us more than we can run.
-        self._requests = await self.bus.consume(queue, self._on_request, prefetch=self.slots)
+        self._requests = await self._consume_tiers()
         self._commands = await self.bus.subscribe(names.COMMAND_TOPIC, self._on_command)
         # Start every engine thread now, not during the first burst of requests.
         # (Each task waits for all the others, so the pool must create one thread per slot.)
@@ -90,7 +93,23 @@ class Worker:
         self._slots_gauge.set(self.slots)
         self._busy_gauge.set(0)
         self._heartbeats = asyncio.create_task(self._beat(), name=f"heartbeat-{self.worker_id}")
-        log.info("worker %s consuming %s with %d slots", self.worker_id, queue, self.slots)
+        log.info("worker %s consuming %s with %d slots", self.worker_id,
+                 names.infer_queue(self.deployment), self.slots)
+
+    async def _consume_tiers(self) -> list[Subscription]:
+        """One subscription per service tier, each with a prefetch of our slot count.
+
+        Up to that many requests of each tier wait here; a free slot goes to the best
+        tier first, so a backlog of one tier never hides a better one from this worker.
+        """
+        subscriptions = []
+        for tier in names.TIERS:
+            async def on_request(delivery: Delivery, tier: names.Tier = tier) -> None:
+                await self._on_request(delivery, tier)
+
+            subscriptions.append(await self.bus.consume(
+                names.infer_queue(self.deployment, tier), on_request, prefetch=self.slots))
+        return subscriptions
 
     async def stop(self, timeout_s: float = 10.0) -> None:
         """Stop generating; requests in flight go back to the queue for another replica."""
@@ -104,7 +123,7 @@ class Worker:
             self._heartbeats.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._heartbeats
-        for sub in (self._requests, self._cancels, self._commands, *self._paused):
+        for sub in (*self._requests, self._cancels, self._commands, *self._paused):
             if sub is not None:
                 await sub.cancel()
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -112,20 +131,20 @@ class Worker:
 
     async def drain(self) -> None:
         """Take no new requests; those in flight finish. ``resume`` undoes it."""
-        if self.draining or self._requests is None:
+        if self.draining or not self._requests:
             return
         self.draining = True
-        await self._requests.pause()
-        self._paused.append(self._requests)
-        self._requests = None
+        for subscription in self._requests:
+            await subscription.pause()
+        self._paused.extend(self._requests)
+        self._requests = []
         log.info("worker %s draining: %d requests in flight", self.worker_id, self.busy_slots)
         await self._send_heartbeat()
 
     async def resume(self) -> None:
         if not self.draining:
             return
-        self._requests = await self.bus.consume(names.infer_queue(self.deployment),
-                                                self._on_request, prefetch=self.slots)
+        self._requests = await self._consume_tiers()
         self.draining = False
         if not self._inflight:  # nothing left to settle on the paused subscriptions
             for sub in self._paused:
@@ -191,7 +210,7 @@ class Worker:
         while len(self._cancelled) > _REMEMBERED_CANCELS:
             self._cancelled.popitem(last=False)
 
-    async def _on_request(self, delivery: Delivery) -> None:
+    async def _on_request(self, delivery: Delivery, tier: names.Tier) -> None:
         try:
             request = decode(InferenceRequest, delivery.body)
         except BusError as exc:
@@ -207,10 +226,16 @@ class Worker:
             return
         cancel = threading.Event()
         self._inflight[request.request_id] = cancel
-        self._busy_gauge.set(len(self._inflight))
         publish = _Publisher(self.bus, request, delivery.delivery_count)
         try:
-            outcome = await self._serve(request, publish, cancel)
+            async with self._engine_slots.slot(tier):
+                self._busy_gauge.set(self.busy_slots)
+                if self._stopping:
+                    outcome = "requeue"
+                elif cancel.is_set() or time.time() > request.deadline:
+                    outcome = "skipped"  # cancelled or expired while it waited for a slot
+                else:
+                    outcome = await self._serve(request, publish, cancel)
         except Exception:
             # A bug here must not bounce the request between replicas forever.
             log.exception("worker failed on a request")
@@ -223,7 +248,7 @@ class Worker:
             raise
         finally:
             self._inflight.pop(request.request_id, None)
-            self._busy_gauge.set(len(self._inflight))
+            self._busy_gauge.set(self.busy_slots)
         if outcome == "requeue":
             await delivery.nack(requeue=True)
         else:

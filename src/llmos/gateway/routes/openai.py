@@ -106,7 +106,8 @@ async def _run(state: GatewayState, request: Request, kind: Literal["chat", "com
     request_id: str = request.scope["state"]["request_id"]
     handle = await state.dispatcher.submit(
         request_id=request_id, deployment=deployment.name, kind=kind, body=engine_body,
-        stream=body.stream, max_tokens_explicit=explicit, project=deployment.project)
+        stream=body.stream, max_tokens_explicit=explicit, project=deployment.project,
+        tier=body.tier())
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         response = await _stream(handle, kind, body.model, include_usage)
