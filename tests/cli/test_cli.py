@@ -20,7 +20,7 @@ def llmos(*args: str, stdin: str = "", env: dict[str, str] | None = None,
 def test_help_lists_the_commands() -> None:
     result = llmos("--help")
     assert result.returncode == 0
-    for command in ("serve", "chat", "version"):
+    for command in ("serve", "worker", "workers", "chat", "version"):
         assert command in result.stdout
     serve_help = llmos("serve", "--help")
     assert "--port" in serve_help.stdout and "--insecure" in serve_help.stdout
