@@ -90,9 +90,10 @@ async def run_worker(settings: Settings, model: str, deployment: str | None = No
     import signal
 
     from llmos.agent.local import engine_config
-    from llmos.bus import open_bus
+    from llmos.bus import names, open_bus
     from llmos.engines import load_engine
     from llmos.observability.logs import configure_logging
+    from llmos.observability.telemetry import BusLogHandler, TelemetryPublisher
     from llmos.registry import LocalRegistry, parse_ref
     from llmos.registry.defaults import DEFAULT_MODEL_NAME, ensure_default_model
     from llmos.worker import Worker
@@ -110,6 +111,11 @@ async def run_worker(settings: Settings, model: str, deployment: str | None = No
     worker = Worker(bus, engine, deployment or ref.name)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    # This process's warnings and errors also go to the gateways, over the bus.
+    log_events = TelemetryPublisher(bus, names.LOG_EVENTS_TOPIC)
+    log_events.start()
+    log_handler = BusLogHandler(log_events, worker.worker_id, loop)
+    logging.getLogger().addHandler(log_handler)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
@@ -118,5 +124,7 @@ async def run_worker(settings: Settings, model: str, deployment: str | None = No
         log.info("stopping: requests in flight go back to the queue")
     finally:
         await worker.stop()
+        logging.getLogger().removeHandler(log_handler)
+        await log_events.stop()
         await asyncio.to_thread(engine.close)
         await bus.close()

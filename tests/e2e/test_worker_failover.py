@@ -135,3 +135,10 @@ def test_kill_9_of_one_worker_loses_no_request(
     # with an explicit error event: never a silent, truncated 200.
     assert set(endings) <= {"done", "replica_failed"}, endings
     assert "replica_failed" in endings and "done" in endings, endings
+    # The workers' request telemetry reached the gateway over the bus (it is lossy by
+    # design, and the killed worker's last events die with it: hence "most").
+    deadline = time.monotonic() + 10
+    while server.metric("llmos_fleet_requests_total", outcome="ok") < 90:
+        assert time.monotonic() < deadline, "the workers' telemetry did not arrive"
+        time.sleep(0.2)
+    assert server.metric("llmos_fleet_generated_tokens_total") >= 90 * 8

@@ -96,6 +96,30 @@ class Command(_Message):
     expires_at: float
 
 
+class RequestEvent(_Message):
+    """Telemetry: a worker finished (or gave up) a request."""
+
+    request_id: str
+    deployment: str
+    worker_id: str
+    outcome: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    duration_s: float
+    at: float
+
+
+class LogEvent(_Message):
+    """Telemetry: a warning or error a worker logged."""
+
+    worker_id: str
+    level: str
+    logger: str
+    message: str
+    request_id: str | None = None
+    at: float
+
+
 def encode(message: _Message) -> bytes:
     return message.model_dump_json(exclude_defaults=False).encode()
 

@@ -11,6 +11,9 @@ REPLY_QUEUE_PREFIX = "llmos.reply."
 CANCEL_TOPIC = "llmos.control.cancel"
 HEARTBEAT_TOPIC = "llmos.control.heartbeat"
 COMMAND_TOPIC = "llmos.control.command"
+REQUEST_EVENTS_TOPIC = "llmos.telemetry.requests"
+LOG_EVENTS_TOPIC = "llmos.telemetry.logs"
+TELEMETRY_TTL_S = 60.0
 HEARTBEAT_INTERVAL_S = 5.0
 """Heartbeats and commands live two intervals, so nobody acts on stale ones."""
 

@@ -1,4 +1,9 @@
-"""The gateway's view of the workers (their heartbeats) and the commands it sends them."""
+"""The gateway's view of the workers and the commands it sends them.
+
+It follows their heartbeats (who is alive), their request telemetry (the
+``llmos_fleet_*`` metrics, counting every worker on the bus, in any process) and
+their warnings and errors (logged here under ``llmos.fleet`` with the worker id).
+"""
 
 from __future__ import annotations
 
@@ -7,11 +12,13 @@ import time
 from typing import Literal
 
 from llmos.bus import Bus, Subscription, TopicMessage, names
-from llmos.bus.messages import Command, Heartbeat, decode, encode
+from llmos.bus.messages import Command, Heartbeat, LogEvent, RequestEvent, decode, encode
 from llmos.controller.directory import WorkerDirectory
 from llmos.errors import BusError, NotFound, Unavailable
+from llmos.observability import metrics
 
 log = logging.getLogger(__name__)
+fleet_log = logging.getLogger("llmos.fleet")
 
 
 class WorkerNotFound(NotFound):
@@ -22,15 +29,18 @@ class WorkerControl:
     def __init__(self, bus: Bus) -> None:
         self.bus = bus
         self.directory = WorkerDirectory()
-        self._subscription: Subscription | None = None
+        self._subscriptions: list[Subscription] = []
 
     async def start(self) -> None:
-        self._subscription = await self.bus.subscribe(names.HEARTBEAT_TOPIC, self._on_heartbeat)
+        for topic, handler in ((names.HEARTBEAT_TOPIC, self._on_heartbeat),
+                               (names.REQUEST_EVENTS_TOPIC, self._on_request_event),
+                               (names.LOG_EVENTS_TOPIC, self._on_log_event)):
+            self._subscriptions.append(await self.bus.subscribe(topic, handler))
 
     async def stop(self) -> None:
-        if self._subscription is not None:
-            await self._subscription.cancel()
-            self._subscription = None
+        for subscription in self._subscriptions:
+            await subscription.cancel()
+        self._subscriptions.clear()
 
     def workers(self) -> list[Heartbeat]:
         return self.directory.live(time.time())
@@ -50,6 +60,27 @@ class WorkerControl:
         except BusError as exc:
             raise Unavailable(f"could not send {action} to {worker_id}: {exc.message}") from exc
         return command
+
+    async def _on_request_event(self, message: TopicMessage) -> None:
+        try:
+            event = decode(RequestEvent, message.body)
+        except BusError as exc:
+            log.warning("ignored a request event: %s", exc)
+            return
+        metrics.FLEET_REQUESTS.labels(event.deployment, event.outcome).inc()
+        if event.completion_tokens:
+            metrics.FLEET_TOKENS.labels(event.deployment).inc(event.completion_tokens)
+
+    async def _on_log_event(self, message: TopicMessage) -> None:
+        try:
+            event = decode(LogEvent, message.body)
+        except BusError as exc:
+            log.warning("ignored a log event: %s", exc)
+            return
+        level = logging.getLevelName(event.level.upper())
+        fleet_log.log(level if isinstance(level, int) else logging.WARNING,
+                      "worker %s: %s: %s", event.worker_id, event.logger, event.message,
+                      extra={"request_id": event.request_id})
 
     async def _on_heartbeat(self, message: TopicMessage) -> None:
         try:

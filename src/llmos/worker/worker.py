@@ -28,6 +28,7 @@ from llmos.bus.messages import (
     Heartbeat,
     InferenceRequest,
     ReplyChunk,
+    RequestEvent,
     Usage,
     decode,
     encode,
@@ -36,6 +37,7 @@ from llmos.engines.base import Engine, EngineEvent, GenerationResult, PromptRead
 from llmos.errors import BusError, ContextLengthExceeded, LLMOSError
 from llmos.observability import metrics
 from llmos.observability.context import request_id_var
+from llmos.observability.telemetry import TelemetryPublisher
 from llmos.worker.slots import TieredSlots
 
 log = logging.getLogger(__name__)
@@ -58,6 +60,7 @@ class Worker:
         self._paused: list[Subscription] = []
         self._commands: Subscription | None = None
         self._heartbeats: asyncio.Task[None] | None = None
+        self._events = TelemetryPublisher(bus, names.REQUEST_EVENTS_TOPIC)
         self.slots = engine.config.slots
         self._pool = ThreadPoolExecutor(max_workers=self.slots,
                                         thread_name_prefix=f"engine-{deployment}")
@@ -93,6 +96,7 @@ class Worker:
         self._slots_gauge.set(self.slots)
         self._busy_gauge.set(0)
         self._heartbeats = asyncio.create_task(self._beat(), name=f"heartbeat-{self.worker_id}")
+        self._events.start()
         log.info("worker %s consuming %s with %d slots", self.worker_id,
                  names.infer_queue(self.deployment), self.slots)
 
@@ -123,6 +127,7 @@ class Worker:
             self._heartbeats.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._heartbeats
+        await self._events.stop()
         for sub in (*self._requests, self._cancels, self._commands, *self._paused):
             if sub is not None:
                 await sub.cancel()
@@ -224,6 +229,7 @@ class Worker:
             metrics.WORKER_REQUESTS.labels(self.deployment, "skipped").inc()
             await delivery.ack()
             return
+        started = time.monotonic()
         cancel = threading.Event()
         self._inflight[request.request_id] = cancel
         publish = _Publisher(self.bus, request, delivery.delivery_count)
@@ -254,6 +260,12 @@ class Worker:
         else:
             await delivery.ack()
         metrics.WORKER_REQUESTS.labels(self.deployment, outcome).inc()
+        usage = publish.usage or Usage()
+        self._events.offer(encode(RequestEvent(
+            request_id=request.request_id, deployment=self.deployment,
+            worker_id=self.worker_id, outcome=outcome, prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            duration_s=time.monotonic() - started, at=time.time())))
 
     async def _serve(self, request: InferenceRequest, publish: _Publisher,
                      cancel: threading.Event) -> str:
@@ -319,11 +331,15 @@ class _Publisher:
         self._request = request
         self._attempt = attempt
         self._seq = itertools.count()
+        self.usage: Usage | None = None
+        """The usage the final chunk reported, once it is sent."""
         self._headers: Mapping[str, str] = {names.HEADER_REQUEST_ID: request.request_id}
 
     async def chunk(self, **fields: Any) -> None:
         message = ReplyChunk(request_id=self._request.request_id, attempt=self._attempt,
                              seq=next(self._seq), **fields)
+        if message.usage is not None:
+            self.usage = message.usage
         try:
             await self._bus.publish(self._request.reply_to, encode(message),
                                     headers=self._headers, durable=False)
