@@ -161,6 +161,56 @@ class BusContract:
         assert second[0].body == b"job"
         assert second[0].delivery_count == 2
 
+    long_hold_s = 3.0
+    """How long the live-consumer case holds a message (backends with an ack timer
+    set it above that timer, to show the timer is renewed)."""
+
+    @pytest.mark.asyncio
+    async def test_a_live_consumer_holding_a_long_request_keeps_it(self, bus: Bus) -> None:
+        await bus.declare_queue(self.q("long"))
+        first: list[Delivery] = []
+        second: list[bytes] = []
+
+        async def slow(d: Delivery) -> None:
+            first.append(d)
+            await asyncio.sleep(self.long_hold_s)  # a long generation
+            await d.ack()
+
+        async def other(d: Delivery) -> None:
+            second.append(d.body)
+            await d.ack()
+
+        await bus.consume(self.q("long"), slow, prefetch=1)
+        await bus.publish(self.q("long"), b"long")
+        await eventually(lambda: len(first) == 1)
+        await bus.consume(self.q("long"), other, prefetch=1)
+        await asyncio.sleep(self.long_hold_s + 0.5)
+        assert second == []  # never redelivered while its consumer lives
+        assert len(first) == 1
+
+    @pytest.mark.asyncio
+    async def test_request_reply_with_a_streamed_answer(self, bus: Bus) -> None:
+        await bus.declare_queue(self.q("requests"))
+        await bus.declare_queue(self.q("replies"), QueueOptions(durable=False, exclusive=True))
+
+        async def responder(d: Delivery) -> None:
+            reply_to = d.headers["reply-to"]
+            for i in range(5):
+                await bus.publish(reply_to, d.body + b":" + str(i).encode(), durable=False,
+                                  confirm=i == 4)
+            await d.ack()
+
+        chunks: list[bytes] = []
+
+        async def on_reply(d: Delivery) -> None:
+            chunks.append(d.body)
+
+        await bus.consume(self.q("requests"), responder, prefetch=4)
+        await bus.consume(self.q("replies"), on_reply, prefetch=64, auto_ack=True)
+        await bus.publish(self.q("requests"), b"ask", headers={"reply-to": self.q("replies")})
+        await eventually(lambda: len(chunks) == 5)
+        assert chunks == [b"ask:0", b"ask:1", b"ask:2", b"ask:3", b"ask:4"]
+
     @pytest.mark.asyncio
     async def test_competing_consumers_share_the_load(self, bus: Bus) -> None:
         await bus.declare_queue(self.q("compete"))

@@ -116,12 +116,15 @@ class Bus(abc.ABC):
         headers: Mapping[str, str] | None = None,
         ttl_s: float | None = None,
         durable: bool = True,
+        confirm: bool | None = None,
     ) -> None:
         """Put a message on a declared queue; raises BusError if it cannot be routed.
 
         ``durable`` messages (requests) are persisted and confirmed by the broker;
         others (reply chunks) are transient and unconfirmed: cheaper, and lost
-        with a broker restart, which their senders tolerate.
+        with a broker restart, which their senders tolerate. ``confirm=True`` makes
+        a transient message wait for the broker's confirm (and raise when it cannot
+        be routed): a worker sends a request's final chunk so, before it acks.
         """
 
     @abc.abstractmethod

@@ -232,8 +232,9 @@ class MemoryBus(Bus):
         headers: Mapping[str, str] | None = None,
         ttl_s: float | None = None,
         durable: bool = True,
+        confirm: bool | None = None,
     ) -> None:
-        self._check()
+        self._check()  # (in-process: every publish is confirmed by returning)
         expires = time.monotonic() + ttl_s if ttl_s is not None else None
         self._queue(queue).put(_Message(body, dict(headers or {}), expires))
 

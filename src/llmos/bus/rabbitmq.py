@@ -264,6 +264,7 @@ class RabbitMQBus(Bus):
         headers: Mapping[str, str] | None = None,
         ttl_s: float | None = None,
         durable: bool = True,
+        confirm: bool | None = None,
     ) -> None:
         import aio_pika
         from pamqp.commands import Basic
@@ -274,10 +275,11 @@ class RabbitMQBus(Bus):
             headers=dict(headers) if headers else None,
             expiration=str(max(1, int(ttl_s * 1000))) if ttl_s is not None else None,
             delivery_mode=2 if durable else 1)
-        channel = await (self._channel() if durable else self._fast).get_underlay_channel()
+        confirmed = durable if confirm is None else confirm
+        channel = await (self._channel() if confirmed else self._fast).get_underlay_channel()
         try:
             await channel.basic_publish(body, routing_key=queue, properties=properties,
-                                        mandatory=durable)
+                                        mandatory=confirmed)
         except aio_pika.exceptions.PublishError as exc:  # (a DeliveryError: test it first)
             # A Basic.Return of a mandatory message: nothing is bound to that name.
             raise BusError(f"queue {queue} does not exist (message unroutable)") from exc

@@ -197,7 +197,8 @@ class Dispatcher:
                     message=f"the request failed on {names.INFER_DELIVERY_LIMIT} deliveries "
                             "to replicas (they crashed or failed on it); it was given up"))
             try:
-                await self.bus.publish(request.reply_to, encode(chunk), durable=False)
+                await self.bus.publish(request.reply_to, encode(chunk), durable=False,
+                                       confirm=True)
             except BusError as exc:
                 log.warning("could not report dead letter %s: %s", request.request_id, exc)
         await delivery.ack()

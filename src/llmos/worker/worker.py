@@ -341,8 +341,11 @@ class _Publisher:
         if message.usage is not None:
             self.usage = message.usage
         try:
+            # The final chunk waits for the broker's confirm: the request is acked only
+            # once its answer is safely with the broker.
             await self._bus.publish(self._request.reply_to, encode(message),
-                                    headers=self._headers, durable=False)
+                                    headers=self._headers, durable=False,
+                                    confirm=message.final)
         except BusError as exc:
             # The gateway that asked is gone; nobody can receive this answer.
             log.warning("reply to %s lost: %s", self._request.reply_to, exc)
