@@ -296,6 +296,15 @@ class BusContract:
                 await bus.publish(self.q("bounded"), str(i).encode())
                 await asyncio.sleep(0.02)
 
+    reconnect_is_silent = False
+    """True for a backend where nothing is bound to a connection (Redis: streams and
+    pending entries live in the server and commands retry on a new connection): it
+    has nothing to tell its reconnect handlers, so the cases only check it resumes."""
+
+    async def wait_for_reconnect(self, reconnected: asyncio.Event) -> None:
+        if not self.reconnect_is_silent:
+            await asyncio.wait_for(reconnected.wait(), 60)
+
     async def cut_connection(self, bus: Bus) -> None:
         """Kill the client's connection to the broker (backends with one override this)."""
         pytest.skip("an in-process bus has no connection to cut")
@@ -318,7 +327,7 @@ class BusContract:
         await bus.publish(self.q("resume"), b"before")
         await eventually(lambda: got == [b"before"])
         await self.cut_connection(bus)
-        await asyncio.wait_for(reconnected.wait(), 30)
+        await self.wait_for_reconnect(reconnected)
         await bus.publish(self.q("resume"), b"after")
         await eventually(lambda: got == [b"before", b"after"], timeout_s=15)
 
@@ -346,7 +355,7 @@ class BusContract:
         await bus.publish(self.q("kept"), b"durable")  # nobody consumes it yet
         await eventually(lambda: got == [b"before"])
         await self.restart_broker()
-        await asyncio.wait_for(reconnected.wait(), 60)
+        await self.wait_for_reconnect(reconnected)
         await bus.publish(self.q("live"), b"after")
         await eventually(lambda: got == [b"before", b"after"], timeout_s=15)
         # A durable message published before the restart is still there after it.

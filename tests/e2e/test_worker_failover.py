@@ -1,4 +1,4 @@
-"""Two `llmos worker` processes on RabbitMQ; one is killed with SIGKILL mid-load.
+"""Two `llmos worker` processes on one bus; one is killed with SIGKILL mid-load.
 
 Every one of 100 concurrent requests must still complete, exactly once, because
 the dead worker's unacked requests are redelivered to the survivor.
@@ -23,6 +23,7 @@ import pytest
 
 from llmos.bus import names
 from tests.bus.test_rabbitmq import AMQP_URL, reset_queue
+from tests.bus.test_redis import REDIS_URL, reset_redis_queues
 from tests.conftest import RunningServer, require_service, start_server, stop_server
 
 MODEL = "gemma-3-270m"
@@ -30,11 +31,12 @@ WORKER_ENV = {"LLMOS_ENGINE__SLOTS": "4", "LLMOS_ENGINE__CTX_SIZE": "1024",
               "LLMOS_ENGINE__THREADS": "1", "LLMOS_ENGINE__POLL": "0"}
 
 
-def start_worker(home: Path, name: str) -> tuple[subprocess.Popen[bytes], Path]:
+def start_worker(home: Path, name: str, bus: str = AMQP_URL
+                 ) -> tuple[subprocess.Popen[bytes], Path]:
     log = home / f"{name}.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "llmos", "worker", "--bus", AMQP_URL],
+            [sys.executable, "-m", "llmos", "worker", "--bus", bus],
             env=os.environ | WORKER_ENV | {"LLMOS_HOME": str(home)},
             stdout=out, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 120
@@ -56,17 +58,25 @@ def stop_worker(process: subprocess.Popen[bytes]) -> None:
             process.wait(timeout=10)
 
 
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[tuple[RunningServer, list[subprocess.Popen[bytes]]]]:
-    parts = urlsplit(AMQP_URL)
-    require_service("RabbitMQ", parts.hostname or "127.0.0.1", parts.port or 5672)
-    reset_queue(names.infer_queue(MODEL))
+@pytest.fixture(params=["amqp", "redis"])
+def cluster(request: pytest.FixtureRequest,
+            tmp_path: Path) -> Iterator[tuple[RunningServer, list[subprocess.Popen[bytes]]]]:
+    if request.param == "amqp":
+        url = AMQP_URL
+        parts = urlsplit(url)
+        require_service("RabbitMQ", parts.hostname or "127.0.0.1", parts.port or 5672)
+        reset_queue(names.infer_queue(MODEL))
+    else:
+        url = REDIS_URL
+        parts = urlsplit(url)
+        require_service("Redis", parts.hostname or "127.0.0.1", parts.port or 6379)
+        reset_redis_queues(MODEL)
     workers: list[subprocess.Popen[bytes]] = []
     server: RunningServer | None = None
     try:
-        workers.append(start_worker(tmp_path, "worker-a")[0])
-        server = start_server(tmp_path, args=["--bus", AMQP_URL, "--no-worker"])
-        workers.append(start_worker(tmp_path, "worker-b")[0])
+        workers.append(start_worker(tmp_path, "worker-a", url)[0])
+        server = start_server(tmp_path, args=["--bus", url, "--no-worker"])
+        workers.append(start_worker(tmp_path, "worker-b", url)[0])
         yield server, workers
     finally:
         if server is not None:

@@ -14,6 +14,7 @@ BACKENDS: dict[str, str] = {
     "memory": "llmos.bus.memory:MemoryBus",
     "amqp": "llmos.bus.rabbitmq:RabbitMQBus",
     "amqps": "llmos.bus.rabbitmq:RabbitMQBus",
+    "redis": "llmos.bus.redis_streams:RedisBus",
 }
 
 

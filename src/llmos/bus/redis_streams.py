@@ -1,0 +1,473 @@
+"""Redis Streams backend (``redis://host:port/db``) through redis-py's asyncio client.
+
+* A queue is a stream ``llmos:q:<name>`` with one consumer group; each
+  subscription is a consumer of that group and reads with ``XREADGROUP`` as many
+  entries as it has room for (its prefetch less what it holds unacked).
+* An ack is ``XACK`` + ``XDEL``, so a stream holds only waiting and unacked
+  entries and stays within the queue's length limit (checked before ``XADD``;
+  the limit may overshoot by the publishes racing the check).
+* A delivery counter travels in the entry (``n``: earlier deliveries). A nack
+  with requeue, a cancelled subscription's unacked entries, and the entries of
+  a consumer that died are moved: ``XADD`` of a copy with ``n + 1`` and ``XACK`` +
+  ``XDEL`` of the original, in one transaction; at the delivery limit the copy
+  goes to the dead-letter queue instead.
+* A live consumer renews its unacked entries (``XCLAIM`` of its own, resetting
+  their idle time) every few seconds; others take over (``XAUTOCLAIM``) only
+  entries idle longer than ``CLAIM_IDLE_S``: those of a consumer that is gone.
+* Queue settings (length limit, delivery limit, dead-letter queue) live in a hash
+  ``llmos:qmeta:<name>`` written by ``declare_queue``, so every publisher applies
+  them, and publishing to a queue nobody declared raises.
+* Message TTL: the expiry travels in the entry and expired entries are dropped
+  on read, never handed to a handler.
+* Topics are pub/sub channels ``llmos:t:<topic>``: fire-and-forget, and Redis
+  disconnects a subscriber that falls far behind (its pub/sub output buffer
+  limit), so nothing piles up.
+* Replies (exclusive queues) are streams too, read without acks (``NOACK``), and
+  expire ten minutes after their consumer last read them.
+* A lost connection loses nothing here: streams, groups and pending entries live
+  in Redis, not in the connection, and a command that meets a dead connection is
+  retried on a new one. So the reconnect handlers (which exist for brokers whose
+  deliveries and reply queues die with a connection) are never called.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+from llmos.bus.base import (
+    Bus,
+    Delivery,
+    DeliveryHandler,
+    QueueOptions,
+    Subscription,
+    TopicHandler,
+    TopicMessage,
+)
+from llmos.errors import BusError, QueueFull
+
+log = logging.getLogger(__name__)
+
+GROUP = "llmos"
+CLAIM_IDLE_S = 10.0
+"""An unacked entry idle this long belongs to a consumer that is gone."""
+RENEW_S = 3.0
+EXCLUSIVE_TTL_S = 600
+_BLOCK_MS = 500
+
+
+def _stream(name: str) -> str:
+    return f"llmos:q:{name}"
+
+
+def _meta(name: str) -> str:
+    return f"llmos:qmeta:{name}"
+
+
+def _channel(topic: str) -> str:
+    return f"llmos:t:{topic}"
+
+
+def _is_connection_error(exc: BaseException) -> bool:
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    return isinstance(exc, RedisConnectionError | RedisTimeoutError | OSError)
+
+
+class _RedisDelivery(Delivery):
+    def __init__(self, consumer: _StreamConsumer, entry_id: bytes,
+                 fields: Mapping[bytes, bytes]) -> None:
+        self._consumer = consumer
+        self.entry_id = entry_id
+        self.fields = dict(fields)
+        self.body = fields.get(b"b", b"")
+        self.headers = json.loads(fields.get(b"h", b"{}") or b"{}")
+        self.earlier = int(fields.get(b"n", b"0") or 0)
+        self.delivery_count = self.earlier + 1
+        self._settled = consumer.auto_ack
+
+    async def ack(self) -> None:
+        if not self._settled:
+            self._settled = True
+            await self._consumer.settle(self, requeue=False)
+
+    async def nack(self, *, requeue: bool = True) -> None:
+        if not self._settled:
+            self._settled = True
+            await self._consumer.settle(self, requeue=requeue)
+
+
+class _StreamConsumer(Subscription):
+    def __init__(self, bus: RedisBus, queue: str, handler: DeliveryHandler, *,
+                 prefetch: int, auto_ack: bool) -> None:
+        self.bus = bus
+        self.queue = queue
+        self.key = _stream(queue)
+        self.handler = handler
+        self.prefetch = max(1, prefetch)
+        self.auto_ack = auto_ack
+        self.name = f"c-{uuid.uuid4().hex[:12]}"
+        self.unacked: dict[bytes, _RedisDelivery] = {}
+        self._room = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._paused = False
+        self._cancelled = False
+        self._loop: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._loop = asyncio.create_task(self._run(), name=f"redis consumer {self.queue}")
+
+    async def set_prefetch(self, prefetch: int) -> None:
+        self.prefetch = max(1, prefetch)
+        self._room.set()
+
+    async def pause(self) -> None:
+        self._paused = True
+        await self._stop_loop()
+
+    async def cancel(self) -> None:
+        if self._cancelled:
+            return
+        self._cancelled = True
+        await self._stop_loop()
+        # What it held goes back to the queue for the other consumers.
+        for delivery in list(self.unacked.values()):
+            if not delivery._settled:
+                delivery._settled = True
+                with contextlib.suppress(Exception):
+                    await self.settle(delivery, requeue=True)
+        self.unacked.clear()
+        with contextlib.suppress(Exception):
+            await self.bus.redis.xgroup_delconsumer(self.key, GROUP, self.name)
+
+    async def _stop_loop(self) -> None:
+        if self._loop is not None:
+            self._loop.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop
+            self._loop = None
+
+    async def settle(self, delivery: _RedisDelivery, *, requeue: bool) -> None:
+        self.unacked.pop(delivery.entry_id, None)
+        self._room.set()
+        try:
+            if requeue:
+                await self.bus.move(self.queue, delivery.entry_id, delivery.fields)
+            else:
+                pipe = self.bus.redis.pipeline(transaction=True)
+                pipe.xack(self.key, GROUP, delivery.entry_id)
+                pipe.xdel(self.key, delivery.entry_id)
+                await pipe.execute()
+        except Exception as exc:
+            if not _is_connection_error(exc):
+                raise
+            # It stays pending: after CLAIM_IDLE_S another consumer takes it over.
+            log.warning("could not settle a delivery (connection lost?): %s", exc)
+
+    async def _run(self) -> None:
+        backoff = 0.1
+        last_renew = last_claim = time.monotonic()
+        while True:
+            try:
+                now = time.monotonic()
+                if self.unacked and now - last_renew > RENEW_S:
+                    await self.bus.redis.xclaim(self.key, GROUP, self.name, 0,
+                                                list(self.unacked), justid=True)
+                    last_renew = now
+                room = self.prefetch - len(self.unacked) if not self.auto_ack else 256
+                if room <= 0:
+                    self._room.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._room.wait(), RENEW_S)
+                    continue
+                if not self.auto_ack and now - last_claim > 1.0:
+                    last_claim = now
+                    await self._take_over_the_gone(room)
+                if self.auto_ack:
+                    await self.bus.redis.expire(self.key, EXCLUSIVE_TTL_S)
+                answer = await self.bus.redis.xreadgroup(
+                    GROUP, self.name, {self.key: ">"}, count=room, block=_BLOCK_MS,
+                    noack=self.auto_ack)
+                backoff = 0.1
+                for _, entries in answer or ():
+                    for entry_id, fields in entries:
+                        await self._dispatch(entry_id, fields)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if "NOGROUP" in str(exc) or "UNBLOCKED" in str(exc):
+                    log.info("queue %s was deleted: its consumer stops", self.queue)
+                    return
+                if _is_connection_error(exc):
+                    log.warning("redis consumer of %s: %s; retrying", self.queue, exc)
+                else:
+                    log.exception("redis consumer of %s failed", self.queue)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    async def _take_over_the_gone(self, room: int) -> None:
+        """Entries idle past CLAIM_IDLE_S belong to a dead consumer: deliver them again."""
+        answer = await self.bus.redis.xautoclaim(
+            self.key, GROUP, self.name, int(CLAIM_IDLE_S * 1000), "0-0", count=room)
+        for entry_id, fields in answer[1]:
+            if fields:  # (None for an entry deleted meanwhile)
+                await self.bus.move(self.queue, entry_id, fields)
+
+    async def _dispatch(self, entry_id: bytes, fields: Mapping[bytes, bytes]) -> None:
+        expires = fields.get(b"e")
+        if expires and float(expires) < time.time():
+            if not self.auto_ack:
+                pipe = self.bus.redis.pipeline(transaction=True)
+                pipe.xack(self.key, GROUP, entry_id)
+                pipe.xdel(self.key, entry_id)
+                await pipe.execute()
+            return
+        delivery = _RedisDelivery(self, entry_id, fields)
+        if not self.auto_ack:
+            self.unacked[entry_id] = delivery
+        task = asyncio.create_task(self.handler(delivery))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+class _TopicSubscription(Subscription):
+    def __init__(self, bus: RedisBus, topic: str, handler: TopicHandler) -> None:
+        self.bus = bus
+        self.channel = _channel(topic)
+        self.handler = handler
+        self._task: asyncio.Task[None] | None = None
+        self._ready = asyncio.Event()
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"redis topic {self.channel}")
+        await asyncio.wait_for(self._ready.wait(), 10)
+
+    async def _run(self) -> None:
+        backoff = 0.1
+        while True:
+            pubsub = self.bus.redis.pubsub()
+            try:
+                await pubsub.subscribe(self.channel)
+                self._ready.set()
+                backoff = 0.1
+                while True:
+                    message = await pubsub.get_message(ignore_subscribe_messages=True,
+                                                       timeout=1.0)
+                    if message is None or message.get("type") != "message":
+                        continue
+                    headers, body = _unframe(message["data"])
+                    task = asyncio.create_task(self.handler(TopicMessage(body, headers)))
+                    self.bus.background(task)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if not _is_connection_error(exc):
+                    log.exception("redis subscriber of %s failed", self.channel)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+
+    async def set_prefetch(self, prefetch: int) -> None:
+        return None
+
+    async def pause(self) -> None:
+        await self.cancel()
+
+    async def cancel(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+
+def _frame(headers: Mapping[str, str] | None, body: bytes) -> bytes:
+    encoded = json.dumps(dict(headers or {})).encode()
+    return len(encoded).to_bytes(4, "big") + encoded + body
+
+
+def _unframe(data: bytes) -> tuple[dict[str, str], bytes]:
+    size = int.from_bytes(data[:4], "big")
+    headers: dict[str, str] = json.loads(data[4:4 + size])
+    return headers, data[4 + size:]
+
+
+class RedisBus(Bus):
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._redis: Any = None
+        self._meta: dict[str, dict[bytes, bytes]] = {}
+        self._consumers: list[_StreamConsumer] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def redis(self) -> Any:
+        if self._redis is None:
+            raise BusError(f"bus {self.url} is not connected")
+        return self._redis
+
+    async def connect(self) -> None:
+        from redis.asyncio import BlockingConnectionPool, Redis
+        from redis.asyncio.retry import Retry
+        from redis.backoff import ExponentialBackoff
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import TimeoutError as RedisTimeoutError
+
+        # A command that meets a dead pooled connection is retried on a new one (a
+        # retried XADD may add twice: delivery is at-least-once anyway).
+        # A bounded pool that makes a command wait for a free connection (rather than
+        # fail) under a burst: every blocked XREADGROUP holds one for up to 0.5 s.
+        pool = BlockingConnectionPool.from_url(
+            self.url, max_connections=256, timeout=30, socket_connect_timeout=5,
+            health_check_interval=10,
+            retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), 5),
+            retry_on_error=[RedisConnectionError, RedisTimeoutError, OSError])
+        self._redis = Redis(connection_pool=pool)
+        try:
+            await self._redis.ping()
+        except Exception as exc:
+            await self._redis.aclose()
+            await pool.disconnect()
+            self._redis = None
+            raise BusError(f"cannot connect to Redis at {self.url}: {exc}") from exc
+
+    async def close(self) -> None:
+        for consumer in list(self._consumers):
+            await consumer._stop_loop()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._redis is not None:
+            await self._redis.aclose()
+            await self._redis.connection_pool.disconnect()  # (a pool we made ourselves)
+            self._redis = None
+
+    def background(self, task: asyncio.Task[None]) -> None:
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def create_group(self, key: str) -> None:
+        from redis.exceptions import ResponseError
+
+        try:
+            await self.redis.xgroup_create(key, GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def declare_queue(self, name: str, options: QueueOptions | None = None) -> None:
+        opts = options or QueueOptions()
+        try:
+            if opts.dead_letter_queue:
+                await self.declare_queue(opts.dead_letter_queue,
+                                         QueueOptions(durable=opts.durable))
+            await self.create_group(_stream(name))
+            meta = {"max_length": opts.max_length or 0,
+                    "delivery_limit": opts.delivery_limit or 0,
+                    "dead_letter_queue": opts.dead_letter_queue or ""}
+            await self.redis.hset(_meta(name), mapping=meta)
+            if opts.exclusive:
+                await self.redis.expire(_stream(name), EXCLUSIVE_TTL_S)
+                await self.redis.expire(_meta(name), EXCLUSIVE_TTL_S * 6)
+        except BusError:
+            raise
+        except Exception as exc:
+            raise BusError(f"cannot declare queue {name} on Redis: {exc}") from exc
+        self._meta.pop(name, None)
+
+    async def delete_queue(self, name: str) -> None:
+        with contextlib.suppress(Exception):
+            await self.redis.delete(_stream(name), _meta(name))
+        self._meta.pop(name, None)
+
+    async def _settings(self, name: str) -> dict[bytes, bytes]:
+        meta = self._meta.get(name)
+        if meta is None:
+            meta = await self.redis.hgetall(_meta(name))
+            if not meta:
+                raise BusError(f"queue {name} does not exist (message unroutable)")
+            self._meta[name] = meta
+        return meta
+
+    async def publish(
+        self,
+        queue: str,
+        body: bytes,
+        *,
+        headers: Mapping[str, str] | None = None,
+        ttl_s: float | None = None,
+        durable: bool = True,
+        confirm: bool | None = None,
+    ) -> None:
+        # Every command waits for Redis's answer: each publish is confirmed.
+        try:
+            meta = await self._settings(queue)
+            limit = int(meta.get(b"max_length", b"0") or 0)
+            if limit and await self.redis.xlen(_stream(queue)) >= limit:
+                raise QueueFull(f"queue {queue} is full ({limit} messages)")
+            fields: dict[str, Any] = {"b": body, "n": 0}
+            if headers:
+                fields["h"] = json.dumps(dict(headers))
+            if ttl_s is not None:
+                fields["e"] = repr(time.time() + ttl_s)
+            await self.redis.xadd(_stream(queue), fields)
+        except BusError:
+            raise
+        except Exception as exc:
+            raise BusError(f"cannot publish to {queue} on Redis: {exc}") from exc
+
+    async def move(self, queue: str, entry_id: bytes, fields: Mapping[bytes, bytes]) -> None:
+        """Deliver an entry again (one more earlier delivery), or dead-letter it."""
+        meta = await self._settings(queue)
+        earlier = int(fields.get(b"n", b"0") or 0) + 1
+        limit = int(meta.get(b"delivery_limit", b"0") or 0)
+        dead = (meta.get(b"dead_letter_queue") or b"").decode()
+        copy = {k.decode(): v for k, v in fields.items()}
+        if limit and earlier >= limit:
+            log.warning("message dead-lettered from %s after %d deliveries", queue, earlier)
+            target = dead or None
+            copy["n"] = b"0"
+        else:
+            target = queue
+            copy["n"] = str(earlier).encode()
+        pipe = self.redis.pipeline(transaction=True)
+        if target is not None:
+            pipe.xadd(_stream(target), copy)
+        pipe.xack(_stream(queue), GROUP, entry_id)
+        pipe.xdel(_stream(queue), entry_id)
+        await pipe.execute()
+
+    async def consume(
+        self, queue: str, handler: DeliveryHandler, *, prefetch: int, auto_ack: bool = False
+    ) -> Subscription:
+        try:
+            await self._settings(queue)
+        except BusError as exc:
+            raise BusError(f"cannot consume from queue {queue}: {exc.message}") from exc
+        consumer = _StreamConsumer(self, queue, handler, prefetch=prefetch, auto_ack=auto_ack)
+        self._consumers.append(consumer)
+        consumer.start()
+        return consumer
+
+    async def broadcast(
+        self, topic: str, body: bytes, *, headers: Mapping[str, str] | None = None,
+        ttl_s: float | None = None,
+    ) -> None:
+        # Pub/sub delivers at once or not at all: nothing waits long enough to expire.
+        try:
+            await self.redis.publish(_channel(topic), _frame(headers, body))
+        except Exception as exc:
+            raise BusError(f"cannot broadcast on {topic} on Redis: {exc}") from exc
+
+    async def subscribe(self, topic: str, handler: TopicHandler) -> Subscription:
+        subscription = _TopicSubscription(self, topic, handler)
+        await subscription.start()
+        return subscription
