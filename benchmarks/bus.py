@@ -200,6 +200,37 @@ def pika_throughput(url: str, n: int, *, confirmed: bool) -> float:
     return n / elapsed
 
 
+# bare redis-py on Streams ---------------------------------------------------------------
+
+async def redispy_throughput(url: str, n: int) -> float:
+    """XADD one at a time; one consumer reading WINDOW at once and acking each."""
+    from redis.asyncio import Redis
+
+    redis = Redis.from_url(url)
+    key = qname("redispy")
+    await redis.xgroup_create(key, "g", id="0", mkstream=True)
+    count = 0
+
+    async def consume() -> None:
+        nonlocal count
+        while count < n:
+            answer = await redis.xreadgroup("g", "c", {key: ">"}, count=WINDOW, block=1000)
+            for _, entries in answer or ():
+                for entry_id, _fields in entries:
+                    await redis.xack(key, "g", entry_id)
+                    count += 1
+
+    started = time.perf_counter()
+    consumer = asyncio.create_task(consume())
+    for _ in range(n):
+        await redis.xadd(key, {"b": PAYLOAD})
+    await consumer
+    elapsed = time.perf_counter() - started
+    await redis.delete(key)
+    await redis.aclose()
+    return n / elapsed
+
+
 # request-reply round trip ----------------------------------------------------------------
 
 async def round_trip(url: str, n: int) -> dict[str, float]:
@@ -256,6 +287,10 @@ async def run_cases(args: argparse.Namespace) -> dict[str, Any]:
         "ii_pika_per_message": lambda: asyncio.to_thread(pika_throughput, url,
                                                          args.pika_confirmed, confirmed=True),
     }
+    if args.redis:
+        # (one publish at a time, as the bare case: Redis acknowledges every command)
+        cases["iii_llmos_redis"] = lambda: llmos_throughput(args.redis, n // 2, durable=False)
+        cases["iii_redispy_streams"] = lambda: redispy_throughput(args.redis, n // 2)
     rates: dict[str, list[float]] = {name: [] for name in cases}
     names = list(cases)
     for run in range(args.runs):
@@ -267,6 +302,8 @@ async def run_cases(args: argparse.Namespace) -> dict[str, Any]:
     medians = {name: statistics.median(values) for name, values in rates.items()}
     rr = {"memory": await round_trip("memory://", args.round_trips),
           "amqp": await round_trip(url, args.round_trips)}
+    if args.redis:
+        rr["redis"] = await round_trip(args.redis, args.round_trips)
     return {"throughput_msgs_per_s": medians, "runs": rates, "round_trip": rr}
 
 
@@ -278,6 +315,8 @@ def main() -> None:
     parser.add_argument("--pika-confirmed", type=int, default=3000,
                         help="messages for pika's per-message confirms (slow)")
     parser.add_argument("--round-trips", type=int, default=2000)
+    parser.add_argument("--redis", default=None,
+                        help="also measure redis:// (e.g. redis://127.0.0.1:6379/0)")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "bus.json")
     args = parser.parse_args()
@@ -289,6 +328,8 @@ def main() -> None:
         "ii_llmos_over_aiopika_windowed": t["ii_llmos_confirmed"] / t["ii_aiopika_windowed"],
         "ii_llmos_over_pika_per_message": t["ii_llmos_confirmed"] / t["ii_pika_per_message"],
     }
+    if "iii_llmos_redis" in t:
+        ratios["iii_llmos_over_redispy"] = t["iii_llmos_redis"] / t["iii_redispy_streams"]
     results["ratios"] = ratios
     print(f"\n{'case':<24} | {'msg/s (median)':>14}")
     print("-" * 42)

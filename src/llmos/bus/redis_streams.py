@@ -161,7 +161,7 @@ class _StreamConsumer(Subscription):
             if requeue:
                 await self.bus.move(self.queue, delivery.entry_id, delivery.fields)
             else:
-                pipe = self.bus.redis.pipeline(transaction=True)
+                pipe = self.bus.redis.pipeline(transaction=False)
                 pipe.xack(self.key, GROUP, delivery.entry_id)
                 pipe.xdel(self.key, delivery.entry_id)
                 await pipe.execute()
@@ -199,6 +199,8 @@ class _StreamConsumer(Subscription):
                 for _, entries in answer or ():
                     for entry_id, fields in entries:
                         await self._dispatch(entry_id, fields)
+                if answer:
+                    await asyncio.sleep(0)  # let the handlers run (and ack) before reading on
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -316,7 +318,7 @@ class RedisBus(Bus):
         return self._redis
 
     async def connect(self) -> None:
-        from redis.asyncio import BlockingConnectionPool, Redis
+        from redis.asyncio import ConnectionPool, Redis
         from redis.asyncio.retry import Retry
         from redis.backoff import ExponentialBackoff
         from redis.exceptions import ConnectionError as RedisConnectionError
@@ -324,10 +326,11 @@ class RedisBus(Bus):
 
         # A command that meets a dead pooled connection is retried on a new one (a
         # retried XADD may add twice: delivery is at-least-once anyway).
-        # A bounded pool that makes a command wait for a free connection (rather than
-        # fail) under a burst: every blocked XREADGROUP holds one for up to 0.5 s.
-        pool = BlockingConnectionPool.from_url(
-            self.url, max_connections=256, timeout=30, socket_connect_timeout=5,
+        # Every blocked XREADGROUP holds a connection for up to 0.5 s, and a burst of
+        # publishes takes one each: a roomy pool (the blocking kind costs a timer per
+        # command).
+        pool = ConnectionPool.from_url(
+            self.url, max_connections=4096, socket_connect_timeout=5,
             health_check_interval=10,
             retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), 5),
             retry_on_error=[RedisConnectionError, RedisTimeoutError, OSError])
