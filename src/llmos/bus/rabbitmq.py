@@ -18,7 +18,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -86,6 +88,7 @@ class _QueueConsumer(Subscription):
         self._tag: str | None = None
         self._paused = False
         self._cancelled = False
+        self._subscribing = asyncio.Lock()
         channel.reopen_callbacks.add(self._resubscribe)
 
     async def subscribe(self) -> None:
@@ -99,8 +102,29 @@ class _QueueConsumer(Subscription):
         self._tag = ok.consumer_tag
 
     async def _resubscribe(self, *_: Any) -> None:
-        if not (self._paused or self._cancelled):
-            await self.subscribe()
+        await self.ensure_subscribed()
+
+    async def ensure_subscribed(self) -> None:
+        """Subscribe again unless the channel in use already has our consumer.
+
+        Called when the robust channel reopens and, as a backstop, after the
+        connection is back (a channel whose restore raced the reconnect may reopen
+        without the callback); the lock and the check make it idempotent.
+        """
+        async with self._subscribing:
+            for _ in range(60):
+                if self._paused or self._cancelled:
+                    return
+                try:
+                    underlay = await self._channel.get_underlay_channel()
+                    if self._tag is not None and self._tag in underlay.consumers:
+                        return
+                    await self.subscribe()
+                    return
+                except Exception as exc:  # the channel is still coming back
+                    log.debug("resubscribing to %s: %s", self._queue, exc)
+                    await asyncio.sleep(0.5)
+            log.error("could not subscribe to %s again after a reconnect", self._queue)
 
     async def _unsubscribe(self) -> None:
         tag, self._tag = self._tag, None
@@ -186,6 +210,8 @@ class RabbitMQBus(Bus):
         self._confirmed: Any = None
         self._fast: Any = None
         self._exchanges: dict[str, Any] = {}
+        self._consumers: weakref.WeakSet[_QueueConsumer] = weakref.WeakSet()
+        self._resubscribing: set[asyncio.Future[None]] = set()
 
     async def connect(self) -> None:
         import aio_pika
@@ -200,6 +226,10 @@ class RabbitMQBus(Bus):
 
         async def reconnected(*_: Any) -> None:
             log.warning("reconnected to RabbitMQ at %s", _safe(self.url))
+            for consumer in list(self._consumers):
+                task = asyncio.ensure_future(consumer.ensure_subscribed())
+                self._resubscribing.add(task)
+                task.add_done_callback(self._resubscribing.discard)
             await self._notify_reconnect()
 
         self._connection.reconnect_callbacks.add(reconnected)
@@ -300,6 +330,7 @@ class RabbitMQBus(Bus):
             raise BusError(f"cannot consume from queue {queue}: {exc}") from exc
         consumer = _QueueConsumer(channel, queue, handler, auto_ack=auto_ack)
         await consumer.subscribe()
+        self._consumers.add(consumer)
         return consumer
 
     async def _exchange(self, topic: str) -> Any:
