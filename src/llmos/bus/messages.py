@@ -6,6 +6,7 @@ not know fails loudly instead of guessing.
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -13,6 +14,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from llmos.errors import BusError
 
 SCHEMA_VERSION = 1
+
+log = logging.getLogger(__name__)
 
 
 class _Message(BaseModel):
@@ -132,3 +135,12 @@ def decode(cls: type[M], body: bytes) -> M:
         return cls.model_validate_json(body)
     except ValidationError as exc:
         raise BusError(f"undecodable {cls.__name__} message: {exc.errors()[0]['msg']}") from exc
+
+
+def decode_or_ignore(cls: type[M], body: bytes) -> M | None:
+    """For broadcasts, where one bad message is skipped (and logged), not fatal."""
+    try:
+        return decode(cls, body)
+    except BusError as exc:
+        log.warning("ignored a message: %s", exc.message)
+        return None

@@ -12,7 +12,14 @@ import time
 from typing import Literal
 
 from llmos.bus import Bus, Subscription, TopicMessage, names
-from llmos.bus.messages import Command, Heartbeat, LogEvent, RequestEvent, decode, encode
+from llmos.bus.messages import (
+    Command,
+    Heartbeat,
+    LogEvent,
+    RequestEvent,
+    decode_or_ignore,
+    encode,
+)
 from llmos.controller.directory import WorkerDirectory
 from llmos.errors import BusError, NotFound, Unavailable
 from llmos.observability import metrics
@@ -62,20 +69,16 @@ class WorkerControl:
         return command
 
     async def _on_request_event(self, message: TopicMessage) -> None:
-        try:
-            event = decode(RequestEvent, message.body)
-        except BusError as exc:
-            log.warning("ignored a request event: %s", exc)
+        event = decode_or_ignore(RequestEvent, message.body)
+        if event is None:
             return
         metrics.FLEET_REQUESTS.labels(event.deployment, event.outcome).inc()
         if event.completion_tokens:
             metrics.FLEET_TOKENS.labels(event.deployment).inc(event.completion_tokens)
 
     async def _on_log_event(self, message: TopicMessage) -> None:
-        try:
-            event = decode(LogEvent, message.body)
-        except BusError as exc:
-            log.warning("ignored a log event: %s", exc)
+        event = decode_or_ignore(LogEvent, message.body)
+        if event is None:
             return
         level = logging.getLevelName(event.level.upper())
         fleet_log.log(level if isinstance(level, int) else logging.WARNING,
@@ -83,7 +86,6 @@ class WorkerControl:
                       extra={"request_id": event.request_id})
 
     async def _on_heartbeat(self, message: TopicMessage) -> None:
-        try:
-            self.directory.observe(decode(Heartbeat, message.body))
-        except BusError as exc:
-            log.warning("ignored a heartbeat: %s", exc)
+        heartbeat = decode_or_ignore(Heartbeat, message.body)
+        if heartbeat is not None:
+            self.directory.observe(heartbeat)

@@ -31,6 +31,7 @@ from llmos.bus.messages import (
     RequestEvent,
     Usage,
     decode,
+    decode_or_ignore,
     encode,
 )
 from llmos.engines.base import Engine, EngineEvent, GenerationResult, PromptReady, TextDelta
@@ -177,10 +178,8 @@ class Worker:
             log.warning("heartbeat not sent: %s", exc)
 
     async def _on_command(self, message: TopicMessage) -> None:
-        try:
-            command = decode(Command, message.body)
-        except BusError as exc:
-            log.warning("ignored a command: %s", exc)
+        command = decode_or_ignore(Command, message.body)
+        if command is None:
             return
         if command.worker_id != self.worker_id:
             return
@@ -202,10 +201,8 @@ class Worker:
             event.set()
 
     async def _on_cancel(self, message: TopicMessage) -> None:
-        try:
-            cancel = decode(Cancel, message.body)
-        except BusError as exc:
-            log.warning("ignored a cancel: %s", exc)
+        cancel = decode_or_ignore(Cancel, message.body)
+        if cancel is None:
             return
         event = self._inflight.get(cancel.request_id)
         if event is not None:
