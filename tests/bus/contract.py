@@ -329,7 +329,10 @@ class BusContract:
         await self.cut_connection(bus)
         await self.wait_for_reconnect(reconnected)
         await bus.publish(self.q("resume"), b"after")
-        await eventually(lambda: got == [b"before", b"after"], timeout_s=15)
+        await eventually(lambda: b"after" in got, timeout_s=15)
+        # At least once: an ack still on its way when the connection died is lost, and
+        # the broker hands "before" out again.
+        assert set(got) == {b"before", b"after"}
 
     async def restart_broker(self) -> None:
         """Stop and start the broker (backends with one override this)."""
@@ -357,10 +360,12 @@ class BusContract:
         await self.restart_broker()
         await self.wait_for_reconnect(reconnected)
         await bus.publish(self.q("live"), b"after")
-        await eventually(lambda: got == [b"before", b"after"], timeout_s=15)
+        await eventually(lambda: b"after" in got, timeout_s=15)
         # A durable message published before the restart is still there after it.
         await bus.consume(self.q("kept"), handler, prefetch=1)
-        await eventually(lambda: got == [b"before", b"after", b"durable"], timeout_s=15)
+        await eventually(lambda: b"durable" in got, timeout_s=15)
+        # (At least once: "before" may come again if its ack died with the broker.)
+        assert set(got) == {b"before", b"after", b"durable"}
 
     @pytest.mark.asyncio
     async def test_broadcast_reaches_every_subscriber(self, bus: Bus) -> None:
