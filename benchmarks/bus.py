@@ -5,7 +5,11 @@
 (ii)  persistent messages with publisher confirms on a quorum queue:
       LLMOS amqp:// against bare aio-pika with windowed confirms, and against
       pika's per-message synchronous confirms;
-(iii) request-reply round trip of a 200-byte message, p50/p99, on memory:// and amqp://.
+(iii) with --redis: LLMOS redis:// against bare redis-py on Streams;
+(iv)  with --nats: LLMOS nats:// against bare nats-py on JetStream (PubAck awaited,
+      pull consumer, explicit acks);
+and the request-reply round trip of a 200-byte message, p50/p99, on memory://,
+amqp:// and each backend asked for.
 
 Throughput is messages/s from the first publish until the consumer has acked the
 last one (publisher and consumer run at once). Each case runs --runs times,
@@ -231,6 +235,51 @@ async def redispy_throughput(url: str, n: int) -> float:
     return n / elapsed
 
 
+# bare nats-py on JetStream --------------------------------------------------------------
+
+async def natspy_throughput(url: str, n: int) -> float:
+    """Publishes awaiting their PubAck, WINDOW in flight; one pull consumer fetching WINDOW
+    at a time and acking each: the same durability as LLMOS's nats:// queues."""
+    import nats
+    from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StreamConfig
+
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    name = qname("natspy").replace(".", "_")
+    await js.add_stream(StreamConfig(name=name, subjects=[f"{name}.q"],
+                                     retention=RetentionPolicy.WORK_QUEUE))
+    await js.add_consumer(name, ConsumerConfig(durable_name="c", ack_policy=AckPolicy.EXPLICIT,
+                                               max_ack_pending=-1))
+    pull = await js.pull_subscribe_bind("c", stream=name)
+    count = 0
+
+    async def consume() -> None:
+        nonlocal count
+        while count < n:
+            try:
+                messages = await pull.fetch(WINDOW, timeout=1)
+            except TimeoutError:
+                continue
+            for message in messages:
+                await message.ack()
+                count += 1
+
+    gate = asyncio.Semaphore(WINDOW)
+
+    async def send() -> None:
+        async with gate:
+            await js.publish(f"{name}.q", PAYLOAD, stream=name)
+
+    started = time.perf_counter()
+    consumer = asyncio.create_task(consume())
+    await asyncio.gather(*(send() for _ in range(n)))
+    await consumer
+    elapsed = time.perf_counter() - started
+    await js.delete_stream(name)
+    await nc.close()
+    return n / elapsed
+
+
 # request-reply round trip ----------------------------------------------------------------
 
 async def round_trip(url: str, n: int) -> dict[str, float]:
@@ -291,6 +340,10 @@ async def run_cases(args: argparse.Namespace) -> dict[str, Any]:
         # (one publish at a time, as the bare case: Redis acknowledges every command)
         cases["iii_llmos_redis"] = lambda: llmos_throughput(args.redis, n // 2, durable=False)
         cases["iii_redispy_streams"] = lambda: redispy_throughput(args.redis, n // 2)
+    if args.nats:
+        # (stored in JetStream and acknowledged by it, WINDOW in flight, as the bare case)
+        cases["iv_llmos_nats"] = lambda: llmos_throughput(args.nats, n // 2, durable=True)
+        cases["iv_natspy_jetstream"] = lambda: natspy_throughput(args.nats, n // 2)
     rates: dict[str, list[float]] = {name: [] for name in cases}
     names = list(cases)
     for run in range(args.runs):
@@ -304,6 +357,8 @@ async def run_cases(args: argparse.Namespace) -> dict[str, Any]:
           "amqp": await round_trip(url, args.round_trips)}
     if args.redis:
         rr["redis"] = await round_trip(args.redis, args.round_trips)
+    if args.nats:
+        rr["nats"] = await round_trip(args.nats, args.round_trips)
     return {"throughput_msgs_per_s": medians, "runs": rates, "round_trip": rr}
 
 
@@ -317,6 +372,8 @@ def main() -> None:
     parser.add_argument("--round-trips", type=int, default=2000)
     parser.add_argument("--redis", default=None,
                         help="also measure redis:// (e.g. redis://127.0.0.1:6379/0)")
+    parser.add_argument("--nats", default=None,
+                        help="also measure nats:// (e.g. nats://127.0.0.1:4222)")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "bus.json")
     args = parser.parse_args()
@@ -330,6 +387,8 @@ def main() -> None:
     }
     if "iii_llmos_redis" in t:
         ratios["iii_llmos_over_redispy"] = t["iii_llmos_redis"] / t["iii_redispy_streams"]
+    if "iv_llmos_nats" in t:
+        ratios["iv_llmos_over_natspy"] = t["iv_llmos_nats"] / t["iv_natspy_jetstream"]
     results["ratios"] = ratios
     print(f"\n{'case':<24} | {'msg/s (median)':>14}")
     print("-" * 42)

@@ -22,6 +22,7 @@ import openai
 import pytest
 
 from llmos.bus import names
+from tests.bus.test_nats import NATS_URL, reset_nats_queues
 from tests.bus.test_rabbitmq import AMQP_URL, reset_queue
 from tests.bus.test_redis import REDIS_URL, reset_redis_queues
 from tests.conftest import RunningServer, require_service, start_server, stop_server
@@ -58,7 +59,7 @@ def stop_worker(process: subprocess.Popen[bytes]) -> None:
             process.wait(timeout=10)
 
 
-@pytest.fixture(params=["amqp", "redis"])
+@pytest.fixture(params=["amqp", "redis", "nats"])
 def cluster(request: pytest.FixtureRequest,
             tmp_path: Path) -> Iterator[tuple[RunningServer, list[subprocess.Popen[bytes]]]]:
     if request.param == "amqp":
@@ -66,11 +67,16 @@ def cluster(request: pytest.FixtureRequest,
         parts = urlsplit(url)
         require_service("RabbitMQ", parts.hostname or "127.0.0.1", parts.port or 5672)
         reset_queue(names.infer_queue(MODEL))
-    else:
+    elif request.param == "redis":
         url = REDIS_URL
         parts = urlsplit(url)
         require_service("Redis", parts.hostname or "127.0.0.1", parts.port or 6379)
         reset_redis_queues(MODEL)
+    else:
+        url = NATS_URL
+        parts = urlsplit(url)
+        require_service("NATS", parts.hostname or "127.0.0.1", parts.port or 4222)
+        reset_nats_queues(MODEL)
     workers: list[subprocess.Popen[bytes]] = []
     server: RunningServer | None = None
     try:

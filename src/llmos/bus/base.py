@@ -73,6 +73,9 @@ class Bus(abc.ABC):
     """A connection to one message bus."""
 
     url: str
+    deliveries_survive_reconnect = False
+    """True where deliveries held when the connection drops stay valid after it is
+    restored (NATS: acks are plain messages to the server's ack subjects)."""
 
     def on_reconnect(self, handler: ReconnectHandler) -> None:
         """Call ``handler`` after the connection was lost and restored.

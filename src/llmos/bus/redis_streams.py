@@ -184,8 +184,10 @@ class _StreamConsumer(Subscription):
                 room = self.prefetch - len(self.unacked) if not self.auto_ack else 256
                 if room <= 0:
                     self._room.clear()
+                    # (not wait_for: in 3.11 it can swallow a cancel racing its timeout)
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._room.wait(), RENEW_S)
+                        async with asyncio.timeout(RENEW_S):
+                            await self._room.wait()
                     continue
                 if not self.auto_ack and now - last_claim > 1.0:
                     last_claim = now

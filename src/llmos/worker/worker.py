@@ -195,6 +195,8 @@ class Worker:
             await self.resume()
 
     async def _on_reconnect(self) -> None:
+        if self.bus.deliveries_survive_reconnect:
+            return  # what it holds is still its own: finish it
         # The deliveries in flight belonged to the lost connection; the broker hands
         # them out again, so finishing them here would only compute answers twice.
         for event in self._inflight.values():
