@@ -119,11 +119,22 @@ class BusContract:
             await d.ack()
 
         await bus.consume(self.q("pause"), take, prefetch=4)
-        await eventually(lambda: got == [b"2"])  # "1" was acked: never again
+        # ("1" was acked: never again)
+        await eventually(lambda: got == [b"2"], timeout_s=5 + self.regroup_s)
         await subscription.cancel()
+
+    regroup_s = 0.0
+    """How much longer a backend takes to hand a queue to a consumer that joins after
+    another left (Kafka: a consumer-group rebalance)."""
+
+    orders_within_a_queue = True
+    """False for Kafka: a queue spreads over partitions, and order holds only within
+    one (a deployment's requests need no order; the docs say so)."""
 
     @pytest.mark.asyncio
     async def test_ordering_within_a_queue(self, bus: Bus) -> None:
+        if not self.orders_within_a_queue:
+            pytest.skip("this backend orders messages only within a partition of a queue")
         await bus.declare_queue(self.q("order"))
         got: list[bytes] = []
 
@@ -157,7 +168,7 @@ class BusContract:
         await asyncio.sleep(0.1)
         assert not second, "a live consumer's message must not be redelivered"
         await dying.cancel()
-        await eventually(lambda: second)
+        await eventually(lambda: second, timeout_s=5 + self.regroup_s)
         assert second[0].body == b"job"
         assert second[0].delivery_count == 2
 

