@@ -1,5 +1,6 @@
 """Bus benchmark: the LLMOS backends against bare client libraries, in one run.
 
+(0)   memory://, in-process (the ceiling of the bus code itself);
 (i)   transient messages, no confirms, manual acks, on a classic queue:
       LLMOS amqp:// against bare aiormq and against pika;
 (ii)  persistent messages with publisher confirms on a quorum queue:
@@ -384,6 +385,7 @@ async def round_trip(url: str, n: int) -> dict[str, float]:
 async def run_cases(args: argparse.Namespace) -> dict[str, Any]:
     n, url = args.messages, args.url
     cases: dict[str, Callable[[], Awaitable[float]]] = {
+        "memory": lambda: llmos_throughput("memory://", n, durable=False),
         "i_llmos_transient": lambda: llmos_throughput(url, n, durable=False),
         "i_aiormq_transient": lambda: aiormq_throughput(url, n),
         "i_pika_transient": lambda: asyncio.to_thread(pika_throughput, url, n,
