@@ -98,9 +98,12 @@ def test_bad_headers_get_one_clear_error(data: bytes, says: str) -> None:
 def test_the_worst_headers_within_the_caps_take_under_a_second() -> None:
     entry = _string("") + struct.pack("<IB", 0, 1)  # 13 bytes, the smallest entry
     tensor = _string("") + struct.pack("<IQIQ", 1, 1, 0, 0)
+    vocabulary = (b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + _string("k")
+                  + struct.pack("<IIQ", 9, 8, MAX_STRING_ITEMS)
+                  + struct.pack("<Q", 0) * MAX_STRING_ITEMS)
     for data in (b"GGUF" + struct.pack("<IQQ", 3, 0, MAX_ENTRIES) + entry * MAX_ENTRIES,
                  b"GGUF" + struct.pack("<IQQ", 3, MAX_TENSORS, 0) + tensor * MAX_TENSORS
-                 + b"\0" * 64):
+                 + b"\0" * 64, vocabulary):
         started = time.monotonic()
         parse_gguf(data)
         assert time.monotonic() - started < 1.0

@@ -23,8 +23,8 @@ MAX_STRING_ITEMS = 1_000_000  # strings walked in arrays, in all (vocabularies: 
 MAX_KEPT_STRING = 1 << 20
 MAX_KEPT_ARRAY = 64
 MAX_DIMS = 8  # (GGML has 4; a little room for later versions)
-MAX_ENTRIES = 65_536  # metadata entries (real files: tens)
-MAX_TENSORS = 65_536  # (real files: hundreds to a few thousand)
+MAX_ENTRIES = 16_384  # metadata entries (real files: tens)
+MAX_TENSORS = 16_384  # (real files: hundreds to a few thousand)
 
 _SCALARS: dict[int, struct.Struct] = {
     0: struct.Struct("<B"), 1: struct.Struct("<b"), 2: struct.Struct("<H"),
