@@ -60,11 +60,11 @@ from llmos.bus.base import (
     TopicHandler,
     TopicMessage,
 )
+from llmos.bus.envelope import UnackedDelivery, is_expired, public, with_expiry
 from llmos.errors import BusError, ConfigError, QueueFull
 
 log = logging.getLogger(__name__)
 
-H_EXPIRES = "llmos-expires"
 H_ATTEMPTS = "llmos-attempts"
 H_LIMIT = "llmos-limit"
 H_DEAD = "llmos-dlq"
@@ -93,11 +93,6 @@ def _headers_in(record: Any) -> dict[str, str]:
     return {k: (v or b"").decode() for k, v in (record.headers or ())}
 
 
-def _expired(headers: Mapping[str, str]) -> bool:
-    expires = headers.get(H_EXPIRES)
-    return bool(expires) and float(expires or 0) < time.time()
-
-
 class _KafkaDelivery(Delivery):
     def __init__(self, consumer: _GroupConsumer, tp: Any, record: Any,
                  headers: dict[str, str]) -> None:
@@ -106,7 +101,7 @@ class _KafkaDelivery(Delivery):
         self.offset: int = record.offset
         self.body = record.value or b""
         self.all_headers = headers
-        self.headers = {k: v for k, v in headers.items() if not k.startswith("llmos-")}
+        self.headers = public(headers)
         self.delivery_count = int(headers.get(H_ATTEMPTS, "0") or 0) + 1
         self.settled = False
 
@@ -115,19 +110,6 @@ class _KafkaDelivery(Delivery):
 
     async def nack(self, *, requeue: bool = True) -> None:
         await self._consumer.settle(self, requeue=requeue)
-
-
-class _CoreDelivery(Delivery):
-    def __init__(self, body: bytes, headers: Mapping[str, str]) -> None:
-        self.body = body
-        self.headers = {k: v for k, v in headers.items() if not k.startswith("llmos-")}
-        self.delivery_count = 1
-
-    async def ack(self) -> None:
-        return None
-
-    async def nack(self, *, requeue: bool = True) -> None:
-        return None
 
 
 async def _commit_with_retries(consumer: Any, offsets: dict[Any, Any]) -> None:
@@ -404,7 +386,7 @@ class _GroupConsumer(Subscription):
             headers = _headers_in(record)
             delivery = _KafkaDelivery(self, tp, record, headers)
             state.handed_out_upto = max(state.handed_out_upto, record.offset)
-            if _expired(headers):
+            if is_expired(headers):
                 continue
             state.held[record.offset] = delivery
             if record.offset <= state.redelivery_upto:
@@ -538,15 +520,15 @@ class _TailReader:
 
     def _dispatch(self, topic: str, record: Any) -> None:
         headers = _headers_in(record)
-        if _expired(headers):
+        if is_expired(headers):
             return
         body = record.value or b""
         for tail in list(self.tails.get(topic, ())):
             if tail.is_topic:
                 coro = tail.deliver(TopicMessage(  # type: ignore[arg-type]
-                    body, {k: v for k, v in headers.items() if not k.startswith("llmos-")}))
+                    body, public(headers)))
             else:
-                coro = tail.deliver(_CoreDelivery(body, headers))  # type: ignore[arg-type]
+                coro = tail.deliver(UnackedDelivery(body, headers))  # type: ignore[arg-type]
             task: asyncio.Task[None] = asyncio.create_task(coro)
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -669,9 +651,7 @@ class KafkaBus(Bus):
         durable: bool = True,
         confirm: bool | None = None,
     ) -> None:
-        sent = dict(headers or {})
-        if ttl_s is not None:
-            sent[H_EXPIRES] = repr(time.time() + ttl_s)
+        sent = with_expiry(headers, ttl_s)
         opts = self._options.get(queue)
         if opts is not None:
             if opts.delivery_limit:
@@ -778,9 +758,7 @@ class KafkaBus(Bus):
         self, topic: str, body: bytes, *, headers: Mapping[str, str] | None = None,
         ttl_s: float | None = None,
     ) -> None:
-        sent = dict(headers or {})
-        if ttl_s is not None:
-            sent[H_EXPIRES] = repr(time.time() + ttl_s)
+        sent = with_expiry(headers, ttl_s)
         try:
             await self._ensure_topic(broadcast_topic(topic), 1)
             await self._send(broadcast_topic(topic), body, sent, wait=False)

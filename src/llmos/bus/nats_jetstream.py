@@ -54,6 +54,7 @@ from llmos.bus.base import (
     TopicHandler,
     TopicMessage,
 )
+from llmos.bus.envelope import UnackedDelivery, is_expired, public, with_expiry
 from llmos.errors import BusError, ConfigError, QueueFull
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,6 @@ LARGE_BUCKET = "llmos-large"
 DEFAULT_ACK_WAIT_S = 10.0
 PULL_EXPIRES_S = 5.0
 PUBLISH_TIMEOUT_S = 10.0
-H_EXPIRES = "llmos-expires"
 H_LARGE = "llmos-large"
 H_CONFIRM = "llmos-confirm"
 _HEADROOM = 8192  # bytes kept free under max_payload for headers and protocol
@@ -84,18 +84,12 @@ def stream_name(name: str) -> str:
     return f"LLMOS_{readable}_{hashlib.sha1(name.encode()).hexdigest()[:8]}"
 
 
-def _is_expired(headers: Mapping[str, str] | None) -> bool:
-    expires = (headers or {}).get(H_EXPIRES)
-    return bool(expires) and float(expires or 0) < time.time()
-
-
 class _JetStreamDelivery(Delivery):
     def __init__(self, consumer: _PullConsumer, msg: Any, body: bytes) -> None:
         self._consumer = consumer
         self.msg = msg
         self.body = body
-        self.headers = {k: v for k, v in (msg.headers or {}).items()
-                        if not k.startswith("llmos-")}
+        self.headers = public(msg.headers)
         self.large = (msg.headers or {}).get(H_LARGE)
         self.delivery_count = msg.metadata.num_delivered
         self.settled = False
@@ -105,21 +99,6 @@ class _JetStreamDelivery(Delivery):
 
     async def nack(self, *, requeue: bool = True) -> None:
         await self._consumer.settle(self, "nak" if requeue else "term")
-
-
-class _CoreDelivery(Delivery):
-    """A message on a core subject: nothing to settle."""
-
-    def __init__(self, body: bytes, headers: Mapping[str, str]) -> None:
-        self.body = body
-        self.headers = {k: v for k, v in headers.items() if not k.startswith("llmos-")}
-        self.delivery_count = 1
-
-    async def ack(self) -> None:
-        return None
-
-    async def nack(self, *, requeue: bool = True) -> None:
-        return None
 
 
 class _PullConsumer(Subscription):
@@ -252,7 +231,7 @@ class _PullConsumer(Subscription):
             with contextlib.suppress(Exception):
                 await msg.nak()
             return
-        if _is_expired(msg.headers):
+        if is_expired(msg.headers):
             with contextlib.suppress(Exception):
                 await msg.ack()
             return
@@ -287,7 +266,7 @@ class _CoreSubscription(Subscription):
         if msg.reply and headers.get(H_CONFIRM):
             with contextlib.suppress(Exception):
                 await self.bus.nc.publish(msg.reply, b"")
-        if _is_expired(headers):
+        if is_expired(headers):
             return
         large = headers.get(H_LARGE)
         body = msg.data
@@ -296,9 +275,9 @@ class _CoreSubscription(Subscription):
             await self.bus.drop_large(large)
         if self.topic:
             coro = self.deliver(TopicMessage(  # type: ignore[arg-type]
-                body, {k: v for k, v in headers.items() if not k.startswith("llmos-")}))
+                body, public(headers)))
         else:
-            coro = self.deliver(_CoreDelivery(body, headers))  # type: ignore[arg-type]
+            coro = self.deliver(UnackedDelivery(body, headers))  # type: ignore[arg-type]
         task: asyncio.Task[None] = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -522,9 +501,7 @@ class NatsBus(Bus):
         from nats.errors import NoRespondersError
         from nats.js.errors import APIError
 
-        sent = dict(headers or {})
-        if ttl_s is not None:
-            sent[H_EXPIRES] = repr(time.time() + ttl_s)
+        sent = with_expiry(headers, ttl_s)
         try:
             if self._too_large(body, sent):
                 sent[H_LARGE] = await self._put_large(body)
@@ -596,9 +573,7 @@ class NatsBus(Bus):
         self, topic: str, body: bytes, *, headers: Mapping[str, str] | None = None,
         ttl_s: float | None = None,
     ) -> None:
-        sent = dict(headers or {})
-        if ttl_s is not None:
-            sent[H_EXPIRES] = repr(time.time() + ttl_s)
+        sent = with_expiry(headers, ttl_s)
         try:
             await self.nc.publish(topic_subject(topic), body, headers=sent or None)
         except Exception as exc:

@@ -1,0 +1,48 @@
+"""What a backend without native TTLs or acks for a channel carries in headers.
+
+Headers a backend adds for itself start with ``llmos-`` and are removed before a
+handler sees a message.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+
+from llmos.bus.base import Delivery
+
+PREFIX = "llmos-"
+EXPIRES = "llmos-expires"
+
+
+def with_expiry(headers: Mapping[str, str] | None, ttl_s: float | None) -> dict[str, str]:
+    """A copy of ``headers``, with the expiry of a message that lives ``ttl_s``."""
+    sent = dict(headers or {})
+    if ttl_s is not None:
+        sent[EXPIRES] = repr(time.time() + ttl_s)
+    return sent
+
+
+def is_expired(headers: Mapping[str, str] | None) -> bool:
+    expires = (headers or {}).get(EXPIRES)
+    return bool(expires) and float(expires or 0) < time.time()
+
+
+def public(headers: Mapping[str, str] | None) -> dict[str, str]:
+    """The headers a handler sees."""
+    return {k: v for k, v in (headers or {}).items() if not k.startswith(PREFIX)}
+
+
+class UnackedDelivery(Delivery):
+    """A message read without acks (a reply stream, at most once): nothing to settle."""
+
+    def __init__(self, body: bytes, headers: Mapping[str, str]) -> None:
+        self.body = body
+        self.headers = public(headers)
+        self.delivery_count = 1
+
+    async def ack(self) -> None:
+        return None
+
+    async def nack(self, *, requeue: bool = True) -> None:
+        return None
