@@ -6,10 +6,12 @@ handler sees a message.
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
+from typing import Any
 
-from llmos.bus.base import Delivery
+from llmos.bus.base import Delivery, DeliveryHandler, TopicHandler, TopicMessage
 
 PREFIX = "llmos-"
 EXPIRES = "llmos-expires"
@@ -46,3 +48,28 @@ class UnackedDelivery(Delivery):
 
     async def nack(self, *, requeue: bool = True) -> None:
         return None
+
+
+def hand_unacked(deliver: DeliveryHandler | TopicHandler, *, is_topic: bool, body: bytes,
+                 headers: Mapping[str, str]) -> Coroutine[Any, Any, None]:
+    """The call of a topic's or a reply stream's handler with what it takes."""
+    if is_topic:
+        return deliver(TopicMessage(body, public(headers)))  # type: ignore[arg-type]
+    return deliver(UnackedDelivery(body, headers))  # type: ignore[arg-type]
+
+
+class Running:
+    """Handler calls a backend started, kept referenced until they end (the event loop
+    holds tasks only weakly)."""
+
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def cancel(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()

@@ -58,9 +58,8 @@ from llmos.bus.base import (
     QueueOptions,
     Subscription,
     TopicHandler,
-    TopicMessage,
 )
-from llmos.bus.envelope import UnackedDelivery, is_expired, public, with_expiry
+from llmos.bus.envelope import Running, hand_unacked, is_expired, public, with_expiry
 from llmos.errors import BusError, ConfigError, QueueFull
 
 log = logging.getLogger(__name__)
@@ -160,7 +159,7 @@ class _GroupConsumer(Subscription):
         self._paused = False
         self._cancelled = False
         self._room = asyncio.Event()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._running = Running()
         self._leaving: asyncio.Task[None] | None = None
 
     @property
@@ -399,9 +398,7 @@ class _GroupConsumer(Subscription):
         for delivery in again:  # their earlier reader is gone
             await self.settle(delivery, requeue=True)
         for delivery in fresh:
-            task = asyncio.create_task(self.handler(delivery))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._running.spawn(self.handler(delivery))
 
 
 class _Tail(Subscription):
@@ -433,7 +430,7 @@ class _TailReader:
         self._consumer: Any = None
         self._changes: asyncio.Queue[tuple[str, asyncio.Future[None]]] = asyncio.Queue()
         self._loop: asyncio.Task[None] | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._running = Running()
 
     async def add(self, tail: _Tail) -> None:
         if self._consumer is None:
@@ -524,14 +521,8 @@ class _TailReader:
             return
         body = record.value or b""
         for tail in list(self.tails.get(topic, ())):
-            if tail.is_topic:
-                coro = tail.deliver(TopicMessage(  # type: ignore[arg-type]
-                    body, public(headers)))
-            else:
-                coro = tail.deliver(UnackedDelivery(body, headers))  # type: ignore[arg-type]
-            task: asyncio.Task[None] = asyncio.create_task(coro)
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._running.spawn(hand_unacked(tail.deliver, is_topic=tail.is_topic, body=body,
+                                             headers=headers))
 
 
 class KafkaBus(Bus):

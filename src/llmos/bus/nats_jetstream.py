@@ -52,9 +52,8 @@ from llmos.bus.base import (
     QueueOptions,
     Subscription,
     TopicHandler,
-    TopicMessage,
 )
-from llmos.bus.envelope import UnackedDelivery, is_expired, public, with_expiry
+from llmos.bus.envelope import Running, hand_unacked, is_expired, public, with_expiry
 from llmos.errors import BusError, ConfigError, QueueFull
 
 log = logging.getLogger(__name__)
@@ -119,7 +118,7 @@ class _PullConsumer(Subscription):
         self._paused = False
         self._cancelled = False
         self._loop: asyncio.Task[None] | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._running = Running()
 
     async def start(self) -> None:
         nc = self.bus.nc
@@ -239,9 +238,7 @@ class _PullConsumer(Subscription):
         body = await self.bus.read_large(large) if large else msg.data
         delivery = _JetStreamDelivery(self, msg, body)
         self.held[id(delivery)] = delivery
-        task = asyncio.create_task(self.handler(delivery))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._running.spawn(self.handler(delivery))
 
 
 class _CoreSubscription(Subscription):
@@ -254,7 +251,7 @@ class _CoreSubscription(Subscription):
         self.deliver = deliver
         self.topic = topic
         self._sub: Any = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._running = Running()
 
     async def start(self) -> None:
         # A subscriber that falls far behind loses messages; it never blocks a sender.
@@ -273,14 +270,8 @@ class _CoreSubscription(Subscription):
         if large:
             body = await self.bus.read_large(large)
             await self.bus.drop_large(large)
-        if self.topic:
-            coro = self.deliver(TopicMessage(  # type: ignore[arg-type]
-                body, public(headers)))
-        else:
-            coro = self.deliver(UnackedDelivery(body, headers))  # type: ignore[arg-type]
-        task: asyncio.Task[None] = asyncio.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._running.spawn(hand_unacked(self.deliver, is_topic=self.topic, body=body,
+                                         headers=headers))
 
     async def set_prefetch(self, prefetch: int) -> None:
         return None
@@ -314,7 +305,7 @@ class NatsBus(Bus):
         self._exclusive: set[str] = set()
         self._consumers: list[_PullConsumer] = []
         self._advisories: dict[str, Any] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._running = Running()
         self._closing = False
 
     @property
@@ -371,8 +362,7 @@ class NatsBus(Bus):
         self._closing = True
         for consumer in list(self._consumers):
             await consumer.cancel()
-        for task in list(self._tasks):
-            task.cancel()
+        self._running.cancel()
         if self._nc is not None:
             with contextlib.suppress(Exception):
                 await self._nc.drain()
@@ -381,9 +371,7 @@ class NatsBus(Bus):
             self._nc = self._js = None
 
     def _background(self, coro: Any) -> None:
-        task = asyncio.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._running.spawn(coro)
 
     def forget(self, consumer: _PullConsumer) -> None:
         with contextlib.suppress(ValueError):
