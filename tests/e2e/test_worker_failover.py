@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -50,6 +51,26 @@ def start_worker(home: Path, name: str, bus: str = AMQP_URL
     return process, log
 
 
+def wait_for_kafka_group(logs: list[Path], timeout_s: float = 60) -> None:
+    """Until every worker holds partitions of its own in each queue: rebalances are over."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        held: list[dict[str, set[str]]] = []
+        for log in logs:
+            found = re.findall(r"kafka consumer of (\S+) now holds partitions \[([0-9,]*)\]",
+                               log.read_text())
+            held.append({queue: set(parts.split(",")) - {""} for queue, parts in found})
+        queues = set(held[0])
+        if queues and all(set(h) == queues for h in held) and all(
+                all(h[q] for h in held)
+                and sum(len(h[q]) for h in held) == len(set().union(*(h[q] for h in held)))
+                for q in queues):
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the kafka group did not settle: {held}")
+        time.sleep(0.2)
+
+
 def stop_worker(process: subprocess.Popen[bytes]) -> None:
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
@@ -85,9 +106,15 @@ def cluster(request: pytest.FixtureRequest,
     workers: list[subprocess.Popen[bytes]] = []
     server: RunningServer | None = None
     try:
-        workers.append(start_worker(tmp_path, "worker-a", url)[0])
+        first, first_log = start_worker(tmp_path, "worker-a", url)
+        workers.append(first)
         server = start_server(tmp_path, args=["--bus", url, "--no-worker"])
-        workers.append(start_worker(tmp_path, "worker-b", url)[0])
+        second, second_log = start_worker(tmp_path, "worker-b", url)
+        workers.append(second)
+        if request.param == "kafka":
+            # A member that joins takes a rebalance (seconds on Tansu) to get partitions:
+            # load sent before that all lands on the first worker.
+            wait_for_kafka_group([first_log, second_log])
         yield server, workers
     finally:
         if server is not None:

@@ -218,6 +218,8 @@ class _GroupConsumer(Subscription):
             except Exception as exc:
                 log.warning("could not read the committed offsets of %s: %s", tp, exc)
             self.partitions[tp] = state
+        log.info("kafka consumer of %s now holds partitions [%s] of %s", self.queue,
+                 ",".join(str(tp.partition) for tp in sorted(assigned)), self.topic)
         self._assigned.set()
 
     async def _give_up(self, revoked: Any) -> None:
