@@ -28,12 +28,21 @@ def _string(text: str) -> bytes:
     return struct.pack("<Q", len(raw)) + raw
 
 
-def make_gguf(*, version: int = 3, strings: int = 100, tensors: int = 3) -> bytes:
+def string_entry(key: str, value: str) -> bytes:
+    return _string(key) + struct.pack("<I", 8) + _string(value)
+
+
+def uint32_entry(key: str, value: int) -> bytes:
+    return _string(key) + struct.pack("<II", 4, value)
+
+
+def make_gguf(*, version: int = 3, strings: int = 100, tensors: int = 3, file_type: int = 15,
+              extra: tuple[bytes, ...] = ()) -> bytes:
     """A small valid GGUF header: scalars, a string, arrays, and tensor infos."""
     entries = [
         _string("general.architecture") + struct.pack("<I", 8) + _string("gemma3"),
         _string("gemma3.context_length") + struct.pack("<II", 4, 32768),
-        _string("general.file_type") + struct.pack("<II", 4, 15),
+        _string("general.file_type") + struct.pack("<II", 4, file_type),
         _string("gemma3.rope.freq_base") + struct.pack("<If", 6, 10000.0),
         _string("tokenizer.chat_template") + struct.pack("<I", 8) + _string("{{ x }}"),
         _string("tokenizer.ggml.tokens") + struct.pack("<IIQ", 9, 8, strings)
@@ -41,6 +50,7 @@ def make_gguf(*, version: int = 3, strings: int = 100, tensors: int = 3) -> byte
         _string("tokenizer.ggml.scores") + struct.pack("<IIQ", 9, 6, strings)
         + struct.pack(f"<{strings}f", *([0.5] * strings)),
         _string("general.tags") + struct.pack("<IIQ", 9, 8, 2) + _string("a") + _string("b"),
+        *extra,
     ]
     infos = b"".join(_string(f"blk.{i}.weight") + struct.pack("<IQQIQ", 2, 64, 32, 12, i * 2048)
                      for i in range(tensors))

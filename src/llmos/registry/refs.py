@@ -43,6 +43,13 @@ def check_tag(tag: str) -> str:
     return tag
 
 
+def check_digest(digest: str) -> str:
+    if not DIGEST_RE.match(digest):
+        raise BadRequest(f"invalid digest {digest[:80]!r}: sha256: and 64 lowercase hex digits",
+                         param="digest")
+    return digest
+
+
 def parse_ref(ref: str) -> ModelRef:
     if "@" in ref:
         name, _, at = ref.partition("@")
