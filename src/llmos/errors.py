@@ -46,6 +46,12 @@ class ModelNotFound(NotFound):
     code = "model_not_found"
 
 
+class Conflict(LLMOSError):
+    status = 409
+    type = "invalid_request_error"
+    code = "conflict"
+
+
 class Unavailable(LLMOSError):
     status = 503
     type = "server_error"

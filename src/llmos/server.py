@@ -57,7 +57,7 @@ async def serve(settings: Settings) -> None:
     await bus.connect()
     agent = LocalAgent(bus, registry, settings.engine)
     controller = Controller(store, agent)
-    app = create_app(settings, bus, store)
+    app = create_app(settings, bus, store, registry)
     server = uvicorn.Server(uvicorn.Config(
         app, host=settings.host, port=settings.port, log_config=None, access_log=False,
         lifespan="on", timeout_graceful_shutdown=5))

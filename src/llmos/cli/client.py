@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import httpx
 import typer
@@ -30,3 +31,15 @@ def api_error(response: httpx.Response) -> typer.Exit:
         message = response.text or response.reason_phrase
     err.print(f"[red]error {response.status_code}:[/red] {message}")
     return typer.Exit(code=1)
+
+
+def call_api(method: str, base: str, path: str, **kwargs: Any) -> Any:
+    """One JSON API call; a server that does not answer or an error ends the command."""
+    kwargs.setdefault("timeout", 30)
+    try:
+        response = httpx.request(method, f"{base}{path}", **kwargs)
+    except httpx.HTTPError:
+        raise no_server(base) from None
+    if response.status_code >= 400:
+        raise api_error(response)
+    return response.json()

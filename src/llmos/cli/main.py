@@ -14,7 +14,8 @@ import typer
 from rich.console import Console
 
 from llmos import __version__
-from llmos.cli.client import api_error, err, no_server, server_url
+from llmos.cli.client import api_error, call_api, err, no_server, server_url
+from llmos.cli.models import models_app
 from llmos.errors import LLMOSError
 
 if TYPE_CHECKING:
@@ -186,16 +187,7 @@ def version(url: UrlOption = None) -> None:
 workers_app = typer.Typer(help="Worker processes: list them, drain or resume one.",
                           no_args_is_help=True)
 app.add_typer(workers_app, name="workers")
-
-
-def _api(method: str, base: str, path: str) -> Any:
-    try:
-        response = httpx.request(method, f"{base}{path}", timeout=10)
-    except httpx.HTTPError:
-        raise no_server(base) from None
-    if response.status_code >= 400:
-        raise api_error(response)
-    return response.json()
+app.add_typer(models_app, name="models")
 
 
 @workers_app.command("ls")
@@ -203,7 +195,7 @@ def workers_ls(url: UrlOption = None) -> None:
     """The worker processes that sent a heartbeat within two intervals."""
     from rich.table import Table
 
-    workers = _api("GET", server_url(url), "/api/workers")["data"]
+    workers = call_api("GET", server_url(url), "/api/workers")["data"]
     if not workers:
         err.print("no live workers")
         return
@@ -219,7 +211,7 @@ def workers_ls(url: UrlOption = None) -> None:
 def workers_drain(worker_id: Annotated[str, typer.Argument(help="worker id (see ls)")],
                   url: UrlOption = None) -> None:
     """Stop a worker taking new requests; those in flight finish."""
-    _api("POST", server_url(url), f"/api/workers/{worker_id}/drain")
+    call_api("POST", server_url(url), f"/api/workers/{worker_id}/drain")
     out.print(f"draining {worker_id}")
 
 
@@ -227,7 +219,7 @@ def workers_drain(worker_id: Annotated[str, typer.Argument(help="worker id (see 
 def workers_resume(worker_id: Annotated[str, typer.Argument(help="worker id (see ls)")],
                    url: UrlOption = None) -> None:
     """Let a drained worker take requests again."""
-    _api("POST", server_url(url), f"/api/workers/{worker_id}/resume")
+    call_api("POST", server_url(url), f"/api/workers/{worker_id}/resume")
     out.print(f"resumed {worker_id}")
 
 

@@ -19,15 +19,18 @@ from llmos.gateway.dispatch import Dispatcher
 from llmos.gateway.errors import install_error_handlers
 from llmos.gateway.health import probe_until_ready
 from llmos.gateway.middleware import RequestIdMiddleware
-from llmos.gateway.routes import health, openai, workers
+from llmos.gateway.routes import health, models, openai, workers
 from llmos.gateway.state import GatewayState
+from llmos.registry import LocalRegistry
 from llmos.settings import Settings
 from llmos.store import Store
 
 
-def create_app(settings: Settings, bus: Bus, store: Store) -> FastAPI:
+def create_app(settings: Settings, bus: Bus, store: Store,
+               registry: LocalRegistry | None = None) -> FastAPI:
     """Build the API app; the bus must be connected before the app starts."""
     state = GatewayState(
+        registry=registry or LocalRegistry(settings.models_dir),
         settings=settings,
         dispatcher=Dispatcher(bus, timeout_s=settings.request_timeout_s),
         catalog=Catalog(store),
@@ -56,6 +59,7 @@ def create_app(settings: Settings, bus: Bus, store: Store) -> FastAPI:
     app.include_router(openai.router)
     app.include_router(health.router)
     app.include_router(workers.router)
+    app.include_router(models.router)
     app.openapi = lambda: _openapi_without_422(app)  # type: ignore[method-assign]
     return app
 

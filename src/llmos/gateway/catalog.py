@@ -18,7 +18,11 @@ class Catalog:
         self._cache: dict[tuple[str, str], Deployment] = {}
         self._loaded_at = 0.0
 
-    async def deployments(self, project: str = "default") -> list[Deployment]:
+    async def deployments(self, project: str = "default", *,
+                          fresh: bool = False) -> list[Deployment]:
+        """The project's deployments; ``fresh`` reads the store now (for a decision)."""
+        if fresh:
+            self._loaded_at = 0.0
         await self._refresh()
         return [d for (p, _), d in sorted(self._cache.items()) if p == project]
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from llmos.gateway.catalog import Catalog
 from llmos.gateway.control import WorkerControl
 from llmos.gateway.dispatch import Dispatcher
+from llmos.registry import LocalRegistry
 from llmos.settings import EngineSettings, Settings
 from llmos.store import Deployment
 
@@ -17,8 +18,11 @@ class GatewayState:
     dispatcher: Dispatcher
     catalog: Catalog
     workers: WorkerControl
+    registry: LocalRegistry
     ready: bool = False
     ready_detail: str = "the default model has not answered yet"
+    verified_blobs: dict[str, tuple[int, int, int]] = field(default_factory=dict)
+    """Blobs hashed since this process started, with the (inode, size, mtime) seen then."""
     _engine_settings: dict[tuple[str, str, str], EngineSettings] = field(default_factory=dict)
 
     def engine_settings(self, deployment: Deployment) -> EngineSettings:

@@ -1,0 +1,302 @@
+"""``llmos models``: the registry of a running server, over its HTTP API."""
+
+from __future__ import annotations
+
+import getpass
+import json
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import quote
+
+import httpx
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table
+
+from llmos.cli.client import api_error, call_api, err, no_server, server_url
+
+models_app = typer.Typer(help="Model registry: import, list, tag, verify, delete.",
+                         no_args_is_help=True)
+out = Console()
+
+UrlOption = Annotated[str | None, typer.Option(
+    "--url", help="server address (default: $LLMOS_URL or http://127.0.0.1:8000)")]
+ProjectOption = Annotated[str, typer.Option(help="project of the repositories")]
+_CHUNK = 8 << 20
+
+
+def human_size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def human_count(n: int) -> str:
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f}{unit}"
+    return str(n)
+
+
+def _progress() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+                    TransferSpeedColumn(), TimeRemainingColumn(), console=err)
+
+
+def _path(ref: str) -> str:
+    return quote(ref, safe="/:@")
+
+
+# import --------------------------------------------------------------------------------
+
+def _files(path: Path) -> list[Path]:
+    """What a path imports as: a folder's files, or a file with its split-GGUF siblings."""
+    from llmos.registry.metadata import SPLIT_RE
+
+    if path.is_dir():
+        return sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+    if not path.is_file():
+        err.print(f"[red]error:[/red] {path}: no such file or folder")
+        raise typer.Exit(code=2)
+    split = SPLIT_RE.match(path.name)
+    if not split:
+        return [path]
+    count = int(split["count"])
+    return [path.with_name(f"{split['stem']}-{i:05d}-of-{count:05d}.gguf")
+            for i in range(1, count + 1)]
+
+
+def _check_locally(files: list[Path]) -> None:
+    """Refuse a bad GGUF here, before sending hundreds of megabytes to be told so."""
+    from llmos.errors import LLMOSError
+    from llmos.registry.gguf import read_gguf
+    from llmos.registry.metadata import check_filename
+
+    for file in files:
+        try:
+            if not file.is_file():
+                raise LLMOSError(f"{file.name} is missing")
+            check_filename(file.name)
+            if file.name.lower().endswith(".gguf"):
+                read_gguf(file)
+        except LLMOSError as exc:
+            err.print(f"[red]error:[/red] {file}: {exc.message}")
+            raise typer.Exit(code=2) from None
+
+
+def _upload(client: httpx.Client, file: Path, progress: Progress) -> dict[str, Any]:
+    size = file.stat().st_size
+    task = progress.add_task(file.name, total=size)
+
+    def body() -> Iterator[bytes]:
+        with file.open("rb") as f:
+            while chunk := f.read(_CHUNK):
+                progress.advance(task, len(chunk))
+                yield chunk
+
+    response = client.post("/api/blobs", params={"filename": file.name}, content=body(),
+                           headers={"content-length": str(size),
+                                    "content-type": "application/octet-stream"})
+    if response.status_code >= 400:
+        raise api_error(response)
+    stored: dict[str, Any] = response.json()
+    return stored
+
+
+@models_app.command("import")
+def import_model(
+    path: Annotated[Path, typer.Argument(help="a GGUF file (other split parts are found) "
+                                              "or a folder of a model's files")],
+    name: Annotated[str, typer.Option(help="repository: [namespace/]name")],
+    tag: Annotated[str | None, typer.Option(help="tag for the new version")] = None,
+    label: Annotated[str | None, typer.Option(help="free text kept with the version")] = None,
+    derived_from: Annotated[str | None, typer.Option(
+        help="the version this one was made from (name@N, name:tag)")] = None,
+    relation: Annotated[str | None, typer.Option(
+        help="quantization, fine-tune, adapter or derived (default: a guess)")] = None,
+    project: ProjectOption = "default", url: UrlOption = None,
+) -> None:
+    """Upload files to the server's registry as a new version of NAME."""
+    base = server_url(url)
+    files = _files(path)
+    _check_locally(files)
+    started = time.monotonic()
+    try:
+        with httpx.Client(base_url=base, timeout=httpx.Timeout(600, connect=5)) as client, \
+                _progress() as progress:
+            stored = [(f.name, _upload(client, f, progress)) for f in files]
+            response = client.post(
+                f"/api/models/{_path(name)}/versions", params={"project": project},
+                json={"files": [{"filename": n, "digest": s["digest"]} for n, s in stored],
+                      "tag": tag, "label": label, "derived_from": derived_from,
+                      "relation": relation, "creator": getpass.getuser()})
+    except httpx.ConnectError:
+        raise no_server(base) from None
+    if response.status_code >= 400:
+        raise api_error(response)
+    version = response.json()
+    took = time.monotonic() - started
+    if version["created"]:
+        out.print(f"imported [bold]{version['ref']}[/bold] ({human_size(version['size'])}, "
+                  f"{human_size(version['new_bytes'])} new) in {took:.1f}s; tags: "
+                  f"{', '.join(version['tags']) or 'none'}")
+    else:
+        out.print(f"unchanged: the same files are [bold]{version['ref']}[/bold] already "
+                  f"(tags: {', '.join(version['tags'])}); no new bytes stored")
+
+
+# reading -------------------------------------------------------------------------------
+
+@models_app.command("ls")
+def list_models(project: ProjectOption = "default", url: UrlOption = None) -> None:
+    """Every version in the project."""
+    versions = call_api("GET", server_url(url), "/api/models",
+                        params={"project": project})["data"]
+    if not versions:
+        err.print(f"no models in project {project!r}; add one with `llmos models import`")
+        return
+    table = Table("MODEL", "TAGS", "SIZE", "WEIGHTS", "CREATED")
+    for v in versions:
+        meta = v["metadata"]
+        weights = " ".join(x for x in (meta.get("architecture"), meta.get("quantization"),
+                                       human_count(meta.get("parameter_count", 0))) if x)
+        table.add_row(v["ref"], ",".join(v["tags"]), human_size(v["size"]), weights,
+                      datetime.fromtimestamp(v["created_at"]).strftime("%Y-%m-%d %H:%M"))
+    out.print(table)
+
+
+@models_app.command("show")
+def show_model(ref: Annotated[str, typer.Argument(help="name, name:tag, name@N, name@sha256:…")],
+               project: ProjectOption = "default", url: UrlOption = None,
+               as_json: Annotated[bool, typer.Option("--json", help="raw JSON")] = False,
+               ) -> None:
+    """One version: files, metadata, resource estimate and lineage."""
+    base = server_url(url)
+    lineage = call_api("GET", base, f"/api/models/{_path(ref)}/lineage",
+                       params={"project": project})
+    v = lineage["version"]
+    if as_json:
+        out.print_json(json.dumps(lineage))
+        return
+    out.print(f"[bold]{v['ref']}[/bold]  tags: {', '.join(v['tags']) or 'none'}")
+    created = datetime.fromtimestamp(v["created_at"]).isoformat(timespec="seconds")
+    out.print(f"created {created} by {v['creator'] or 'unknown'}"
+              + (f"  label: {v['label']}" if v["label"] else ""))
+    if v["derived_from"]:
+        out.print(f"derived from {v['derived_from']} ({v['relation']})")
+    files = Table("FILE", "TYPE", "SIZE", "DIGEST", title="files")
+    for b in v["blobs"]:
+        files.add_row(b["filename"], b["media_type"], human_size(b["size"]), b["digest"][:19])
+    out.print(files)
+    if v["metadata"]:
+        meta = Table("KEY", "VALUE", title="metadata")
+        for key, value in v["metadata"].items():
+            meta.add_row(key, str(value))
+        out.print(meta)
+    estimate = v.get("estimate")
+    if estimate:
+        table = Table("PART", "BYTES", title="resource estimate (" + ", ".join(
+            f"{k}={estimate[k]}" for k in ("slots", "ctx_size", "kv_type") if k in estimate)
+            + ")")
+        for key, value in estimate.items():
+            if key.endswith("_bytes"):
+                table.add_row(key.removesuffix("_bytes"), human_size(value))
+        out.print(table)
+    for title, key in (("ancestors", "ancestors"), ("descendants", "descendants")):
+        if lineage[key]:
+            out.print(f"{title}: " + ", ".join(
+                f"{a['ref']} ({a['relation'] or 'base'})" for a in lineage[key]))
+
+
+# changing ------------------------------------------------------------------------------
+
+@models_app.command("tag")
+def tag_model(ref: Annotated[str, typer.Argument(help="the version to tag")],
+              tag: Annotated[str, typer.Argument(help="tag, e.g. prod")],
+              project: ProjectOption = "default", url: UrlOption = None) -> None:
+    """Point TAG at the version REF names (moving it from another version)."""
+    v = call_api("PUT", server_url(url), f"/api/models/{_path(ref)}/tags/{quote(tag)}",
+                 params={"project": project})
+    out.print(f"{v['name']}:{tag} -> {v['ref']}")
+
+
+@models_app.command("untag")
+def untag_model(ref: Annotated[str, typer.Argument(help="name:tag")],
+                project: ProjectOption = "default", url: UrlOption = None) -> None:
+    """Remove a tag; the version stays."""
+    name, sep, tag = ref.rpartition(":")
+    if not sep or "@" in ref:
+        err.print(f"[red]error:[/red] untag takes name:tag, not {ref!r}")
+        raise typer.Exit(code=2)
+    v = call_api("DELETE", server_url(url), f"/api/models/{_path(name)}/tags/{quote(tag)}",
+                 params={"project": project})
+    out.print(f"removed {ref} (was {v['ref']})")
+
+
+@models_app.command("rm")
+def remove_model(ref: Annotated[str, typer.Argument(help="the version to delete")],
+                 project: ProjectOption = "default", url: UrlOption = None) -> None:
+    """Delete a version and its tags (refused while a deployment uses it)."""
+    v = call_api("DELETE", server_url(url), f"/api/models/{_path(ref)}",
+                 params={"project": project})
+    out.print(f"deleted {v['ref']}; `llmos models gc` frees blobs no other version uses")
+
+
+@models_app.command("gc")
+def collect_garbage(
+    grace_s: Annotated[float, typer.Option(
+        help="keep unused blobs younger than this many seconds (uploads in progress)")
+    ] = 3600.0, url: UrlOption = None) -> None:
+    """Remove blobs no version uses, stale partial files and orphaned folders."""
+    r = call_api("POST", server_url(url), "/api/registry/gc", params={"grace_s": grace_s},
+                 timeout=600)
+    out.print(f"removed {r['blobs']} blobs ({human_size(r['bytes'])}), {r['parts']} partial "
+              f"files, {r['folders']} folders")
+
+
+@models_app.command("verify")
+def verify_models(
+    ref: Annotated[str | None, typer.Argument(help="one version (default: all)")] = None,
+    project: ProjectOption = "default", url: UrlOption = None) -> None:
+    """Re-hash blobs against their digests; exit 1 if any is missing or corrupt."""
+    base = server_url(url)
+    params = {"project": project} | ({"ref": ref} if ref else {})
+    result: dict[str, Any] = {}
+    try:
+        with httpx.stream("POST", f"{base}/api/registry/verify", params=params,
+                          timeout=httpx.Timeout(3600, connect=5)) as response, \
+                _progress() as progress:
+            if response.status_code >= 400:
+                response.read()
+                raise api_error(response)
+            task = progress.add_task("verifying", total=None)
+            for line in response.iter_lines():
+                event = json.loads(line)
+                if "checked" in event:
+                    progress.update(task, completed=event["checked"], total=event["total"])
+                else:
+                    result = event
+    except httpx.ConnectError:
+        raise no_server(base) from None
+    if "error" in result:
+        err.print(f"[red]error:[/red] {result['error']}")
+        raise typer.Exit(code=2)
+    problems = result.get("problems", [])
+    for p in problems:
+        err.print(f"[red]{p['ref']}[/red] {p['digest'][:19]}: {p['problem']}")
+    if problems:
+        raise typer.Exit(code=1)
+    out.print("all blobs match their digests")

@@ -1,0 +1,347 @@
+"""Management API of the model registry: versions, tags, lineage, blobs, upkeep.
+
+Uploading a version is two steps, as with container registries: each file's
+content goes to ``POST /api/blobs`` (the server hashes it as it writes; a GGUF
+header is checked before the blob becomes visible), then ``POST
+/api/models/{name}/versions`` names the blobs. A version is visible only once
+its manifest is written, so a half-finished upload never is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import queue
+from collections.abc import AsyncIterator, Iterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import FileResponse, Response, StreamingResponse
+from pydantic import BaseModel, Field
+
+from llmos.errors import Conflict, LLMOSError, RegistryError
+from llmos.gateway.deps import StateDep
+from llmos.gateway.schemas import ErrorResponse
+from llmos.registry import LocalRegistry, ModelVersion
+from llmos.registry.blobs import CHUNK, BlobCorrupt, Stored, hash_file
+
+router = APIRouter(tags=["models"])
+
+ProjectQuery = Annotated[str, Query(description="the project the repository belongs to")]
+
+
+class BlobPublic(BaseModel):
+    digest: str
+    size: int
+    media_type: str
+    filename: str
+
+
+class VersionPublic(BaseModel):
+    ref: str
+    name: str
+    version: int
+    project: str
+    tags: list[str]
+    label: str | None
+    created_at: float
+    creator: str | None
+    derived_from: str | None
+    relation: str | None
+    size: int
+    blobs: list[BlobPublic]
+    metadata: dict[str, Any]
+    """Facts read from the GGUF header: architecture, sizes, attention layout."""
+    config: dict[str, Any]
+    estimate: dict[str, Any] | None
+    """Memory one replica needs under the server's default engine settings."""
+
+
+class VersionList(BaseModel):
+    data: list[VersionPublic]
+
+
+class VersionCreated(VersionPublic):
+    created: bool
+    """False when an identical version existed: it was tagged, nothing was added."""
+    new_bytes: int
+
+
+class FileEntry(BaseModel):
+    filename: str
+    digest: str
+
+
+class NewVersion(BaseModel):
+    files: list[FileEntry] = Field(min_length=1)
+    tag: str | None = None
+    label: str | None = Field(None, max_length=500)
+    derived_from: str | None = None
+    relation: str | None = None
+    creator: str | None = Field(None, max_length=200)
+
+
+class BlobStored(BaseModel):
+    digest: str
+    size: int
+    new: bool
+
+
+class Lineage(BaseModel):
+    version: VersionPublic
+    ancestors: list[VersionPublic]
+    """Nearest first: the version this one was derived from, then its parent, …"""
+    descendants: list[VersionPublic]
+
+
+class GcResult(BaseModel):
+    blobs: int
+    bytes: int
+    parts: int
+    folders: int
+
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorResponse, "description": "an invalid name, reference or file"},
+    404: {"model": ErrorResponse, "description": "no such version, tag or blob"}}
+
+
+def public(version: ModelVersion) -> VersionPublic:
+    return VersionPublic(
+        ref=version.ref, name=version.name, version=version.version, project=version.project,
+        tags=list(version.tags), label=version.label, created_at=version.created_at,
+        creator=version.creator, derived_from=version.derived_from, relation=version.relation,
+        size=version.size, blobs=[BlobPublic(**b.to_dict()) for b in version.blobs],
+        metadata=version.metadata, config=version.config, estimate=version.estimate)
+
+
+def _registry(state: Any) -> LocalRegistry:
+    registry: LocalRegistry = state.registry
+    return registry
+
+
+# versions ------------------------------------------------------------------------------
+
+@router.get("/api/models", response_model=VersionList, responses=_ERRORS)
+async def list_models(state: StateDep, project: ProjectQuery = "default") -> VersionList:
+    """Every version of every repository in the project, by name then version."""
+    versions = await asyncio.to_thread(_registry(state).list, project=project)
+    return VersionList(data=[public(v) for v in versions])
+
+
+@router.post("/api/models/{name:path}/versions", response_model=VersionCreated,
+             status_code=201, responses=_ERRORS)
+async def create_version(name: str, body: NewVersion, state: StateDep,
+                         project: ProjectQuery = "default") -> VersionCreated:
+    """A new version of ``name`` made of blobs already uploaded (``POST /api/blobs``)."""
+    imported = await asyncio.to_thread(
+        _registry(state).create_version, name, [(f.filename, f.digest) for f in body.files],
+        tag=body.tag, project=project, label=body.label, derived_from=body.derived_from,
+        relation=body.relation, creator=body.creator)
+    return VersionCreated(**public(imported.version).model_dump(), created=imported.created,
+                          new_bytes=imported.new_bytes)
+
+
+@router.get("/api/models/{ref:path}/lineage", response_model=Lineage, responses=_ERRORS)
+async def lineage(ref: str, state: StateDep, project: ProjectQuery = "default") -> Lineage:
+    """Where a version came from (``derived_from``, followed up) and what was made from it."""
+    registry = _registry(state)
+    version = await asyncio.to_thread(registry.get, ref, project=project)
+    ancestors, descendants = await asyncio.to_thread(registry.lineage, ref, project=project)
+    return Lineage(version=public(version), ancestors=[public(v) for v in ancestors],
+                   descendants=[public(v) for v in descendants])
+
+
+@router.put("/api/models/{ref:path}/tags/{tag}", response_model=VersionPublic,
+            responses=_ERRORS)
+async def tag_version(ref: str, tag: str, state: StateDep,
+                      project: ProjectQuery = "default") -> VersionPublic:
+    """Point ``tag`` at the version ``ref`` names; a tag elsewhere in the repository moves."""
+    version = await asyncio.to_thread(_registry(state).tag, ref, tag, project=project)
+    return public(version)
+
+
+@router.delete("/api/models/{name:path}/tags/{tag}", response_model=VersionPublic,
+               responses=_ERRORS)
+async def untag_version(name: str, tag: str, state: StateDep,
+                        project: ProjectQuery = "default") -> VersionPublic:
+    """Remove a tag; the version it named stays."""
+    version = await asyncio.to_thread(_registry(state).untag, f"{name}:{tag}",
+                                      project=project)
+    return public(version)
+
+
+@router.get("/api/models/{ref:path}", response_model=VersionPublic, responses=_ERRORS)
+async def show_model(ref: str, state: StateDep,
+                     project: ProjectQuery = "default") -> VersionPublic:
+    """One version: ``name`` (its ``latest``), ``name:tag``, ``name@3`` or ``name@sha256:…``."""
+    return public(await asyncio.to_thread(_registry(state).get, ref, project=project))
+
+
+@router.delete("/api/models/{ref:path}", response_model=VersionPublic, responses={
+    **_ERRORS, 409: {"model": ErrorResponse, "description": "a deployment uses the version"}})
+async def delete_version(ref: str, state: StateDep,
+                         project: ProjectQuery = "default") -> VersionPublic:
+    """Delete one version and its tags; its blobs go at the next ``gc`` if unshared."""
+    registry = _registry(state)
+    version = await asyncio.to_thread(registry.get, ref, project=project)
+    for deployment in await state.catalog.deployments(project, fresh=True):
+        try:
+            used = await asyncio.to_thread(registry.get, deployment.model_ref, project=project)
+        except LLMOSError:
+            continue
+        if used.ref == version.ref:
+            raise Conflict(f"{version.ref} is in use by deployment {deployment.name!r} "
+                           f"(model {deployment.model_ref}); point the deployment at another "
+                           "version or delete it first")
+    return public(await asyncio.to_thread(registry.delete, version.ref, project=project))
+
+
+# blobs ---------------------------------------------------------------------------------
+
+_STOP = object()
+
+
+@router.post("/api/blobs", response_model=BlobStored, status_code=201, responses={
+    **_ERRORS, 507: {"model": ErrorResponse, "description": "the store is out of disk space"}},
+    openapi_extra={"requestBody": {"required": True, "content": {
+        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}})
+async def upload_blob(request: Request, state: StateDep,
+                      filename: Annotated[str | None, Query(
+                          description="the file's name: a *.gguf has its header checked")
+                      ] = None,
+                      digest: Annotated[str | None, Query(
+                          description="sha256:<hex> the content must hash to")] = None,
+                      ) -> BlobStored:
+    """Store the request body as a blob, hashing it as it is written (one pass)."""
+    chunks: queue.Queue[Any] = queue.Queue(maxsize=64)
+
+    def body() -> Iterator[bytes]:
+        while True:
+            item = chunks.get()
+            if item is _STOP:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    writer = asyncio.create_task(asyncio.to_thread(
+        _registry(state).put_blob, body(), filename=filename, expected=digest))
+    try:
+        async for chunk in _rechunk(request.stream()):
+            if writer.done():
+                break  # the writer refused (disk full, bad header): its error says why
+            await _put(chunks, chunk, writer)
+        await _put(chunks, _STOP, writer)
+    except BaseException as exc:  # the client went away: drop what was written
+        await _put(chunks, RegistryError("the upload was cut off"), writer)
+        with contextlib.suppress(BaseException):
+            await writer
+        raise exc
+    stored: Stored = await writer
+    return BlobStored(digest=stored.digest, size=stored.size, new=stored.new)
+
+
+async def _rechunk(stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """The body in pieces of about CHUNK bytes: fewer hand-offs to the writer thread."""
+    pending = bytearray()
+    async for piece in stream:
+        pending += piece
+        if len(pending) >= CHUNK:
+            yield bytes(pending)
+            pending.clear()
+    if pending:
+        yield bytes(pending)
+
+
+async def _put(chunks: queue.Queue[Any], item: Any, writer: asyncio.Task[Any]) -> None:
+    while not writer.done():
+        try:
+            chunks.put_nowait(item)
+            return
+        except queue.Full:
+            await asyncio.sleep(0.005)
+
+
+@router.head("/api/blobs/{digest:path}", responses=_ERRORS)
+async def blob_exists(digest: str, state: StateDep) -> Response:
+    """200 with the size when the store has the blob: an upload of it can be skipped."""
+    path = await asyncio.to_thread(_registry(state).blob_path, digest)
+    return Response(headers={"content-length": str(path.stat().st_size),
+                             "accept-ranges": "bytes"})
+
+
+@router.get("/api/blobs/{digest:path}", response_class=FileResponse, responses={
+    **_ERRORS, 200: {"content": {"application/octet-stream": {}},
+                     "description": "the content; a Range header gets 206 and that part"}})
+async def download_blob(digest: str, state: StateDep) -> FileResponse:
+    """A blob's content, whole or by ``Range``; checked against its digest first."""
+    registry = _registry(state)
+    path = await asyncio.to_thread(registry.blob_path, digest)
+    stat = path.stat()
+    key = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+    if state.verified_blobs.get(digest) != key:
+        actual = await asyncio.to_thread(hash_file, path)
+        if actual != digest:
+            raise BlobCorrupt(f"blob {digest} is corrupt on this server (its content hashes "
+                                f"to {actual}); it is not served. Run `llmos models verify`")
+        state.verified_blobs[digest] = key
+    return FileResponse(path, media_type="application/octet-stream",
+                        headers={"docker-content-digest": digest})
+
+
+# upkeep --------------------------------------------------------------------------------
+
+@router.post("/api/registry/gc", response_model=GcResult, tags=["models"])
+async def collect_garbage(state: StateDep, grace_s: Annotated[float, Query(
+        ge=0, description="keep unnamed blobs younger than this (uploads in progress)")
+        ] = 3600.0) -> GcResult:
+    """Remove blobs no version names, stale ``*.part`` files and orphaned file folders."""
+    report = await asyncio.to_thread(_registry(state).gc, grace_s=grace_s)
+    return GcResult(blobs=report.blobs, bytes=report.bytes, parts=report.parts,
+                    folders=report.folders)
+
+
+@router.post("/api/registry/verify", responses={**_ERRORS, 200: {
+    "content": {"application/x-ndjson": {}},
+    "description": 'lines of {"checked", "total"} bytes, then {"problems": [...]}'}})
+async def verify(state: StateDep, ref: Annotated[str | None, Query(
+        description="one version (default: every version in the store)")] = None,
+                 project: ProjectQuery = "default") -> StreamingResponse:
+    """Re-hash blobs against their digests; the answer streams progress, then problems."""
+    registry = _registry(state)
+    total = await asyncio.to_thread(registry.verify_bytes, ref, project=project)
+    lines: asyncio.Queue[str] = asyncio.Queue()
+    loop = asyncio.get_running_loop()
+    checked = 0
+
+    def progress(n: int) -> None:
+        nonlocal checked
+        checked += n
+        line = json.dumps({"checked": checked, "total": total}) + "\n"
+        loop.call_soon_threadsafe(lines.put_nowait, line)
+
+    async def run() -> None:
+        try:
+            problems = await asyncio.to_thread(registry.verify, ref, project=project,
+                                               progress=progress)
+            await lines.put(json.dumps({"problems": [
+                {"ref": p.ref, "digest": p.digest, "problem": p.problem}
+                for p in problems]}) + "\n")
+        except LLMOSError as exc:
+            await lines.put(json.dumps({"error": exc.message}) + "\n")
+
+    async def stream() -> AsyncIterator[str]:
+        task = asyncio.create_task(run())
+        try:
+            while True:
+                line = await lines.get()
+                yield line
+                if not line.startswith('{"checked"'):
+                    return
+        finally:
+            task.cancel()
+
+    return StreamingResponse(stream(), media_type="application/x-ndjson")
+

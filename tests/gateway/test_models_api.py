@@ -1,0 +1,189 @@
+"""The registry's HTTP API, through the real app (ASGI), on a real store on disk."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+import pytest_asyncio
+
+from llmos.bus.memory import MemoryBus
+from llmos.gateway import create_app
+from llmos.registry import LocalRegistry
+from llmos.settings import Settings
+from llmos.store import Store
+from tests.registry.test_gguf import make_gguf
+
+
+class Api:
+    def __init__(self, client: httpx.AsyncClient, registry: LocalRegistry, store: Store) -> None:
+        self.client = client
+        self.registry = registry
+        self.store = store
+
+    async def upload(self, content: bytes, filename: str = "model.gguf") -> str:
+        response = await self.client.post("/api/blobs", params={"filename": filename},
+                                          content=content)
+        assert response.status_code == 201, response.text
+        digest: str = response.json()["digest"]
+        return digest
+
+    async def push(self, name: str, content: bytes, **fields: object) -> dict[str, object]:
+        digest = await self.upload(content)
+        response = await self.client.post(
+            f"/api/models/{name}/versions",
+            json={"files": [{"filename": "model.gguf", "digest": digest}], **fields})
+        assert response.status_code == 201, response.text
+        body: dict[str, object] = response.json()
+        return body
+
+
+@pytest_asyncio.fixture
+async def api(tmp_path: Path) -> AsyncIterator[Api]:
+    settings = Settings(home=tmp_path)
+    store = Store(settings.db_url)
+    store.migrate()
+    bus = MemoryBus()
+    await bus.connect()
+    registry = LocalRegistry(tmp_path / "models")
+    app = create_app(settings, bus, store, registry)
+    async with app.router.lifespan_context(app), httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://llmos") as client:
+        yield Api(client, registry, store)
+    await bus.close()
+    store.close()
+
+
+def error_of(response: httpx.Response) -> dict[str, str]:
+    body: dict[str, dict[str, str]] = response.json()
+    return body["error"]
+
+
+@pytest.mark.asyncio
+async def test_push_list_show_tag_and_lineage(api: Api) -> None:
+    first = await api.push("acme/tiny", make_gguf() + b"1", label="base", creator="ana")
+    assert first["ref"] == "acme/tiny@1" and first["created"] is True
+    assert first["metadata"]["architecture"] == "gemma3"  # type: ignore[index]
+    again = await api.push("acme/tiny", make_gguf() + b"1")
+    assert again["created"] is False and again["new_bytes"] == 0
+    second = await api.push("acme/tiny", make_gguf() + b"2", derived_from="acme/tiny@1",
+                            relation="fine-tune", tag="staging")
+    assert second["ref"] == "acme/tiny@2"
+    listed = (await api.client.get("/api/models")).json()["data"]
+    assert [v["ref"] for v in listed] == ["acme/tiny@1", "acme/tiny@2"]
+    for ref in ("acme/tiny", "acme/tiny:latest", "acme/tiny@1",
+                f"acme/tiny@{first['blobs'][0]['digest']}"):  # type: ignore[index]
+        shown = await api.client.get(f"/api/models/{ref}")
+        assert shown.status_code == 200 and shown.json()["version"] == 1, ref
+    tagged = await api.client.put("/api/models/acme/tiny@2/tags/prod")
+    assert tagged.json()["tags"] == ["prod", "staging"]
+    untagged = await api.client.delete("/api/models/acme/tiny/tags/staging")
+    assert untagged.json()["tags"] == ["prod"]
+    lineage = (await api.client.get("/api/models/acme/tiny:prod/lineage")).json()
+    assert [v["ref"] for v in lineage["ancestors"]] == ["acme/tiny@1"]
+    lineage = (await api.client.get("/api/models/acme/tiny@1/lineage")).json()
+    assert [v["ref"] for v in lineage["descendants"]] == ["acme/tiny@2"]
+    missing = await api.client.get("/api/models/acme/tiny:nope")
+    assert missing.status_code == 404 and error_of(missing)["code"] == "not_found"
+
+
+@pytest.mark.asyncio
+async def test_blob_download_by_range_and_existence(api: Api) -> None:
+    content = make_gguf() + b"tail"
+    digest = await api.upload(content)
+    head = await api.client.head(f"/api/blobs/{digest}")
+    assert head.status_code == 200 and int(head.headers["content-length"]) == len(content)
+    assert (await api.client.head(f"/api/blobs/sha256:{'0' * 64}")).status_code == 404
+    whole = await api.client.get(f"/api/blobs/{digest}")
+    assert whole.content == content
+    part = await api.client.get(f"/api/blobs/{digest}", headers={"range": "bytes=0-3"})
+    assert part.status_code == 206 and part.content == b"GGUF"
+    end = await api.client.get(f"/api/blobs/{digest}", headers={"range": "bytes=-4"})
+    assert end.content == b"tail"
+    # A flipped byte on disk: the blob is refused, not served.
+    path = api.registry.blob_path(digest)
+    path.write_bytes(content[:-1] + b"X")
+    corrupt = await api.client.get(f"/api/blobs/{digest}")
+    assert corrupt.status_code == 500 and error_of(corrupt)["code"] == "blob_corrupt"
+
+
+@pytest.mark.asyncio
+async def test_bad_uploads_keep_nothing(api: Api) -> None:
+    bad = await api.client.post("/api/blobs", params={"filename": "w.gguf"},
+                                content=make_gguf()[:300])
+    assert bad.status_code == 400 and error_of(bad)["code"] == "invalid_gguf"
+    wrong = await api.client.post("/api/blobs", params={"digest": f"sha256:{'1' * 64}"},
+                                  content=b"some bytes")
+    assert wrong.status_code == 400 and error_of(wrong)["code"] == "digest_mismatch"
+    assert api.registry.blobs.digests() == []
+    assert not list(api.registry.root.glob("**/*.part"))
+    unknown = await api.client.post("/api/models/m/versions", json={
+        "files": [{"filename": "w.gguf", "digest": f"sha256:{'2' * 64}"}]})
+    assert unknown.status_code == 400 and "upload it first" in error_of(unknown)["message"]
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("path", [
+    "/api/models/..%2F..%2Fetc%2Fpasswd", "/api/models/%2e%2e/x", "/api/models/a/%2e%2e/b",
+    "/api/models/UPPER", "/api/models/m@sha256:..%2F..%2Fetc", "/api/models/m:%2e%2e",
+    "/api/blobs/sha256:..%2F..%2Fetc%2Fpasswd", "/api/blobs/..%2Fx", "/api/blobs/%2Fetc%2Fpasswd"])
+async def test_traversal_is_refused(api: Api, path: str) -> None:
+    response = await api.client.get(path)
+    assert response.status_code == 400, (path, response.text)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("params", [
+    {"filename": "../../evil.gguf"}, {"filename": "/etc/passwd"},
+    {"filename": "%2e%2e%2fx"}, {"digest": "sha256:../../x"}])
+async def test_bad_upload_parameters_write_nothing(api: Api, tmp_path: Path,
+                                                   params: dict[str, str]) -> None:
+    response = await api.client.post("/api/blobs", params=params, content=b"x")
+    assert response.status_code == 400
+    assert api.registry.blobs.digests() == []
+    assert not (tmp_path / "evil.gguf").exists()
+    created = await api.client.post("/api/models/..%2Fescape/versions", json={
+        "files": [{"filename": "a.gguf", "digest": f"sha256:{'0' * 64}"}]})
+    assert created.status_code == 400
+    assert not (tmp_path / "escape").exists()
+
+
+@pytest.mark.asyncio
+async def test_a_version_in_use_is_not_deleted(api: Api) -> None:
+    await api.push("m", make_gguf() + b"1")
+    await api.push("m", make_gguf() + b"2")
+    api.store.upsert_deployment("chat", "m@1")
+    refused = await api.client.delete("/api/models/m@1")
+    assert refused.status_code == 409
+    assert "deployment 'chat'" in error_of(refused)["message"]
+    deleted = await api.client.delete("/api/models/m@2")
+    assert deleted.status_code == 200 and deleted.json()["ref"] == "m@2"
+    assert (await api.client.get("/api/models/m@2")).status_code == 404
+    report = (await api.client.post("/api/registry/gc", params={"grace_s": 0})).json()
+    assert report["blobs"] == 1
+
+
+@pytest.mark.asyncio
+async def test_verify_streams_progress_then_problems(api: Api) -> None:
+    pushed = await api.push("m", make_gguf())
+    response = await api.client.post("/api/registry/verify")
+    lines = [json.loads(line) for line in response.text.splitlines()]
+    assert lines[-1] == {"problems": []}
+    assert lines[-2]["checked"] == lines[-2]["total"] == pushed["size"]
+    digest = pushed["blobs"][0]["digest"]  # type: ignore[index]
+    path = api.registry.blob_path(digest)
+    path.write_bytes(b"Z" + path.read_bytes()[1:])
+    response = await api.client.post("/api/registry/verify", params={"ref": "m@1"})
+    problems = json.loads(response.text.splitlines()[-1])["problems"]
+    assert len(problems) == 1 and "corrupt" in problems[0]["problem"]
+
+
+@pytest.mark.asyncio
+async def test_openapi_lists_the_registry_api(api: Api) -> None:
+    paths = (await api.client.get("/openapi.json")).json()["paths"]
+    assert {"/api/models", "/api/models/{ref}", "/api/models/{name}/versions",
+            "/api/blobs", "/api/blobs/{digest}", "/api/registry/gc"} <= set(paths)
+    assert "application/octet-stream" in paths["/api/blobs"]["post"]["requestBody"]["content"]
