@@ -29,6 +29,14 @@ class DigestMismatch(BadRequest):
     code = "digest_mismatch"
 
 
+class BlobCorrupt(LLMOSError):
+    """A stored blob no longer hashes to its digest: it is not served."""
+
+    status = 500
+    type = "server_error"
+    code = "blob_corrupt"
+
+
 @dataclass(frozen=True)
 class Stored:
     digest: str
