@@ -88,3 +88,16 @@ def test_models_commands_without_a_server(tmp_path: Path) -> None:
 
     result = llmos("models", "ls", "--url", f"http://127.0.0.1:{free_port()}")
     assert result.returncode == 2 and "No LLMOS server answers" in result.stderr
+
+
+def test_import_into_a_home_without_a_server(tmp_path: Path) -> None:
+    from llmos.registry import LocalRegistry
+
+    source = tmp_path / "w.gguf"
+    source.write_bytes(make_gguf())
+    result = llmos("models", "import", str(source), "--name", "local/w", "--tag", "prod",
+                   "--home", str(tmp_path / "home"))
+    assert result.returncode == 0, result.stderr
+    assert "imported local/w@1" in result.stdout
+    version = LocalRegistry(tmp_path / "home" / "models").get("local/w:prod")
+    assert version.tags == ("latest", "prod") and version.creator

@@ -128,12 +128,20 @@ def import_model(
     relation: Annotated[str | None, typer.Option(
         help="quantization, fine-tune, adapter or derived (default: a guess)")] = None,
     project: ProjectOption = "default", url: UrlOption = None,
+    home: Annotated[Path | None, typer.Option(
+        help="import into the store of this LLMOS home directly, with no server (a worker "
+             "node's $LLMOS_HOME)")] = None,
 ) -> None:
     """Upload files to the server's registry as a new version of NAME."""
-    base = server_url(url)
     files = _files(path)
     _check_locally(files)
     started = time.monotonic()
+    if home is not None:
+        version = _import_here(home, path, files, name=name, tag=tag, label=label,
+                               derived_from=derived_from, relation=relation, project=project)
+        _report(version, time.monotonic() - started)
+        return
+    base = server_url(url)
     try:
         with httpx.Client(base_url=base, timeout=httpx.Timeout(600, connect=5)) as client, \
                 _progress() as progress:
@@ -147,8 +155,30 @@ def import_model(
         raise no_server(base) from None
     if response.status_code >= 400:
         raise api_error(response)
-    version = response.json()
-    took = time.monotonic() - started
+    _report(response.json(), time.monotonic() - started)
+
+
+def _import_here(home: Path, path: Path, files: list[Path], *, project: str,
+                 **fields: Any) -> dict[str, Any]:
+    from llmos.errors import LLMOSError
+    from llmos.registry import LocalRegistry
+
+    registry = LocalRegistry(home / "models")
+    try:
+        with _progress() as progress:
+            task = progress.add_task(path.name, total=sum(f.stat().st_size for f in files))
+            imported = registry.import_path(path, project=project, creator=getpass.getuser(),
+                                            progress=lambda n: progress.advance(task, n),
+                                            **fields)
+    except LLMOSError as exc:
+        err.print(f"[red]error:[/red] {exc.message}")
+        raise typer.Exit(code=2) from None
+    version = imported.version
+    return {"ref": version.ref, "size": version.size, "tags": list(version.tags),
+            "created": imported.created, "new_bytes": imported.new_bytes}
+
+
+def _report(version: dict[str, Any], took: float) -> None:
     if version["created"]:
         out.print(f"imported [bold]{version['ref']}[/bold] ({human_size(version['size'])}, "
                   f"{human_size(version['new_bytes'])} new) in {took:.1f}s; tags: "
