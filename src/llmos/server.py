@@ -42,8 +42,7 @@ async def serve(settings: Settings) -> None:
     from llmos.controller import Controller
     from llmos.gateway import create_app
     from llmos.observability.logs import configure_logging
-    from llmos.registry import LocalRegistry
-    from llmos.registry.defaults import DEFAULT_MODEL_NAME, ensure_default_model
+    from llmos.registry.defaults import DEFAULT_MODEL_NAME, ensure_default_model, open_registry
     from llmos.store import Store
 
     check_bind(settings)
@@ -52,7 +51,7 @@ async def serve(settings: Settings) -> None:
                       log_dir=settings.logs_dir)
     store = Store(settings.db_url)
     await asyncio.to_thread(store.migrate)
-    registry = LocalRegistry(settings.models_dir)
+    registry = open_registry(settings)
     bus = open_bus(settings.bus_url)
     await bus.connect()
     agent = LocalAgent(bus, registry, settings.engine)
@@ -94,15 +93,15 @@ async def run_worker(settings: Settings, model: str, deployment: str | None = No
     from llmos.engines import load_engine
     from llmos.observability.logs import configure_logging
     from llmos.observability.telemetry import BusLogHandler, TelemetryPublisher
-    from llmos.registry import LocalRegistry, parse_ref
-    from llmos.registry.defaults import DEFAULT_MODEL_NAME, ensure_default_model
+    from llmos.registry import parse_ref
+    from llmos.registry.defaults import DEFAULT_MODEL_NAME, ensure_default_model, open_registry
     from llmos.worker import Worker
 
     configure_logging(settings.log_level, json_logs=settings.log_json)
     ref = parse_ref(model)
     bus = open_bus(settings.bus_url)  # first, so a wrong URL fails before any slow work
     await bus.connect()
-    registry = LocalRegistry(settings.models_dir)
+    registry = open_registry(settings)
     if ref.name == DEFAULT_MODEL_NAME:
         await asyncio.to_thread(ensure_default_model, registry)
     version = registry.get(ref)

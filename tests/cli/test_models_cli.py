@@ -58,6 +58,17 @@ def test_the_model_lifecycle(llmos_server: RunningServer, tmp_path: Path) -> Non
     assert llmos("models", "rm", "acme/tiny@1", *url).returncode == 0
 
 
+def test_show_gives_the_default_model_its_estimate(llmos_server: RunningServer) -> None:
+    url = ["--url", llmos_server.url]
+    data = json.loads(llmos("models", "show", "gemma-3-270m", "--json", *url).stdout)
+    version = data["version"]
+    assert version["metadata"]["swa_layers"] == 15
+    assert version["estimate"]["weights_bytes"] > 200 * 2**20
+    human = llmos("models", "show", "gemma-3-270m", "--slots", "2", "--ctx-size", "2048", *url)
+    assert human.returncode == 0, human.stderr
+    assert "memory of one replica (slots=2, ctx_size=2048" in human.stdout
+
+
 def test_the_default_model_cannot_be_deleted_while_deployed(
         llmos_server: RunningServer) -> None:
     refused = llmos("models", "rm", "gemma-3-270m", "--url", llmos_server.url)

@@ -15,7 +15,7 @@ from llmos.gateway import create_app
 from llmos.registry import LocalRegistry
 from llmos.settings import Settings
 from llmos.store import Store
-from tests.registry.test_gguf import make_gguf
+from tests.registry.test_gguf import make_gguf, uint32_entry
 
 
 class Api:
@@ -187,3 +187,24 @@ async def test_openapi_lists_the_registry_api(api: Api) -> None:
     assert {"/api/models", "/api/models/{ref}", "/api/models/{name}/versions",
             "/api/blobs", "/api/blobs/{digest}", "/api/registry/gc"} <= set(paths)
     assert "application/octet-stream" in paths["/api/blobs"]["post"]["requestBody"]["content"]
+
+
+@pytest.mark.asyncio
+async def test_an_estimate_for_other_settings(api: Api) -> None:
+    layout = tuple(uint32_entry(f"gemma3.{key}", value) for key, value in (
+        ("block_count", 6), ("embedding_length", 256), ("attention.head_count", 4),
+        ("attention.head_count_kv", 1), ("attention.key_length", 64),
+        ("attention.value_length", 64)))
+    await api.push("m", make_gguf(extra=layout))
+    small = (await api.client.get("/api/models/m/estimate",
+                                  params={"slots": 1, "ctx_size": 1024})).json()
+    large = (await api.client.get("/api/models/m/estimate",
+                                  params={"slots": 8, "ctx_size": 8192})).json()
+    assert small["ref"] == "m@1" and (small["slots"], small["ctx_size"]) == (1, 1024)
+    assert large["loaded_bytes"] > small["loaded_bytes"]
+    quantized = (await api.client.get("/api/models/m/estimate",
+                                      params={"slots": 8, "ctx_size": 8192, "kv_type": "q8_0"}
+                                      )).json()
+    assert quantized["kv_cache_bytes"] < large["kv_cache_bytes"]
+    bad = await api.client.get("/api/models/m/estimate", params={"kv_type": "f99"})
+    assert bad.status_code == 400 and "f99" in error_of(bad)["message"]

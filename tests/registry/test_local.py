@@ -325,3 +325,18 @@ def test_a_full_disk_is_a_clean_error(tmp_path: Path) -> None:
             registry.put_blob(iter([big.read_bytes()]), filename="big.gguf")
         assert store_files(registry) == before
         assert registry.verify() == []
+
+
+def test_a_new_version_gets_a_resource_estimate(tmp_path: Path) -> None:
+    from llmos.registry.estimate import estimator
+
+    registry = LocalRegistry(tmp_path / "store", estimator=estimator(slots=4, ctx_size=1024))
+    version = registry.import_path(weights(tmp_path), "m").version
+    assert version.estimate is not None
+    assert (version.estimate["slots"], version.estimate["ctx_size"]) == (4, 1024)
+    assert version.estimate["loaded_bytes"] >= version.estimate["weights_bytes"] > 0
+    assert registry.get("m@1").estimate == version.estimate  # kept in the manifest
+    adapter = registry.import_path(
+        weights(tmp_path, extra=(string_entry("general.type", "adapter"),), name="a.gguf"),
+        "m-adapter", derived_from="m@1").version
+    assert adapter.estimate is None  # an adapter alone is not a replica

@@ -161,9 +161,10 @@ def import_model(
 def _import_here(home: Path, path: Path, files: list[Path], *, project: str,
                  **fields: Any) -> dict[str, Any]:
     from llmos.errors import LLMOSError
-    from llmos.registry import LocalRegistry
+    from llmos.registry.defaults import open_registry
+    from llmos.settings import Settings
 
-    registry = LocalRegistry(home / "models")
+    registry = open_registry(Settings(home=home))
     try:
         with _progress() as progress:
             task = progress.add_task(path.name, total=sum(f.stat().st_size for f in files))
@@ -212,12 +213,23 @@ def list_models(project: ProjectOption = "default", url: UrlOption = None) -> No
 def show_model(ref: Annotated[str, typer.Argument(help="name, name:tag, name@N, name@sha256:…")],
                project: ProjectOption = "default", url: UrlOption = None,
                as_json: Annotated[bool, typer.Option("--json", help="raw JSON")] = False,
+               slots: Annotated[int | None, typer.Option(
+                   help="estimate memory for this many slots")] = None,
+               ctx_size: Annotated[int | None, typer.Option(
+                   help="… and this total context")] = None,
+               kv_type: Annotated[str | None, typer.Option(
+                   help="… and this KV cache type (f16, q8_0, q4_0)")] = None,
                ) -> None:
     """One version: files, metadata, resource estimate and lineage."""
     base = server_url(url)
     lineage = call_api("GET", base, f"/api/models/{_path(ref)}/lineage",
                        params={"project": project})
     v = lineage["version"]
+    asked = {k: x for k, x in (("slots", slots), ("ctx_size", ctx_size),
+                               ("kv_type", kv_type)) if x is not None}
+    if asked:
+        v["estimate"] = call_api("GET", base, f"/api/models/{_path(v['ref'])}/estimate",
+                                 params={"project": project, **asked})
     if as_json:
         out.print_json(json.dumps(lineage))
         return
@@ -238,12 +250,16 @@ def show_model(ref: Annotated[str, typer.Argument(help="name, name:tag, name@N, 
         out.print(meta)
     estimate = v.get("estimate")
     if estimate:
-        table = Table("PART", "BYTES", title="resource estimate (" + ", ".join(
+        table = Table("PART", "SIZE", title="memory of one replica (" + ", ".join(
             f"{k}={estimate[k]}" for k in ("slots", "ctx_size", "kv_type") if k in estimate)
             + ")")
+        notes = {"loaded": "what to find room for", "prompt_cache": "grows with use, to",
+                 "total": "loaded + a full prompt cache"}
         for key, value in estimate.items():
             if key.endswith("_bytes"):
-                table.add_row(key.removesuffix("_bytes"), human_size(value))
+                part = key.removesuffix("_bytes")
+                label = f"{part} ({notes[part]})" if part in notes else part
+                table.add_row(label, human_size(value))
         out.print(table)
     for title, key in (("ancestors", "ancestors"), ("descendants", "descendants")):
         if lineage[key]:

@@ -9,10 +9,21 @@ import uuid
 from llmos.errors import NotFound, RegistryError
 from llmos.registry.local import LocalRegistry
 from llmos.registry.manifest import ModelVersion
+from llmos.settings import Settings
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL_NAME = "gemma-3-270m"
+
+
+def open_registry(settings: Settings) -> LocalRegistry:
+    """This node's model store; new versions get an estimate under its engine defaults."""
+    from llmos.registry.estimate import estimator
+
+    engine = settings.engine
+    return LocalRegistry(settings.models_dir, estimator=estimator(
+        slots=engine.slots, ctx_size=engine.ctx_size, kv_unified=engine.kv_unified,
+        cache_ram_mib=engine.cache_ram_mib))
 
 
 def ensure_default_model(registry: LocalRegistry, name: str = DEFAULT_MODEL_NAME,

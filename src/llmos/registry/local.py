@@ -52,8 +52,8 @@ from llmos.registry.metadata import (
 )
 from llmos.registry.refs import ModelRef, check_name, check_tag, parse_ref
 
-Estimator = Callable[[dict[str, Any], int], dict[str, Any] | None]
-"""(metadata, weight bytes) -> the resource estimate stored with a new version."""
+Estimator = Callable[[GGUFInfo, int], dict[str, Any]]
+"""(the weights' header, their bytes) -> the resource estimate stored with a new version."""
 
 DEFAULT_PROJECT = "default"
 _PROJECT_RULE = "a project name is lowercase letters, digits, '-' and '_'"
@@ -251,9 +251,10 @@ class LocalRegistry:
                     self._set_tag(project, name, tag or "latest", existing.version)
                     return Imported(self.get(existing.ref, project=project), False, new_bytes)
             numbers = self._numbers(project, name)
-            weight_bytes = sum(f.stored.size for f in main)
-            estimate = (self.estimator(metadata, weight_bytes)
-                        if self.estimator is not None and metadata else None)
+            estimate = None
+            if self.estimator is not None and weights:
+                estimate = self.estimator(_combined([f.info for f in weights if f.info]),
+                                          sum(f.stored.size for f in weights))
             version = ModelVersion(
                 name=name, version=max(numbers, default=0) + 1, project=project,
                 created_at=time.time(), blobs=blobs, label=label,
@@ -443,6 +444,15 @@ class LocalRegistry:
             raise RegistryError(f"model {version.ref} has no GGUF weights")
         return folder / ggufs[0]
 
+    def weights_info(self, version: ModelVersion) -> tuple[GGUFInfo, int]:
+        """The header of a version's weights (all parts of a split file) and their bytes."""
+        parts = sorted((b for b in version.blobs if b.media_type == GGUF_MEDIA_TYPE),
+                       key=lambda b: b.filename)
+        if not parts:
+            raise BadRequest(f"model {version.ref} has no GGUF weights", param="ref")
+        infos = [check_gguf(self.blob_path(b.digest)) for b in parts]
+        return _combined(infos), sum(b.size for b in parts)
+
     def blob_path(self, digest: str) -> Path:
         path = self.blobs.path(digest)
         if not path.is_file():
@@ -530,6 +540,12 @@ class LocalRegistry:
     def _files_path(self, version: ModelVersion) -> Path:
         return (self.root / "files" / version.project / version.name / "_versions"
                 / str(version.version))
+
+
+def _combined(parts: list[GGUFInfo]) -> GGUFInfo:
+    """One header for a split file: the first part's metadata, every part's tensors."""
+    return GGUFInfo(version=parts[0].version, metadata=parts[0].metadata,
+                    tensors=[t for p in parts for t in p.tensors])
 
 
 def _relation(metadata: dict[str, Any], parent: ModelVersion, adapter_only: bool) -> str:

@@ -21,7 +21,7 @@ SPLIT_RE = re.compile(r"^(?P<stem>.+)-(?P<index>\d{5})-of-(?P<count>\d{5})\.gguf
 _TOKENIZER_FILES = {"tokenizer.json", "tokenizer.model", "tokenizer_config.json",
                     "special_tokens_map.json", "vocab.json", "merges.txt"}
 
-SWA_PATTERNS = {"gemma3": 6, "gemma3n": 5, "cohere2": 4, "llama4": 4}
+SWA_PATTERNS = {"gemma2": 2, "gemma3": 6, "cohere2": 4, "gpt-oss": 2}
 """Every Nth layer attends globally, the others through the sliding window, where the
 GGUF does not say (llama.cpp hard-codes these periods per architecture)."""
 
@@ -84,6 +84,7 @@ def describe(parts: list[GGUFInfo]) -> dict[str, Any]:
     pattern = _int(head.arch("attention.sliding_window_pattern"))
     if window and pattern is None and arch is not None:
         pattern = SWA_PATTERNS.get(arch)
+    layout = swa_layout(head, blocks or 0)
     tokens = head.get("tokenizer.ggml.tokens")
     vocab = tokens.length if isinstance(tokens, ArraySummary) else (
         len(tokens) if isinstance(tokens, list) else None)
@@ -105,20 +106,25 @@ def describe(parts: list[GGUFInfo]) -> dict[str, Any]:
         "vocab_size": vocab,
         "sliding_window": window,
         "sliding_window_pattern": pattern,
-        "swa_layers": swa_layers(blocks, window, pattern),
+        "swa_layers": sum(layout) if blocks else None,
         "chat_template_sha256": head.chat_template_sha256,
         "license": head.get("general.license"),
     }
     return {k: v for k, v in facts.items() if v is not None}
 
 
-def swa_layers(blocks: int | None, window: int | None, pattern: int | None) -> int | None:
-    """How many layers attend through the sliding window (the rest see the whole context)."""
-    if not blocks or not window:
-        return 0 if blocks else None
-    if not pattern or pattern <= 1:
-        return blocks  # every layer slides
-    return sum(1 for layer in range(blocks) if (layer + 1) % pattern != 0)
+def swa_layout(info: GGUFInfo, n_layer: int) -> list[bool]:
+    """Which layers attend through the sliding window (llama.cpp's ``is_swa``)."""
+    if not info.arch("attention.sliding_window"):
+        return [False] * n_layer
+    pattern = info.arch("attention.sliding_window_pattern")
+    if isinstance(pattern, list) and len(pattern) == n_layer:
+        return [bool(p) for p in pattern]
+    period = _int(pattern) or SWA_PATTERNS.get(info.architecture or "", 0)
+    if period <= 0:
+        return [False] * n_layer
+    # llama.cpp's set_swa_pattern(n): every n-th layer global, the others sliding
+    return [layer % period < period - 1 for layer in range(n_layer)]
 
 
 def _int(value: Any) -> int | None:

@@ -20,7 +20,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
 
-from llmos.errors import Conflict, LLMOSError, RegistryError
+from llmos.errors import BadRequest, Conflict, LLMOSError, RegistryError
 from llmos.gateway.deps import StateDep
 from llmos.gateway.schemas import ErrorResponse
 from llmos.registry import LocalRegistry, ModelVersion
@@ -151,6 +151,39 @@ async def lineage(ref: str, state: StateDep, project: ProjectQuery = "default") 
     ancestors, descendants = await asyncio.to_thread(registry.lineage, ref, project=project)
     return Lineage(version=public(version), ancestors=[public(v) for v in ancestors],
                    descendants=[public(v) for v in descendants])
+
+
+@router.get("/api/models/{ref:path}/estimate", response_model=dict[str, Any],
+            responses=_ERRORS)
+async def estimate(
+    ref: str, state: StateDep, project: ProjectQuery = "default",
+    slots: Annotated[int | None, Query(ge=1, le=256, description="parallel slots")] = None,
+    ctx_size: Annotated[int | None, Query(ge=0, description="total context (0: the "
+                                                            "model's own)")] = None,
+    kv_type: Annotated[str, Query(description="KV cache type: f16, q8_0, q4_0 …")] = "f16",
+    kv_unified: Annotated[bool | None, Query(description="one KV cache for all slots")
+                          ] = None,
+    cache_ram_mib: Annotated[int | None, Query(ge=0, description="prompt cache limit")
+                             ] = None,
+) -> dict[str, Any]:
+    """Memory one replica of the version needs under these engine settings (each one not
+    given is the server's default); bytes of weights, KV cache, compute, runtime, and
+    what the prompt cache can grow to."""
+    from llmos.registry.estimate import estimate_resources
+
+    registry = _registry(state)
+    engine = state.settings.engine
+    version = await asyncio.to_thread(registry.get, ref, project=project)
+    info, weights_bytes = await asyncio.to_thread(registry.weights_info, version)
+    try:
+        result = estimate_resources(
+            info, weights_bytes=weights_bytes, slots=slots or engine.slots,
+            ctx_size=engine.ctx_size if ctx_size is None else ctx_size, kv_type=kv_type,
+            kv_unified=engine.kv_unified if kv_unified is None else kv_unified,
+            cache_ram_mib=engine.cache_ram_mib if cache_ram_mib is None else cache_ram_mib)
+    except ValueError as exc:
+        raise BadRequest(str(exc), param="kv_type") from None
+    return {"ref": version.ref, **result.to_dict()}
 
 
 @router.put("/api/models/{ref:path}/tags/{tag}", response_model=VersionPublic,
