@@ -208,3 +208,32 @@ async def test_an_estimate_for_other_settings(api: Api) -> None:
     assert quantized["kv_cache_bytes"] < large["kv_cache_bytes"]
     bad = await api.client.get("/api/models/m/estimate", params={"kv_type": "f99"})
     assert bad.status_code == 400 and "f99" in error_of(bad)["message"]
+
+
+@pytest.mark.asyncio
+async def test_a_full_disk_is_a_507_and_keeps_nothing(tmp_path: Path) -> None:
+    import os
+
+    from tests.registry.test_local import small_disk
+
+    with small_disk(tmp_path / "disk", "1m") as disk:
+        settings = Settings(home=tmp_path)
+        store = Store(settings.db_url)
+        store.migrate()
+        bus = MemoryBus()
+        await bus.connect()
+        registry = LocalRegistry(disk / "models")
+        app = create_app(settings, bus, store, registry)
+        try:
+            async with app.router.lifespan_context(app), httpx.AsyncClient(
+                    transport=httpx.ASGITransport(app=app), base_url="http://llmos") as client:
+                full = await client.post("/api/blobs", params={"filename": "big.gguf"},
+                                         content=make_gguf() + os.urandom(2 << 20))
+                assert full.status_code == 507
+                assert error_of(full)["code"] == "insufficient_storage"
+                assert "out of disk space" in error_of(full)["message"]
+        finally:
+            await bus.close()
+            store.close()
+        assert registry.blobs.digests() == []
+        assert not list(disk.rglob("*.part"))

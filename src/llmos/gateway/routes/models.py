@@ -248,7 +248,7 @@ async def upload_blob(request: Request, state: StateDep,
                           description="sha256:<hex> the content must hash to")] = None,
                       ) -> BlobStored:
     """Store the request body as a blob, hashing it as it is written (one pass)."""
-    chunks: queue.Queue[Any] = queue.Queue(maxsize=64)
+    chunks: queue.Queue[Any] = queue.Queue(maxsize=4)  # at most 4 x CHUNK in memory
 
     def body() -> Iterator[bytes]:
         while True:
@@ -263,9 +263,10 @@ async def upload_blob(request: Request, state: StateDep,
         _registry(state).put_blob, body(), filename=filename, expected=digest))
     try:
         async for chunk in _rechunk(request.stream()):
-            if writer.done():
-                break  # the writer refused (disk full, bad header): its error says why
-            await _put(chunks, chunk, writer)
+            if not writer.done():
+                await _put(chunks, chunk, writer)
+            # else the writer refused (disk full): read the rest, so that the client
+            # gets the error instead of a connection reset in the middle of its upload
         await _put(chunks, _STOP, writer)
     except BaseException as exc:  # the client went away: drop what was written
         await _put(chunks, RegistryError("the upload was cut off"), writer)
