@@ -13,6 +13,11 @@ $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@# Azurite (npm), the Azure Blob server the storage tests run against
+	@if command -v npm >/dev/null; then \
+	  test -x $(VENV)/azurite/node_modules/.bin/azurite-blob || \
+	  npm install --prefix $(VENV)/azurite --no-audit --no-fund --loglevel=error azurite@3; \
+	else echo "npm not found: the Azure storage tests will be skipped"; fi
 	@touch $(STAMP)
 
 serve: install

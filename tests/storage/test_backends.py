@@ -1,0 +1,117 @@
+"""The storage contract on each backend: memory, a local directory, S3 (SeaweedFS), Azure
+Blob (Azurite). GCS has no emulator here; its code path is obstore's, like the others."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from llmos.errors import ConfigError
+from llmos.storage import ObjectStorage, StorageError, open_storage
+from tests.azurite import ACCOUNT, KEY, Azurite
+from tests.conftest import free_port
+from tests.seaweedfs import SeaweedFS
+from tests.storage.contract import StorageContract
+
+
+@pytest.fixture(scope="module")
+def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
+    server = SeaweedFS(tmp_path_factory.mktemp("seaweedfs"))
+    server.start()
+    server.create_bucket("llmos")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite]:
+    server = Azurite(tmp_path_factory.mktemp("azurite"))
+    server.start()
+    server.create_container("llmos")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_env(monkeypatch: pytest.MonkeyPatch, seaweedfs: SeaweedFS) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", seaweedfs.access_key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", seaweedfs.secret_key)
+
+
+@pytest.fixture
+def azure_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AZURE_STORAGE_ACCOUNT_KEY", KEY)
+
+
+class TestMemory(StorageContract):
+    @pytest.fixture
+    def storage(self) -> ObjectStorage:
+        return open_storage("memory://")
+
+
+class TestLocalDirectory(StorageContract):
+    @pytest.fixture
+    def storage(self, tmp_path: Path) -> ObjectStorage:
+        return open_storage(f"file://{tmp_path}/objects")
+
+
+class TestS3(StorageContract):
+    @pytest.fixture
+    def storage(self, seaweedfs: SeaweedFS, s3_env: None) -> ObjectStorage:
+        return open_storage(f"s3://llmos/{uuid.uuid4().hex}?endpoint={seaweedfs.endpoint}"
+                            f"&region={seaweedfs.region}")
+
+    def test_a_missing_bucket_says_so(self, seaweedfs: SeaweedFS, s3_env: None) -> None:
+        storage = open_storage(f"s3://no-such-bucket/x?endpoint={seaweedfs.endpoint}"
+                               "&region=us-east-1")
+        with pytest.raises(StorageError, match="the bucket does not exist"):
+            storage.get("a")
+
+
+class TestAzure(StorageContract):
+    @pytest.fixture
+    def storage(self, azurite: Azurite, azure_env: None) -> ObjectStorage:
+        return open_storage(f"az://llmos/{uuid.uuid4().hex}?account={ACCOUNT}"
+                            f"&endpoint={azurite.endpoint}")
+
+    def test_a_wrong_key_is_one_line_naming_the_backend_and_the_fix(
+            self, azurite: Azurite, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("AZURE_STORAGE_ACCOUNT_KEY", KEY[:-8] + "AAAAAAA=")
+        storage = open_storage(f"az://llmos/x?account={ACCOUNT}&endpoint={azurite.endpoint}")
+        with pytest.raises(StorageError) as caught:
+            storage.put("a", b"x")
+        message = caught.value.message
+        assert "Azure Blob" in message and "refused the credentials" in message
+        assert "AZURE_STORAGE_ACCOUNT_KEY" in message and "\n" not in message
+
+    def test_a_missing_container_says_so(self, azurite: Azurite, azure_env: None) -> None:
+        storage = open_storage(f"az://nothing-here/x?account={ACCOUNT}"
+                               f"&endpoint={azurite.endpoint}")
+        with pytest.raises(StorageError, match="the container does not exist"):
+            storage.get("a")
+
+
+def test_an_unreachable_endpoint_fails_fast(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "y")
+    storage = open_storage(f"s3://b/p?endpoint=http://127.0.0.1:{free_port()}&region=us-east-1")
+    with pytest.raises(StorageError, match="cannot reach S3"):
+        storage.head("a")
+
+
+@pytest.mark.parametrize(("url", "message"), [
+    ("ftp://x/y", "the scheme is one of"),
+    ("s3://b/p?colour=blue", "unknown option colour"),
+    ("s3:///p", "needs a bucket"),
+    ("file://host/p", "on this machine"),
+])
+def test_bad_urls_are_config_errors(url: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        open_storage(url)
