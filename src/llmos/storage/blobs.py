@@ -19,6 +19,7 @@ never finished.
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import hashlib
 import json
@@ -135,9 +136,10 @@ def pull(storage: ObjectStorage, digest: str, target: Path, *,
          concurrency: int = CONCURRENCY, progress: Progress | None = None) -> int:
     """Download blob ``digest`` to ``target``, verified; the bytes received.
 
-    Parts are fetched ``concurrency`` at a time and checked one by one; the file
-    appears at ``target`` only once the whole digest matches. A previous cut try
-    leaves ``<target>.partial``: parts already in it (by digest) are not fetched again.
+    Parts are fetched ``concurrency`` at a time and each is checked against its
+    digest; the whole is hashed in order as they come, and the file appears at
+    ``target`` only once that matches too. A cut try leaves ``<target>.partial``: the
+    next one fetches only the parts not already in it (by digest).
     """
     record = index(storage, digest)
     if record is None:
@@ -145,34 +147,57 @@ def pull(storage: ObjectStorage, digest: str, target: Path, *,
     prefix = blob_prefix(digest)
     parts = record["parts"]
     part_size = record["part_size"]
-    if not isinstance(parts, list) or not isinstance(part_size, int):
+    size = record["size"]
+    if not isinstance(parts, list) or not isinstance(part_size, int) or not isinstance(
+            size, int):
         raise LLMOSError(f"the index of blob {digest} in {storage.url} is malformed")
     partial = target.with_name(f"{target.name}.partial")
     target.parent.mkdir(parents=True, exist_ok=True)
+    resuming = partial.exists()
     fd = os.open(partial, os.O_RDWR | os.O_CREAT, 0o644)
     received = 0
+
+    def fetch(p: dict[str, object]) -> tuple[bytes, int]:
+        """One part's bytes (from the partial file if a cut try left it whole) and how
+        many of them came over the wire."""
+        offset = int(str(p["n"])) * part_size
+        if resuming:
+            local = os.pread(fd, int(str(p["size"])), offset)
+            if hashlib.sha256(local).hexdigest() == p["sha256"]:
+                if progress is not None:
+                    progress(len(local))
+                return local, 0
+        data = storage.get(f"{prefix}/parts/{int(str(p['n'])):06d}-{p['sha256']}")
+        if data is None:
+            raise LLMOSError(f"blob {digest} in {storage.url} lacks part {p['n']}")
+        if len(data) != p["size"] or hashlib.sha256(data).hexdigest() != p["sha256"]:
+            raise DigestMismatch(f"part {p['n']} of blob {digest} in {storage.url} is "
+                                 "corrupt (its digest does not match); nothing was kept")
+        os.pwrite(fd, data, offset)
+        if progress is not None:
+            progress(len(data))
+        return data, len(data)
+
     try:
-        os.ftruncate(fd, int(str(record["size"])))
-        todo = [p for p in parts if not _have_part(fd, p, part_size)]
-        for p in parts:
-            if p not in todo and progress is not None:
-                progress(int(p["size"]))
-
-        def fetch(p: dict[str, object]) -> int:
-            name = f"{prefix}/parts/{int(str(p['n'])):06d}-{p['sha256']}"
-            data = storage.get(name)
-            if data is None:
-                raise LLMOSError(f"blob {digest} in {storage.url} lacks part {p['n']}")
-            if hashlib.sha256(data).hexdigest() != p["sha256"] or len(data) != p["size"]:
-                raise DigestMismatch(f"part {p['n']} of blob {digest} in {storage.url} is "
-                                     "corrupt (its digest does not match); nothing was kept")
-            os.pwrite(fd, data, int(str(p["n"])) * part_size)
-            if progress is not None:
-                progress(len(data))
-            return len(data)
-
+        os.ftruncate(fd, size)
+        whole = hashlib.sha256()
         with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
-            received = sum(pool.map(fetch, todo))
+            window: collections.deque[concurrent.futures.Future[tuple[bytes, int]]] = (
+                collections.deque())
+            for p in parts:
+                window.append(pool.submit(fetch, p))
+                if len(window) > 2 * concurrency:
+                    data, got = window.popleft().result()
+                    whole.update(data)
+                    received += got
+            while window:
+                data, got = window.popleft().result()
+                whole.update(data)
+                received += got
+        actual = f"sha256:{whole.hexdigest()}"
+        if actual != digest:
+            raise DigestMismatch(f"blob {digest} from {storage.url} hashes to {actual}; "
+                                 "nothing was kept")
         os.fsync(fd)
     except DigestMismatch:
         os.close(fd)
@@ -182,20 +207,8 @@ def pull(storage: ObjectStorage, digest: str, target: Path, *,
         os.close(fd)
         raise
     os.close(fd)
-    actual = _hash(partial)
-    if actual != digest:
-        partial.unlink(missing_ok=True)
-        raise DigestMismatch(f"blob {digest} from {storage.url} hashes to {actual}; nothing "
-                             "was kept")
     os.replace(partial, target)
     return received
-
-
-def _have_part(fd: int, part: dict[str, object], part_size: int) -> bool:
-    size = int(str(part["size"]))
-    data = os.pread(fd, size, int(str(part["n"])) * part_size)
-    return len(data) == size and data.count(0) != size and (
-        hashlib.sha256(data).hexdigest() == part["sha256"])
 
 
 def _hash(path: Path) -> str:
