@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -86,3 +87,20 @@ class Azurite:
                 self.process.kill()
                 self.process.wait(timeout=10)
         self.process = None
+
+
+@pytest.fixture(scope="module")
+def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite]:
+    """An Azurite for the module, with a container ``llmos``."""
+    server = Azurite(tmp_path_factory.mktemp("azurite"))
+    server.start()
+    try:
+        server.create_container("llmos")
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def azure_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AZURE_STORAGE_ACCOUNT_KEY", KEY)

@@ -79,6 +79,9 @@ class Settings(BaseSettings):
     insecure: bool = False
     bus_url: str = "memory://"
     database_url: str | None = None
+    storage_url: str | None = Field(
+        None, description="where the registry keeps manifests and blobs: s3://, az://, gs://, "
+        "file:// (default: the local store under home/models, no object storage)")
     default_model: str = "gemma-3-270m"
     embedded_worker: bool = Field(
         True, description="serve runs the default model's replica in its own process")

@@ -4,50 +4,18 @@ Blob (Azurite). GCS has no emulator here; its code path is obstore's, like the o
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from llmos.errors import ConfigError
 from llmos.storage import ObjectStorage, StorageError, open_storage
-from tests.azurite import ACCOUNT, KEY, Azurite
+from tests.azurite import ACCOUNT, KEY, Azurite, azure_env, azurite
 from tests.conftest import free_port
-from tests.seaweedfs import SeaweedFS
+from tests.seaweedfs import SeaweedFS, s3_env, seaweedfs
 from tests.storage.contract import StorageContract
 
-
-@pytest.fixture(scope="module")
-def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
-    server = SeaweedFS(tmp_path_factory.mktemp("seaweedfs"))
-    server.start()
-    server.create_bucket("llmos")
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture(scope="module")
-def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite]:
-    server = Azurite(tmp_path_factory.mktemp("azurite"))
-    server.start()
-    server.create_container("llmos")
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def s3_env(monkeypatch: pytest.MonkeyPatch, seaweedfs: SeaweedFS) -> None:
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", seaweedfs.access_key)
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", seaweedfs.secret_key)
-
-
-@pytest.fixture
-def azure_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("AZURE_STORAGE_ACCOUNT_KEY", KEY)
+__all__ = ["azure_env", "azurite", "s3_env", "seaweedfs"]  # fixtures
 
 
 class TestMemory(StorageContract):

@@ -36,6 +36,9 @@ def serve(
     port: Annotated[int | None, typer.Option(
         help="port to listen on (default: $LLMOS_PORT or 8000)")] = None,
     bus: Annotated[str | None, typer.Option(help="bus URL (default memory://)")] = None,
+    storage: Annotated[str | None, typer.Option(
+        help="registry storage URL: s3://bucket/prefix?endpoint=…, az://…, gs://…, file://… "
+             "(default: the local store in the state directory)")] = None,
     home: Annotated[Path | None, typer.Option(help="state directory ($LLMOS_HOME)")] = None,
     config: Annotated[Path | None, typer.Option(help="TOML settings file")] = None,
     slots: Annotated[int | None, typer.Option(help="parallel slots of the model")] = None,
@@ -51,7 +54,7 @@ def serve(
     from llmos.server import serve as run_server
 
     given: dict[str, Any] = {"host": host, "port": port, "bus_url": bus, "home": home,
-                             "config": config}
+                             "config": config, "storage_url": storage}
     if insecure:
         given["insecure"] = True
     if not worker:
@@ -104,6 +107,9 @@ def worker_command(
         "gemma-3-270m"),
     deployment: Annotated[str | None, typer.Option(
         help="deployment (API model id) to serve; default: the model's name")] = None,
+    storage: Annotated[str | None, typer.Option(
+        help="the registry's storage URL, to pull the model from (default: local store)")
+    ] = None,
     home: Annotated[Path | None, typer.Option(help="state directory ($LLMOS_HOME)")] = None,
     config: Annotated[Path | None, typer.Option(help="TOML settings file")] = None,
     slots: Annotated[int | None, typer.Option(help="parallel slots")] = None,
@@ -113,7 +119,8 @@ def worker_command(
     """Run one model replica in this process, consuming its deployment's queue on the bus."""
     from llmos.server import run_worker
 
-    given: dict[str, Any] = {"bus_url": bus, "home": home, "config": config}
+    given: dict[str, Any] = {"bus_url": bus, "home": home, "config": config,
+                             "storage_url": storage}
     engine = {"slots": slots, "threads": threads, "ctx_size": ctx_size}
     _run_with_settings(given, engine, lambda settings: run_worker(settings, model, deployment))
 

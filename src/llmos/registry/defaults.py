@@ -17,11 +17,15 @@ DEFAULT_MODEL_NAME = "gemma-3-270m"
 
 
 def open_registry(settings: Settings) -> LocalRegistry:
-    """This node's model store; new versions get an estimate under its engine defaults."""
+    """This node's registry: on ``storage_url`` if set (the local store is then a cache of
+    its blobs), else the local store; new versions get an estimate under the engine's
+    defaults."""
     from llmos.registry.estimate import estimator
+    from llmos.storage import open_storage
 
     engine = settings.engine
-    return LocalRegistry(settings.models_dir, estimator=estimator(
+    storage = open_storage(settings.storage_url) if settings.storage_url else None
+    return LocalRegistry(settings.models_dir, storage=storage, estimator=estimator(
         slots=engine.slots, ctx_size=engine.ctx_size, kv_unified=engine.kv_unified,
         cache_ram_mib=engine.cache_ram_mib))
 

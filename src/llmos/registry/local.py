@@ -51,6 +51,8 @@ from llmos.registry.metadata import (
     media_type,
 )
 from llmos.registry.refs import ModelRef, check_name, check_tag, parse_ref
+from llmos.storage import ObjectExists, ObjectStorage, open_storage
+from llmos.storage import blobs as remote_blobs
 
 Estimator = Callable[[GGUFInfo, int], dict[str, Any]]
 """(the weights' header, their bytes) -> the resource estimate stored with a new version."""
@@ -105,10 +107,19 @@ def check_gguf(path: Path) -> GGUFInfo:
 
 
 class LocalRegistry:
-    def __init__(self, root: Path, *, estimator: Estimator | None = None) -> None:
+    """A registry whose manifests and tags are objects in ``storage`` (by default the
+    local directory ``root``) and whose blobs are files under ``root``: the store itself,
+    or, when ``storage`` is remote, this node's verified cache of the blobs there."""
+
+    def __init__(self, root: Path, *, estimator: Estimator | None = None,
+                 storage: ObjectStorage | None = None) -> None:
         self.root = root
         self.blobs = BlobStore(root / "blobs")
         self.estimator = estimator
+        self.remote = storage
+        if storage is None:
+            root.mkdir(parents=True, exist_ok=True)
+        self.meta = storage if storage is not None else open_storage(f"file://{root.resolve()}")
 
     # locks -------------------------------------------------------------------------
 
@@ -177,10 +188,11 @@ class LocalRegistry:
             new: list[NewFile] = []
             for filename, digest in files:
                 check_filename(filename)
-                if not self.blobs.exists(digest):
+                try:
+                    path = self._local_blob(digest)
+                except NotFound:
                     raise BadRequest(f"blob {digest} of {filename} is not in the store; "
-                                     "upload it first", param="files")
-                path = self.blobs.path(digest)
+                                     "upload it first", param="files") from None
                 info = check_gguf(path) if is_gguf_name(filename) else None
                 new.append(NewFile(Stored(digest, path.stat().st_size, new=False),
                                    filename, info))
@@ -250,41 +262,41 @@ class LocalRegistry:
                 if existing.blobs == blobs:
                     self._set_tag(project, name, tag or "latest", existing.version)
                     return Imported(self.get(existing.ref, project=project), False, new_bytes)
-            numbers = self._numbers(project, name)
             estimate = None
             if self.estimator is not None and weights:
                 estimate = self.estimator(_combined([f.info for f in weights if f.info]),
                                           sum(f.stored.size for f in weights))
-            version = ModelVersion(
-                name=name, version=max(numbers, default=0) + 1, project=project,
-                created_at=time.time(), blobs=blobs, label=label,
-                derived_from=parent.ref if parent else None, relation=relation,
-                creator=creator, metadata=metadata,
-                config={"format": "gguf"} if main else {}, estimate=estimate)
-            self._write_manifest(version)
+            if self.remote is not None:  # the blobs first: a manifest never names a missing one
+                for f in files:
+                    remote_blobs.push(self.remote, self.blobs.path(f.stored.digest),
+                                      f.stored.digest)
+            number = max(self._numbers(project, name), default=0) + 1
+            while True:  # create-only: two writers (two nodes) never take the same number
+                version = ModelVersion(
+                    name=name, version=number, project=project,
+                    created_at=time.time(), blobs=blobs, label=label,
+                    derived_from=parent.ref if parent else None, relation=relation,
+                    creator=creator, metadata=metadata,
+                    config={"format": "gguf"} if main else {}, estimate=estimate)
+                try:
+                    self._write_manifest(version)
+                    break
+                except ObjectExists:
+                    number += 1
             if tag is not None:
                 self._set_tag(project, name, tag, version.version)
-            if tag != "latest" and (tag is None or not self._tag_path(project, name,
-                                                                      "latest").exists()):
+            if tag != "latest" and (tag is None or "latest" not in self.tags(
+                    name, project=project)):
                 self._set_tag(project, name, "latest", version.version)
             return Imported(self.get(version.ref, project=project), True, new_bytes)
 
     def _write_manifest(self, version: ModelVersion) -> None:
-        path = self._manifest_path(version.project, version.name, version.version)
-        self._write_atomic(path, json.dumps(version.to_dict(with_tags=False), indent=2))
-
-    def _write_atomic(self, path: Path, text: str) -> None:
-        tmp = path.with_name(f".{path.name}.part")
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(text)
-            os.replace(tmp, path)
-        except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            raise storage_error(exc, self.root) from exc
+        key = self._manifest_key(version.project, version.name, version.version)
+        self.meta.put(key, json.dumps(version.to_dict(with_tags=False), indent=2).encode(),
+                      create=True)
 
     def _set_tag(self, project: str, name: str, tag: str, version: int) -> None:
-        self._write_atomic(self._tag_path(project, name, tag), str(version))
+        self.meta.put(self._tag_key(project, name, tag), str(version).encode())
 
     def tag(self, ref: str, tag: str, *, project: str = DEFAULT_PROJECT) -> ModelVersion:
         """Point ``tag`` at the version ``ref`` names (moving it if it pointed elsewhere)."""
@@ -301,7 +313,7 @@ class LocalRegistry:
             raise BadRequest(f"untag takes name:tag, not {ref!r}", param="ref")
         version = self.get(parsed, project=project)
         with self._repository_lock(project, parsed.name):
-            self._tag_path(project, parsed.name, parsed.tag).unlink(missing_ok=True)
+            self.meta.delete(self._tag_key(project, parsed.name, parsed.tag))
         return self.get(version.ref, project=project)
 
     def delete(self, ref: str, *, project: str = DEFAULT_PROJECT) -> ModelVersion:
@@ -309,22 +321,26 @@ class LocalRegistry:
         version = self.get(ref, project=project)
         with self._repository_lock(project, version.name):
             for tag in version.tags:
-                self._tag_path(project, version.name, tag).unlink(missing_ok=True)
-            self._manifest_path(project, version.name, version.version).unlink()
+                self.meta.delete(self._tag_key(project, version.name, tag))
+            self.meta.delete(self._manifest_key(project, version.name, version.version))
             shutil.rmtree(self._files_path(version), ignore_errors=True)
-            repo = self._repo(project, version.name)
-            for folder in (repo / "_versions", repo / "_tags", repo):
-                with contextlib.suppress(OSError):
-                    folder.rmdir()  # only when empty: the repository had no other version
+            if self.remote is None:
+                repo = self.root / "repos" / project / version.name
+                for folder in (repo / "_versions", repo / "_tags", repo):
+                    with contextlib.suppress(OSError):
+                        folder.rmdir()  # only when empty: no other version is left
         return version
 
     # reading -----------------------------------------------------------------------
 
     def _numbers(self, project: str, name: str) -> list[int]:
-        folder = self._repo(project, name) / "_versions"
-        if not folder.is_dir():
-            return []
-        return sorted(int(p.stem) for p in folder.glob("*.json") if p.stem.isdigit())
+        prefix = f"repos/{project}/{name}/_versions/"
+        numbers = []
+        for info in self.meta.list(prefix.rstrip("/")):
+            rest = info.path.removeprefix(prefix)
+            if rest.endswith(".json") and rest[:-5].isdigit():
+                numbers.append(int(rest[:-5]))
+        return sorted(numbers)
 
     def versions(self, name: str, *, project: str = DEFAULT_PROJECT) -> list[ModelVersion]:
         check_name(name)
@@ -332,26 +348,25 @@ class LocalRegistry:
 
     def tags(self, name: str, *, project: str = DEFAULT_PROJECT) -> dict[str, int]:
         """Each tag of a repository and the version number it names."""
-        folder = self._repo(project, name) / "_tags"
-        if not folder.is_dir():
-            return {}
+        prefix = f"repos/{project}/{name}/_tags/"
         tags: dict[str, int] = {}
-        for path in sorted(folder.iterdir()):
-            with contextlib.suppress(OSError, ValueError):
-                if not path.name.startswith("."):
-                    tags[path.name] = int(path.read_text())
+        for info in self.meta.list(prefix.rstrip("/")):
+            tag = info.path.removeprefix(prefix)
+            raw = self.meta.get(info.path) if "/" not in tag else None
+            with contextlib.suppress(ValueError):
+                if raw is not None and not tag.startswith("."):
+                    tags[tag] = int(raw)
         return tags
 
     def projects(self) -> list[str]:
-        base = self.root / "repos"
-        return sorted(p.name for p in base.iterdir() if p.is_dir()) if base.is_dir() else []
+        return sorted({i.path.split("/")[1] for i in self.meta.list("repos")
+                       if i.path.count("/") >= 4})
 
     def list(self, *, project: str = DEFAULT_PROJECT) -> list[ModelVersion]:
-        base = self.root / "repos" / check_project(project)
-        if not base.is_dir():
-            return []
-        names = sorted({str(p.parent.parent.relative_to(base))
-                        for p in base.glob("**/_versions/*.json")})
+        prefix = f"repos/{check_project(project)}/"
+        names = sorted({i.path.removeprefix(prefix).rsplit("/_versions/", 1)[0]
+                        for i in self.meta.list(prefix.rstrip("/"))
+                        if "/_versions/" in i.path and i.path.endswith(".json")})
         return [v for n in names for v in self.versions(n, project=project)]
 
     def get(self, ref: ModelRef | str, *, project: str = DEFAULT_PROJECT) -> ModelVersion:
@@ -366,21 +381,22 @@ class LocalRegistry:
                 raise NotFound(f"model {ref} not found")
             return match[-1]
         else:
-            tag_path = self._tag_path(project, ref.name, ref.tag or "latest")
-            if not tag_path.is_file():
+            raw = self.meta.get(self._tag_key(project, ref.name, ref.tag or "latest"))
+            if raw is None:
                 known = self._numbers(project, ref.name)
                 hint = (f"; it has versions {', '.join(map(str, known))}" if known
                         else "; import it with `llmos models import`")
                 raise NotFound(f"model {ref} not found{hint}")
-            number = int(tag_path.read_text())
-        if not self._manifest_path(project, ref.name, number).is_file():
-            raise NotFound(f"model {ref} not found")
+            number = int(raw)
         return self._read(project, ref.name, number)
 
     def _read(self, project: str, name: str, number: int) -> ModelVersion:
+        raw = self.meta.get(self._manifest_key(project, name, number))
+        if raw is None:
+            raise NotFound(f"model {name}@{number} not found")
         try:
-            data = json.loads(self._manifest_path(project, name, number).read_text())
-        except (OSError, ValueError) as exc:
+            data = json.loads(raw)
+        except ValueError as exc:
             raise RegistryError(f"the manifest of {name}@{number} cannot be read: {exc}"
                                 ) from exc
         tags = tuple(tag for tag, n in self.tags(name, project=project).items() if n == number)
@@ -424,10 +440,11 @@ class LocalRegistry:
         for blob in version.blobs:
             link = folder / check_filename(blob.filename)
             if not link.exists():
-                source = self.blobs.path(blob.digest)
-                if not source.is_file():
+                try:
+                    source = self._local_blob(blob.digest)
+                except NotFound:
                     raise RegistryError(f"blob {blob.digest} of {version.ref} is missing "
-                                        "from the store; run `llmos models verify`")
+                                        "from the store; run `llmos models verify`") from None
                 try:
                     os.link(source, link)
                 except FileExistsError:
@@ -454,10 +471,29 @@ class LocalRegistry:
         return _combined(infos), sum(b.size for b in parts)
 
     def blob_path(self, digest: str) -> Path:
+        """A local file with the blob's content (pulled from the storage if need be)."""
+        return self._local_blob(digest)
+
+    def _local_blob(self, digest: str) -> Path:
         path = self.blobs.path(digest)
-        if not path.is_file():
-            raise NotFound(f"blob {digest} not found")
-        return path
+        if path.is_file():
+            return path
+        if self.remote is not None and remote_blobs.exists(self.remote, digest):
+            with self.writing():
+                remote_blobs.pull(self.remote, digest, path)  # verified, then renamed in
+            return path
+        raise NotFound(f"blob {digest} not found")
+
+    def blob_size(self, digest: str) -> int | None:
+        """The size of a blob the registry has (here or in its storage), else None."""
+        path = self.blobs.path(digest)
+        if path.is_file():
+            return path.stat().st_size
+        if self.remote is not None:
+            record = remote_blobs.index(self.remote, digest)
+            if record is not None:
+                return int(str(record["size"]))
+        return None
 
     # upkeep --------------------------------------------------------------------------
 
@@ -482,12 +518,25 @@ class LocalRegistry:
         for version in versions:
             for blob in version.blobs:
                 if blob.digest not in checked:
-                    checked[blob.digest] = self.blobs.verify(blob.digest, progress)
+                    checked[blob.digest] = self._verify_blob(blob.digest, progress)
                 problem = checked[blob.digest]
                 if problem is not None:
                     problems.append(Problem(f"{version.project}/{version.ref}", blob.digest,
                                             f"{blob.filename}: {problem}"))
         return problems
+
+    def _verify_blob(self, digest: str, progress: Progress | None) -> str | None:
+        if self.remote is None:
+            return self.blobs.verify(digest, progress)
+        if not remote_blobs.exists(self.remote, digest):
+            return f"missing from {self.remote.url}"
+        if not self.blobs.exists(digest):
+            return None  # not cached here; a pull checks every part and the whole
+        problem = self.blobs.verify(digest, progress)
+        if problem is not None:  # a bad cached copy: drop it, the next use pulls again
+            self.blobs.path(digest).unlink(missing_ok=True)
+            return f"the cached copy on this node was {problem}; it was removed"
+        return None
 
     def verify_bytes(self, ref: str | None = None, *, project: str = DEFAULT_PROJECT) -> int:
         """How many bytes ``verify`` reads (for a progress bar)."""
@@ -510,6 +559,17 @@ class LocalRegistry:
                     freed += path.stat().st_size
                     path.unlink()
                     blobs += 1
+            if self.remote is not None:
+                for digest in remote_blobs.digests(self.remote):
+                    info = self.remote.head(f"{remote_blobs.blob_prefix(digest)}/index.json")
+                    if digest in referenced or info is None or now - info.modified < grace_s:
+                        continue
+                    record = remote_blobs.index(self.remote, digest) or {}
+                    remote_blobs.delete(self.remote, digest)
+                    blobs += 1
+                    freed += int(str(record.get("size", 0)))
+                removed, _ = remote_blobs.collect_parts(self.remote, grace_s=grace_s)
+                parts += removed
             for part in self.root.glob("**/*.part"):  # no writer holds the lock: all stale
                 with contextlib.suppress(OSError):
                     part.unlink()
@@ -528,14 +588,11 @@ class LocalRegistry:
 
     # paths ---------------------------------------------------------------------------
 
-    def _repo(self, project: str, name: str) -> Path:
-        return self.root / "repos" / project / name
+    def _manifest_key(self, project: str, name: str, number: int) -> str:
+        return f"repos/{project}/{name}/_versions/{number}.json"
 
-    def _manifest_path(self, project: str, name: str, number: int) -> Path:
-        return self._repo(project, name) / "_versions" / f"{number}.json"
-
-    def _tag_path(self, project: str, name: str, tag: str) -> Path:
-        return self._repo(project, name) / "_tags" / tag
+    def _tag_key(self, project: str, name: str, tag: str) -> str:
+        return f"repos/{project}/{name}/_tags/{tag}"
 
     def _files_path(self, version: ModelVersion) -> Path:
         return (self.root / "files" / version.project / version.name / "_versions"

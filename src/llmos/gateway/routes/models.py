@@ -20,7 +20,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
 
-from llmos.errors import BadRequest, Conflict, LLMOSError, RegistryError
+from llmos.errors import BadRequest, Conflict, LLMOSError, NotFound, RegistryError
 from llmos.gateway.deps import StateDep
 from llmos.gateway.schemas import ErrorResponse
 from llmos.registry import LocalRegistry, ModelVersion
@@ -301,9 +301,10 @@ async def _put(chunks: queue.Queue[Any], item: Any, writer: asyncio.Task[Any]) -
 @router.head("/api/blobs/{digest:path}", responses=_ERRORS)
 async def blob_exists(digest: str, state: StateDep) -> Response:
     """200 with the size when the store has the blob: an upload of it can be skipped."""
-    path = await asyncio.to_thread(_registry(state).blob_path, digest)
-    return Response(headers={"content-length": str(path.stat().st_size),
-                             "accept-ranges": "bytes"})
+    size = await asyncio.to_thread(_registry(state).blob_size, digest)
+    if size is None:
+        raise NotFound(f"blob {digest} not found")
+    return Response(headers={"content-length": str(size), "accept-ranges": "bytes"})
 
 
 @router.get("/api/blobs/{digest:path}", response_class=FileResponse, responses={
