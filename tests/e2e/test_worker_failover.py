@@ -34,12 +34,13 @@ WORKER_ENV = {"LLMOS_ENGINE__SLOTS": "4", "LLMOS_ENGINE__CTX_SIZE": "1024",
               "LLMOS_ENGINE__THREADS": "1", "LLMOS_ENGINE__POLL": "0"}
 
 
-def start_worker(home: Path, name: str, bus: str = AMQP_URL
-                 ) -> tuple[subprocess.Popen[bytes], Path]:
+def start_worker(home: Path, name: str, bus: str = AMQP_URL,
+                 extra_args: list[str] | None = None) -> tuple[subprocess.Popen[bytes], Path]:
+    home.mkdir(parents=True, exist_ok=True)
     log = home / f"{name}.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "llmos", "worker", "--bus", bus],
+            [sys.executable, "-m", "llmos", "worker", "--bus", bus, *(extra_args or [])],
             env=os.environ | WORKER_ENV | {"LLMOS_HOME": str(home)},
             stdout=out, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 120
