@@ -73,7 +73,9 @@ SERVER_ENV = {
 
 
 def start_server(home: Path, extra_env: dict[str, str] | None = None,
-                 args: list[str] | None = None) -> RunningServer:
+                 args: list[str] | None = None, ready_path: str = "/readyz") -> RunningServer:
+    """`llmos serve` on a free port, once ``ready_path`` answers 200 (``/readyz``: the
+    default model answers; ``/api/models``: the API is up, with or without a replica)."""
     port = free_port()
     env = os.environ | SERVER_ENV | {"LLMOS_HOME": str(home)} | (extra_env or {})
     log = home / "server.out"
@@ -89,7 +91,7 @@ def start_server(home: Path, extra_env: dict[str, str] | None = None,
             raise RuntimeError(f"llmos serve exited with {process.returncode}:\n"
                                + log.read_text()[-3000:])
         try:
-            if httpx.get(f"{server.url}/readyz", timeout=2).status_code == 200:
+            if httpx.get(f"{server.url}{ready_path}", timeout=2).status_code == 200:
                 return server
         except httpx.HTTPError:
             pass

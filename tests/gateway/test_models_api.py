@@ -237,3 +237,45 @@ async def test_a_full_disk_is_a_507_and_keeps_nothing(tmp_path: Path) -> None:
             store.close()
         assert registry.blobs.digests() == []
         assert not list(disk.rglob("*.part"))
+
+
+@pytest.mark.asyncio
+async def test_a_resumable_upload_session(api: Api) -> None:
+    import hashlib
+
+    content = make_gguf() + b"z" * 5000
+    digest = f"sha256:{hashlib.sha256(content).hexdigest()}"
+    opened = (await api.client.post("/api/uploads", json={
+        "digest": digest, "size": len(content), "filename": "w.gguf"})).json()
+    assert opened["offset"] == 0
+    upload = f"/api/uploads/{opened['id']}"
+    first = await api.client.patch(upload, params={"offset": 0}, content=content[:1000])
+    assert first.json()["offset"] == 1000
+    again = (await api.client.post("/api/uploads", json={
+        "digest": digest, "size": len(content), "filename": "w.gguf"})).json()
+    assert (again["id"], again["offset"]) == (opened["id"], 1000)  # resume, not restart
+    wrong = await api.client.patch(upload, params={"offset": 0}, content=b"x")
+    assert wrong.status_code == 409 and "offset 1000" in error_of(wrong)["message"]
+    early = await api.client.post(f"{upload}/finish")
+    assert early.status_code == 409
+    assert (await api.client.head(f"/api/blobs/{digest}")).status_code == 404
+    await api.client.patch(upload, params={"offset": 1000}, content=content[1000:])
+    done = (await api.client.post(f"{upload}/finish")).json()
+    assert done == {"digest": digest, "size": len(content), "new": True}
+    assert (await api.client.get(f"/api/blobs/{digest}")).content == content
+    assert (await api.client.get(upload)).status_code == 404
+
+
+@pytest.mark.asyncio
+async def test_an_upload_that_does_not_match_keeps_nothing(api: Api) -> None:
+    claimed = f"sha256:{'3' * 64}"
+    opened = (await api.client.post("/api/uploads", json={
+        "digest": claimed, "size": 4})).json()
+    await api.client.patch(f"/api/uploads/{opened['id']}", params={"offset": 0},
+                           content=b"abcd")
+    finish = await api.client.post(f"/api/uploads/{opened['id']}/finish")
+    assert finish.status_code == 400 and error_of(finish)["code"] == "digest_mismatch"
+    assert api.registry.blobs.digests() == []
+    assert not list((api.registry.root / "uploads").iterdir())
+    bad = await api.client.get("/api/uploads/..%2F..%2Fetc")
+    assert bad.status_code in (400, 404)

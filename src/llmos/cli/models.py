@@ -183,10 +183,10 @@ def _report(version: dict[str, Any], took: float) -> None:
     if version["created"]:
         out.print(f"imported [bold]{version['ref']}[/bold] ({human_size(version['size'])}, "
                   f"{human_size(version['new_bytes'])} new) in {took:.1f}s; tags: "
-                  f"{', '.join(version['tags']) or 'none'}")
+                  f"{', '.join(version['tags']) or 'none'}", soft_wrap=True)
     else:
         out.print(f"unchanged: the same files are [bold]{version['ref']}[/bold] already "
-                  f"(tags: {', '.join(version['tags'])}); no new bytes stored")
+                  f"(tags: {', '.join(version['tags'])}); no new bytes stored", soft_wrap=True)
 
 
 # reading -------------------------------------------------------------------------------
@@ -346,3 +346,54 @@ def verify_models(
     if problems:
         raise typer.Exit(code=1)
     out.print("all blobs match their digests")
+
+
+# between registries ------------------------------------------------------------------
+
+def _copy(source_url: str, target_url: str, ref: str, project: str) -> None:
+    from llmos.cli.transfer import TransferError, copy_version
+
+    timeout = httpx.Timeout(600, connect=5)
+    tasks: dict[str, Any] = {}
+    started = time.monotonic()
+    try:
+        with httpx.Client(base_url=source_url, timeout=timeout) as source, \
+                httpx.Client(base_url=target_url, timeout=timeout) as target, \
+                _progress() as progress:
+
+            def show(filename: str, done: int, total: int) -> None:
+                if filename not in tasks:
+                    tasks[filename] = progress.add_task(filename, total=total)
+                progress.update(tasks[filename], completed=done)
+
+            copied = copy_version(source, target, ref, project=project, progress=show)
+    except httpx.ConnectError as exc:
+        err.print(f"[red]error:[/red] cannot reach {exc.request.url.host}:"
+                  f"{exc.request.url.port}: is an LLMOS server running there?")
+        raise typer.Exit(code=2) from None
+    except TransferError as exc:
+        err.print(f"[red]error:[/red] {exc.message}")
+        raise typer.Exit(code=1) from None
+    v = copied.version
+    note = f", resumed from {human_size(copied.resumed_from)}" if copied.resumed_from else ""
+    out.print(f"{ref} -> {target_url} as [bold]{v['ref']}[/bold]: sent "
+              f"{human_size(copied.sent_bytes)}, {copied.skipped_blobs} of {len(v['blobs'])} "
+              f"blobs there already{note} ({time.monotonic() - started:.1f}s)", soft_wrap=True)
+
+
+@models_app.command("push")
+def push_model(ref: Annotated[str, typer.Argument(help="the version to copy")],
+               to: Annotated[str, typer.Option("--to", help="the LLMOS server to copy to, "
+                                                           "e.g. http://gpu-2:8000")],
+               project: ProjectOption = "default", url: UrlOption = None) -> None:
+    """Copy a version from this server's registry to another's (resumable, verified)."""
+    _copy(server_url(url), to.rstrip("/"), ref, project)
+
+
+@models_app.command("pull")
+def pull_model(ref: Annotated[str, typer.Argument(help="the version to copy")],
+               from_: Annotated[str, typer.Option("--from", help="the LLMOS server to copy "
+                                                                "from, e.g. http://hub:8000")],
+               project: ProjectOption = "default", url: UrlOption = None) -> None:
+    """Copy a version from another server's registry into this server's."""
+    _copy(from_.rstrip("/"), server_url(url), ref, project)

@@ -51,6 +51,7 @@ from llmos.registry.metadata import (
     media_type,
 )
 from llmos.registry.refs import ModelRef, check_name, check_tag, parse_ref
+from llmos.registry.uploads import Uploads
 from llmos.storage import ObjectExists, ObjectStorage, open_storage
 from llmos.storage import blobs as remote_blobs
 
@@ -120,6 +121,7 @@ class LocalRegistry:
         if storage is None:
             root.mkdir(parents=True, exist_ok=True)
         self.meta = storage if storage is not None else open_storage(f"file://{root.resolve()}")
+        self.uploads = Uploads(root, self.blobs)
 
     # locks -------------------------------------------------------------------------
 
@@ -175,6 +177,10 @@ class LocalRegistry:
         with self.writing():
             return self.blobs.put_stream(chunks, expected=expected, check=check,
                                          progress=progress)
+
+    def finish_upload(self, upload_id: str) -> Stored:
+        with self.writing():
+            return self.uploads.finish(upload_id)
 
     def create_version(self, name: str, files: list[tuple[str, str]], *,
                        tag: str | None = None, project: str = DEFAULT_PROJECT,
@@ -570,6 +576,8 @@ class LocalRegistry:
                     freed += int(str(record.get("size", 0)))
                 removed, _ = remote_blobs.collect_parts(self.remote, grace_s=grace_s)
                 parts += removed
+            sessions, _ = self.uploads.collect(grace_s)
+            parts += sessions
             for part in self.root.glob("**/*.part"):  # no writer holds the lock: all stale
                 with contextlib.suppress(OSError):
                     part.unlink()

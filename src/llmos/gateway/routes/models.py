@@ -13,8 +13,8 @@ import asyncio
 import contextlib
 import json
 import queue
-from collections.abc import AsyncIterator, Iterator
-from typing import Annotated, Any
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse, Response, StreamingResponse
@@ -27,6 +27,7 @@ from llmos.registry import LocalRegistry, ModelVersion
 from llmos.registry.blobs import CHUNK, BlobCorrupt, Stored, hash_file
 
 router = APIRouter(tags=["models"])
+T = TypeVar("T")
 
 ProjectQuery = Annotated[str, Query(description="the project the repository belongs to")]
 
@@ -248,6 +249,14 @@ async def upload_blob(request: Request, state: StateDep,
                           description="sha256:<hex> the content must hash to")] = None,
                       ) -> BlobStored:
     """Store the request body as a blob, hashing it as it is written (one pass)."""
+    registry = _registry(state)
+    stored: Stored = await _body_to_thread(
+        request, lambda body: registry.put_blob(body, filename=filename, expected=digest))
+    return BlobStored(digest=stored.digest, size=stored.size, new=stored.new)
+
+
+async def _body_to_thread(request: Request, consume: Callable[[Iterator[bytes]], T]) -> T:
+    """Run ``consume`` on a thread over the request body as it arrives (bounded buffer)."""
     chunks: queue.Queue[Any] = queue.Queue(maxsize=4)  # at most 4 x CHUNK in memory
 
     def body() -> Iterator[bytes]:
@@ -259,8 +268,7 @@ async def upload_blob(request: Request, state: StateDep,
                 raise item
             yield item
 
-    writer = asyncio.create_task(asyncio.to_thread(
-        _registry(state).put_blob, body(), filename=filename, expected=digest))
+    writer = asyncio.create_task(asyncio.to_thread(consume, body()))
     try:
         async for chunk in _rechunk(request.stream()):
             if not writer.done():
@@ -268,13 +276,12 @@ async def upload_blob(request: Request, state: StateDep,
             # else the writer refused (disk full): read the rest, so that the client
             # gets the error instead of a connection reset in the middle of its upload
         await _put(chunks, _STOP, writer)
-    except BaseException as exc:  # the client went away: drop what was written
+    except BaseException as exc:  # the client went away
         await _put(chunks, RegistryError("the upload was cut off"), writer)
         with contextlib.suppress(BaseException):
             await writer
         raise exc
-    stored: Stored = await writer
-    return BlobStored(digest=stored.digest, size=stored.size, new=stored.new)
+    return await writer
 
 
 async def _rechunk(stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
@@ -324,6 +331,70 @@ async def download_blob(digest: str, state: StateDep) -> FileResponse:
         state.verified_blobs[digest] = key
     return FileResponse(path, media_type="application/octet-stream",
                         headers={"docker-content-digest": digest})
+
+
+# resumable uploads ---------------------------------------------------------------------
+
+class NewUpload(BaseModel):
+    digest: str
+    size: int = Field(ge=0)
+    filename: str | None = None
+
+
+class UploadPublic(BaseModel):
+    id: str
+    digest: str
+    size: int
+    offset: int
+    """Bytes the server has: a resumed upload sends from here."""
+    filename: str | None
+
+
+def _upload(upload: Any) -> UploadPublic:
+    return UploadPublic(id=upload.id, digest=upload.digest, size=upload.size,
+                        offset=upload.offset, filename=upload.filename)
+
+
+@router.post("/api/uploads", response_model=UploadPublic, status_code=201, responses=_ERRORS)
+async def open_upload(body: NewUpload, state: StateDep) -> UploadPublic:
+    """A session to send one blob in as many requests as it takes; an unfinished session
+    for the same digest is returned instead of a new one, at its offset (resume)."""
+    upload = await asyncio.to_thread(_registry(state).uploads.open, body.digest, body.size,
+                                     body.filename)
+    return _upload(upload)
+
+
+@router.get("/api/uploads/{upload_id}", response_model=UploadPublic, responses=_ERRORS)
+async def get_upload(upload_id: str, state: StateDep) -> UploadPublic:
+    return _upload(await asyncio.to_thread(_registry(state).uploads.get, upload_id))
+
+
+@router.patch("/api/uploads/{upload_id}", response_model=UploadPublic, responses={
+    **_ERRORS, 409: {"model": ErrorResponse, "description": "offset is not the session's"}},
+    openapi_extra={"requestBody": {"required": True, "content": {
+        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}})
+async def append_upload(upload_id: str, request: Request, state: StateDep,
+                        offset: Annotated[int, Query(ge=0, description="where the body goes: "
+                                                     "the session's offset")]) -> UploadPublic:
+    """Append the body; if the connection drops, what arrived is kept."""
+    uploads = _registry(state).uploads
+    upload = await _body_to_thread(request, lambda body: uploads.append(upload_id, offset,
+                                                                        body))
+    return _upload(upload)
+
+
+@router.post("/api/uploads/{upload_id}/finish", response_model=BlobStored, responses=_ERRORS)
+async def finish_upload(upload_id: str, state: StateDep) -> BlobStored:
+    """Check the digest (and a GGUF header) and make the blob visible; a mismatch keeps
+    nothing."""
+    stored = await asyncio.to_thread(_registry(state).finish_upload, upload_id)
+    return BlobStored(digest=stored.digest, size=stored.size, new=stored.new)
+
+
+@router.delete("/api/uploads/{upload_id}", status_code=204, responses=_ERRORS)
+async def cancel_upload(upload_id: str, state: StateDep) -> Response:
+    await asyncio.to_thread(_registry(state).uploads.cancel, upload_id)
+    return Response(status_code=204)
 
 
 # upkeep --------------------------------------------------------------------------------

@@ -1,0 +1,115 @@
+"""Copy a model version from one LLMOS registry to another, over their HTTP APIs.
+
+As with container registries: every blob the target lacks goes through a resumable
+upload session (a cut copy resumes from the bytes the target kept), each blob is
+checked against its digest by the target, and the manifest goes last, so a
+half-copied version is never visible. Blobs the target has are not sent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+_CHUNK = 8 << 20
+Progress = Callable[[str, int, int], None]
+"""(filename, bytes done, bytes in all) after each piece."""
+
+
+class TransferError(Exception):
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Copied:
+    version: dict[str, Any]
+    sent_bytes: int
+    """Blob bytes that went to the target this time."""
+    skipped_blobs: int
+    """Blobs the target had already (nothing sent)."""
+    resumed_from: int
+    """Bytes of unfinished uploads the target had kept from an earlier try."""
+
+
+def _check(response: httpx.Response, what: str) -> Any:
+    if response.status_code >= 400:
+        try:
+            message = response.json()["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = response.text[:300] or response.reason_phrase
+        raise TransferError(f"{what}: {response.status_code} {message}")
+    return response.json() if response.content else None
+
+
+def copy_version(source: httpx.Client, target: httpx.Client, ref: str, *,
+                 project: str = "default", target_project: str | None = None,
+                 progress: Progress | None = None) -> Copied:
+    """Copy the version ``ref`` names from ``source`` to ``target``."""
+    into = target_project or project
+    version = _check(source.get(f"/api/models/{quote(ref, safe='/:@')}",
+                                params={"project": project}), f"{source.base_url}: {ref}")
+    sent = skipped = resumed = 0
+    files = []
+    for blob in version["blobs"]:
+        digest, size, filename = blob["digest"], blob["size"], blob["filename"]
+        files.append({"filename": filename, "digest": digest})
+        if target.head(f"/api/blobs/{digest}").status_code == 200:
+            skipped += 1
+            if progress is not None:
+                progress(filename, size, size)
+            continue
+        upload = _check(target.post("/api/uploads", json={
+            "digest": digest, "size": size, "filename": filename}),
+            f"{target.base_url}: opening an upload of {filename}")
+        offset = upload["offset"]
+        resumed += offset
+        if offset < size:
+            sent += _send(source, target, upload["id"], digest, filename, offset, size,
+                          progress)
+        _check(target.post(f"/api/uploads/{upload['id']}/finish"),
+               f"{target.base_url}: checking {filename}")
+    parent = version.get("derived_from")
+    if parent and target.get(f"/api/models/{quote(parent, safe='/:@')}",
+                             params={"project": into}).status_code != 200:
+        parent = None  # the target lacks the parent: the lineage ends there
+    tag = ref.split("@")[0].partition(":")[2] or None
+    created = _check(target.post(
+        f"/api/models/{quote(version['name'], safe='/')}/versions", params={"project": into},
+        json={"files": files, "tag": tag, "label": version.get("label"),
+              "derived_from": parent, "relation": version.get("relation") if parent else None,
+              "creator": version.get("creator")}), f"{target.base_url}: creating the version")
+    return Copied(created, sent, skipped, resumed)
+
+
+def _send(source: httpx.Client, target: httpx.Client, upload_id: str, digest: str,
+          filename: str, offset: int, size: int, progress: Progress | None) -> int:
+    """Stream the blob from ``offset`` out of the source into the target's session."""
+    sent = 0
+    headers = {"range": f"bytes={offset}-"} if offset else {}
+    with source.stream("GET", f"/api/blobs/{digest}", headers=headers) as response:
+        if response.status_code not in (200, 206):
+            response.read()
+            _check(response, f"{source.base_url}: reading {filename}")
+        if offset and response.status_code != 206:
+            raise TransferError(f"{source.base_url} ignored the Range of a resumed copy")
+
+        def body() -> Iterator[bytes]:
+            nonlocal sent
+            for piece in response.iter_bytes(_CHUNK):
+                sent += len(piece)
+                if progress is not None:
+                    progress(filename, offset + sent, size)
+                yield piece
+
+        _check(target.patch(f"/api/uploads/{upload_id}", params={"offset": offset},
+                            content=body(), headers={
+                                "content-type": "application/octet-stream",
+                                "content-length": str(size - offset)}),
+               f"{target.base_url}: sending {filename}")
+    return sent
