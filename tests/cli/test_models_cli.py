@@ -112,3 +112,17 @@ def test_import_into_a_home_without_a_server(tmp_path: Path) -> None:
     assert "imported local/w@1" in result.stdout
     version = LocalRegistry(tmp_path / "home" / "models").get("local/w:prod")
     assert version.tags == ("latest", "prod") and version.creator
+
+
+def test_import_a_hugging_face_cache_entry(llmos_server: RunningServer, tmp_path: Path) -> None:
+    from tests.registry.test_local import hugging_face_entry
+
+    entry = hugging_face_entry(tmp_path)
+    result = llmos("models", "import", str(entry), "--name", "hf/tiny", "--include",
+                   "*Q8_0.gguf", "--url", llmos_server.url)
+    assert result.returncode == 0, result.stderr
+    shown = json.loads(llmos("models", "show", "hf/tiny", "--json", "--url",
+                             llmos_server.url).stdout)["version"]
+    assert shown["label"] == "huggingface acme/tiny-GGUF @ 0123456789ab"
+    assert {b["filename"] for b in shown["blobs"]} == {"README.md", "config.json",
+                                                      "tiny-Q8_0.gguf"}

@@ -340,3 +340,38 @@ def test_a_new_version_gets_a_resource_estimate(tmp_path: Path) -> None:
         weights(tmp_path, extra=(string_entry("general.type", "adapter"),), name="a.gguf"),
         "m-adapter", derived_from="m@1").version
     assert adapter.estimate is None  # an adapter alone is not a replica
+
+
+def hugging_face_entry(tmp_path: Path) -> Path:
+    """A hub cache entry as huggingface_hub lays it out: blobs, refs/main, snapshot links."""
+    entry = tmp_path / "hub" / "models--acme--tiny-GGUF"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    (entry / "refs").mkdir(parents=True)
+    (entry / "refs" / "main").write_text(commit)
+    (entry / "blobs").mkdir()
+    snapshot = entry / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    files = {"tiny-Q4_K_M.gguf": make_gguf() + b"q4", "tiny-Q8_0.gguf": make_gguf() + b"q8",
+             "README.md": b"# tiny\n", "config.json": b"{}"}
+    for name, content in files.items():
+        import hashlib
+
+        blob = entry / "blobs" / hashlib.sha256(content).hexdigest()
+        blob.write_bytes(content)
+        (snapshot / name).symlink_to(os.path.relpath(blob, snapshot))
+    (entry / "snapshots" / "old").mkdir()  # another revision, not the one refs/main names
+    return entry
+
+
+def test_import_from_a_hugging_face_cache(registry: LocalRegistry, tmp_path: Path) -> None:
+    entry = hugging_face_entry(tmp_path)
+    version = registry.import_path(entry, "acme/tiny", include=["*Q4_K_M*.gguf"]).version
+    assert [b.filename for b in version.blobs] == ["README.md", "config.json",
+                                                   "tiny-Q4_K_M.gguf"]
+    assert version.label == "huggingface acme/tiny-GGUF @ 0123456789ab"
+    assert registry.weights_path(version).read_bytes() == make_gguf() + b"q4"
+    with pytest.raises(BadRequest, match="no files match"):
+        registry.import_path(entry, "acme/none", include=["*.safetensors"])
+    (entry / "refs" / "main").unlink()
+    with pytest.raises(BadRequest, match="2 snapshots and no refs/main"):
+        registry.import_path(entry, "acme/other")

@@ -62,21 +62,18 @@ def _path(ref: str) -> str:
 
 # import --------------------------------------------------------------------------------
 
-def _files(path: Path) -> list[Path]:
-    """What a path imports as: a folder's files, or a file with its split-GGUF siblings."""
-    from llmos.registry.metadata import SPLIT_RE
+def _files(path: Path, include: list[str] | None) -> tuple[list[Path], str | None]:
+    """What a path imports as: a folder's files, a file with its split-GGUF siblings, or a
+    Hugging Face cache entry's snapshot."""
+    from llmos.errors import LLMOSError
+    from llmos.registry.sources import model_files
 
-    if path.is_dir():
-        return sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
-    if not path.is_file():
-        err.print(f"[red]error:[/red] {path}: no such file or folder")
-        raise typer.Exit(code=2)
-    split = SPLIT_RE.match(path.name)
-    if not split:
-        return [path]
-    count = int(split["count"])
-    return [path.with_name(f"{split['stem']}-{i:05d}-of-{count:05d}.gguf")
-            for i in range(1, count + 1)]
+    try:
+        found = model_files(path, include)
+    except LLMOSError as exc:
+        err.print(f"[red]error:[/red] {exc.message}")
+        raise typer.Exit(code=2) from None
+    return found.files, found.origin
 
 
 def _check_locally(files: list[Path]) -> None:
@@ -131,14 +128,22 @@ def import_model(
     home: Annotated[Path | None, typer.Option(
         help="import into the store of this LLMOS home directly, with no server (a worker "
              "node's $LLMOS_HOME)")] = None,
+    include: Annotated[list[str] | None, typer.Option(
+        help="only files matching this glob (repeatable), e.g. '*Q4_K_M*.gguf'; README, "
+             "LICENSE and tokenizer files come along")] = None,
 ) -> None:
-    """Upload files to the server's registry as a new version of NAME."""
-    files = _files(path)
+    """Upload files to the server's registry as a new version of NAME.
+
+    PATH may be a Hugging Face cache entry (~/.cache/huggingface/hub/models--ORG--NAME):
+    its refs/main snapshot is imported from disk, with no call to the hub."""
+    files, origin = _files(path, include)
+    label = label if label is not None else origin
     _check_locally(files)
     started = time.monotonic()
     if home is not None:
         version = _import_here(home, path, files, name=name, tag=tag, label=label,
-                               derived_from=derived_from, relation=relation, project=project)
+                               derived_from=derived_from, relation=relation, project=project,
+                               include=include)
         _report(version, time.monotonic() - started)
         return
     base = server_url(url)

@@ -43,7 +43,6 @@ from llmos.registry.manifest import (
     ModelVersion,
 )
 from llmos.registry.metadata import (
-    SPLIT_RE,
     check_filename,
     check_splits,
     describe,
@@ -51,6 +50,7 @@ from llmos.registry.metadata import (
     media_type,
 )
 from llmos.registry.refs import ModelRef, check_name, check_tag, parse_ref
+from llmos.registry.sources import model_files
 from llmos.registry.uploads import Uploads
 from llmos.storage import ObjectExists, ObjectStorage, open_storage
 from llmos.storage import blobs as remote_blobs
@@ -153,11 +153,14 @@ class LocalRegistry:
                     project: str = DEFAULT_PROJECT, label: str | None = None,
                     derived_from: str | None = None, relation: str | None = None,
                     creator: str | None = None, move: bool = False,
+                    include: list[str] | None = None,
                     progress: Progress | None = None) -> Imported:
         """Store a file (with the other parts of a split GGUF) or a folder's files as a
         new version of ``name``; an identical existing version is tagged instead."""
         self._check_new(name, tag, project, relation)
-        sources = self._sources(path)
+        found = model_files(path, include)
+        sources = found.files
+        label = label if label is not None else found.origin
         # Every header is read before anything is written: a bad file changes nothing.
         infos = {p: check_gguf(p) if is_gguf_name(p.name) else None for p in sources}
         with self.writing():
@@ -215,28 +218,6 @@ class LocalRegistry:
         if relation is not None and relation not in RELATIONS:
             raise BadRequest(f"invalid relation {relation!r}: one of {', '.join(RELATIONS)}",
                              param="relation")
-
-    def _sources(self, path: Path) -> list[Path]:
-        if path.is_dir():
-            sources = sorted(p for p in path.iterdir()
-                             if p.is_file() and not p.name.startswith("."))
-            if not sources:
-                raise BadRequest(f"cannot import {path}: the folder has no files",
-                                 param="path")
-        elif path.is_file():
-            sources = [path]
-            split = SPLIT_RE.match(path.name)
-            if split:  # the other parts sit beside the one named
-                count = int(split["count"])
-                sources = [path.with_name(f"{split['stem']}-{i:05d}-of-{count:05d}.gguf")
-                           for i in range(1, count + 1)]
-                sources = [p for p in sources if p.is_file()]
-        else:
-            raise BadRequest(f"cannot import {path}: no such file or folder", param="path")
-        for source in sources:
-            check_filename(source.name)
-        check_splits([p.name for p in sources])
-        return sources
 
     def _create(self, name: str, files: list[NewFile], *, tag: str | None, project: str,
                 label: str | None, derived_from: str | None, relation: str | None,
