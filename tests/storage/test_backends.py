@@ -43,6 +43,27 @@ class TestS3(StorageContract):
             storage.get("a")
 
 
+def test_s3_with_wrong_credentials_is_one_line_naming_the_fix(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    server = SeaweedFS(tmp_path / "seaweedfs", identities={"right-key": "right-secret"})
+    server.start()
+    try:
+        url = f"s3://models/x?endpoint={server.endpoint}&region=us-east-1"
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "right-key")
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong-secret")
+        with pytest.raises(StorageError) as caught:
+            open_storage(url).put("a", b"x")
+        message = caught.value.message
+        assert message.startswith("S3 at s3://models/x") and "\n" not in message
+        assert "refused the credentials" in message and "AWS_SECRET_ACCESS_KEY" in message
+        assert "wrong-secret" not in message
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "right-secret")
+        with pytest.raises(StorageError, match="the bucket does not exist"):
+            open_storage(url).get("a")  # the right key gets past: now it is the bucket
+    finally:
+        server.stop()
+
+
 class TestAzure(StorageContract):
     @pytest.fixture
     def storage(self, azurite: Azurite, azure_env: None) -> ObjectStorage:
