@@ -120,3 +120,23 @@ def test_an_unknown_server_is_one_clear_line(tmp_path: Path) -> None:
     result = llmos("models", "pull", "x", "--from", f"http://127.0.0.1:{free_port()}",
                    "--url", f"http://127.0.0.1:{free_port()}")
     assert result.returncode == 2 and "cannot reach 127.0.0.1" in result.stderr
+
+
+def test_lineage_is_matched_by_content_not_number(
+        servers: tuple[RunningServer, RunningServer], tmp_path: Path) -> None:
+    a, b = servers
+    llmos("models", "import", str(make_model(tmp_path, 100, "other.gguf")), "--name", "base",
+          "--url", b.url)  # b's base@1 is some other model
+    llmos("models", "import", str(make_model(tmp_path, 100, "base.gguf")), "--name", "base",
+          "--url", a.url)
+    llmos("models", "import", str(make_model(tmp_path, 100, "child.gguf")), "--name", "child",
+          "--derived-from", "base@1", "--relation", "fine-tune", "--url", a.url)
+    with httpx.Client(base_url=a.url) as src, httpx.Client(base_url=b.url) as dst:
+        orphan = copy_version(src, dst, "child")  # b lacks a's base: the lineage ends
+        assert orphan.version["derived_from"] is None
+        based = copy_version(src, dst, "base@1")
+        assert based.version["ref"] == "base@2"
+        httpx.delete(f"{b.url}/api/models/child@1")
+        child = copy_version(src, dst, "child")
+    assert child.version["derived_from"] == "base@2"
+    assert child.version["relation"] == "fine-tune"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
@@ -279,3 +279,30 @@ async def test_an_upload_that_does_not_match_keeps_nothing(api: Api) -> None:
     assert not list((api.registry.root / "uploads").iterdir())
     bad = await api.client.get("/api/uploads/..%2F..%2Fetc")
     assert bad.status_code in (400, 404)
+
+
+def test_one_writer_per_upload_session(tmp_path: Path) -> None:
+    import threading
+
+    from llmos.errors import Conflict
+
+    registry = LocalRegistry(tmp_path / "models")
+    upload = registry.uploads.open(f"sha256:{'4' * 64}", 10)
+    holding = threading.Event()
+    release = threading.Event()
+
+    def slow() -> Iterator[bytes]:
+        yield b"12345"
+        holding.set()
+        release.wait(10)
+
+    writer = threading.Thread(target=registry.uploads.append, args=(upload.id, 0, slow()))
+    writer.start()
+    assert holding.wait(10)
+    with pytest.raises(Conflict, match="another client"):
+        registry.uploads.append(upload.id, 0, iter([b"x"]))
+    with pytest.raises(Conflict):
+        registry.uploads.finish(upload.id)
+    release.set()
+    writer.join()
+    assert registry.uploads.get(upload.id).offset == 5

@@ -185,7 +185,9 @@ def test_tag_untag_and_delete(registry: LocalRegistry, tmp_path: Path) -> None:
         registry.get("m")
     assert [v.ref for v in registry.list()] == ["m@1"]
     registry.delete("m@1")
-    assert registry.list() == [] and not (registry.root / "repos" / "default" / "m").exists()
+    assert registry.list() == []
+    # Numbers are never reused: a new version is not mistaken for a deleted one.
+    assert registry.import_path(weights(tmp_path, b"three"), "m").version.version == 3
 
 
 def test_gc_removes_only_what_no_version_names(registry: LocalRegistry, tmp_path: Path) -> None:
@@ -375,3 +377,41 @@ def test_import_from_a_hugging_face_cache(registry: LocalRegistry, tmp_path: Pat
     (entry / "refs" / "main").unlink()
     with pytest.raises(BadRequest, match="2 snapshots and no refs/main"):
         registry.import_path(entry, "acme/other")
+
+
+@pytest.mark.parametrize("bad", ["acme\n", "m:prod\n", "m@sha256:" + "0" * 64 + "\n",
+                                 "ns/lineage", "estimate", "a/tags", "x/versions"])
+def test_names_with_a_trailing_newline_or_a_reserved_word_are_refused(bad: str) -> None:
+    with pytest.raises(BadRequest):
+        parse_ref(bad)
+
+
+def test_a_file_name_with_a_trailing_newline_is_refused(registry: LocalRegistry) -> None:
+    with pytest.raises(BadRequest):
+        registry.put_blob(iter([b"not a gguf"]), filename="m.gguf\n")
+    assert registry.blobs.digests() == []
+
+
+def test_reimporting_an_old_version_does_not_move_latest(registry: LocalRegistry,
+                                                         tmp_path: Path) -> None:
+    registry.import_path(weights(tmp_path, b"one"), "m")
+    registry.import_path(weights(tmp_path, b"two"), "m")
+    assert registry.get("m").version == 2  # a plain import moves latest to the new version
+    again = registry.import_path(weights(tmp_path, b"one"), "m")
+    assert not again.created and again.version.version == 1
+    assert registry.get("m").version == 2  # … and a re-import of old files moves nothing
+    assert registry.import_path(weights(tmp_path, b"one"), "m", tag="old").version.tags == (
+        "old",)
+
+
+def test_gc_keeps_tags_and_files_that_end_in_part(registry: LocalRegistry,
+                                                  tmp_path: Path) -> None:
+    registry.import_path(weights(tmp_path, b"x", name="notes.part"), "m", tag="v1.part")
+    registry.materialize(registry.get("m"))
+    (registry.blobs.folder / "abc.partial").write_bytes(b"a cut pull")
+    (registry.blobs.folder / ".import.part").write_bytes(b"a cut import")
+    report = registry.gc(grace_s=0)
+    assert report.parts == 2 and report.blobs == 0
+    assert registry.get("m:v1.part").blobs[0].filename == "notes.part"
+    assert (registry.materialize(registry.get("m")) / "notes.part").is_file()
+    assert registry.verify() == []

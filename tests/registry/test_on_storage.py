@@ -119,3 +119,25 @@ def test_a_corrupt_remote_part_is_never_used(storage: ObjectStorage, tmp_path: P
         b.weights_path(b.get("m"))
     assert not b.blobs.exists(digest)
     assert not list((tmp_path / "b").rglob("*.partial"))
+
+
+def test_nodes_pulling_one_blob_at_once_all_get_it(storage: ObjectStorage,
+                                                    tmp_path: Path) -> None:
+    made = node(tmp_path, storage, "a").import_path(gguf(tmp_path, os.urandom(1 << 20)),
+                                                    "m").version
+    b = node(tmp_path, storage, "b")
+    results: list[object] = []
+
+    def use() -> None:
+        try:
+            results.append(b.weights_path(b.get("m")).read_bytes()[:4])
+        except Exception as exc:  # the assertion below shows it
+            results.append(exc)
+
+    threads = [threading.Thread(target=use) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results == [b"GGUF"] * 4
+    assert b.blobs.digests() == [made.blobs[0].digest]

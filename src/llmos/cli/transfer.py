@@ -74,10 +74,7 @@ def copy_version(source: httpx.Client, target: httpx.Client, ref: str, *,
                           progress)
         _check(target.post(f"/api/uploads/{upload['id']}/finish"),
                f"{target.base_url}: checking {filename}")
-    parent = version.get("derived_from")
-    if parent and target.get(f"/api/models/{quote(parent, safe='/:@')}",
-                             params={"project": into}).status_code != 200:
-        parent = None  # the target lacks the parent: the lineage ends there
+    parent = _same_version_on(target, source, version.get("derived_from"), project, into)
     tag = ref.split("@")[0].partition(":")[2] or None
     created = _check(target.post(
         f"/api/models/{quote(version['name'], safe='/')}/versions", params={"project": into},
@@ -85,6 +82,26 @@ def copy_version(source: httpx.Client, target: httpx.Client, ref: str, *,
               "derived_from": parent, "relation": version.get("relation") if parent else None,
               "creator": version.get("creator")}), f"{target.base_url}: creating the version")
     return Copied(created, sent, skipped, resumed)
+
+
+def _same_version_on(target: httpx.Client, source: httpx.Client, ref: str | None,
+                     project: str, into: str) -> str | None:
+    """The target's version with the same files as the source's ``ref`` (numbers differ
+    between registries), or None: then the copy's lineage ends there."""
+    if not ref:
+        return None
+    theirs = source.get(f"/api/models/{quote(ref, safe='/:@')}", params={"project": project})
+    if theirs.status_code != 200 or not theirs.json()["blobs"]:
+        return None
+    wanted = theirs.json()
+    files = {(b["digest"], b["filename"]) for b in wanted["blobs"]}
+    match = target.get(f"/api/models/{quote(wanted['name'], safe='/')}@"
+                       f"{wanted['blobs'][0]['digest']}", params={"project": into})
+    if match.status_code != 200:
+        return None
+    found = match.json()
+    same = {(b["digest"], b["filename"]) for b in found["blobs"]} == files
+    return str(found["ref"]) if same else None
 
 
 def _send(source: httpx.Client, target: httpx.Client, upload_id: str, digest: str,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Callable, Iterable
@@ -15,6 +16,7 @@ from llmos.errors import BadRequest, LLMOSError, RegistryError
 from llmos.registry.refs import check_digest
 
 CHUNK = 8 << 20
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 Progress = Callable[[int], None]
 """Called with the number of bytes just handled."""
 
@@ -62,7 +64,7 @@ class BlobStore:
         if not self.folder.is_dir():
             return []
         return sorted(f"sha256:{p.name}" for p in self.folder.iterdir()
-                      if not p.name.startswith(".") and p.is_file())
+                      if _HEX64.fullmatch(p.name) and p.is_file())
 
     def put_file(self, source: Path, *, move: bool = False,
                  check: Callable[[Path], None] | None = None,

@@ -247,7 +247,8 @@ class LocalRegistry:
         with self._repository_lock(project, name):
             for existing in self.versions(name, project=project):
                 if existing.blobs == blobs:
-                    self._set_tag(project, name, tag or "latest", existing.version)
+                    if tag is not None:  # a plain re-import moves nothing
+                        self._set_tag(project, name, tag, existing.version)
                     return Imported(self.get(existing.ref, project=project), False, new_bytes)
             estimate = None
             if self.estimator is not None and weights:
@@ -257,7 +258,8 @@ class LocalRegistry:
                 for f in files:
                     remote_blobs.push(self.remote, self.blobs.path(f.stored.digest),
                                       f.stored.digest)
-            number = max(self._numbers(project, name), default=0) + 1
+            number = max([*self._numbers(project, name), *self._deleted(project, name)],
+                         default=0) + 1
             while True:  # create-only: two writers (two nodes) never take the same number
                 version = ModelVersion(
                     name=name, version=number, project=project,
@@ -309,13 +311,12 @@ class LocalRegistry:
         with self._repository_lock(project, version.name):
             for tag in version.tags:
                 self.meta.delete(self._tag_key(project, version.name, tag))
+            # A tombstone first: the number is never given to another version (whose
+            # files a cache or a derived_from elsewhere could take for this one's).
+            self.meta.put(f"repos/{project}/{version.name}/_deleted/{version.version}",
+                          json.dumps({"deleted_at": time.time()}).encode())
             self.meta.delete(self._manifest_key(project, version.name, version.version))
             shutil.rmtree(self._files_path(version), ignore_errors=True)
-            if self.remote is None:
-                repo = self.root / "repos" / project / version.name
-                for folder in (repo / "_versions", repo / "_tags", repo):
-                    with contextlib.suppress(OSError):
-                        folder.rmdir()  # only when empty: no other version is left
         return version
 
     # reading -----------------------------------------------------------------------
@@ -328,6 +329,11 @@ class LocalRegistry:
             if rest.endswith(".json") and rest[:-5].isdigit():
                 numbers.append(int(rest[:-5]))
         return sorted(numbers)
+
+    def _deleted(self, project: str, name: str) -> list[int]:
+        prefix = f"repos/{project}/{name}/_deleted/"
+        return [int(i.path.removeprefix(prefix)) for i in self.meta.list(prefix.rstrip("/"))
+                if i.path.removeprefix(prefix).isdigit()]
 
     def versions(self, name: str, *, project: str = DEFAULT_PROJECT) -> list[ModelVersion]:
         check_name(name)
@@ -466,8 +472,11 @@ class LocalRegistry:
         if path.is_file():
             return path
         if self.remote is not None and remote_blobs.exists(self.remote, digest):
-            with self.writing():
-                remote_blobs.pull(self.remote, digest, path)  # verified, then renamed in
+            # One pull of a blob at a time on this node; who waited finds it there.
+            with self.writing(), self._lock(f"pull-{digest.removeprefix('sha256:')}",
+                                            fcntl.LOCK_EX):
+                if not path.is_file():
+                    remote_blobs.pull(self.remote, digest, path)  # verified, renamed in
             return path
         raise NotFound(f"blob {digest} not found")
 
@@ -559,7 +568,11 @@ class LocalRegistry:
                 parts += removed
             sessions, _ = self.uploads.collect(grace_s)
             parts += sessions
-            for part in self.root.glob("**/*.part"):  # no writer holds the lock: all stale
+            # No writer holds the lock: every partial blob (an import's *.part, a cut
+            # pull's *.partial) is stale.
+            stale = [*self.blobs.folder.glob(".*.part"), *self.blobs.folder.glob("*.partial")
+                     ] if self.blobs.folder.is_dir() else []
+            for part in stale:
                 with contextlib.suppress(OSError):
                     part.unlink()
                     parts += 1

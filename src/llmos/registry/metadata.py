@@ -27,7 +27,7 @@ GGUF does not say (llama.cpp hard-codes these periods per architecture)."""
 
 
 def check_filename(filename: str) -> str:
-    if not FILENAME_RE.match(filename) or ".." in filename:
+    if not FILENAME_RE.fullmatch(filename) or ".." in filename:
         raise BadRequest(f"invalid file name {filename!r}: letters, digits, '.', '_', '+' "
                          "and '-', starting with a letter or digit, no path", param="filename")
     return filename
@@ -55,7 +55,7 @@ def check_splits(filenames: list[str]) -> None:
     """Split GGUF files (``-00001-of-00003``) come as a complete set."""
     groups: dict[tuple[str, int], set[int]] = {}
     for name in filenames:
-        match = SPLIT_RE.match(name)
+        match = SPLIT_RE.fullmatch(name)
         if match:
             key = (match["stem"], int(match["count"]))
             groups.setdefault(key, set()).add(int(match["index"]))

@@ -11,8 +11,11 @@ _COMPONENT = r"[a-z0-9][a-z0-9._-]*"
 NAME_RE = re.compile(rf"^(?:{_COMPONENT}/)?{_COMPONENT}$")
 TAG_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}$")
 DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
+RESERVED = frozenset({"lineage", "estimate", "tags", "versions"})
+"""Words the API's paths use after a name: a name cannot end with one."""
 NAME_RULE = ("a model name is [namespace/]name of lowercase letters, digits, '-', '.' and '_', "
-             "starting with a letter or digit")
+             "starting with a letter or digit, and not ending in /lineage, /estimate, /tags "
+             "or /versions")
 
 
 @dataclass(frozen=True)
@@ -31,20 +34,20 @@ class ModelRef:
 
 
 def check_name(name: str) -> str:
-    if not NAME_RE.match(name) or ".." in name:
+    if not NAME_RE.fullmatch(name) or ".." in name or name.rsplit("/", 1)[-1] in RESERVED:
         raise BadRequest(f"invalid model name {name!r}: {NAME_RULE}", param="name")
     return name
 
 
 def check_tag(tag: str) -> str:
-    if not TAG_RE.match(tag) or ".." in tag:
+    if not TAG_RE.fullmatch(tag) or ".." in tag:
         raise BadRequest(f"invalid tag {tag!r}: lowercase letters, digits, '-', '.' and '_'",
                          param="tag")
     return tag
 
 
 def check_digest(digest: str) -> str:
-    if not DIGEST_RE.match(digest):
+    if not DIGEST_RE.fullmatch(digest):
         raise BadRequest(f"invalid digest {digest[:80]!r}: sha256: and 64 lowercase hex digits",
                          param="digest")
     return digest
@@ -56,7 +59,7 @@ def parse_ref(ref: str) -> ModelRef:
         check_name(name)
         if at.isdigit():
             return ModelRef(name, version=int(at))
-        if DIGEST_RE.match(at):
+        if DIGEST_RE.fullmatch(at):
             return ModelRef(name, digest=at)
         raise BadRequest(f"invalid reference {ref!r}: after '@' comes a version number or "
                          "sha256:<64 hex digits>", param="model")

@@ -37,7 +37,7 @@ def model_files(path: Path, include: list[str] | None = None) -> Sources:
                              param="path")
     elif folder.is_file():
         files = [folder]
-        split = SPLIT_RE.match(folder.name)
+        split = SPLIT_RE.fullmatch(folder.name)
         if split:  # the other parts sit beside the one named
             count = int(split["count"])
             files = [folder.with_name(f"{split['stem']}-{i:05d}-of-{count:05d}.gguf")

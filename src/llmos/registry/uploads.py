@@ -10,6 +10,8 @@ Layout: ``<root>/uploads/<id>.json`` (digest, size, filename) and ``<id>.data``.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -17,9 +19,10 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from llmos.errors import BadRequest, Conflict, NotFound
 from llmos.registry.blobs import CHUNK, BlobStore, DigestMismatch, Stored, storage_error
@@ -43,7 +46,7 @@ class Uploads:
     def __init__(self, root: Path, blobs: BlobStore) -> None:
         self.folder = root / "uploads"
         self.blobs = blobs
-        self._hashes: dict[str, tuple[int, hashlib._Hash]] = {}
+        self._hashes: dict[str, tuple[tuple[int, int, int], hashlib._Hash]] = {}
         """Running hashes of sessions appended in order by this process (no re-read)."""
         self._lock = threading.Lock()
 
@@ -70,7 +73,7 @@ class Uploads:
             return self.get(upload_id)
 
     def get(self, upload_id: str) -> Upload:
-        if not _ID_RE.match(upload_id):
+        if not _ID_RE.fullmatch(upload_id):
             raise BadRequest(f"invalid upload id {upload_id[:40]!r}", param="upload_id")
         meta = self.folder / f"{upload_id}.json"
         data = self.folder / f"{upload_id}.data"
@@ -82,18 +85,19 @@ class Uploads:
 
     def append(self, upload_id: str, offset: int, chunks: Iterable[bytes]) -> Upload:
         """Add bytes at ``offset``, which must be the session's offset; what arrives
-        before a cut is kept, so the next try resumes from there."""
-        upload = self.get(upload_id)
-        if offset != upload.offset:
-            raise Conflict(f"upload {upload_id} is at offset {upload.offset}, not {offset}; "
-                           "resume from there")
-        running = self._hashes.get(upload_id)
-        hasher = running[1] if running and running[0] == offset else None
-        if hasher is None and offset == 0:
-            hasher = hashlib.sha256()
-        written = offset
-        try:
-            with (self.folder / f"{upload_id}.data").open("r+b") as out:
+        before a cut is kept, so the next try resumes from there. One writer at a time:
+        a second client sending the same session meanwhile gets a 409."""
+        with self._exclusive(upload_id) as out:
+            upload = self.get(upload_id)
+            if offset != upload.offset:
+                raise Conflict(f"upload {upload_id} is at offset {upload.offset}, not "
+                               f"{offset}; resume from there")
+            running = self._hashes.pop(upload_id, None)
+            hasher = running[1] if running and running[0] == _stamp(out, offset) else None
+            if hasher is None and offset == 0:
+                hasher = hashlib.sha256()
+            written = offset
+            try:
                 out.seek(offset)
                 try:
                     for chunk in chunks:
@@ -106,46 +110,68 @@ class Uploads:
                             hasher.update(chunk)
                 finally:
                     out.flush()
-                    os.fsync(out.fileno())
                     out.truncate(written)
-        except OSError as exc:
-            raise storage_error(exc, self.folder) from exc
-        finally:
-            if hasher is not None:
-                self._hashes[upload_id] = (written, hasher)
+                    os.fsync(out.fileno())
+                    if hasher is not None:
+                        self._hashes[upload_id] = (_stamp(out, written), hasher)
+            except OSError as exc:
+                raise storage_error(exc, self.folder) from exc
         return self.get(upload_id)
+
+    @contextlib.contextmanager
+    def _exclusive(self, upload_id: str) -> Iterator[BinaryIO]:
+        self.get(upload_id)
+        try:
+            handle = (self.folder / f"{upload_id}.data").open("r+b")
+        except FileNotFoundError:
+            raise NotFound(f"no upload {upload_id}: it finished, failed or was collected"
+                           ) from None
+        with handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise Conflict(f"upload {upload_id} is being sent by another client right "
+                               "now") from None
+            try:
+                yield handle
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def finish(self, upload_id: str) -> Stored:
         """Check the whole content and make it a blob; on a mismatch nothing is kept."""
-        upload = self.get(upload_id)
-        if upload.offset != upload.size:
-            raise Conflict(f"upload {upload_id} has {upload.offset} of {upload.size} bytes; "
-                           "send the rest first")
-        data = self.folder / f"{upload_id}.data"
-        running = self._hashes.pop(upload_id, None)
-        if running is not None and running[0] == upload.size:
-            actual = f"sha256:{running[1].hexdigest()}"
-        else:
-            h = hashlib.sha256()
-            with data.open("rb") as f:
-                while chunk := f.read(CHUNK):
+        with self._exclusive(upload_id) as handle:
+            upload = self.get(upload_id)
+            if upload.offset != upload.size:
+                raise Conflict(f"upload {upload_id} has {upload.offset} of {upload.size} "
+                               "bytes; send the rest first")
+            data = self.folder / f"{upload_id}.data"
+            running = self._hashes.pop(upload_id, None)
+            # The running hash counts only if the file is as its last writer left it.
+            if running is not None and running[0] == _stamp(handle, upload.size):
+                actual = f"sha256:{running[1].hexdigest()}"
+            else:
+                h = hashlib.sha256()
+                handle.seek(0)
+                while chunk := handle.read(CHUNK):
                     h.update(chunk)
-            actual = f"sha256:{h.hexdigest()}"
-        try:
-            if actual != upload.digest:
-                raise DigestMismatch(f"the upload hashes to {actual}, not {upload.digest}; "
-                                     "nothing was kept", param="digest")
-            if upload.filename is not None and is_gguf_name(upload.filename):
-                read_gguf(data)
-            target = self.blobs.path(upload.digest)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            new = not target.is_file()
-            if new:
-                os.replace(data, target)
-            return Stored(upload.digest, upload.size, new=new)
-        finally:
-            data.unlink(missing_ok=True)
-            (self.folder / f"{upload_id}.json").unlink(missing_ok=True)
+                actual = f"sha256:{h.hexdigest()}"
+            try:
+                if actual != upload.digest:
+                    raise DigestMismatch(f"the upload hashes to {actual}, not "
+                                         f"{upload.digest}; nothing was kept", param="digest")
+                if upload.filename is not None and is_gguf_name(upload.filename):
+                    read_gguf(data)
+                target = self.blobs.path(upload.digest)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                new = not target.is_file()
+                if new:
+                    os.replace(data, target)
+                else:
+                    os.utime(target)  # fresh again: gc's grace period counts from now
+                return Stored(upload.digest, upload.size, new=new)
+            finally:
+                data.unlink(missing_ok=True)
+                (self.folder / f"{upload_id}.json").unlink(missing_ok=True)
 
     def cancel(self, upload_id: str) -> None:
         self.get(upload_id)
@@ -175,3 +201,9 @@ class Uploads:
             except (NotFound, BadRequest, ValueError, KeyError):
                 continue
         return found
+
+
+def _stamp(handle: BinaryIO, size: int) -> tuple[int, int, int]:
+    """What a running hash was taken over: the file (inode), its size, its mtime."""
+    stat = os.fstat(handle.fileno())
+    return (stat.st_ino, size if stat.st_size == size else -1, stat.st_mtime_ns)

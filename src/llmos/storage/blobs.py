@@ -78,7 +78,11 @@ def push(storage: ObjectStorage, source: Path, digest: str, *, part_size: int = 
     """
     prefix = blob_prefix(digest)
     size = source.stat().st_size
-    if exists(storage, digest):
+    raw_index = storage.get(f"{prefix}/index.json")
+    if raw_index is not None:
+        # Written again (same content): its time is fresh, so a gc elsewhere that still
+        # thinks no version names this blob leaves it for a grace period.
+        storage.put(f"{prefix}/index.json", raw_index)
         if progress is not None:
             progress(size)
         return Sent(digest, size, 0, 0)
