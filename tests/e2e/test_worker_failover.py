@@ -167,10 +167,12 @@ def test_kill_9_of_one_worker_loses_no_request(
         # The streams go first, so each worker is streaming two of them when one dies.
         streams = [asyncio.create_task(stream(i)) for i in range(4)]
         await asyncio.sleep(0.2)
-        results = await asyncio.gather(kill_soon(), *(one(i) for i in range(100)))
+        killer = asyncio.create_task(kill_soon())
+        results = await asyncio.gather(*(one(i) for i in range(100)))
+        await killer
         endings.extend(await asyncio.gather(*streams))
         await client.close()
-        return list(results[1:])
+        return list(results)
 
     answers = asyncio.run(run())
     assert victim.wait(timeout=10) == -signal.SIGKILL
