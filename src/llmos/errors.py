@@ -36,6 +36,12 @@ class ContextLengthExceeded(BadRequest):
     code = "context_length_exceeded"
 
 
+class DigestMismatch(BadRequest):
+    """Content does not hash to the digest it was sent or stored as; nothing was kept."""
+
+    code = "digest_mismatch"
+
+
 class NotFound(LLMOSError):
     status = 404
     type = "invalid_request_error"

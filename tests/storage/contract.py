@@ -8,10 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from llmos.errors import NotFound
+from llmos.errors import DigestMismatch, NotFound
 from llmos.storage import ObjectExists, ObjectInfo, ObjectStorage
 from llmos.storage import blobs as remote
-from llmos.storage.blobs import DigestMismatch
 
 PART = 256 << 10  # small parts, so a few MiB make many
 

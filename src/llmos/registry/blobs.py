@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from llmos.errors import BadRequest, LLMOSError, RegistryError
+from llmos.errors import DigestMismatch, LLMOSError, RegistryError
 from llmos.registry.refs import check_digest
 
 CHUNK = 8 << 20
@@ -25,10 +25,6 @@ class StorageFull(LLMOSError):
     status = 507
     type = "server_error"
     code = "insufficient_storage"
-
-
-class DigestMismatch(BadRequest):
-    code = "digest_mismatch"
 
 
 class BlobCorrupt(LLMOSError):

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from llmos.errors import BadRequest, Conflict, NotFound
-from llmos.registry.blobs import CHUNK, BlobStore, DigestMismatch, Stored, storage_error
+from llmos.errors import BadRequest, Conflict, DigestMismatch, NotFound
+from llmos.registry.blobs import CHUNK, BlobStore, Stored, storage_error
 from llmos.registry.gguf import read_gguf
 from llmos.registry.metadata import check_filename, is_gguf_name
 from llmos.registry.refs import check_digest

@@ -30,16 +30,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from llmos.errors import BadRequest, LLMOSError, NotFound
+from llmos.errors import DigestMismatch, LLMOSError, NotFound
 from llmos.storage.base import ObjectExists, ObjectStorage
 
 PART_SIZE = 16 << 20
 CONCURRENCY = 4
 Progress = Callable[[int], None]
-
-
-class DigestMismatch(BadRequest):
-    code = "digest_mismatch"
 
 
 @dataclass(frozen=True)
