@@ -100,14 +100,19 @@ def start_server(home: Path, extra_env: dict[str, str] | None = None,
     raise RuntimeError("llmos serve did not become ready:\n" + log.read_text()[-3000:])
 
 
-def stop_server(server: RunningServer) -> None:
-    if server.process.poll() is None:
-        server.process.send_signal(signal.SIGTERM)
+def stop_process(process: subprocess.Popen[bytes] | None, timeout: float = 10) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within ``timeout`` (by its own PID)."""
+    if process is not None and process.poll() is None:
+        process.send_signal(signal.SIGTERM)
         try:
-            server.process.wait(timeout=20)
+            process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            server.process.kill()
-            server.process.wait(timeout=10)
+            process.kill()
+            process.wait(timeout=10)
+
+
+def stop_server(server: RunningServer) -> None:
+    stop_process(server.process, timeout=20)
 
 
 @pytest.fixture(scope="session")

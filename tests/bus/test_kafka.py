@@ -15,7 +15,7 @@ import pytest
 from llmos.bus import Bus
 from tests.bus.contract import BusContract
 from tests.bus.test_rabbitmq import shut_sockets_to
-from tests.conftest import REQUIRE_SERVICES, free_port
+from tests.conftest import REQUIRE_SERVICES, free_port, stop_process
 from tests.seaweedfs import SeaweedFS
 
 # Tansu answers a fetch only at its deadline: keep it short (the default suits Kafka).
@@ -86,13 +86,7 @@ class Tansu:
                 time.sleep(0.05)
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
+        stop_process(self.process)
         self.process = None
 
 
