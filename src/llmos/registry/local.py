@@ -493,22 +493,25 @@ class LocalRegistry:
 
     # upkeep --------------------------------------------------------------------------
 
+    def all_versions(self) -> builtins.list[ModelVersion]:
+        """Every version of every project."""
+        return [v for p in self.projects() for v in self.list(project=p)]
+
+    def _selected(self, ref: str | None, project: str) -> builtins.list[ModelVersion]:
+        return [self.get(ref, project=project)] if ref is not None else self.all_versions()
+
     def referenced(self) -> dict[str, builtins.list[str]]:
         """Every digest a manifest names, with the versions naming it."""
         refs: dict[str, builtins.list[str]] = {}
-        for project in self.projects():
-            for version in self.list(project=project):
-                for blob in version.blobs:
-                    refs.setdefault(blob.digest, []).append(f"{project}/{version.ref}")
+        for version in self.all_versions():
+            for blob in version.blobs:
+                refs.setdefault(blob.digest, []).append(f"{version.project}/{version.ref}")
         return refs
 
     def verify(self, ref: str | None = None, *, project: str = DEFAULT_PROJECT,
                progress: Progress | None = None) -> builtins.list[Problem]:
         """Re-hash the blobs of one version (or of every version); list what is wrong."""
-        if ref is not None:
-            versions = [self.get(ref, project=project)]
-        else:
-            versions = [v for p in self.projects() for v in self.list(project=p)]
+        versions = self._selected(ref, project)
         problems: builtins.list[Problem] = []
         checked: dict[str, str | None] = {}
         for version in versions:
@@ -536,17 +539,15 @@ class LocalRegistry:
 
     def verify_bytes(self, ref: str | None = None, *, project: str = DEFAULT_PROJECT) -> int:
         """How many bytes ``verify`` reads (for a progress bar)."""
-        if ref is not None:
-            versions = [self.get(ref, project=project)]
-        else:
-            versions = [v for p in self.projects() for v in self.list(project=p)]
+        versions = self._selected(ref, project)
         return sum({b.digest: b.size for v in versions for b in v.blobs}.values())
 
     def gc(self, *, grace_s: float = 3600.0) -> GcReport:
         """Remove blobs no version names (unless younger than ``grace_s``: an upload may
         be about to name them), stale ``*.part`` files and files folders of gone versions."""
         with self._lock("store", fcntl.LOCK_EX):
-            referenced = set(self.referenced())
+            versions = self.all_versions()  # read once: on object storage, a full listing
+            referenced = {b.digest for v in versions for b in v.blobs}
             now = time.time()
             blobs = freed = parts = folders = 0
             for digest in self.blobs.digests():
@@ -576,7 +577,7 @@ class LocalRegistry:
                 with contextlib.suppress(OSError):
                     part.unlink()
                     parts += 1
-            live = {self._files_path(v) for p in self.projects() for v in self.list(project=p)}
+            live = {self._files_path(v) for v in versions}
             files = self.root / "files"
             for folder in sorted(files.glob("**/_versions/*")) if files.is_dir() else []:
                 if folder.is_dir() and folder not in live:
