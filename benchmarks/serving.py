@@ -360,6 +360,8 @@ async def measure(args: argparse.Namespace, columns: list[Any]) -> dict[str, Any
         await column.batch(1, prompts(1), 8)
     for n in levels:
         requests = prompts(max(args.min_requests, args.requests_per_slot * n))
+        for column in columns:  # the first batch this wide sizes the engine's buffers
+            await column.batch(n, prompts(n), 8)
         for run in range(args.runs):
             order = columns[run % len(columns):] + columns[:run % len(columns)]
             for column in order:

@@ -50,6 +50,11 @@ class EngineSettings(BaseModel):
     cache_ram_mib: int = Field(256, ge=0, description="host-side prompt cache")
     poll: int = Field(50, ge=0, le=100, description="busy-wait level of engine threads")
     log_verbosity: int = Field(0, ge=-1, le=5, description="llama.cpp log level (0: quiet)")
+    merge_max_tokens: int = Field(
+        512, ge=0, description="completions that arrive together with the same parameters "
+        "start as one engine call (one prefill batch) when max_tokens is at most this; "
+        "0 turns it off. A member that is cancelled stops streaming at once, but its engine "
+        "slot runs on until its own end")
     sampling: SamplingDefaults = Field(default_factory=lambda: SamplingDefaults())
     default_max_tokens: int = Field(256, ge=1, description="max_tokens when a request has none")
     max_tokens_limit: int = Field(4096, ge=1, description="largest max_tokens a request may ask")
@@ -90,6 +95,11 @@ class Settings(BaseSettings):
     bus_consumer_timeout_s: float = Field(
         1800.0, gt=0, description="the broker's limit on how long a delivery may stay "
         "unacked (RabbitMQ's consumer_timeout, 30 min by default)")
+    switch_interval_us: int = Field(
+        200, ge=1, le=100_000, description="how long one Python thread may hold the GIL "
+        "while others wait for it (CPython's default is 5000); engine threads wait for it to "
+        "start a request and to hand over each token, so a burst of requests reaches the "
+        "engine within a few milliseconds instead of one switch interval per request")
     log_level: str = "INFO"
     log_json: bool = True
     config: Path | None = Field(None, description="TOML file with these settings")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -15,7 +15,7 @@ from llmos.bus import TopicMessage, names
 from llmos.bus.memory import MemoryBus
 from llmos.bus.messages import Command, Heartbeat, ReplyChunk, decode, encode
 from llmos.engines import EngineConfig, load_engine
-from llmos.engines.base import Engine
+from llmos.engines.base import Engine, EngineEvent, GenerationResult, TextDelta
 from llmos.gateway.dispatch import Dispatcher, ReplicaFailed, RequestHandle
 from llmos.observability.metrics import REGISTRY
 from llmos.worker import Worker
@@ -51,6 +51,23 @@ async def submit(dispatcher: Dispatcher, rid: str, *, max_tokens: int = 8,
 
 async def collect(handle: RequestHandle) -> list[ReplyChunk]:
     return [c async for c in handle.chunks()]
+
+
+def text(chunks: list[ReplyChunk]) -> str:
+    return "".join(c.text for c in chunks)
+
+
+# Prompts whose greedy continuations are clear-cut, so batch numerics cannot tip them.
+LIKE_PROMPTS = ["Numbers: 1, 2, 3, 4, 5, 6,", "Numbers: 10, 11, 12, 13, 14,",
+                "Letters: a, b, c, d, e, f,", "Days: Monday, Tuesday, Wednesday,"]
+
+
+async def submit_prompt(dispatcher: Dispatcher, rid: str, prompt: str, *, max_tokens: int = 8,
+                        stream: bool = False) -> RequestHandle:
+    return await dispatcher.submit(
+        request_id=rid, deployment="m", kind="completion",
+        body={"prompt": prompt, "max_tokens": max_tokens, "temperature": 0},
+        stream=stream, max_tokens_explicit=True)
 
 
 @pytest.mark.asyncio
@@ -249,3 +266,95 @@ async def test_every_service_tier_has_its_queue_and_is_served(
     results = await asyncio.wait_for(asyncio.gather(*(collect(h) for h in handles)), 30)
     await worker.stop()
     assert all(r[-1].error is None and r[-1].usage is not None for r in results)
+
+
+@pytest.mark.asyncio
+async def test_a_burst_of_like_completions_is_one_engine_call_answering_each_as_alone(
+        engine: Engine, bus: MemoryBus, dispatcher: Dispatcher) -> None:
+    worker = Worker(bus, engine, "m")
+    await worker.start()
+    try:
+        alone = [await collect(await submit_prompt(dispatcher, f"alone-{i}", p))
+                 for i, p in enumerate(LIKE_PROMPTS)]
+        merged = worker._launcher.merged_calls
+        handles = [await submit_prompt(dispatcher, f"burst-{i}", p, stream=True)
+                   for i, p in enumerate(LIKE_PROMPTS)]
+        together = await asyncio.gather(*(collect(h) for h in handles))
+    finally:
+        await worker.stop()
+    assert worker._launcher.merged_calls == merged + 1
+    assert [text(c) for c in together] == [text(c) for c in alone]
+    assert [c[-1].usage for c in together] == [c[-1].usage for c in alone]
+    assert all(c[-1].finish_reason == "length" for c in together)
+
+
+@pytest.mark.asyncio
+async def test_a_cancelled_member_of_a_merged_call_ends_at_once_and_the_others_finish(
+        engine: Engine, bus: MemoryBus, dispatcher: Dispatcher) -> None:
+    worker = Worker(bus, engine, "m")
+    await worker.start()
+    try:
+        merged = worker._launcher.merged_calls
+        handles = [await submit_prompt(dispatcher, f"m-{i}", p, max_tokens=24, stream=True)
+                   for i, p in enumerate(LIKE_PROMPTS[:3])]
+        streams = [h.chunks() for h in handles]
+        for stream in streams:
+            await anext(stream)
+        assert worker.busy_slots == 3
+        await streams[0].aclose()  # this client went away
+        for _ in range(100):
+            if worker.busy_slots == 2:
+                break
+            await asyncio.sleep(0.01)
+        assert worker.busy_slots == 2
+        rest = await asyncio.gather(*(_rest(s) for s in streams[1:]))
+    finally:
+        await worker.stop()
+    assert worker._launcher.merged_calls == merged + 1
+    for chunks in rest:
+        assert chunks[-1].error is None
+        assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 24
+
+
+async def _rest(stream: AsyncIterator[ReplyChunk]) -> list[ReplyChunk]:
+    return [c async for c in stream]
+
+
+def test_a_merged_call_whose_requests_all_stop_ends_at_once(engine: Engine) -> None:
+    bodies = [{"prompt": p, "max_tokens": 500, "temperature": 0, "ignore_eos": True}
+              for p in LIKE_PROMPTS[:2]]
+    events = [0, 0]
+    outcomes: dict[int, GenerationResult | BaseException] = {}
+
+    def stopper(i: int) -> Callable[[EngineEvent], bool]:
+        def on_event(event: EngineEvent) -> bool:
+            events[i] += 1
+            return isinstance(event, TextDelta)  # stop at the first token
+        return on_event
+
+    def on_done(i: int, outcome: GenerationResult | BaseException) -> None:
+        outcomes[i] = outcome
+
+    assert engine.merge_key("completion", bodies[0]) == engine.merge_key("completion", bodies[1])
+    started = time.monotonic()
+    engine.generate_many("completion", bodies, [stopper(0), stopper(1)], on_done)
+    took = time.monotonic() - started
+    assert sorted(outcomes) == [0, 1]
+    assert all(isinstance(o, GenerationResult) and o.stopped for o in outcomes.values())
+    assert events == [2, 2]  # the prompt, then one token: nothing after the stop
+    assert took < 5, f"the call ran on for {took:.1f}s after both requests stopped"
+
+
+@pytest.mark.asyncio
+async def test_a_burst_where_one_prompt_is_too_long_fails_only_that_one(
+        engine: Engine, bus: MemoryBus, dispatcher: Dispatcher) -> None:
+    worker = Worker(bus, engine, "m")
+    await worker.start()
+    try:
+        handles = [await submit_prompt(dispatcher, "short", LIKE_PROMPTS[0]),
+                   await submit_prompt(dispatcher, "long", "word " * 400)]
+        short, long = await asyncio.gather(*(collect(h) for h in handles))
+    finally:
+        await worker.stop()
+    assert short[-1].error is None and text(short).strip().startswith("7")
+    assert long[-1].error is not None and long[-1].error.status == 400

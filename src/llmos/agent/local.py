@@ -26,7 +26,8 @@ def engine_config(settings: EngineSettings, model_path: Path) -> EngineConfig:
         model_path=model_path, slots=settings.slots, threads=settings.threads,
         batch_threads=settings.batch_threads, ctx_size=settings.ctx_size,
         kv_unified=settings.kv_unified, cache_ram_mib=settings.cache_ram_mib,
-        poll=settings.poll, log_verbosity=settings.log_verbosity)
+        poll=settings.poll, log_verbosity=settings.log_verbosity,
+        merge_max_tokens=settings.merge_max_tokens)
 
 
 @dataclass

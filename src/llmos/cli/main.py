@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -75,6 +76,7 @@ def _run_with_settings(given: dict[str, Any], engine: dict[str, Any],
         overrides = {k: v for k, v in engine.items() if v is not None}
         if overrides:
             settings.engine = settings.engine.model_copy(update=overrides)
+        sys.setswitchinterval(settings.switch_interval_us / 1_000_000)
         _run(main(settings))
     except LLMOSError as exc:
         err.print(f"[red]error:[/red] {exc.message}")

@@ -2,12 +2,16 @@
 
 ``generate`` blocks its calling thread; the worker calls it from a pool with one
 thread per slot, so concurrent requests really run in parallel slots.
+
+An engine may also take several requests in one call (``generate_many``): those
+whose ``merge_key`` is equal differ only in their prompt, and starting them
+together lets the engine put all their prompts into its first batch.
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -26,6 +30,8 @@ class EngineConfig:
     cache_ram_mib: int = 256
     poll: int = 50
     log_verbosity: int = 0
+    merge_max_tokens: int = 512
+    """Largest max_tokens of a request that may share an engine call (0: none do)."""
 
     @property
     def ctx_per_slot(self) -> int | None:
@@ -70,5 +76,26 @@ class Engine(abc.ABC):
     ) -> GenerationResult:
         """Run one request to completion (blocking); raises an LLMOSError on failure."""
 
+    def merge_key(self, kind: Kind, body: dict[str, Any]) -> str | None:
+        """Equal keys: the requests may share one ``generate_many`` call. None: never."""
+        return None
+
+    def generate_many(
+        self, kind: Kind, bodies: Sequence[dict[str, Any]], on_events: Sequence[EventCallback],
+        on_done: Callable[[int, GenerationResult | BaseException], None],
+    ) -> None:
+        """Run requests of one merge key together (blocking).
+
+        ``on_done(i, outcome)`` is called once per request, as soon as request ``i``
+        ends, with its result or the error it failed with. Raises CannotMerge,
+        before any event, when the engine refuses the requests together: each is
+        then run on its own, so only a faulty one fails.
+        """
+        raise CannotMerge(f"{type(self).__name__} runs one request per call")
+
     @abc.abstractmethod
     def close(self) -> None: ...
+
+
+class CannotMerge(Exception):
+    """The requests must be run one by one (nothing was generated yet)."""

@@ -6,11 +6,14 @@ the web UI off and a random API key, and LLMOS never sends requests to it.
 
 from __future__ import annotations
 
+import json
 import logging
 import secrets
+from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from llmos.engines.base import (
+    CannotMerge,
     Engine,
     EngineConfig,
     EventCallback,
@@ -62,10 +65,7 @@ class LlamaCppEngine(Engine):
     def generate(
         self, kind: Kind, body: dict[str, Any], on_event: EventCallback
     ) -> GenerationResult:
-        request = dict(body)
-        request["stream"] = True
-        request["stream_options"] = {"include_usage": True}
-        request["return_progress"] = True
+        request = _streamed(body)
         state = _StreamState(kind, on_event)
         handler = (self._server.handle_chat_completions if kind == "chat"
                    else self._server.handle_completions)
@@ -83,10 +83,129 @@ class LlamaCppEngine(Engine):
             _raise_engine_error(state.error, kind)
         return state.result()
 
+    def merge_key(self, kind: Kind, body: dict[str, Any]) -> str | None:
+        """Completions that differ only in a text prompt can be one llama.cpp call.
+
+        A list of prompts is llama.cpp's own batch form: one task per prompt with the
+        same parameters, all posted to its queue at once, so one batch prefills them
+        all (requests that arrive one by one, even a millisecond apart, often do not
+        make its first batch). Each task samples as it would alone (its own seed).
+        """
+        if kind != "completion" or not isinstance(body.get("prompt"), str):
+            return None
+        max_tokens = body.get("max_tokens")
+        if not isinstance(max_tokens, int) or not 0 < max_tokens <= self.config.merge_max_tokens:
+            return None  # a cancelled member's slot runs on to its end: keep that short
+        try:
+            return json.dumps({k: v for k, v in body.items() if k != "prompt"},
+                              sort_keys=True, separators=(",", ":"))
+        except (TypeError, ValueError):
+            return None
+
+    def generate_many(
+        self, kind: Kind, bodies: Sequence[dict[str, Any]], on_events: Sequence[EventCallback],
+        on_done: Callable[[int, GenerationResult | BaseException], None],
+    ) -> None:
+        if kind != "completion" or len(bodies) < 2:
+            raise CannotMerge("only two or more completions are run together")
+        request = _streamed(bodies[0])
+        request["prompt"] = [body["prompt"] for body in bodies]
+        batch = _Batch([_StreamState(kind, on_event) for on_event in on_events], on_done)
+        try:
+            answer = self._server.handle_completions(request, batch.on_chunk)
+        except Exception as exc:
+            batch.fail(exc)
+            return
+        if isinstance(answer, dict) and "error" in answer:
+            batch.error = answer["error"]
+        batch.finish()
+
     def close(self) -> None:
         server = getattr(self, "_server", None)
         self._server = None
         del server
+
+
+def _streamed(body: dict[str, Any]) -> dict[str, Any]:
+    request = dict(body)
+    request["stream"] = True
+    request["stream_options"] = {"include_usage": True}
+    request["return_progress"] = True
+    return request
+
+
+class _Batch:
+    """Routes the chunks of one multi-prompt call to each request's stream state.
+
+    A request that asks to stop (or whose callback fails) ends at once for its
+    caller and gets no more events, but its llama.cpp task runs on to its own end,
+    unless every request left has ended, which ends the call (llama.cpp then
+    cancels the tasks still running).
+    """
+
+    def __init__(self, states: list[_StreamState],
+                 on_done: Callable[[int, GenerationResult | BaseException], None]) -> None:
+        self.states = states
+        self.on_done = on_done
+        self.done = [False] * len(states)
+        self.error: Any = None
+        self.started = False
+
+    def on_chunk(self, chunk: Any) -> bool:
+        if not isinstance(chunk, dict):
+            return False
+        if "error" in chunk:
+            self.error = chunk["error"]
+            return True
+        choices: list[Any] = chunk.get("choices") or []
+        index = choices[0].get("index") if choices else None
+        if not isinstance(index, int) or not 0 <= index < len(self.states) or self.done[index]:
+            return False
+        self.started = True
+        state = self.states[index]
+        state.on_chunk(chunk)
+        if state.stopped or choices[0].get("finish_reason"):
+            self._end(index)
+        return all(self.done)
+
+    def _end(self, index: int, failure: BaseException | None = None) -> None:
+        self.done[index] = True
+        state = self.states[index]
+        outcome: GenerationResult | BaseException
+        if failure is not None:
+            outcome = failure
+        elif state.callback_error is not None:
+            outcome = state.callback_error
+        else:
+            outcome = state.result()
+        try:
+            self.on_done(index, outcome)
+        except Exception:  # never let an exception unwind through C++
+            log.exception("a request's end could not be reported")
+
+    def fail(self, exc: BaseException) -> None:
+        if not self.started:
+            raise CannotMerge(str(exc)) from exc
+        error = exc if isinstance(exc, LLMOSError) else EngineError(f"llama.cpp failed: {exc}")
+        for index, done in enumerate(self.done):
+            if not done:
+                self._end(index, error)
+
+    def finish(self) -> None:
+        if self.error is not None:
+            if not self.started:
+                # llama.cpp refused the prompts together (one too long, say): run each
+                # on its own so that only the faulty one fails.
+                raise CannotMerge(str(self.error.get("message", self.error))
+                                  if isinstance(self.error, dict) else str(self.error))
+            try:
+                _raise_engine_error(self.error, "completion")
+            except LLMOSError as exc:
+                self.fail(exc)
+            return
+        for index, done in enumerate(self.done):
+            if not done:
+                self._end(index)
 
 
 class _StreamState:

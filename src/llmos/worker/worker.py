@@ -39,6 +39,7 @@ from llmos.errors import BusError, ContextLengthExceeded, LLMOSError
 from llmos.observability import metrics
 from llmos.observability.context import request_id_var
 from llmos.observability.telemetry import TelemetryPublisher
+from llmos.worker.cohort import CohortLauncher
 from llmos.worker.slots import TieredSlots
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,7 @@ class Worker:
         self.slots = engine.config.slots
         self._pool = ThreadPoolExecutor(max_workers=self.slots,
                                         thread_name_prefix=f"engine-{deployment}")
+        self._launcher = CohortLauncher(self._pool, engine)
         self._inflight: dict[str, threading.Event] = {}
         self._cancelled: OrderedDict[str, float] = OrderedDict()
         self._requests: list[Subscription] = []
@@ -287,8 +289,7 @@ class Worker:
                     texts.append(event.text)
             return False
 
-        future = loop.run_in_executor(self._pool, self.engine.generate, request.kind, body,
-                                      on_event)
+        future = self._launcher.submit(request.kind, body, on_event)
         future.add_done_callback(lambda _: out.put_nowait(None))
         finished = False
         while not finished:

@@ -1,0 +1,201 @@
+"""Hands a burst of requests to the engine together.
+
+llama.cpp starts a batch with whatever requests it holds. When the requests of a
+burst reach it one by one, each start of an engine thread (and the CPU its compute
+threads then take) delays the event loop that is still taking in the rest, so
+llama.cpp runs the first request or two alone and the others wait a whole batch.
+Here the requests of a burst are collected until the event loop has had a pass
+with nothing new; then those the engine can take in one call (same parameters,
+different prompts) go as one call, and the rest each on an engine thread, all at
+once.
+
+A burst that reaches an idle engine arrives over a few milliseconds (each HTTP
+request is parsed in turn), more than one loop pass. So when the engine is idle
+and the last idle start was a burst (a second request came within
+``BURST_WINDOW_S`` while the first was still on the engine), the requests are
+held until ``QUIET_S`` passes with none new (at most ``MAX_HOLD_S``). A lone
+request at an idle engine (one client at a time) is never held, and neither is
+any request while the engine is busy: llama.cpp then takes all that arrived during
+its current batch into the next one anyway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Any
+
+from llmos.engines.base import CannotMerge, Engine, EventCallback, GenerationResult, Kind
+
+log = logging.getLogger(__name__)
+
+_MAX_PASSES = 64
+"""At most this many loop passes of holding, so a steady flow is never held back."""
+BURST_WINDOW_S = 0.02
+QUIET_S = 0.0015
+MAX_HOLD_S = 0.015
+
+
+@dataclass
+class _Call:
+    future: asyncio.Future[GenerationResult]
+    kind: Kind
+    body: dict[str, Any]
+    on_event: EventCallback
+
+
+class CohortLauncher:
+    def __init__(self, pool: Executor, engine: Engine) -> None:
+        self._pool = pool
+        self._engine = engine
+        self._pending: list[_Call] = []
+        self._seen = 0
+        self._passes = 0
+        self._quiet = 0
+        self._scheduled = False
+        self._running = 0
+        self._idle_start = float("-inf")
+        self._idle_start_count = 0
+        self._hold_first = 0.0
+        self._hold_last = 0.0
+        self.merged_calls = 0
+        """Engine calls that carried more than one request (for tests and metrics)."""
+        self.holds = 0
+        """Idle starts held back for the rest of a burst."""
+
+    def submit(self, kind: Kind, body: dict[str, Any],
+               on_event: EventCallback) -> asyncio.Future[GenerationResult]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[GenerationResult] = loop.create_future()
+        if not self.idle and loop.time() - self._idle_start < BURST_WINDOW_S:
+            self._idle_start_count += 1  # it joins the requests of the last idle start
+        self._pending.append(_Call(future, kind, body, on_event))
+        self._running += 1
+        future.add_done_callback(self._ended)
+        if not self._scheduled:
+            self._scheduled = True
+            self._seen = len(self._pending)
+            self._passes = 0
+            self._quiet = 0
+            loop.call_soon(self._tick, loop)
+        return future
+
+    def _ended(self, _: asyncio.Future[GenerationResult]) -> None:
+        self._running -= 1
+
+    @property
+    def idle(self) -> bool:
+        """No request of this launcher is on the engine or waiting to start."""
+        return self._running == len(self._pending)
+
+    def _tick(self, loop: asyncio.AbstractEventLoop) -> None:
+        # A tick runs somewhere inside a loop pass: callbacks after it in the same pass
+        # may still submit, so only two ticks in a row with nothing new make a quiet pass.
+        self._passes += 1
+        if len(self._pending) != self._seen:
+            self._seen = len(self._pending)
+            self._quiet = 0
+        else:
+            self._quiet += 1
+        if self._quiet < 2 and self._passes < _MAX_PASSES:
+            loop.call_soon(self._tick, loop)
+            return
+        now = loop.time()
+        last_was_burst = self._idle_start_count > 1
+        if self.idle and last_was_burst and not self._hold_first:
+            self._hold_first = self._hold_last = now
+            self.holds += 1
+            loop.call_later(QUIET_S, self._hold, loop)
+            return
+        self._launch(loop)
+
+    def _hold(self, loop: asyncio.AbstractEventLoop) -> None:
+        now = loop.time()
+        if len(self._pending) != self._seen:
+            self._seen = len(self._pending)
+            self._hold_last = now
+        quiet_until = self._hold_last + QUIET_S
+        if now < quiet_until and now - self._hold_first < MAX_HOLD_S:
+            loop.call_later(min(quiet_until, self._hold_first + MAX_HOLD_S) - now,
+                            self._hold, loop)
+            return
+        self._launch(loop)
+
+    def _launch(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self.idle:  # an idle start: count who comes with it, to know the next one
+            self._idle_start = loop.time()
+            self._idle_start_count = len(self._pending)
+        self._hold_first = 0.0
+        self._scheduled = False
+        cohort = [call for call in self._pending if not call.future.cancelled()]
+        self._pending = []
+        groups: dict[str, list[_Call]] = defaultdict(list)
+        for call in cohort:
+            key = self._engine.merge_key(call.kind, call.body)
+            if key is None:
+                self._start(loop, call)
+            else:
+                groups[key].append(call)
+        for group in groups.values():
+            if len(group) == 1:
+                self._start(loop, group[0])
+            else:
+                self._start_merged(loop, group)
+
+    def _start(self, loop: asyncio.AbstractEventLoop, call: _Call) -> None:
+        inner = asyncio.wrap_future(
+            self._pool.submit(self._engine.generate, call.kind, call.body, call.on_event),
+            loop=loop)
+        _chain(inner, call.future)
+
+    def _start_merged(self, loop: asyncio.AbstractEventLoop, group: list[_Call]) -> None:
+        self.merged_calls += 1
+
+        def on_done(index: int, outcome: GenerationResult | BaseException) -> None:
+            loop.call_soon_threadsafe(_settle, group[index].future, outcome)
+
+        def run() -> None:
+            try:
+                self._engine.generate_many(group[0].kind, [c.body for c in group],
+                                           [c.on_event for c in group], on_done)
+            except CannotMerge as exc:
+                log.info("%d requests run one by one: %s", len(group), exc)
+                loop.call_soon_threadsafe(self._start_each, loop, group)
+            except BaseException as exc:
+                for call in group:
+                    loop.call_soon_threadsafe(_settle, call.future, exc)
+
+        self._pool.submit(run)
+
+    def _start_each(self, loop: asyncio.AbstractEventLoop, group: list[_Call]) -> None:
+        for call in group:
+            if not call.future.done():
+                self._start(loop, call)
+
+
+def _settle(future: asyncio.Future[GenerationResult],
+            outcome: GenerationResult | BaseException) -> None:
+    if future.done():
+        return
+    if isinstance(outcome, BaseException):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)
+
+
+def _chain(inner: asyncio.Future[GenerationResult],
+           outer: asyncio.Future[GenerationResult]) -> None:
+    def done(_: asyncio.Future[GenerationResult]) -> None:
+        if outer.cancelled():
+            return
+        if inner.cancelled():
+            outer.cancel()
+        elif (exc := inner.exception()) is not None:
+            outer.set_exception(exc)
+        else:
+            outer.set_result(inner.result())
+
+    inner.add_done_callback(done)
