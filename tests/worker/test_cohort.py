@@ -184,3 +184,16 @@ async def test_errors_reach_the_caller_and_a_cancelled_request_never_runs(
     await asyncio.sleep(0.05)
     assert [prompts for _, prompts, _ in engine.calls] == [["fail"]]
     assert launcher.idle
+
+
+@pytest.mark.asyncio
+async def test_requests_left_when_the_pool_has_shut_down_fail_instead_of_hanging() -> None:
+    pool = ThreadPoolExecutor(max_workers=2)
+    pool.shutdown()
+    engine = FakeEngine()
+    launcher = CohortLauncher(pool, engine)
+    alone = await submit(launcher, engine, "a")
+    merged = [await submit(launcher, engine, p, "x") for p in ("b", "c")]
+    for future in (alone, *merged):
+        with pytest.raises(RuntimeError):
+            await asyncio.wait_for(future, 5)

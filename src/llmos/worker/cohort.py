@@ -146,10 +146,13 @@ class CohortLauncher:
                 self._start_merged(loop, group)
 
     def _start(self, loop: asyncio.AbstractEventLoop, call: _Call) -> None:
-        inner = asyncio.wrap_future(
-            self._pool.submit(self._engine.generate, call.kind, call.body, call.on_event),
-            loop=loop)
-        _chain(inner, call.future)
+        try:
+            submitted = self._pool.submit(self._engine.generate, call.kind, call.body,
+                                          call.on_event)
+        except RuntimeError as exc:  # the pool was shut down (the worker stopped)
+            _settle(call.future, exc)
+            return
+        _chain(asyncio.wrap_future(submitted, loop=loop), call.future)
 
     def _start_merged(self, loop: asyncio.AbstractEventLoop, group: list[_Call]) -> None:
         self.merged_calls += 1
@@ -168,7 +171,11 @@ class CohortLauncher:
                 for call in group:
                     loop.call_soon_threadsafe(_settle, call.future, exc)
 
-        self._pool.submit(run)
+        try:
+            self._pool.submit(run)
+        except RuntimeError as exc:  # the pool was shut down (the worker stopped)
+            for call in group:
+                _settle(call.future, exc)
 
     def _start_each(self, loop: asyncio.AbstractEventLoop, group: list[_Call]) -> None:
         for call in group:
