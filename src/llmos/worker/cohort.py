@@ -103,10 +103,9 @@ class CohortLauncher:
         if self._quiet < 2 and self._passes < _MAX_PASSES:
             loop.call_soon(self._tick, loop)
             return
-        now = loop.time()
         last_was_burst = self._idle_start_count > 1
-        if self.idle and last_was_burst and not self._hold_first:
-            self._hold_first = self._hold_last = now
+        if self.idle and last_was_burst:  # (no tick runs while a hold is on)
+            self._hold_first = self._hold_last = loop.time()
             self.holds += 1
             loop.call_later(QUIET_S, self._hold, loop)
             return
@@ -134,7 +133,8 @@ class CohortLauncher:
         self._pending = []
         groups: dict[str, list[_Call]] = defaultdict(list)
         for call in cohort:
-            key = self._engine.merge_key(call.kind, call.body)
+            # A lone request needs no merge key (one client at a time: the hot path).
+            key = self._engine.merge_key(call.kind, call.body) if len(cohort) > 1 else None
             if key is None:
                 self._start(loop, call)
             else:
