@@ -16,7 +16,8 @@ from llmos.gateway.body import component_schemas
 from llmos.gateway.catalog import Catalog
 from llmos.gateway.control import WorkerControl
 from llmos.gateway.dispatch import Dispatcher
-from llmos.gateway.errors import install_error_handlers
+from llmos.gateway.errors import HANDLERS, install_error_handlers
+from llmos.gateway.fastpath import FastRoutes
 from llmos.gateway.health import probe_until_ready
 from llmos.gateway.middleware import RequestIdMiddleware
 from llmos.gateway.routes import health, models, openai, workers
@@ -50,12 +51,14 @@ def create_app(settings: Settings, bus: Bus, store: Store,
                 await probe
             await state.workers.stop()
             await state.dispatcher.stop()
+            await state.catalog.close()
 
     app = FastAPI(title="LLMOS", version=__version__, lifespan=lifespan,
                   description="OpenAI-compatible inference and management API of LLMOS.")
     app.state.gateway = state
     install_error_handlers(app)
-    app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(FastRoutes, routes=openai.FAST_ROUTES, handlers=HANDLERS, state=state)
+    app.add_middleware(RequestIdMiddleware)  # (the outer one: the fast routes need its id)
     app.include_router(openai.router)
     app.include_router(health.router)
     app.include_router(workers.router)

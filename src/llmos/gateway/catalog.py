@@ -1,15 +1,28 @@
-"""Which model ids the API serves: the deployments in the store, cached briefly."""
+"""Which model ids the API serves: the deployments in the store, cached briefly.
+
+The request path never waits for the store while the cache holds the model: a
+stale cache is refreshed in the background, a moment after the request that
+found it stale (so the read, a thread hop and a query that hold the GIL for
+about a millisecond, does not run beside that request's own path), and the
+request goes on with what the cache holds. Only a model the cache does not know
+waits for a fresh read, so a deployment created a moment ago is found.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import time
 
 from llmos.errors import ModelNotFound
 from llmos.store import Deployment, Store
 
+log = logging.getLogger(__name__)
+
 _TTL_S = 2.0
 _MIN_FORCED_REFRESH_S = 0.5  # so a flood of unknown model ids cannot flood the database
+_REFRESH_DELAY_S = 0.2
 
 
 class Catalog:
@@ -17,6 +30,8 @@ class Catalog:
         self._store = store
         self._cache: dict[tuple[str, str], Deployment] = {}
         self._loaded_at = 0.0
+        self._background: asyncio.Task[None] | None = None
+        self._scheduled: asyncio.TimerHandle | None = None
 
     async def deployments(self, project: str = "default", *,
                           fresh: bool = False) -> list[Deployment]:
@@ -27,16 +42,45 @@ class Catalog:
         return [d for (p, _), d in sorted(self._cache.items()) if p == project]
 
     async def get(self, name: str, project: str = "default") -> Deployment:
-        await self._refresh()
         deployment = self._cache.get((project, name))
-        if deployment is None:
-            await self._refresh(force=True)
-            deployment = self._cache.get((project, name))
+        if deployment is not None:
+            self._refresh_in_background()
+            return deployment
+        await self._refresh(force=True)
+        deployment = self._cache.get((project, name))
         if deployment is None:
             known = ", ".join(sorted(n for (p, n) in self._cache if p == project)) or "none"
             raise ModelNotFound(f"the model {name!r} does not exist; served models: {known}",
                                 param="model")
         return deployment
+
+    async def close(self) -> None:
+        if self._scheduled is not None:
+            self._scheduled.cancel()
+            self._scheduled = None
+        if self._background is not None:
+            self._background.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._background
+            self._background = None
+
+    def _refresh_in_background(self) -> None:
+        if time.monotonic() - self._loaded_at < _TTL_S or self._scheduled is not None:
+            return
+        self._scheduled = asyncio.get_running_loop().call_later(
+            _REFRESH_DELAY_S, self._start_refresh)
+
+    def _start_refresh(self) -> None:
+        self._scheduled = None
+        if self._background is None or self._background.done():
+            self._background = asyncio.get_running_loop().create_task(
+                self._refresh_logged(), name="catalog-refresh")
+
+    async def _refresh_logged(self) -> None:
+        try:
+            await self._refresh()
+        except Exception as exc:  # the next request tries again; the cache still serves
+            log.warning("could not refresh the model catalog: %s", exc)
 
     async def _refresh(self, *, force: bool = False) -> None:
         age = time.monotonic() - self._loaded_at

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
 
 from llmos.errors import LLMOSError, QueueFull
 
@@ -90,8 +92,15 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
                                    code="internal_error"), status_code=500)
 
 
+HANDLERS: dict[type[Exception], Callable[[Request, Exception], Awaitable[Response]]] = {
+    RequestValidationError: _validation_error,
+    LLMOSError: _llmos_error,
+    StarletteHTTPException: _http_error,
+    Exception: _unexpected,
+}
+"""Each error class and the response it becomes (the app's and the fast routes' handlers)."""
+
+
 def install_error_handlers(app: FastAPI) -> None:
-    app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(LLMOSError, _llmos_error)
-    app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_exception_handler(Exception, _unexpected)
+    for cls, handler in HANDLERS.items():
+        app.add_exception_handler(cls, handler)

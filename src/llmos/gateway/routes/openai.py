@@ -83,6 +83,13 @@ async def create_completion(request: Request, state: StateDep) -> Response:
                       {"prompt": prompt})
 
 
+FAST_ROUTES = {
+    ("POST", "/v1/chat/completions"): create_chat_completion,
+    ("POST", "/v1/completions"): create_completion,
+}
+"""The hot endpoints, which the gateway's FastRoutes middleware calls directly."""
+
+
 async def _run(state: GatewayState, request: Request, kind: Literal["chat", "completion"],
                body: ChatCompletionCreate | CompletionCreate, max_tokens: int | None,
                engine_body: dict[str, Any]) -> Response:
