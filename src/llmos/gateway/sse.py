@@ -5,6 +5,10 @@ group with cancel scopes on every request; here one plain task waits for
 ``http.disconnect`` and calls ``on_disconnect``, which ends the source (the
 gateway fails the request handle, so the generator finishes and cancels the
 generation on the workers).
+
+Each ``send`` is one write to the socket, and one wake-up of the client: the
+events that are ready together come as one piece, and the piece that ends with
+the stream's last event (``END``) goes out together with the end of the body.
 """
 
 from __future__ import annotations
@@ -15,6 +19,9 @@ from collections.abc import AsyncIterator, Callable, Mapping
 
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
+
+END = b"data: [DONE]\n\n"
+"""The last event of an OpenAI stream."""
 
 
 class SseResponse(Response):
@@ -48,9 +55,13 @@ class SseResponse(Response):
                     "headers": self.raw_headers,
                 }
             )
-            async for event in self.events:
-                await send({"type": "http.response.body", "body": event, "more_body": True})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            last = b""
+            async for piece in self.events:
+                if piece.endswith(END):
+                    last = piece
+                    break
+                await send({"type": "http.response.body", "body": piece, "more_body": True})
+            await send({"type": "http.response.body", "body": last, "more_body": False})
         finally:
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -291,23 +291,26 @@ class Worker:
 
         future = self._launcher.submit(request.kind, body, on_event)
         future.add_done_callback(lambda _: out.put_nowait(None))
-        finished = False
-        while not finished:
+        while True:
             parts = [await out.get()]
             while not out.empty():  # tokens that queued up meanwhile go out as one chunk
                 parts.append(out.get_nowait())
             if parts[-1] is None:
-                finished = True
-                parts.pop()
-            if parts:
-                await publish.chunk(text="".join(p for p in parts if p is not None))
+                # The last tokens came with the end: they ride on the final chunk.
+                texts.extend(p for p in parts if p is not None)
+                break
+            await publish.chunk(text="".join(p for p in parts if p is not None))
         try:
             result: GenerationResult = await future
         except LLMOSError as exc:
+            if request.stream and texts:  # what was streamed before the failure
+                await publish.chunk(text="".join(texts))
             await publish.chunk(final=True, error=_error_info(exc))
             return "error"
         except Exception as exc:
             log.exception("engine failed")
+            if request.stream and texts:
+                await publish.chunk(text="".join(texts))
             await publish.chunk(final=True, error=ErrorInfo(
                 status=500, type="server_error", code="engine_error",
                 message=f"the engine failed: {exc}"))

@@ -28,7 +28,7 @@ from llmos.gateway.schemas import (
     ModelList,
     ModelPublic,
 )
-from llmos.gateway.sse import SseResponse
+from llmos.gateway.sse import END, SseResponse
 from llmos.gateway.state import GatewayState
 from llmos.observability import metrics
 
@@ -206,25 +206,29 @@ async def _stream(handle: RequestHandle, kind: Literal["chat", "completion"], mo
     events = _SseEncoder(kind, handle.request.request_id, model)
 
     async def body() -> AsyncIterator[bytes]:
+        # One piece per chunk (the events of one chunk go out in one write).
         try:
-            if kind == "chat":
-                yield events.event({"role": "assistant", "content": ""}, None)
+            piece = (events.event({"role": "assistant", "content": ""}, None)
+                     if kind == "chat" else b"")
             chunk = first
             while True:
                 if chunk.error is not None:
-                    yield events.error(chunk.error)
+                    yield piece + events.error(chunk.error)
                     return
                 if chunk.text:
-                    yield events.event(chunk.text if kind == "completion"
-                                       else {"content": chunk.text}, None)
+                    piece += events.event(chunk.text if kind == "completion"
+                                          else {"content": chunk.text}, None)
                 if chunk.final:
-                    yield events.event("" if kind == "completion" else {},
-                                       chunk.finish_reason)
+                    piece += events.event("" if kind == "completion" else {},
+                                          chunk.finish_reason)
                     if include_usage:
-                        yield events.usage(chunk.usage.model_dump() if chunk.usage
-                                           else _no_usage())
-                    yield b"data: [DONE]\n\n"
+                        piece += events.usage(chunk.usage.model_dump() if chunk.usage
+                                              else _no_usage())
+                    yield piece + END
                     return
+                if piece:
+                    yield piece
+                    piece = b""
                 try:
                     chunk = await anext(chunks)
                 except ClientGone:
