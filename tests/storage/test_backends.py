@@ -3,6 +3,7 @@ Blob (Azurite). GCS has no emulator here; its code path is obstore's, like the o
 
 from __future__ import annotations
 
+import socket
 import uuid
 from pathlib import Path
 
@@ -11,7 +12,6 @@ import pytest
 from llmos.errors import ConfigError
 from llmos.storage import ObjectStorage, StorageError, open_storage
 from tests.azurite import ACCOUNT, KEY, Azurite, azure_env, azurite
-from tests.conftest import free_port
 from tests.seaweedfs import SeaweedFS, s3_env, seaweedfs
 from tests.storage.contract import StorageContract
 
@@ -90,9 +90,15 @@ class TestAzure(StorageContract):
 def test_an_unreachable_endpoint_fails_fast(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "y")
-    storage = open_storage(f"s3://b/p?endpoint=http://127.0.0.1:{free_port()}&region=us-east-1")
-    with pytest.raises(StorageError, match="cannot reach S3"):
-        storage.head("a")
+    # A port held bound but not listening refuses connections, and no other process
+    # (nor the kernel, as a connection's own source port) can take it meanwhile: a
+    # port that was merely free once was answered by something else in CI.
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        port = held.getsockname()[1]
+        storage = open_storage(f"s3://b/p?endpoint=http://127.0.0.1:{port}&region=us-east-1")
+        with pytest.raises(StorageError, match="cannot reach S3"):
+            storage.head("a")
 
 
 @pytest.mark.parametrize(("url", "message"), [

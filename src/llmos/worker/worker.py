@@ -302,18 +302,16 @@ class Worker:
             await publish.chunk(text="".join(p for p in parts if p is not None))
         try:
             result: GenerationResult = await future
-        except LLMOSError as exc:
-            if request.stream and texts:  # what was streamed before the failure
-                await publish.chunk(text="".join(texts))
-            await publish.chunk(final=True, error=_error_info(exc))
-            return "error"
         except Exception as exc:
-            log.exception("engine failed")
-            if request.stream and texts:
+            if request.stream and texts:  # the tokens that came before the failure
                 await publish.chunk(text="".join(texts))
-            await publish.chunk(final=True, error=ErrorInfo(
-                status=500, type="server_error", code="engine_error",
-                message=f"the engine failed: {exc}"))
+            if isinstance(exc, LLMOSError):
+                error = _error_info(exc)
+            else:
+                log.exception("engine failed")
+                error = ErrorInfo(status=500, type="server_error", code="engine_error",
+                                  message=f"the engine failed: {exc}")
+            await publish.chunk(final=True, error=error)
             return "error"
         if result.stopped and self._stopping:
             return "requeue"
