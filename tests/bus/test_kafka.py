@@ -125,3 +125,35 @@ class TestKafkaBus(BusContract):
     def _broker(self, tansu: Tansu) -> None:
         self.broker = tansu
         self.url = tansu.url()
+
+    @pytest.mark.asyncio
+    async def test_each_queue_is_dealt_over_all_its_partitions(self, bus: Bus) -> None:
+        """A publisher alternating between two queues still spreads each over every
+        partition (with one turn counter for all topics, queue A got only even turns)."""
+        from aiokafka import AIOKafkaConsumer, TopicPartition
+
+        from llmos.bus.kafka import KafkaBus, queue_topic
+
+        first, second = self.q("dealt-a"), self.q("dealt-b")
+        for name in (first, second):
+            await bus.declare_queue(name)
+        for i in range(8):
+            await bus.publish(first, b"a%d" % i)
+            await bus.publish(second, b"b%d" % i)
+        assert isinstance(bus, KafkaBus)
+        reader = AIOKafkaConsumer(bootstrap_servers=f"127.0.0.1:{self.broker.port}",
+                                  auto_offset_reset="earliest", fetch_max_wait_ms=10)
+        await reader.start()
+        try:
+            for name in (first, second):
+                topic = queue_topic(name)
+                parts = await bus.producer.partitions_for(topic)
+                reader.assign([TopicPartition(topic, p) for p in parts])
+                dealt: dict[int, int] = dict.fromkeys(parts, 0)
+                deadline = time.monotonic() + 15
+                while sum(dealt.values()) < 8 and time.monotonic() < deadline:
+                    for tp, records in (await reader.getmany(timeout_ms=200)).items():
+                        dealt[tp.partition] += len(records)
+                assert len(dealt) == 2 and set(dealt.values()) == {4}, (name, dealt)
+        finally:
+            await reader.stop()

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -22,7 +23,9 @@ import httpx
 import openai
 import pytest
 
-from llmos.bus import names
+from llmos.bus import names, open_bus
+from llmos.bus.base import TopicMessage
+from llmos.bus.messages import RequestEvent, decode
 from tests.bus.test_kafka import Tansu
 from tests.bus.test_nats import NATS_URL, reset_nats_queues
 from tests.bus.test_rabbitmq import AMQP_URL, reset_queue
@@ -50,6 +53,20 @@ def start_worker(home: Path, name: str, bus: str = AMQP_URL,
             raise RuntimeError(f"worker {name} did not start:\n{log.read_text()[-2000:]}")
         time.sleep(0.2)
     return process, log
+
+
+@dataclass
+class Cluster:
+    server: RunningServer
+    workers: list[subprocess.Popen[bytes]]
+    logs: list[Path]
+    bus_url: str
+
+
+def worker_id(log: Path) -> str:
+    found = re.search(r"worker (\S+) consuming", log.read_text())
+    assert found, f"no worker id in {log}"
+    return found.group(1)
 
 
 def wait_for_kafka_group(logs: list[Path], timeout_s: float = 60) -> None:
@@ -83,8 +100,7 @@ def stop_worker(process: subprocess.Popen[bytes]) -> None:
 
 
 @pytest.fixture(params=["amqp", "redis", "nats", "kafka"])
-def cluster(request: pytest.FixtureRequest,
-            tmp_path: Path) -> Iterator[tuple[RunningServer, list[subprocess.Popen[bytes]]]]:
+def cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cluster]:
     if request.param == "amqp":
         url = AMQP_URL
         parts = urlsplit(url)
@@ -116,7 +132,7 @@ def cluster(request: pytest.FixtureRequest,
             # A member that joins takes a rebalance (seconds on Tansu) to get partitions:
             # load sent before that all lands on the first worker.
             wait_for_kafka_group([first_log, second_log])
-        yield server, workers
+        yield Cluster(server, workers, [first_log, second_log], url)
     finally:
         if server is not None:
             stop_server(server)
@@ -126,19 +142,32 @@ def cluster(request: pytest.FixtureRequest,
             tansu.stop()
 
 
-def test_kill_9_of_one_worker_loses_no_request(
-        cluster: tuple[RunningServer, list[subprocess.Popen[bytes]]]) -> None:
-    server, (victim, _survivor) = cluster
+def test_kill_9_of_one_worker_loses_no_request(cluster: Cluster) -> None:
+    server, victim = cluster.server, cluster.workers[0]
+    victim_id = worker_id(cluster.logs[0])
     endings: list[str] = []
+    finished: list[RequestEvent] = []  # the workers' telemetry, read off the bus
 
     async def run() -> list[tuple[int, openai.types.Completion]]:
         client = openai.AsyncOpenAI(base_url=server.api, api_key="unused", max_retries=0,
                                     timeout=300)
+        watcher = open_bus(cluster.bus_url)
+        await watcher.connect()
+
+        victim_finished_one = asyncio.Event()
+
+        async def on_event(message: TopicMessage) -> None:
+            event = decode(RequestEvent, message.body)
+            finished.append(event)
+            if event.worker_id == victim_id and event.request_id.startswith("plain-"):
+                victim_finished_one.set()
+
+        await watcher.subscribe(names.REQUEST_EVENTS_TOPIC, on_event)
 
         async def one(i: int) -> tuple[int, openai.types.Completion]:
             raw = await client.completions.with_raw_response.create(
                 model=MODEL, prompt=f"Request {i}: 1, 2, 3,", max_tokens=8, temperature=0,
-                extra_body={"ignore_eos": True})
+                extra_body={"ignore_eos": True}, extra_headers={"x-request-id": f"plain-{i}"})
             return int(raw.headers["x-llmos-attempt"]), raw.parse()
 
         async def stream(i: int) -> str:
@@ -147,7 +176,8 @@ def test_kill_9_of_one_worker_loses_no_request(
                     "temperature": 0, "ignore_eos": True, "stream": True}
             texts: list[str] = []
             async with httpx.AsyncClient(timeout=300) as http, http.stream(
-                    "POST", f"{server.api}/completions", json=body) as response:
+                    "POST", f"{server.api}/completions", json=body,
+                    headers={"x-request-id": f"stream-{i}"}) as response:
                 assert response.status_code == 200
                 async for line in response.aiter_lines():
                     if line == "data: [DONE]":
@@ -160,18 +190,25 @@ def test_kill_9_of_one_worker_loses_no_request(
                         texts += [c["text"] for c in event["choices"] if c.get("text")]
             raise AssertionError("a stream ended with neither [DONE] nor an error event")
 
-        async def kill_soon() -> None:
-            await asyncio.sleep(1.5)  # both workers are busy by now
+        async def kill_when_busy() -> None:
+            # Just after the victim finished a plain request, its freed slot has taken the
+            # next one from the backlog (within tens of ms) and none of its requests is near
+            # its end: it holds plain requests beside its two streams. (A fixed delay
+            # sometimes hit it while it held only its streams.)
+            async with asyncio.timeout(120):
+                await victim_finished_one.wait()
+            await asyncio.sleep(0.15)
             victim.send_signal(signal.SIGKILL)
 
         # The streams go first, so each worker is streaming two of them when one dies.
         streams = [asyncio.create_task(stream(i)) for i in range(4)]
         await asyncio.sleep(0.2)
-        killer = asyncio.create_task(kill_soon())
+        killer = asyncio.create_task(kill_when_busy())
         results = await asyncio.gather(*(one(i) for i in range(100)))
         await killer
         endings.extend(await asyncio.gather(*streams))
         await client.close()
+        await watcher.close()
         return list(results)
 
     answers = asyncio.run(run())
@@ -179,7 +216,8 @@ def test_kill_9_of_one_worker_loses_no_request(
     assert len(answers) == 100
     assert len({a.id for _, a in answers}) == 100
     retried = [attempt for attempt, _ in answers if attempt > 1]
-    assert retried, "the killed worker held no request: the test proved nothing"
+    assert retried, ("the killed worker held no request: the test proved nothing "
+                     f"(it had finished {sum(e.worker_id == victim_id for e in finished)})")
     print(f"{len(retried)} of 100 answers came from a redelivery")
     for _, answer in answers:
         assert answer.choices[0].text

@@ -3,7 +3,8 @@
 * A queue is a topic ``llmos.q.<name>`` with ``partitions`` partitions (default 8:
   at least the deployment's maximum replicas, since a partition has one reader
   in a group, so competing consumers are bounded by partitions). Messages go to
-  the partitions round-robin; order holds only within a partition.
+  the partitions round-robin (each topic in its own turn); order holds only within
+  a partition.
 * Each queue has one consumer group; a subscription is a member of it. It hands
   out at most its prefetch of records (and pauses its partitions while full).
 * Slots finish out of order, so a partition's offset is committed only up to
@@ -550,7 +551,9 @@ class KafkaBus(Bus):
         self._topics: set[str] = set()
         self._options: dict[str, QueueOptions] = {}
         self._consumers: list[_GroupConsumer] = []
-        self._round_robin = itertools.count()
+        self._next_partition: dict[str, itertools.count[int]] = {}
+        """A counter per topic: one shared by all would deal the partitions of a queue
+        unevenly whenever a publisher alternates between queues."""
         self._backlog: dict[str, tuple[float, int]] = {}
         self._stats: Any = None
 
@@ -666,7 +669,8 @@ class KafkaBus(Bus):
         if not await self._known(topic):
             raise BusError(f"queue or topic {topic} does not exist (message unroutable)")
         partitions = await self.producer.partitions_for(topic)
-        partition = sorted(partitions)[next(self._round_robin) % len(partitions)]
+        turn = next(self._next_partition.setdefault(topic, itertools.count()))
+        partition = sorted(partitions)[turn % len(partitions)]
         future = await self.producer.send(topic, body, partition=partition,
                                           headers=_headers_out(headers))
         if wait:
