@@ -15,7 +15,7 @@ from llmos.bus.memory import MemoryBus
 from llmos.errors import BadRequest, LLMOSError
 from llmos.gateway import create_app
 from llmos.gateway.fastpath import FastRoutes
-from llmos.gateway.routes import openai
+from llmos.gateway.routes import health, openai
 from llmos.settings import Settings
 from llmos.store import Store
 
@@ -80,3 +80,17 @@ def test_every_fast_route_is_also_a_documented_route_of_the_app(tmp_path: Path) 
         operation = paths[path][method.lower()]
         assert operation["operationId"].startswith(endpoint.__name__)
         assert "requestBody" in operation
+
+
+@pytest.mark.asyncio
+async def test_a_scrape_takes_the_fast_route_and_gets_the_exposition(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path)
+    app = create_app(settings, MemoryBus(), Store(settings.db_url))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                 base_url="http://t") as c:
+        response = await c.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    assert "# TYPE llmos_worker_busy_slots gauge" in response.text
+    assert response.headers["x-request-id"]
+    assert ("GET", "/metrics") in health.FAST_ROUTES

@@ -57,7 +57,8 @@ def create_app(settings: Settings, bus: Bus, store: Store,
                   description="OpenAI-compatible inference and management API of LLMOS.")
     app.state.gateway = state
     install_error_handlers(app)
-    app.add_middleware(FastRoutes, routes=openai.FAST_ROUTES, handlers=HANDLERS, state=state)
+    app.add_middleware(FastRoutes, routes=openai.FAST_ROUTES | health.FAST_ROUTES,
+                       handlers=HANDLERS, state=state)
     app.add_middleware(RequestIdMiddleware)  # (the outer one: the fast routes need its id)
     app.include_router(openai.router)
     app.include_router(health.router)
