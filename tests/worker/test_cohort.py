@@ -19,7 +19,7 @@ from llmos.engines.base import (
     GenerationResult,
     Kind,
 )
-from llmos.worker.cohort import _MAX_PASSES, CohortLauncher
+from llmos.worker.cohort import _MAX_PASSES, QUIET_S, CohortLauncher
 
 
 class FakeEngine(Engine):
@@ -33,6 +33,8 @@ class FakeEngine(Engine):
         """(how, prompts, requests submitted when the call started)"""
         self.refuse_merge = refuse_merge
         self.delay_s = 0.0
+        self.end_gap_s = 0.0
+        """Between the ends of a merged call's requests."""
         self._lock = threading.Lock()
 
     def _record(self, how: str, prompts: list[str]) -> None:
@@ -60,6 +62,7 @@ class FakeEngine(Engine):
         self._record("many", [b["prompt"] for b in bodies])
         time.sleep(self.delay_s)
         for i, body in enumerate(bodies):
+            time.sleep(self.end_gap_s if i else 0.0)
             on_done(i, GenerationResult("stop", len(body["prompt"]), 1))
 
     def close(self) -> None:
@@ -157,6 +160,38 @@ async def test_a_lone_request_is_not_held_and_a_burst_after_a_burst_is(
     await burst()
     assert [(how, len(prompts)) for how, prompts, _ in engine.calls] == [("many", 4)]
     assert launcher.holds == 1
+
+
+@pytest.mark.asyncio
+async def test_clients_whose_requests_ended_together_start_again_together(
+        pool: ThreadPoolExecutor) -> None:
+    engine = FakeEngine()
+    engine.delay_s = 0.02
+    engine.end_gap_s = 0.003  # the first client is back before the others have ended
+    launcher = CohortLauncher(pool, engine)
+
+    async def client(i: int) -> None:
+        for _ in range(2):
+            await asyncio.wait_for(await submit(launcher, engine, str(i), "x"), 5)
+
+    await asyncio.gather(*(client(i) for i in range(4)))
+    assert [(how, len(prompts)) for how, prompts, _ in engine.calls] == [("many", 4)] * 2
+    assert launcher.holds == 1
+
+
+@pytest.mark.asyncio
+async def test_a_burst_smaller_than_the_last_is_held_only_until_it_is_quiet(
+        pool: ThreadPoolExecutor) -> None:
+    engine = FakeEngine()
+    engine.delay_s = 0.02
+    launcher = CohortLauncher(pool, engine)
+    await asyncio.gather(*[await submit(launcher, engine, "a", "x") for _ in range(4)])
+    started = time.perf_counter()
+    await asyncio.wait_for(await submit(launcher, engine, "b", "x"), 5)
+    held_s = time.perf_counter() - started - engine.delay_s
+    assert launcher.holds == 1
+    assert held_s < 10 * QUIET_S  # held for QUIET_S, not for the missing three
+    assert engine.calls[-1][:2] == ("one", ["b"])
 
 
 @pytest.mark.asyncio

@@ -10,13 +10,18 @@ different prompts) go as one call, and the rest each on an engine thread, all at
 once.
 
 A burst that reaches an idle engine arrives over a few milliseconds (each HTTP
-request is parsed in turn), more than one loop pass. So when the engine is idle
-and the last idle start was a burst (a second request came within
-``BURST_WINDOW_S`` while the first was still on the engine), the requests are
-held until ``QUIET_S`` passes with none new (at most ``MAX_HOLD_S``). A lone
-request at an idle engine (one client at a time) is never held, and neither is
-any request while the engine is busy: llama.cpp then takes all that arrived during
-its current batch into the next one anyway.
+request is parsed in turn), more than one loop pass, and in clumps: while the event
+loop parses some, the others wait in their sockets. So when the last idle start
+was a burst (a second request came within ``BURST_WINDOW_S`` while the first was
+still on the engine), a request that finds the engine idle, or finishing (within
+``BURST_WINDOW_S`` of a request that ended while others were still on it: clients
+whose requests ended together come back together), is held until as many requests
+wait as came with that idle start, or ``QUIET_S`` passes with none new, and at most
+``MAX_HOLD_S``. A lone request at an idle engine (one client at a time) is never
+held, and neither is any request while the engine is busy with requests that have
+not just ended: llama.cpp then takes all that arrived during its current batch into
+the next one anyway. (A burst's requests can take 20-30 ms to reach the worker when
+the event loop is also finishing the streams of the burst before it.)
 """
 
 from __future__ import annotations
@@ -35,8 +40,8 @@ log = logging.getLogger(__name__)
 _MAX_PASSES = 64
 """At most this many loop passes of holding, so a steady flow is never held back."""
 BURST_WINDOW_S = 0.02
-QUIET_S = 0.0015
-MAX_HOLD_S = 0.015
+QUIET_S = 0.006
+MAX_HOLD_S = 0.03
 
 
 @dataclass
@@ -59,8 +64,11 @@ class CohortLauncher:
         self._running = 0
         self._idle_start = float("-inf")
         self._idle_start_count = 0
+        self._shared_end = float("-inf")
+        """When a request last ended while another was still on the engine."""
         self._hold_first = 0.0
         self._hold_last = 0.0
+        self._hold_call: asyncio.Handle | None = None
         self.merged_calls = 0
         """Engine calls that carried more than one request (for tests and metrics)."""
         self.holds = 0
@@ -81,10 +89,15 @@ class CohortLauncher:
             self._passes = 0
             self._quiet = 0
             loop.call_soon(self._tick, loop)
+        elif self._hold_call is not None and len(self._pending) >= self._idle_start_count:
+            self._hold_call.cancel()  # the burst is all in: start it now
+            self._hold_call = loop.call_soon(self._hold, loop)
         return future
 
-    def _ended(self, _: asyncio.Future[GenerationResult]) -> None:
+    def _ended(self, future: asyncio.Future[GenerationResult]) -> None:
         self._running -= 1
+        if self._running > len(self._pending):
+            self._shared_end = future.get_loop().time()
 
     @property
     def idle(self) -> bool:
@@ -103,23 +116,31 @@ class CohortLauncher:
         if self._quiet < 2 and self._passes < _MAX_PASSES:
             loop.call_soon(self._tick, loop)
             return
-        last_was_burst = self._idle_start_count > 1
-        if self.idle and last_was_burst:  # (no tick runs while a hold is on)
+        if self._burst_to_gather(loop):  # (no tick runs while a hold is on)
             self._hold_first = self._hold_last = loop.time()
             self.holds += 1
-            loop.call_later(QUIET_S, self._hold, loop)
+            self._hold_call = loop.call_later(QUIET_S, self._hold, loop)
             return
         self._launch(loop)
+
+    def _burst_to_gather(self, loop: asyncio.AbstractEventLoop) -> bool:
+        """The last idle start was a burst, this one may be too, and it is not all in."""
+        if self._idle_start_count < 2 or len(self._pending) >= self._idle_start_count:
+            return False
+        return self.idle or loop.time() - self._shared_end < BURST_WINDOW_S
 
     def _hold(self, loop: asyncio.AbstractEventLoop) -> None:
         now = loop.time()
         if len(self._pending) != self._seen:
             self._seen = len(self._pending)
             self._hold_last = now
+        if len(self._pending) >= self._idle_start_count:  # as many as the last burst
+            self._launch(loop)
+            return
         quiet_until = self._hold_last + QUIET_S
         if now < quiet_until and now - self._hold_first < MAX_HOLD_S:
-            loop.call_later(min(quiet_until, self._hold_first + MAX_HOLD_S) - now,
-                            self._hold, loop)
+            self._hold_call = loop.call_later(
+                min(quiet_until, self._hold_first + MAX_HOLD_S) - now, self._hold, loop)
             return
         self._launch(loop)
 
@@ -128,6 +149,9 @@ class CohortLauncher:
             self._idle_start = loop.time()
             self._idle_start_count = len(self._pending)
         self._hold_first = 0.0
+        if self._hold_call is not None:
+            self._hold_call.cancel()
+            self._hold_call = None
         self._scheduled = False
         cohort = [call for call in self._pending if not call.future.cancelled()]
         self._pending = []
