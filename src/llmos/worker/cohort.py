@@ -89,7 +89,7 @@ class CohortLauncher:
             self._passes = 0
             self._quiet = 0
             loop.call_soon(self._tick, loop)
-        elif self._hold_call is not None and len(self._pending) >= self._idle_start_count:
+        elif self._hold_call is not None and self._burst_in:
             self._hold_call.cancel()  # the burst is all in: start it now
             self._hold_call = loop.call_soon(self._hold, loop)
         return future
@@ -123,9 +123,14 @@ class CohortLauncher:
             return
         self._launch(loop)
 
+    @property
+    def _burst_in(self) -> bool:
+        """As many requests wait as came with the last idle start."""
+        return len(self._pending) >= self._idle_start_count
+
     def _burst_to_gather(self, loop: asyncio.AbstractEventLoop) -> bool:
         """The last idle start was a burst, this one may be too, and it is not all in."""
-        if self._idle_start_count < 2 or len(self._pending) >= self._idle_start_count:
+        if self._idle_start_count < 2 or self._burst_in:
             return False
         return self.idle or loop.time() - self._shared_end < BURST_WINDOW_S
 
@@ -134,7 +139,7 @@ class CohortLauncher:
         if len(self._pending) != self._seen:
             self._seen = len(self._pending)
             self._hold_last = now
-        if len(self._pending) >= self._idle_start_count:  # as many as the last burst
+        if self._burst_in:
             self._launch(loop)
             return
         quiet_until = self._hold_last + QUIET_S
