@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 
+def excerpt(text: str, limit: int = 64) -> str:
+    """``text`` quoted for an error message, cut to ``limit`` characters: a message never
+    echoes more than a short excerpt of what a client sent."""
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}… ({len(text)} characters)"
+
+
 class LLMOSError(Exception):
     """Base of every error LLMOS raises on purpose."""
 
     status = 500
     type = "server_error"
     code: str | None = None
+    retry_after_s: int | None = None
+    """Seconds a client should wait before it retries (sent as Retry-After)."""
 
     def __init__(self, message: str, *, param: str | None = None) -> None:
         super().__init__(message)
@@ -42,6 +52,28 @@ class DigestMismatch(BadRequest):
     code = "digest_mismatch"
 
 
+class Forbidden(LLMOSError):
+    status = 403
+    type = "invalid_request_error"
+    code = "forbidden"
+
+
+class PayloadTooLarge(BadRequest):
+    status = 413
+    code = "payload_too_large"
+
+
+class UnsupportedMediaType(BadRequest):
+    status = 415
+    code = "unsupported_media_type"
+
+
+class LimitExceeded(BadRequest):
+    """A request asks for more than a configured limit; the message names the setting."""
+
+    code = "limit_exceeded"
+
+
 class NotFound(LLMOSError):
     status = 404
     type = "invalid_request_error"
@@ -62,6 +94,13 @@ class Unavailable(LLMOSError):
     status = 503
     type = "server_error"
     code = "unavailable"
+
+
+class NoReplica(Unavailable):
+    """No live replica of the deployment takes requests (none started, or all drained)."""
+
+    code = "no_replica"
+    retry_after_s = 5
 
 
 class Timeout(LLMOSError):

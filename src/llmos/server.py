@@ -41,6 +41,7 @@ async def serve(settings: Settings) -> None:
     from llmos.agent import LocalAgent
     from llmos.bus import open_bus
     from llmos.controller import Controller
+    from llmos.controller.deployments import deploy
     from llmos.gateway import create_app
     from llmos.observability.logs import configure_logging
     from llmos.registry.defaults import DEFAULT_MODEL_NAME, ensure_default_model, open_registry
@@ -66,8 +67,10 @@ async def serve(settings: Settings) -> None:
     try:
         if settings.default_model == DEFAULT_MODEL_NAME:
             await asyncio.to_thread(ensure_default_model, registry)
-        if store.get_deployment(settings.default_model) is None:
-            store.upsert_deployment(settings.default_model, settings.default_model)
+        # Each start deploys the default model again: a new "latest" is picked up here,
+        # and only here (a running deployment stays on the version it pinned).
+        await asyncio.to_thread(deploy, store, registry, settings.default_model,
+                                settings.default_model)
         if settings.embedded_worker:
             reconciling = asyncio.create_task(controller.run(), name="controller")
         _freeze_startup_objects()

@@ -47,6 +47,10 @@ class EngineSettings(BaseModel):
     batch_threads: int | None = Field(None, ge=1, description="prompt threads (default: threads)")
     ctx_size: int = Field(8192, ge=0, description="total KV context; split across slots")
     kv_unified: bool = Field(False, description="share one KV cache across slots")
+    batch_size: int = Field(
+        128, ge=16, description="prompt tokens one engine step processes (llama.cpp's n_batch "
+        "and n_ubatch): a long prompt is prefilled in steps of this size, so a cancelled "
+        "request stops within one step and other requests' tokens come between steps")
     cache_ram_mib: int = Field(256, ge=0, description="host-side prompt cache")
     poll: int = Field(50, ge=0, le=100, description="busy-wait level of engine threads")
     log_verbosity: int = Field(0, ge=-1, le=5, description="llama.cpp log level (0: quiet)")
@@ -67,6 +71,31 @@ class EngineSettings(BaseModel):
         return self.ctx_size // self.slots
 
 
+class RequestLimits(BaseModel):
+    """What one request may ask for: every request's cost is bounded before it reaches an
+    engine. A request over a limit gets a 400 (413 for the body) naming the setting."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_body_bytes: int = Field(
+        4 * 1024 * 1024, ge=1024, description="largest JSON request body (blob uploads "
+        "stream and are not limited by it)")
+    max_messages: int = Field(2048, ge=1, description="messages in one chat request")
+    max_content_parts: int = Field(256, ge=1, description="content parts in one message")
+    max_stop: int = Field(4, ge=0, le=64, description="stop sequences in one request")
+    max_stop_chars: int = Field(256, ge=1, description="characters in one stop sequence")
+    max_logit_bias: int = Field(300, ge=0, description="logit_bias entries (OpenAI: 300)")
+    max_tools: int = Field(128, ge=0, description="tool definitions in one request")
+    max_name_chars: int = Field(
+        256, ge=1, description="characters in a model id, message name, user or tool name")
+    max_schema_bytes: int = Field(
+        64 * 1024, ge=256, description="size of a response_format JSON schema (it is "
+        "compiled into a grammar)")
+    no_replica_wait_s: float = Field(
+        3.0, ge=0, le=60, description="how long a request for a deployment with no live, "
+        "undrained replica waits for one before it gets a 503 with Retry-After")
+
+
 _ACK_MARGIN_S = 60.0
 """Time a worker needs after a request's deadline to stop, publish its end and ack."""
 
@@ -82,6 +111,14 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     insecure: bool = False
+    allowed_hosts: list[str] = Field(
+        default_factory=list, description="host names the server answers to besides "
+        "loopback names, IP addresses and the bind address ('*': any; a DNS-rebinding page "
+        "sends its own name)")
+    cors_origins: list[str] = Field(
+        default_factory=list, description="origins (scheme://host:port) whose pages may call "
+        "the API from a browser ('*': any); every other cross-origin request is refused")
+    limits: RequestLimits = Field(default_factory=lambda: RequestLimits())
     bus_url: str = "memory://"
     database_url: str | None = None
     storage_url: str | None = Field(

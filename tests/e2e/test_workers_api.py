@@ -37,20 +37,31 @@ def test_the_embedded_worker_is_listed(llmos_server: RunningServer) -> None:
     assert time.time() - worker["last_heartbeat"] < 11  # two intervals of 5 s, and slack
 
 
-def test_drain_holds_new_requests_until_resume(llmos_server: RunningServer) -> None:
+def test_a_drained_sole_worker_fails_requests_fast_until_resume(
+        llmos_server: RunningServer) -> None:
     [worker] = workers(llmos_server)
     response = httpx.post(f"{llmos_server.url}/api/workers/{worker['id']}/drain", timeout=5)
     assert response.status_code == 202
     try:
         wait_for_state(llmos_server, worker["id"], "draining")
+        started = time.monotonic()
         with openai.OpenAI(base_url=llmos_server.api, api_key="unused", max_retries=0,
-                           timeout=2.0) as client, pytest.raises(openai.APITimeoutError):
+                           timeout=30) as client, pytest.raises(openai.APIStatusError) as info:
             client.completions.create(model="gemma-3-270m", prompt="hi", max_tokens=2)
+        took = time.monotonic() - started
+        assert info.value.status_code == 503
+        assert info.value.response.headers["retry-after"] == "5"
+        assert info.value.response.json()["error"]["code"] == "no_replica"
+        assert took < 3.0 + 2.0  # limits.no_replica_wait_s, and slack
+        ready = httpx.get(f"{llmos_server.url}/readyz", timeout=5)
+        assert ready.status_code == 503
+        assert "drained" in ready.json()["detail"]
     finally:
         response = httpx.post(f"{llmos_server.url}/api/workers/{worker['id']}/resume",
                               timeout=5)
     assert response.status_code == 202
     wait_for_state(llmos_server, worker["id"], "serving")
+    assert httpx.get(f"{llmos_server.url}/readyz", timeout=5).status_code == 200
     with openai.OpenAI(base_url=llmos_server.api, api_key="unused", max_retries=0,
                        timeout=30) as client:
         answer = client.completions.create(model="gemma-3-270m", prompt="hi", max_tokens=2)

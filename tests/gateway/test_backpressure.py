@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import httpx
@@ -10,6 +11,7 @@ import pytest
 
 from llmos.bus import QueueOptions, names
 from llmos.bus.memory import MemoryBus
+from llmos.bus.messages import Heartbeat
 from llmos.gateway import create_app
 from llmos.settings import Settings
 from llmos.store import Store
@@ -26,9 +28,13 @@ async def test_full_queue_is_429_with_retry_after(tmp_path: Path) -> None:
     # No worker consumes, and the queue holds two requests (the real limit is larger).
     await bus.declare_queue(names.infer_queue("m"), QueueOptions(max_length=2))
     app = create_app(settings, bus, store)
+    # a live replica of "m" as far as the gateway knows (none consumes the queue)
+    app.state.gateway.workers.directory.observe(Heartbeat(
+        worker_id="w", epoch="e", deployment="m", host="h", slots=1, busy=1, draining=False,
+        sent_at=time.time() + 3600, interval_s=5))
     body = {"model": "m", "prompt": "x", "max_tokens": 1}
     async with app.router.lifespan_context(app), httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://llmos") as client:
+            transport=httpx.ASGITransport(app=app), base_url="http://localhost") as client:
         waiting = [asyncio.create_task(client.post("/v1/completions", json=body))
                    for _ in range(2)]
         await asyncio.sleep(0.2)

@@ -87,7 +87,7 @@ async def test_a_scrape_takes_the_fast_route_and_gets_the_exposition(tmp_path: P
     settings = Settings(home=tmp_path)
     app = create_app(settings, MemoryBus(), Store(settings.db_url))
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                 base_url="http://t") as c:
+                                 base_url="http://localhost") as c:
         response = await c.get("/metrics")
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")

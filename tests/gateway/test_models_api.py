@@ -11,6 +11,7 @@ import pytest
 import pytest_asyncio
 
 from llmos.bus.memory import MemoryBus
+from llmos.controller.deployments import deploy
 from llmos.gateway import create_app
 from llmos.registry import LocalRegistry
 from llmos.settings import Settings
@@ -51,7 +52,7 @@ async def api(tmp_path: Path) -> AsyncIterator[Api]:
     registry = LocalRegistry(tmp_path / "models")
     app = create_app(settings, bus, store, registry)
     async with app.router.lifespan_context(app), httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://llmos") as client:
+            transport=httpx.ASGITransport(app=app), base_url="http://localhost") as client:
         yield Api(client, registry, store)
     await bus.close()
     store.close()
@@ -155,13 +156,34 @@ async def test_bad_upload_parameters_write_nothing(api: Api, tmp_path: Path,
 async def test_a_version_in_use_is_not_deleted(api: Api) -> None:
     await api.push("m", make_gguf() + b"1")
     await api.push("m", make_gguf() + b"2")
-    api.store.upsert_deployment("chat", "m@1")
+    deploy(api.store, api.registry, "chat", "m@1")
     refused = await api.client.delete("/api/models/m@1")
     assert refused.status_code == 409
     assert "deployment 'chat'" in error_of(refused)["message"]
     deleted = await api.client.delete("/api/models/m@2")
     assert deleted.status_code == 200 and deleted.json()["ref"] == "m@2"
     assert (await api.client.get("/api/models/m@2")).status_code == 404
+    report = (await api.client.post("/api/registry/gc", params={"grace_s": 0})).json()
+    assert report["blobs"] == 1
+
+
+@pytest.mark.asyncio
+async def test_no_route_removes_a_deployed_version(api: Api) -> None:
+    """Tag removal, then delete by number or digest, then gc: the pin holds throughout."""
+    pushed = await api.push("m", make_gguf() + b"deployed")
+    deployment = deploy(api.store, api.registry, "chat", "m")  # "latest", resolved to m@1
+    assert deployment.model_version == "m@1"
+    assert (await api.client.delete("/api/models/m/tags/latest")).status_code == 200
+    digest = pushed["blobs"][0]["digest"]  # type: ignore[index]
+    for ref in ("m@1", f"m@{digest}"):
+        assert (await api.client.delete(f"/api/models/{ref}")).status_code == 409
+    report = (await api.client.post("/api/registry/gc", params={"grace_s": 0})).json()
+    assert report["blobs"] == 0
+    assert (await api.client.head(f"/api/blobs/{digest}")).status_code == 200
+    # deployed again on another version: the first one is free to go
+    await api.push("m", make_gguf() + b"next")
+    assert deploy(api.store, api.registry, "chat", "m@2").model_version == "m@2"
+    assert (await api.client.delete("/api/models/m@1")).status_code == 200
     report = (await api.client.post("/api/registry/gc", params={"grace_s": 0})).json()
     assert report["blobs"] == 1
 
@@ -226,7 +248,7 @@ async def test_a_full_disk_is_a_507_and_keeps_nothing(tmp_path: Path) -> None:
         app = create_app(settings, bus, store, registry)
         try:
             async with app.router.lifespan_context(app), httpx.AsyncClient(
-                    transport=httpx.ASGITransport(app=app), base_url="http://llmos") as client:
+                    transport=httpx.ASGITransport(app=app), base_url="http://localhost") as client:
                 full = await client.post("/api/blobs", params={"filename": "big.gguf"},
                                          content=make_gguf() + os.urandom(2 << 20))
                 assert full.status_code == 507

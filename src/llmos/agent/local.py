@@ -25,7 +25,8 @@ def engine_config(settings: EngineSettings, model_path: Path) -> EngineConfig:
     return EngineConfig(
         model_path=model_path, slots=settings.slots, threads=settings.threads,
         batch_threads=settings.batch_threads, ctx_size=settings.ctx_size,
-        kv_unified=settings.kv_unified, cache_ram_mib=settings.cache_ram_mib,
+        kv_unified=settings.kv_unified, batch_size=settings.batch_size,
+        cache_ram_mib=settings.cache_ram_mib,
         poll=settings.poll, log_verbosity=settings.log_verbosity,
         merge_max_tokens=settings.merge_max_tokens)
 
@@ -47,7 +48,7 @@ class LocalAgent:
     def engine_config(self, deployment: Deployment) -> EngineConfig:
         settings = EngineSettings.model_validate(
             self.defaults.model_dump() | dict(deployment.engine_settings or {}))
-        version = self.registry.get(deployment.model_ref, project=deployment.project)
+        version = self.registry.get(deployment.served_ref, project=deployment.project)
         return engine_config(settings, self.registry.weights_path(version))
 
     async def start_replica(self, deployment: Deployment) -> Replica:
@@ -55,7 +56,7 @@ class LocalAgent:
         engine = await asyncio.to_thread(load_engine, deployment.engine, config)
         worker = Worker(self.bus, engine, deployment.name)
         await worker.start()
-        replica = Replica(deployment.name, deployment.model_ref, worker)
+        replica = Replica(deployment.name, deployment.served_ref, worker)
         self.replicas[deployment.name] = replica
         return replica
 

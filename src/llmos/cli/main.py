@@ -50,12 +50,20 @@ def serve(
     worker: Annotated[bool, typer.Option(
         help="run the default model's replica here (--no-worker: `llmos worker` "
              "processes serve it over the bus)")] = True,
+    allowed_host: Annotated[list[str] | None, typer.Option(
+        help="a host name the server answers to besides loopback names and IP addresses "
+             "(repeatable; $LLMOS_ALLOWED_HOSTS)")] = None,
+    cors_origin: Annotated[list[str] | None, typer.Option(
+        help="an origin whose web pages may call the API (repeatable; "
+             "$LLMOS_CORS_ORIGINS)")] = None,
 ) -> None:
     """Run LLMOS in one process, serving the default model on an OpenAI-compatible API."""
     from llmos.server import serve as run_server
 
     given: dict[str, Any] = {"host": host, "port": port, "bus_url": bus, "home": home,
-                             "config": config, "storage_url": storage}
+                             "config": config, "storage_url": storage,
+                             "allowed_hosts": allowed_host or None,
+                             "cors_origins": cors_origin or None}
     if insecure:
         given["insecure"] = True
     if not worker:

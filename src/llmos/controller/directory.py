@@ -32,3 +32,8 @@ class WorkerDirectory:
         if heartbeat is None or heartbeat.expires_at < now:
             return None
         return heartbeat
+
+    def serving(self, deployment: str, now: float) -> bool:
+        """Whether a live worker of ``deployment`` takes requests (is not draining)."""
+        return any(h.deployment == deployment and not h.draining and h.expires_at >= now
+                   for h in self._latest.values())

@@ -27,6 +27,7 @@ class EngineConfig:
     batch_threads: int | None = None
     ctx_size: int = 8192
     kv_unified: bool = False
+    batch_size: int = 128
     cache_ram_mib: int = 256
     poll: int = 50
     log_verbosity: int = 0
@@ -49,11 +50,18 @@ class PromptReady:
 
 
 @dataclass(frozen=True)
+class PromptProgress:
+    """Another batch of the prompt was processed (prefill goes on): a chance to stop."""
+
+    processed: int
+
+
+@dataclass(frozen=True)
 class TextDelta:
     text: str
 
 
-EngineEvent = PromptReady | TextDelta
+EngineEvent = PromptReady | PromptProgress | TextDelta
 EventCallback = Callable[[EngineEvent], bool]
 """Gets each event; returning True stops the generation and frees its slot."""
 
@@ -69,6 +77,9 @@ class GenerationResult:
 
 class Engine(abc.ABC):
     config: EngineConfig
+    longest_token: int | None = None
+    """The vocabulary's longest token in bytes, if known: bounds a prompt's token count
+    from below before it is tokenized."""
 
     @abc.abstractmethod
     def generate(

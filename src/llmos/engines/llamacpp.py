@@ -10,15 +10,18 @@ import json
 import logging
 import secrets
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, NoReturn
 
 from llmos.engines.base import (
     CannotMerge,
     Engine,
     EngineConfig,
+    EngineEvent,
     EventCallback,
     GenerationResult,
     Kind,
+    PromptProgress,
     PromptReady,
     TextDelta,
 )
@@ -35,6 +38,8 @@ def _params(config: EngineConfig) -> Any:
     p.n_parallel = config.slots
     p.n_ctx = config.ctx_size
     p.kv_unified = config.kv_unified
+    p.n_batch = config.batch_size
+    p.n_ubatch = config.batch_size
     p.cpuparams.n_threads = config.threads
     p.cpuparams_batch.n_threads = config.batch_threads or config.threads
     p.cpuparams.poll = config.poll
@@ -55,6 +60,7 @@ class LlamaCppEngine(Engine):
         if not config.model_path.is_file():
             raise EngineError(f"model file {config.model_path} does not exist")
         self.config = config
+        self.longest_token = _longest_token(config.model_path)
         try:
             self._server: Any = xllamacpp.Server(_params(config))
         except Exception as exc:  # the binding raises plain RuntimeErrors
@@ -124,6 +130,16 @@ class LlamaCppEngine(Engine):
         server = getattr(self, "_server", None)
         self._server = None
         del server
+
+
+def _longest_token(path: Path) -> int | None:
+    from llmos.registry.gguf import read_gguf
+
+    try:
+        return read_gguf(path).longest_token_bytes
+    except LLMOSError as exc:  # llama.cpp may still load it; only the bound is lost
+        log.warning("no token bound for %s: %s", path.name, exc.message)
+        return None
 
 
 def _streamed(body: dict[str, Any]) -> dict[str, Any]:
@@ -242,7 +258,8 @@ class _StreamState:
                 self.prompt_reported = True
                 self.prompt_tokens = int(progress.get("total", 0))
                 return self._emit(PromptReady(self.prompt_tokens))
-            return False
+            # Every later batch of a long prefill: where a cancelled request stops.
+            return self._emit(PromptProgress(int(progress.get("processed", 0))))
         usage = chunk.get("usage")
         if usage:
             self.prompt_tokens = int(usage.get("prompt_tokens", self.prompt_tokens))
@@ -258,7 +275,7 @@ class _StreamState:
                 return True
         return False
 
-    def _emit(self, event: PromptReady | TextDelta) -> bool:
+    def _emit(self, event: EngineEvent) -> bool:
         if self.on_event(event):
             self.stopped = True
         return self.stopped

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 
 from llmos import __version__
@@ -18,6 +19,7 @@ from llmos.gateway.control import WorkerControl
 from llmos.gateway.dispatch import Dispatcher
 from llmos.gateway.errors import HANDLERS, install_error_handlers
 from llmos.gateway.fastpath import FastRoutes
+from llmos.gateway.guard import BrowserGuard
 from llmos.gateway.health import probe_until_ready
 from llmos.gateway.middleware import RequestIdMiddleware
 from llmos.gateway.routes import health, models, openai, workers
@@ -59,6 +61,14 @@ def create_app(settings: Settings, bus: Bus, store: Store,
     install_error_handlers(app)
     app.add_middleware(FastRoutes, routes=openai.FAST_ROUTES | health.FAST_ROUTES,
                        handlers=HANDLERS, state=state)
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
+                           allow_methods=["*"], allow_headers=["*"],
+                           expose_headers=["x-request-id", "retry-after"])
+    app.add_middleware(BrowserGuard, bind_host=settings.host,
+                       allowed_hosts=settings.allowed_hosts,
+                       cors_origins=settings.cors_origins,
+                       max_body_bytes=settings.limits.max_body_bytes)
     app.add_middleware(RequestIdMiddleware)  # (the outer one: the fast routes need its id)
     app.include_router(openai.router)
     app.include_router(health.router)

@@ -15,7 +15,7 @@ import contextlib
 import logging
 import time
 
-from llmos.errors import ModelNotFound
+from llmos.errors import ModelNotFound, excerpt
 from llmos.store import Deployment, Store
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ class Catalog:
         deployment = self._cache.get((project, name))
         if deployment is None:
             known = ", ".join(sorted(n for (p, n) in self._cache if p == project)) or "none"
-            raise ModelNotFound(f"the model {name!r} does not exist; served models: {known}",
+            raise ModelNotFound(f"the model {excerpt(name)} does not exist; served models: {known}",
                                 param="model")
         return deployment
 

@@ -7,6 +7,7 @@ their warnings and errors (logged here under ``llmos.fleet`` with the worker id)
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Literal
@@ -37,8 +38,34 @@ class WorkerControl:
         self.bus = bus
         self.directory = WorkerDirectory()
         self._subscriptions: list[Subscription] = []
+        self._waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self._listening_since = time.time()
+
+    def serving(self, deployment: str) -> bool:
+        """Whether a live, undrained worker of ``deployment`` is known (hot path: cheap)."""
+        return self.directory.serving(deployment, time.time())
+
+    async def wait_for_replica(self, deployment: str, timeout_s: float) -> bool:
+        """True once a live, undrained worker of ``deployment`` is known; False if none is
+        heard of within ``timeout_s`` (or, just after start, one heartbeat interval: the
+        workers that already run have not all been heard yet)."""
+        if self.serving(deployment):
+            return True
+        unheard = self._listening_since + names.HEARTBEAT_INTERVAL_S - time.time()
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(deployment, []).append(waiter)
+        try:
+            await asyncio.wait_for(waiter, max(timeout_s, unheard))
+            return True
+        except TimeoutError:
+            return self.serving(deployment)
+        finally:
+            waiting = self._waiters.get(deployment, [])
+            if waiter in waiting:
+                waiting.remove(waiter)
 
     async def start(self) -> None:
+        self._listening_since = time.time()
         for topic, handler in ((names.HEARTBEAT_TOPIC, self._on_heartbeat),
                                (names.REQUEST_EVENTS_TOPIC, self._on_request_event),
                                (names.LOG_EVENTS_TOPIC, self._on_log_event)):
@@ -89,3 +116,7 @@ class WorkerControl:
         heartbeat = decode_or_ignore(Heartbeat, message.body)
         if heartbeat is not None:
             self.directory.observe(heartbeat)
+            if not heartbeat.draining:
+                for waiter in self._waiters.pop(heartbeat.deployment, []):
+                    if not waiter.done():
+                        waiter.set_result(None)

@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from llmos.errors import LLMOSError, QueueFull
+from llmos.errors import LLMOSError
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +23,8 @@ def error_body(message: str, type_: str, *, param: str | None = None,
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
-def error_response(exc: LLMOSError, headers: dict[str, str] | None = None) -> JSONResponse:
+def error_response(exc: LLMOSError) -> JSONResponse:
+    headers = {"retry-after": str(exc.retry_after_s)} if exc.retry_after_s else None
     return JSONResponse(error_body(exc.message, exc.type, param=exc.param, code=exc.code),
                         status_code=exc.status, headers=headers)
 
@@ -73,9 +74,7 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _llmos_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, LLMOSError)
-    headers = ({"retry-after": str(exc.retry_after_s)} if isinstance(exc, QueueFull)
-               else None)
-    return error_response(exc, headers)
+    return error_response(exc)
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:

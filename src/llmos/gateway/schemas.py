@@ -101,13 +101,6 @@ class _Sampling(_Strict):
     web_search_options: Any = None
     metadata: Any = None
 
-    @field_validator("stop")
-    @classmethod
-    def _stop_count(cls, value: str | list[str] | None) -> str | list[str] | None:
-        if isinstance(value, list) and len(value) > 4:
-            raise ValueError("at most 4 stop sequences")
-        return value
-
     @field_validator("logit_bias")
     @classmethod
     def _bias_keys(cls, value: dict[str, float] | None) -> dict[str, float] | None:

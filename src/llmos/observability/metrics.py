@@ -10,7 +10,9 @@ WORKER_SLOTS = Gauge("llmos_worker_slots", "Slots a worker has", ["deployment", 
                      registry=REGISTRY)
 WORKER_BUSY_SLOTS = Gauge("llmos_worker_busy_slots", "Slots generating now",
                           ["deployment", "worker"], registry=REGISTRY)
-WORKER_REQUESTS = Counter("llmos_worker_requests", "Requests a worker finished",
+WORKER_REQUESTS = Counter("llmos_worker_requests",
+                          "Requests a worker finished, by outcome: ok, rejected (the client's "
+                          "mistake, a 4xx), error, cancelled, skipped, requeue",
                           ["deployment", "outcome"], registry=REGISTRY)
 GENERATED_TOKENS = Counter("llmos_generated_tokens", "Completion tokens generated",
                            ["deployment"], registry=REGISTRY)

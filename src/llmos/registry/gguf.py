@@ -52,6 +52,8 @@ class ArraySummary:
 
     item_type: int
     length: int
+    longest: int | None = None
+    """For strings: the longest item's size in bytes (a vocabulary's longest token)."""
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,17 @@ class GGUFInfo:
         file_type = self.metadata.get("general.file_type")
         if isinstance(file_type, int):
             return FILE_TYPES.get(file_type, f"type {file_type}")
+        return None
+
+    @property
+    def longest_token_bytes(self) -> int | None:
+        """The vocabulary's longest token in bytes: no token covers more characters, so a
+        text of n characters is at least n / this many tokens."""
+        tokens = self.metadata.get("tokenizer.ggml.tokens")
+        if isinstance(tokens, ArraySummary):
+            return tokens.longest
+        if isinstance(tokens, list) and tokens:
+            return max(len(str(t).encode()) for t in tokens)
         return None
 
     @property
@@ -213,8 +226,7 @@ def _value(cursor: _Cursor, kind: int, what: str, *, depth: int) -> Any:
             raise GGUFError(f"the header holds more than {MAX_STRING_ITEMS} strings in arrays")
         if count <= MAX_KEPT_ARRAY:
             return [cursor.string(f"item {i} of {what}") for i in range(count)]
-        _skip_strings(cursor, count, what)
-        return ArraySummary(item, count)
+        return ArraySummary(item, count, _skip_strings(cursor, count, what))
     if item == _ARRAY:
         if count > MAX_KEPT_ARRAY:
             raise GGUFError(f"{what} is an array of {count} arrays: not supported")
@@ -223,18 +235,22 @@ def _value(cursor: _Cursor, kind: int, what: str, *, depth: int) -> Any:
     raise GGUFError(f"{what} is an array of unknown type {item}")
 
 
-def _skip_strings(cursor: _Cursor, count: int, what: str) -> None:
-    """Walk ``count`` strings without keeping them (a vocabulary), as fast as Python can."""
+def _skip_strings(cursor: _Cursor, count: int, what: str) -> int:
+    """Walk ``count`` strings without keeping them (a vocabulary), as fast as Python can;
+    the longest one's size in bytes."""
     data, at, end, unpack = cursor.data, cursor.at, len(cursor.data), _U64.unpack_from
+    longest = 0
     for _ in range(count):
         if at + 8 > end:
             break
-        at += 8 + unpack(data, at)[0]
+        size = unpack(data, at)[0]
+        longest = max(longest, size)
+        at += 8 + size
         if at > end:
             break
     else:
         cursor.at = at
-        return
+        return longest
     if len(data) < cursor.file_size:
         raise GGUFError(f"the GGUF header is larger than {MAX_HEADER_BYTES} bytes (at {what})")
     raise GGUFError(f"the GGUF header ends early, inside the strings of {what}")

@@ -24,7 +24,9 @@ import builtins
 import contextlib
 import fcntl
 import json
+import logging
 import os
+import re
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -32,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llmos.errors import BadRequest, NotFound, RegistryError
+from llmos.errors import BadRequest, Conflict, NotFound, RegistryError, excerpt
 from llmos.registry.blobs import BlobStore, Progress, Stored, storage_error
 from llmos.registry.gguf import GGUFInfo, read_gguf
 from llmos.registry.manifest import (
@@ -49,17 +51,21 @@ from llmos.registry.metadata import (
     is_gguf_name,
     media_type,
 )
+from llmos.registry.pins import Pins
 from llmos.registry.refs import ModelRef, check_name, check_tag, parse_ref
 from llmos.registry.sources import model_files
 from llmos.registry.uploads import Uploads
 from llmos.storage import ObjectExists, ObjectStorage, open_storage
 from llmos.storage import blobs as remote_blobs
 
+log = logging.getLogger(__name__)
+
 Estimator = Callable[[GGUFInfo, int], dict[str, Any]]
 """(the weights' header, their bytes) -> the resource estimate stored with a new version."""
 
 DEFAULT_PROJECT = "default"
-_PROJECT_RULE = "a project name is lowercase letters, digits, '-' and '_'"
+_PROJECT_RULE = ("a project name is at most 64 lowercase ASCII letters, digits, '-' and '_', "
+                 "starting with a letter or digit")
 
 
 @dataclass(frozen=True)
@@ -95,11 +101,13 @@ class Problem:
     problem: str
 
 
+_PROJECT_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+
+
 def check_project(project: str) -> str:
-    if not project or len(project) > 64 or not all(
-            c.islower() or c.isdigit() or c in "-_" for c in project) or not (
-            project[0].isalnum()):
-        raise BadRequest(f"invalid project {project!r}: {_PROJECT_RULE}", param="project")
+    if not _PROJECT_RE.fullmatch(project):  # ASCII only: 'é'.islower() is True
+        raise BadRequest(f"invalid project {excerpt(project)}: {_PROJECT_RULE}",
+                         param="project")
     return project
 
 
@@ -122,6 +130,7 @@ class LocalRegistry:
             root.mkdir(parents=True, exist_ok=True)
         self.meta = storage if storage is not None else open_storage(f"file://{root.resolve()}")
         self.uploads = Uploads(root, self.blobs)
+        self.pins = Pins(self.meta)
 
     # locks -------------------------------------------------------------------------
 
@@ -249,6 +258,9 @@ class LocalRegistry:
                 if existing.blobs == blobs:
                     if tag is not None:  # a plain re-import moves nothing
                         self._set_tag(project, name, tag, existing.version)
+                    log.info("registry: %s/%s already holds these files%s", project,
+                             existing.ref, f"; tagged {tag}" if tag else "",
+                             extra={"event": "registry.import"})
                     return Imported(self.get(existing.ref, project=project), False, new_bytes)
             estimate = None
             if self.estimator is not None and weights:
@@ -277,7 +289,11 @@ class LocalRegistry:
             if tag != "latest" and (tag is None or "latest" not in self.tags(
                     name, project=project)):
                 self._set_tag(project, name, "latest", version.version)
-            return Imported(self.get(version.ref, project=project), True, new_bytes)
+            created = self.get(version.ref, project=project)
+            log.info("registry: created %s/%s (%d files, %d bytes, %d new; tags %s)", project,
+                     created.ref, len(blobs), created.size, new_bytes,
+                     ", ".join(created.tags) or "none", extra={"event": "registry.import"})
+            return Imported(created, True, new_bytes)
 
     def _write_manifest(self, version: ModelVersion) -> None:
         key = self._manifest_key(version.project, version.name, version.version)
@@ -293,6 +309,8 @@ class LocalRegistry:
         version = self.get(ref, project=project)
         with self._repository_lock(project, version.name):
             self._set_tag(project, version.name, tag, version.version)
+        log.info("registry: tagged %s/%s as %s", project, version.ref, tag,
+                 extra={"event": "registry.tag"})
         return self.get(version.ref, project=project)
 
     def untag(self, ref: str, *, project: str = DEFAULT_PROJECT) -> ModelVersion:
@@ -303,12 +321,21 @@ class LocalRegistry:
         version = self.get(parsed, project=project)
         with self._repository_lock(project, parsed.name):
             self.meta.delete(self._tag_key(project, parsed.name, parsed.tag))
+        log.info("registry: removed tag %s from %s/%s", parsed.tag, project, version.ref,
+                 extra={"event": "registry.untag"})
         return self.get(version.ref, project=project)
 
     def delete(self, ref: str, *, project: str = DEFAULT_PROJECT) -> ModelVersion:
-        """Delete one version, its tags and its files folder; its blobs wait for gc."""
+        """Delete one version, its tags and its files folder; its blobs wait for gc.
+        A pinned version (one a deployment uses) is refused, by whatever name it is given."""
         version = self.get(ref, project=project)
         with self._repository_lock(project, version.name):
+            holders = self.pins.holders(version)
+            if holders:
+                log.warning("registry: refused to delete %s/%s: pinned by %s", project,
+                            version.ref, ", ".join(holders), extra={"event": "registry.delete"})
+                raise Conflict(f"{version.ref} is in use by {', '.join(holders)}; point the "
+                               "deployment at another version or delete it first")
             for tag in version.tags:
                 self.meta.delete(self._tag_key(project, version.name, tag))
             # A tombstone first: the number is never given to another version (whose
@@ -317,6 +344,9 @@ class LocalRegistry:
                           json.dumps({"deleted_at": time.time()}).encode())
             self.meta.delete(self._manifest_key(project, version.name, version.version))
             shutil.rmtree(self._files_path(version), ignore_errors=True)
+        log.info("registry: deleted %s/%s (tags %s; %d blobs left for gc)", project,
+                 version.ref, ", ".join(version.tags) or "none", len(version.blobs),
+                 extra={"event": "registry.delete"})
         return version
 
     # reading -----------------------------------------------------------------------
@@ -587,6 +617,9 @@ class LocalRegistry:
             for folder in staging.iterdir() if staging.is_dir() else []:
                 if now - folder.stat().st_mtime >= grace_s:
                     shutil.rmtree(folder, ignore_errors=True)
+        log.info("registry: gc removed %d blobs (%d bytes), %d partial files, %d folders "
+                 "(grace %gs)", blobs, freed, parts, folders, grace_s,
+                 extra={"event": "registry.gc"})
         return GcReport(blobs=blobs, bytes=freed, parts=parts, folders=folders)
 
     # paths ---------------------------------------------------------------------------

@@ -5,17 +5,17 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from llmos.errors import BadRequest
+from llmos.errors import BadRequest, excerpt
 
-_COMPONENT = r"[a-z0-9][a-z0-9._-]*"
+_COMPONENT = r"[a-z0-9][a-z0-9._-]{0,127}"  # (a file name on disk: at most 255 bytes)
 NAME_RE = re.compile(rf"^(?:{_COMPONENT}/)?{_COMPONENT}$")
 TAG_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}$")
 DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 RESERVED = frozenset({"lineage", "estimate", "tags", "versions"})
 """Words the API's paths use after a name: a name cannot end with one."""
 NAME_RULE = ("a model name is [namespace/]name of lowercase letters, digits, '-', '.' and '_', "
-             "starting with a letter or digit, and not ending in /lineage, /estimate, /tags "
-             "or /versions")
+             "starting with a letter or digit, each part at most 128 characters, and not "
+             "ending in /lineage, /estimate, /tags or /versions")
 
 
 @dataclass(frozen=True)
@@ -35,13 +35,14 @@ class ModelRef:
 
 def check_name(name: str) -> str:
     if not NAME_RE.fullmatch(name) or ".." in name or name.rsplit("/", 1)[-1] in RESERVED:
-        raise BadRequest(f"invalid model name {name!r}: {NAME_RULE}", param="name")
+        raise BadRequest(f"invalid model name {excerpt(name)}: {NAME_RULE}", param="name")
     return name
 
 
 def check_tag(tag: str) -> str:
     if not TAG_RE.fullmatch(tag) or ".." in tag:
-        raise BadRequest(f"invalid tag {tag!r}: lowercase letters, digits, '-', '.' and '_'",
+        raise BadRequest(f"invalid tag {excerpt(tag)}: at most 128 lowercase letters, digits, "
+                         "'-', '.' and '_'",
                          param="tag")
     return tag
 
@@ -57,11 +58,11 @@ def parse_ref(ref: str) -> ModelRef:
     if "@" in ref:
         name, _, at = ref.partition("@")
         check_name(name)
-        if at.isdigit():
+        if at.isdigit() and len(at) <= 9:
             return ModelRef(name, version=int(at))
         if DIGEST_RE.fullmatch(at):
             return ModelRef(name, digest=at)
-        raise BadRequest(f"invalid reference {ref!r}: after '@' comes a version number or "
+        raise BadRequest(f"invalid reference {excerpt(ref)}: after '@' comes a version number or "
                          "sha256:<64 hex digits>", param="model")
     name, sep, tag = ref.partition(":")
     check_name(name)

@@ -64,7 +64,16 @@ class Store:
                 row = Deployment(project=project, name=name)
                 s.add(row)
             row.model_ref = model_ref
+            # (model_version keeps the pinned version until the new reference is pinned)
             row.engine = engine
             row.engine_settings = dict(engine_settings or {})
             row.replicas = replicas
         return row
+
+    def set_model_version(self, name: str, model_version: str, *,
+                          project: str = "default") -> None:
+        with self.session() as s, s.begin():
+            row = s.scalars(select(Deployment).where(
+                Deployment.project == project, Deployment.name == name)).first()
+            if row is not None:
+                row.model_version = model_version

@@ -40,6 +40,7 @@ from llmos.observability import metrics
 from llmos.observability.context import request_id_var
 from llmos.observability.telemetry import TelemetryPublisher
 from llmos.worker.cohort import CohortLauncher
+from llmos.worker.prompt import check_prompt_bound
 from llmos.worker.slots import TieredSlots
 
 log = logging.getLogger(__name__)
@@ -235,6 +236,9 @@ class Worker:
         self._inflight[request.request_id] = cancel
         publish = _Publisher(self.bus, request, delivery.delivery_count)
         try:
+            # Before a slot: a prompt that surely overflows one never waits for it.
+            check_prompt_bound(request.kind, request.body, request.max_tokens_explicit,
+                               self.engine.config.ctx_per_slot, self.engine.longest_token)
             async with self._engine_slots.slot(tier):
                 self._busy_gauge.set(self.busy_slots)
                 if self._stopping:
@@ -243,6 +247,9 @@ class Worker:
                     outcome = "skipped"  # cancelled or expired while it waited for a slot
                 else:
                     outcome = await self._serve(request, publish, cancel)
+        except LLMOSError as exc:  # refused before it reached the engine
+            await publish.chunk(final=True, error=_error_info(exc))
+            outcome = _failure_outcome(exc)
         except Exception:
             # A bug here must not bounce the request between replicas forever.
             log.exception("worker failed on a request")
@@ -312,7 +319,7 @@ class Worker:
                 error = ErrorInfo(status=500, type="server_error", code="engine_error",
                                   message=f"the engine failed: {exc}")
             await publish.chunk(final=True, error=error)
-            return "error"
+            return _failure_outcome(exc)
         if result.stopped and self._stopping:
             return "requeue"
         if result.stopped and cancel.is_set():
@@ -363,6 +370,12 @@ def _check_context(prompt_tokens: int, body: dict[str, Any], ctx_per_slot: int |
             "tokens (context size / slots); shorten the prompt or lower max_tokens",
             param="max_tokens",
         )
+
+
+def _failure_outcome(exc: BaseException) -> str:
+    """``rejected`` for the client's mistakes (a 4xx: context overflow, a bad grammar), so
+    that they are not counted as the worker's errors; ``error`` for everything else."""
+    return "rejected" if isinstance(exc, LLMOSError) and exc.status < 500 else "error"
 
 
 def _error_info(exc: LLMOSError) -> ErrorInfo:

@@ -24,10 +24,15 @@ async def healthz() -> Health:
 @router.get("/readyz", response_model=Health, tags=["health"],
             responses={503: {"model": Health, "description": "not ready yet"}})
 async def readyz(state: StateDep) -> Response:
-    """200 once the default model has answered a request through the bus."""
-    body = Health(status="ready" if state.ready else "starting", version=__version__,
-                  detail=state.ready_detail)
-    return JSONResponse(body.model_dump(), status_code=200 if state.ready else 503)
+    """200 once the default model has answered a request through the bus, while a live,
+    undrained replica of it takes requests."""
+    model = state.settings.default_model
+    ready = state.ready and state.workers.serving(model)
+    detail = (state.ready_detail if not state.ready or ready else
+              f"no replica of {model} takes requests now (none is live, or all are drained)")
+    body = Health(status="ready" if ready else "starting" if not state.ready else "unavailable",
+                  version=__version__, detail=detail)
+    return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
 
 
 @router.get("/api/version", response_model=Health, tags=["management"])

@@ -20,7 +20,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
 
-from llmos.errors import BadRequest, Conflict, LLMOSError, NotFound, RegistryError
+from llmos.errors import BadRequest, LLMOSError, NotFound, RegistryError
 from llmos.gateway.deps import StateDep
 from llmos.gateway.schemas import ErrorResponse
 from llmos.registry import LocalRegistry, ModelVersion
@@ -217,19 +217,9 @@ async def show_model(ref: str, state: StateDep,
     **_ERRORS, 409: {"model": ErrorResponse, "description": "a deployment uses the version"}})
 async def delete_version(ref: str, state: StateDep,
                          project: ProjectQuery = "default") -> VersionPublic:
-    """Delete one version and its tags; its blobs go at the next ``gc`` if unshared."""
-    registry = _registry(state)
-    version = await asyncio.to_thread(registry.get, ref, project=project)
-    for deployment in await state.catalog.deployments(project, fresh=True):
-        try:
-            used = await asyncio.to_thread(registry.get, deployment.model_ref, project=project)
-        except LLMOSError:
-            continue
-        if used.ref == version.ref:
-            raise Conflict(f"{version.ref} is in use by deployment {deployment.name!r} "
-                           f"(model {deployment.model_ref}); point the deployment at another "
-                           "version or delete it first")
-    return public(await asyncio.to_thread(registry.delete, version.ref, project=project))
+    """Delete one version and its tags; its blobs go at the next ``gc`` if unshared. A
+    version a deployment is pinned to is refused (409), whatever name it is given by."""
+    return public(await asyncio.to_thread(_registry(state).delete, ref, project=project))
 
 
 # blobs ---------------------------------------------------------------------------------

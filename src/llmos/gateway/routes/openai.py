@@ -14,11 +14,12 @@ from fastapi.responses import JSONResponse
 
 from llmos.bus import names
 from llmos.bus.messages import ErrorInfo, ReplyChunk
-from llmos.errors import BadRequest, LLMOSError, UnsupportedParameter
+from llmos.errors import BadRequest, LLMOSError, NoReplica, UnsupportedParameter
 from llmos.gateway.body import openapi_body, parse_body
 from llmos.gateway.deps import StateDep
 from llmos.gateway.dispatch import RequestHandle
 from llmos.gateway.errors import error_body, error_response, sse_error
+from llmos.gateway.limits import check_request
 from llmos.gateway.schemas import (
     ChatCompletion,
     ChatCompletionCreate,
@@ -95,6 +96,7 @@ async def _run(state: GatewayState, request: Request, kind: Literal["chat", "com
                engine_body: dict[str, Any]) -> Response:
     endpoint = "chat" if kind == "chat" else "completions"
     started = time.perf_counter()
+    check_request(body, state.settings.limits)
     deployment = await state.catalog.get(body.model)
     unsupported = body.unsupported()
     if unsupported is not None:
@@ -108,6 +110,11 @@ async def _run(state: GatewayState, request: Request, kind: Literal["chat", "com
     elif max_tokens > limits.max_tokens_limit:
         raise BadRequest(f"max_tokens is {max_tokens} but this server allows at most "
                          f"{limits.max_tokens_limit}", param="max_tokens")
+    if not await state.workers.wait_for_replica(deployment.name,
+                                                state.settings.limits.no_replica_wait_s):
+        raise NoReplica(
+            f"no replica of {deployment.name!r} takes requests now (none is running, or "
+            "every one is drained); retry later")
     engine_body |= limits.sampling.given() | body.sampling()
     engine_body["max_tokens"] = max_tokens
     request_id: str = request.scope["state"]["request_id"]
@@ -117,7 +124,7 @@ async def _run(state: GatewayState, request: Request, kind: Literal["chat", "com
         tier=body.tier())
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        response = await _stream(handle, kind, body.model, include_usage)
+        response = await _stream(handle, request, kind, body.model, include_usage)
     else:
         response = await _complete(handle, request, kind, body.model)
     metrics.GATEWAY_REQUESTS.labels(endpoint, str(response.status_code)).inc()
@@ -190,16 +197,37 @@ def _no_usage() -> dict[str, int]:
     return {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
 
 
-async def _stream(handle: RequestHandle, kind: Literal["chat", "completion"], model: str,
-                  include_usage: bool) -> Response:
+async def _first_chunk(chunks: AsyncIterator[ReplyChunk], request: Request) -> ReplyChunk | None:
+    """The first chunk, or None when the client went away first (its request, maybe still
+    in tokenization or prefill, is cancelled on the workers as the iterator closes)."""
+    first = asyncio.ensure_future(anext(chunks))
+    disconnect = asyncio.ensure_future(_client_gone(request))
+    try:
+        await asyncio.wait({first, disconnect}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        disconnect.cancel()
+        if not first.done():
+            first.cancel()
+            with contextlib.suppress(asyncio.CancelledError, LLMOSError, StopAsyncIteration):
+                await first
+    if first.cancelled():
+        return None
+    return first.result()
+
+
+async def _stream(handle: RequestHandle, request: Request, kind: Literal["chat", "completion"],
+                  model: str, include_usage: bool) -> Response:
     chunks = handle.chunks()
     # Wait for the first chunk before answering, so an error that comes before any
     # token (bad input, context too long) still gets its proper HTTP status.
     try:
-        first = await anext(chunks)
+        first = await _first_chunk(chunks, request)
     except LLMOSError as exc:
         await chunks.aclose()
         return error_response(exc)
+    if first is None:
+        await chunks.aclose()
+        return Response(status_code=499)
     if first.error is not None:
         await chunks.aclose()
         return _error_json(first.error)
