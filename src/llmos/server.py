@@ -43,6 +43,7 @@ async def serve(settings: Settings) -> None:
     from llmos.controller import Controller
     from llmos.controller.deployments import deploy
     from llmos.gateway import create_app
+    from llmos.gateway.protocol import JsonErrorsHttpToolsProtocol
     from llmos.observability.logs import configure_logging
     from llmos.registry.defaults import DEFAULT_MODEL_NAME, ensure_default_model, open_registry
     from llmos.store import Store
@@ -61,6 +62,7 @@ async def serve(settings: Settings) -> None:
     app = create_app(settings, bus, store, registry)
     server = uvicorn.Server(uvicorn.Config(
         app, host=settings.host, port=settings.port, log_config=None, access_log=False,
+        http=JsonErrorsHttpToolsProtocol,
         lifespan="on", timeout_graceful_shutdown=5))
     serving = asyncio.create_task(server.serve(), name="uvicorn")
     reconciling: asyncio.Task[None] | None = None

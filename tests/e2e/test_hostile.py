@@ -118,7 +118,7 @@ def test_a_cross_site_form_post(llmos_server: RunningServer) -> None:
     response, took = timed_post(llmos_server, "/v1/completions", form, headers={
         "content-type": "application/x-www-form-urlencoded", "origin": "https://evil.example"})
     assert response.status_code == 403
-    no_origin, _ = timed_post(llmos_server, "/api/registry/gc", b"x=1", headers={
+    no_origin, _ = timed_post(llmos_server, "/v1/completions", form, headers={
         "content-type": "text/plain"})
     assert no_origin.status_code == 415
     assert took < ANSWER_S

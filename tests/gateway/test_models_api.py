@@ -229,7 +229,7 @@ async def test_an_estimate_for_other_settings(api: Api) -> None:
                                       )).json()
     assert quantized["kv_cache_bytes"] < large["kv_cache_bytes"]
     bad = await api.client.get("/api/models/m/estimate", params={"kv_type": "f99"})
-    assert bad.status_code == 400 and "f99" in error_of(bad)["message"]
+    assert bad.status_code == 400 and "q8_0" in error_of(bad)["message"]
 
 
 @pytest.mark.asyncio

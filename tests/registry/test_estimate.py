@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from llmos.engines.base import EngineConfig
 from llmos.registry.estimate import MiB, ResourceEstimate, estimate_resources
 from llmos.registry.gguf import ArraySummary, GGUFInfo, TensorInfo, parse_gguf, read_gguf
 from tests.model import gemma_path
@@ -217,8 +218,10 @@ def test_the_estimate_matches_the_real_engine(
     words: int,
 ) -> None:
     model = gemma_path(tmp_path_factory)
+    batch = EngineConfig(model_path=model).batch_size  # (the SWA cache holds one batch more)
     result = estimate_resources(read_gguf(model), weights_bytes=model.stat().st_size,
-                                slots=slots, ctx_size=ctx_size, cache_ram_mib=cache_ram_mib)
+                                slots=slots, ctx_size=ctx_size, cache_ram_mib=cache_ram_mib,
+                                n_batch=batch, n_ubatch=batch)
     rss, log = run_engine(model, slots=slots, ctx_size=ctx_size, cache_ram_mib=cache_ram_mib,
                           words=words)
     assert len(rss["tokens"]) == slots and min(rss["tokens"]) * slots > 512

@@ -67,7 +67,8 @@ def test_a_valid_header() -> None:
     assert info.quantization == "Q4_K_M"
     assert info.parameter_count == 3 * 64 * 32
     assert info.get("general.tags") == ["a", "b"]
-    assert info.get("tokenizer.ggml.tokens") == ArraySummary(8, 100)
+    assert info.get("tokenizer.ggml.tokens") == ArraySummary(8, 100, longest=5)
+    assert info.longest_token_bytes == 5
     assert info.chat_template_sha256 is not None and info.chat_template_sha256.startswith(
         "sha256:")
 

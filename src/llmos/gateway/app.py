@@ -74,18 +74,35 @@ def create_app(settings: Settings, bus: Bus, store: Store,
     app.include_router(health.router)
     app.include_router(workers.router)
     app.include_router(models.router)
-    app.openapi = lambda: _openapi_without_422(app)  # type: ignore[method-assign]
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 
 
-def _openapi_without_422(app: FastAPI) -> dict[str, Any]:
-    """The schema as FastAPI builds it, minus the 422s: validation errors are 400s here."""
+_ERROR = {"$ref": "#/components/schemas/ErrorResponse"}
+_EVERY_OPERATION = {
+    "400": "invalid request (a parameter, the body, or not valid HTTP)",
+    "403": "refused: sent to a host name that is not the server's (allowed_hosts), or from "
+           "a web page of another origin (cors_origins)",
+    "500": "internal error",
+}
+_WITH_BODY = {"413": "the body is larger than limits.max_body_bytes",
+              "415": "the body's Content-Type is not the endpoint's"}
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """The schema as FastAPI builds it, with the statuses every route may answer (the
+    browser guard's, and 400 instead of FastAPI's 422: validation errors are 400s here)."""
     if app.openapi_schema is None:
         schema = get_openapi(title=app.title, version=app.version,
                              description=app.description, routes=app.routes)
         for path in schema.get("paths", {}).values():
             for operation in path.values():
-                operation.get("responses", {}).pop("422", None)
+                responses = operation.setdefault("responses", {})
+                responses.pop("422", None)
+                extra = _EVERY_OPERATION | (_WITH_BODY if "requestBody" in operation else {})
+                for status, text in extra.items():
+                    responses.setdefault(status, {"description": text, "content": {
+                        "application/json": {"schema": _ERROR}}})
         schemas = schema.setdefault("components", {}).setdefault("schemas", {})
         schemas.update(component_schemas())
         schemas.pop("HTTPValidationError", None)

@@ -47,6 +47,13 @@ def openapi_body(model: type[BaseModel]) -> dict[str, Any]:
     }
 
 
+def component_ref(model: type[BaseModel]) -> dict[str, str]:
+    """A reference to ``model``'s schema, which the app adds to the components."""
+    if model not in BODY_MODELS:
+        BODY_MODELS.append(model)
+    return {"$ref": f"#/components/schemas/{model.__name__}"}
+
+
 def component_schemas() -> dict[str, Any]:
     """The JSON schemas of the body models and everything they refer to."""
     schemas: dict[str, Any] = {}

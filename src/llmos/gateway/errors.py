@@ -14,6 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from llmos.errors import LLMOSError
+from llmos.gateway.routing import allowed_methods
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,11 @@ def _field_name(loc: tuple[Any, ...]) -> str | None:
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
+    methods = allowed_methods(request.app, request.url.path)
+    if methods and request.method not in methods:  # a catch-all route's path pattern
+        return JSONResponse(error_body("Method Not Allowed", "invalid_request_error",
+                                       code="method_not_allowed"), status_code=405,
+                            headers={"allow": ", ".join(methods)})
     errors = exc.errors()
     first = errors[0] if errors else {"loc": (), "msg": "invalid request", "type": ""}
     if first.get("type") == "json_invalid":
@@ -77,12 +83,26 @@ async def _llmos_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(exc)
 
 
+class Refused(StarletteHTTPException):
+    """An LLMOSError raised where only HTTPExceptions pass unchanged (inside FastAPI's
+    body parsing, which turns any other error into a 400)."""
+
+    def __init__(self, error: LLMOSError) -> None:
+        super().__init__(error.status, error.message)
+        self.error = error
+
+
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
+    if isinstance(exc, Refused):
+        return error_response(exc.error)
     type_ = "invalid_request_error" if exc.status_code < 500 else "server_error"
-    code = "not_found" if exc.status_code == 404 else None
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+    headers = {k.lower(): v for k, v in (getattr(exc, "headers", None) or {}).items()}
+    if exc.status_code == 405:  # every method of the path, not only the first route's
+        headers["allow"] = ", ".join(allowed_methods(request.app, request.url.path))
     return JSONResponse(error_body(str(exc.detail), type_, code=code),
-                        status_code=exc.status_code, headers=getattr(exc, "headers", None))
+                        status_code=exc.status_code, headers=headers or None)
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -11,8 +11,10 @@ server is the page's own origin (how Ollama was attacked, CVE-2024-28224). So:
 - a request with an ``Origin`` other than the server's own is refused unless that
   origin is configured (``cors_origins``; CORS headers are then added for it);
 - a request body is JSON sent as ``application/json`` (blob uploads: raw bytes as
-  ``application/octet-stream``), never one of the types a simple request may carry;
-- a JSON body is at most ``limits.max_body_bytes``.
+  ``application/octet-stream``), never one of the types a simple request may carry
+  (415), and a JSON body is at most ``limits.max_body_bytes`` (413): both checked as
+  a route starts to read the body, so a path or method without a route is still a
+  404 or 405.
 
 Pure ASGI, in front of everything but the request id, so a refused request never
 reaches a route, and its error still carries the id and OpenAI's shape.
@@ -22,12 +24,12 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llmos.errors import Forbidden, LLMOSError, PayloadTooLarge, UnsupportedMediaType
-from llmos.gateway.errors import error_response
+from llmos.gateway.errors import Refused, error_response
 
 _BINARY_ROUTES = (("POST", re.compile(r"^/api/blobs$")),
                   ("PATCH", re.compile(r"^/api/uploads/[^/]+$")))
@@ -95,17 +97,19 @@ class BrowserGuard:
             return
         headers = dict(scope["headers"])
         try:
-            limited = self._check(scope, headers)
+            self._check_sender(scope, headers)
         except LLMOSError as exc:
             await error_response(exc)(scope, receive, send)
             return
-        if limited:
-            receive = _limited(receive, self.max_body_bytes)
+        if scope["method"] in ("POST", "PUT", "PATCH", "DELETE") and has_body(headers):
+            # Checked when a route first reads the body: a method or path without a
+            # route still gets its 405 or 404.
+            receive = _checked_body(receive, lambda: self._check_body(scope, headers),
+                                    self.max_body_bytes)
         await self.app(scope, receive, send)
 
-    def _check(self, scope: Scope, headers: dict[bytes, bytes]) -> bool:
-        """Raise for a request a browser page could have sent on its own; True when its
-        body must be counted against the size limit as it arrives."""
+    def _check_sender(self, scope: Scope, headers: dict[bytes, bytes]) -> None:
+        """Raise for a request a browser page could have sent on its own."""
         host = headers.get(b"host")
         if not self.hosts.allows(host.decode("latin-1") if host is not None else None):
             raise Forbidden(
@@ -115,9 +119,11 @@ class BrowserGuard:
         origin = headers.get(b"origin")
         if origin is not None:
             self._check_origin(scope, origin.decode("latin-1"), host)
+
+    def _check_body(self, scope: Scope, headers: dict[bytes, bytes]) -> bool:
+        """Raise for a body of the wrong type or size; True when it must be counted
+        against the size limit as it arrives."""
         method = scope["method"]
-        if method in ("GET", "HEAD", "OPTIONS") or not has_body(headers):
-            return False
         media_type = body_media_type(headers)
         path = scope["path"]
         binary = any(m == method and p.match(path) for m, p in _BINARY_ROUTES)
@@ -155,17 +161,25 @@ def too_large(limit: int) -> PayloadTooLarge:
         param="body")
 
 
-def _limited(receive: Receive, limit: int) -> Receive:
-    """``receive`` that fails once more than ``limit`` body bytes have arrived."""
+def _checked_body(receive: Receive, check: Callable[[], bool], limit: int) -> Receive:
+    """``receive`` that runs ``check`` before the first body message, and then (if it
+    says so) fails once more than ``limit`` body bytes have arrived. It raises
+    ``Refused``, an HTTPException: FastAPI's body parsing passes those on as they are."""
     seen = 0
+    counted: bool | None = None
 
-    async def counted() -> Message:
-        nonlocal seen
+    async def checked() -> Message:
+        nonlocal seen, counted
+        if counted is None:
+            try:
+                counted = check()
+            except LLMOSError as exc:
+                raise Refused(exc) from None
         message = await receive()
-        if message["type"] == "http.request":
+        if counted and message["type"] == "http.request":
             seen += len(message.get("body", b""))
             if seen > limit:
-                raise too_large(limit)
+                raise Refused(too_large(limit))
         return message
 
-    return counted
+    return checked

@@ -11,7 +11,7 @@ import json
 from typing import Any
 
 from llmos.errors import LimitExceeded
-from llmos.gateway.schemas import ChatCompletionCreate, CompletionCreate
+from llmos.gateway.schemas import ChatCompletionCreate, CompletionCreate, ResponseFormatJsonSchema
 from llmos.settings import RequestLimits
 
 
@@ -69,7 +69,7 @@ def _check_chat(body: ChatCompletionCreate, limits: RequestLimits) -> None:
             raise _over("the length of a message's name", len(message.name),
                         limits.max_name_chars, "max_name_chars", f"messages[{i}].name")
     fmt = body.response_format
-    if fmt is not None and fmt.json_schema is not None:
+    if isinstance(fmt, ResponseFormatJsonSchema):
         size = len(json.dumps(fmt.json_schema.schema_, separators=(",", ":")))
         if size > limits.max_schema_bytes:
             raise _over("the size of response_format's JSON schema in bytes", size,

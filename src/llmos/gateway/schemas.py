@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from llmos.bus.names import Tier
 
@@ -42,15 +42,21 @@ class JsonSchemaFormat(_Strict):
     strict: bool | None = None
 
 
-class ResponseFormat(_Strict):
-    type: Literal["text", "json_object", "json_schema"]
-    json_schema: JsonSchemaFormat | None = None
+class ResponseFormatText(_Strict):
+    type: Literal["text"]
 
-    @model_validator(mode="after")
-    def _schema_given(self) -> ResponseFormat:
-        if self.type == "json_schema" and self.json_schema is None:
-            raise ValueError("response_format.json_schema is required when type is json_schema")
-        return self
+
+class ResponseFormatJsonObject(_Strict):
+    type: Literal["json_object"]
+
+
+class ResponseFormatJsonSchema(_Strict):
+    type: Literal["json_schema"]
+    json_schema: JsonSchemaFormat
+
+
+ResponseFormat = Annotated[ResponseFormatText | ResponseFormatJsonObject
+                           | ResponseFormatJsonSchema, Field(discriminator="type")]
 
 
 # Parameters of the OpenAI API that the engine cannot honour (yet). A request that sets
@@ -75,7 +81,9 @@ class _Sampling(_Strict):
     seed: int | None = None
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
-    logit_bias: dict[str, float] | None = None
+    logit_bias: dict[Annotated[str, Field(pattern=r"^[0-9]{1,9}$")],
+                     Annotated[float, Field(ge=-100, le=100)]] | None = Field(
+        None, description="token id -> bias")
     ignore_eos: bool | None = Field(
         None, description="llama.cpp extension: keep generating past end-of-sequence")
     n: int | None = Field(None, ge=1)
@@ -100,16 +108,6 @@ class _Sampling(_Strict):
     reasoning_effort: Any = None
     web_search_options: Any = None
     metadata: Any = None
-
-    @field_validator("logit_bias")
-    @classmethod
-    def _bias_keys(cls, value: dict[str, float] | None) -> dict[str, float] | None:
-        for key, bias in (value or {}).items():
-            if not key.isdigit():
-                raise ValueError(f"logit_bias keys are token ids, got {key!r}")
-            if not -100 <= bias <= 100:
-                raise ValueError("logit_bias values are between -100 and 100")
-        return value
 
     def unsupported(self) -> str | None:
         """The first parameter set to something the engine cannot honour, if any."""
@@ -143,18 +141,10 @@ class ChatCompletionCreate(_Sampling):
 
 
 class CompletionCreate(_Sampling):
-    prompt: str | list[str] | list[int]
-
-    @field_validator("prompt")
-    @classmethod
-    def _one_prompt(cls, value: str | list[str] | list[int]) -> str | list[str] | list[int]:
-        if isinstance(value, list):
-            if not value:
-                raise ValueError("prompt must not be empty")
-            if isinstance(value[0], str) and len(value) != 1:
-                raise ValueError("only one prompt per request is supported (batch prompts: "
-                                 "send one request each)")
-        return value
+    prompt: (str | Annotated[list[str], Field(min_length=1, max_length=1)]
+             | Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]) = Field(
+        description="a text, a list of one text (one prompt per request: send a batch as "
+        "separate requests), or token ids")
 
     def requested_max_tokens(self) -> int | None:
         return self.max_tokens
@@ -230,3 +220,38 @@ class Health(BaseModel):
     status: str
     version: str
     detail: str | None = None
+
+
+class ChatDelta(BaseModel):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChatChunkChoice(BaseModel):
+    index: int
+    delta: ChatDelta
+    finish_reason: str | None
+
+
+class ChatCompletionChunk(BaseModel):
+    """One ``data:`` event of a streamed chat completion (the last carries ``usage`` when
+    asked, with no choices); the stream ends with ``data: [DONE]``."""
+
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChatChunkChoice]
+    usage: UsagePublic | None = None
+
+
+class CompletionChunk(BaseModel):
+    """One ``data:`` event of a streamed completion; the stream ends with
+    ``data: [DONE]``."""
+
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: UsagePublic | None = None

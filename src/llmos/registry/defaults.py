@@ -27,7 +27,7 @@ def open_registry(settings: Settings) -> LocalRegistry:
     storage = open_storage(settings.storage_url) if settings.storage_url else None
     return LocalRegistry(settings.models_dir, storage=storage, estimator=estimator(
         slots=engine.slots, ctx_size=engine.ctx_size, kv_unified=engine.kv_unified,
-        cache_ram_mib=engine.cache_ram_mib))
+        cache_ram_mib=engine.cache_ram_mib, batch_size=engine.batch_size))
 
 
 def ensure_default_model(registry: LocalRegistry, name: str = DEFAULT_MODEL_NAME,

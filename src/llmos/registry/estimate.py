@@ -298,11 +298,12 @@ def _repacked_bytes(info: GGUFInfo) -> int:
 
 
 def estimator(*, slots: int, ctx_size: int, kv_unified: bool = False,
-              cache_ram_mib: int = 256, kv_type: str = "f16"
+              cache_ram_mib: int = 256, kv_type: str = "f16", batch_size: int = 512
               ) -> Callable[[GGUFInfo, int], dict[str, Any]]:
     """The registry's hook: the estimate of a new version under these engine settings."""
     def estimate(info: GGUFInfo, weights_bytes: int) -> dict[str, Any]:
         return estimate_resources(info, weights_bytes=weights_bytes, slots=slots,
                                   ctx_size=ctx_size, kv_unified=kv_unified,
-                                  cache_ram_mib=cache_ram_mib, kv_type=kv_type).to_dict()
+                                  cache_ram_mib=cache_ram_mib, kv_type=kv_type,
+                                  n_batch=batch_size, n_ubatch=batch_size).to_dict()
     return estimate

@@ -101,7 +101,8 @@ class Problem:
     problem: str
 
 
-_PROJECT_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+PROJECT_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
+_PROJECT_RE = re.compile(PROJECT_PATTERN)
 
 
 def check_project(project: str) -> str:

@@ -8,9 +8,15 @@ from dataclasses import dataclass
 from llmos.errors import BadRequest, excerpt
 
 _COMPONENT = r"[a-z0-9][a-z0-9._-]{0,127}"  # (a file name on disk: at most 255 bytes)
-NAME_RE = re.compile(rf"^(?:{_COMPONENT}/)?{_COMPONENT}$")
-TAG_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}$")
-DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
+NAME_PATTERN = rf"^(?:{_COMPONENT}/)?{_COMPONENT}$"
+TAG_PATTERN = rf"^{_COMPONENT}$"
+DIGEST_PATTERN = r"^sha256:[0-9a-f]{64}$"
+REF_PATTERN = (rf"^(?:{_COMPONENT}/)?{_COMPONENT}"
+               rf"(?::{_COMPONENT}|@[0-9]{{1,9}}|@sha256:[0-9a-f]{{64}})?$")
+"""The patterns also go into the API's schema (as path and query parameter patterns)."""
+NAME_RE = re.compile(NAME_PATTERN)
+TAG_RE = re.compile(TAG_PATTERN)
+DIGEST_RE = re.compile(DIGEST_PATTERN)
 RESERVED = frozenset({"lineage", "estimate", "tags", "versions"})
 """Words the API's paths use after a name: a name cannot end with one."""
 NAME_RULE = ("a model name is [namespace/]name of lowercase letters, digits, '-', '.' and '_', "
@@ -34,13 +40,14 @@ class ModelRef:
 
 
 def check_name(name: str) -> str:
-    if not NAME_RE.fullmatch(name) or ".." in name or name.rsplit("/", 1)[-1] in RESERVED:
+    # (no part starts with '.', so '..' can never be a path step)
+    if not NAME_RE.fullmatch(name) or name.rsplit("/", 1)[-1] in RESERVED:
         raise BadRequest(f"invalid model name {excerpt(name)}: {NAME_RULE}", param="name")
     return name
 
 
 def check_tag(tag: str) -> str:
-    if not TAG_RE.fullmatch(tag) or ".." in tag:
+    if not TAG_RE.fullmatch(tag):
         raise BadRequest(f"invalid tag {excerpt(tag)}: at most 128 lowercase letters, digits, "
                          "'-', '.' and '_'",
                          param="tag")

@@ -30,7 +30,8 @@ from llmos.registry.gguf import read_gguf
 from llmos.registry.metadata import check_filename, is_gguf_name
 from llmos.registry.refs import check_digest
 
-_ID_RE = re.compile(r"^[0-9a-f]{32}$")
+UPLOAD_ID_PATTERN = r"^[0-9a-f]{32}$"
+_ID_RE = re.compile(UPLOAD_ID_PATTERN)
 
 
 @dataclass(frozen=True)

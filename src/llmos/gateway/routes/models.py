@@ -16,20 +16,35 @@ import queue
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Annotated, Any, TypeVar
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import FileResponse, Response, StreamingResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from llmos.errors import BadRequest, LLMOSError, NotFound, RegistryError
 from llmos.gateway.deps import StateDep
+from llmos.gateway.guard import has_body
+from llmos.gateway.routing import only_specific
 from llmos.gateway.schemas import ErrorResponse
 from llmos.registry import LocalRegistry, ModelVersion
 from llmos.registry.blobs import CHUNK, BlobCorrupt, Stored, hash_file
+from llmos.registry.estimate import KV_TYPES
+from llmos.registry.local import PROJECT_PATTERN
+from llmos.registry.manifest import RELATIONS
+from llmos.registry.metadata import FILENAME_RE
+from llmos.registry.refs import DIGEST_PATTERN, NAME_PATTERN, REF_PATTERN, TAG_PATTERN
+from llmos.registry.uploads import UPLOAD_ID_PATTERN
 
 router = APIRouter(tags=["models"])
 T = TypeVar("T")
 
-ProjectQuery = Annotated[str, Query(description="the project the repository belongs to")]
+ProjectQuery = Annotated[str, Query(description="the project the repository belongs to",
+                                    pattern=PROJECT_PATTERN)]
+RefPath = Annotated[str, Path(pattern=REF_PATTERN, description="name, name:tag, name@N or "
+                              "name@sha256:<hex> (a blob of the version)")]
+NamePath = Annotated[str, Path(pattern=NAME_PATTERN, description="[namespace/]name")]
+TagPath = Annotated[str, Path(pattern=TAG_PATTERN)]
+DigestPath = Annotated[str, Path(pattern=DIGEST_PATTERN, description="sha256:<64 hex>")]
+UploadIdPath = Annotated[str, Path(pattern=UPLOAD_ID_PATTERN)]
 
 
 class BlobPublic(BaseModel):
@@ -70,16 +85,20 @@ class VersionCreated(VersionPublic):
 
 
 class FileEntry(BaseModel):
-    filename: str
-    digest: str
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    filename: str = Field(pattern=FILENAME_RE.pattern)
+    digest: str = Field(pattern=DIGEST_PATTERN)
 
 
 class NewVersion(BaseModel):
-    files: list[FileEntry] = Field(min_length=1)
-    tag: str | None = None
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    files: list[FileEntry] = Field(min_length=1, max_length=1024)
+    tag: str | None = Field(None, pattern=TAG_PATTERN)
     label: str | None = Field(None, max_length=500)
-    derived_from: str | None = None
-    relation: str | None = None
+    derived_from: str | None = Field(None, pattern=REF_PATTERN)
+    relation: str | None = Field(None, pattern=f"^({'|'.join(RELATIONS)})$")
     creator: str | None = Field(None, max_length=200)
 
 
@@ -133,7 +152,7 @@ async def list_models(state: StateDep, project: ProjectQuery = "default") -> Ver
 
 @router.post("/api/models/{name:path}/versions", response_model=VersionCreated,
              status_code=201, responses=_ERRORS)
-async def create_version(name: str, body: NewVersion, state: StateDep,
+async def create_version(name: NamePath, body: NewVersion, state: StateDep,
                          project: ProjectQuery = "default") -> VersionCreated:
     """A new version of ``name`` made of blobs already uploaded (``POST /api/blobs``)."""
     imported = await asyncio.to_thread(
@@ -145,7 +164,7 @@ async def create_version(name: str, body: NewVersion, state: StateDep,
 
 
 @router.get("/api/models/{ref:path}/lineage", response_model=Lineage, responses=_ERRORS)
-async def lineage(ref: str, state: StateDep, project: ProjectQuery = "default") -> Lineage:
+async def lineage(ref: RefPath, state: StateDep, project: ProjectQuery = "default") -> Lineage:
     """Where a version came from (``derived_from``, followed up) and what was made from it."""
     registry = _registry(state)
     version = await asyncio.to_thread(registry.get, ref, project=project)
@@ -157,11 +176,12 @@ async def lineage(ref: str, state: StateDep, project: ProjectQuery = "default") 
 @router.get("/api/models/{ref:path}/estimate", response_model=dict[str, Any],
             responses=_ERRORS)
 async def estimate(
-    ref: str, state: StateDep, project: ProjectQuery = "default",
+    ref: RefPath, state: StateDep, project: ProjectQuery = "default",
     slots: Annotated[int | None, Query(ge=1, le=256, description="parallel slots")] = None,
     ctx_size: Annotated[int | None, Query(ge=0, description="total context (0: the "
                                                             "model's own)")] = None,
-    kv_type: Annotated[str, Query(description="KV cache type: f16, q8_0, q4_0 …")] = "f16",
+    kv_type: Annotated[str, Query(description="KV cache type: f16, q8_0, q4_0 …",
+                                  pattern=f"^({'|'.join(KV_TYPES)})$")] = "f16",
     kv_unified: Annotated[bool | None, Query(description="one KV cache for all slots")
                           ] = None,
     cache_ram_mib: Annotated[int | None, Query(ge=0, description="prompt cache limit")
@@ -181,7 +201,8 @@ async def estimate(
             info, weights_bytes=weights_bytes, slots=slots or engine.slots,
             ctx_size=engine.ctx_size if ctx_size is None else ctx_size, kv_type=kv_type,
             kv_unified=engine.kv_unified if kv_unified is None else kv_unified,
-            cache_ram_mib=engine.cache_ram_mib if cache_ram_mib is None else cache_ram_mib)
+            cache_ram_mib=engine.cache_ram_mib if cache_ram_mib is None else cache_ram_mib,
+            n_batch=engine.batch_size, n_ubatch=engine.batch_size)
     except ValueError as exc:
         raise BadRequest(str(exc), param="kv_type") from None
     return {"ref": version.ref, **result.to_dict()}
@@ -189,36 +210,38 @@ async def estimate(
 
 @router.put("/api/models/{ref:path}/tags/{tag}", response_model=VersionPublic,
             responses=_ERRORS)
-async def tag_version(ref: str, tag: str, state: StateDep,
+async def tag_version(ref: RefPath, tag: TagPath, state: StateDep,
                       project: ProjectQuery = "default") -> VersionPublic:
     """Point ``tag`` at the version ``ref`` names; a tag elsewhere in the repository moves."""
     version = await asyncio.to_thread(_registry(state).tag, ref, tag, project=project)
     return public(version)
 
 
-@router.delete("/api/models/{name:path}/tags/{tag}", response_model=VersionPublic,
+@router.delete("/api/models/{ref:path}/tags/{tag}", response_model=VersionPublic,
                responses=_ERRORS)
-async def untag_version(name: str, tag: str, state: StateDep,
+async def untag_version(ref: NamePath, tag: TagPath, state: StateDep,
                         project: ProjectQuery = "default") -> VersionPublic:
-    """Remove a tag; the version it named stays."""
-    version = await asyncio.to_thread(_registry(state).untag, f"{name}:{tag}",
+    """Remove a tag (``ref`` is the repository's name); the version it named stays."""
+    version = await asyncio.to_thread(_registry(state).untag, f"{ref}:{tag}",
                                       project=project)
     return public(version)
 
 
 @router.get("/api/models/{ref:path}", response_model=VersionPublic, responses=_ERRORS)
-async def show_model(ref: str, state: StateDep,
+async def show_model(ref: RefPath, request: Request, state: StateDep,
                      project: ProjectQuery = "default") -> VersionPublic:
     """One version: ``name`` (its ``latest``), ``name:tag``, ``name@3`` or ``name@sha256:…``."""
+    only_specific(request)
     return public(await asyncio.to_thread(_registry(state).get, ref, project=project))
 
 
 @router.delete("/api/models/{ref:path}", response_model=VersionPublic, responses={
     **_ERRORS, 409: {"model": ErrorResponse, "description": "a deployment uses the version"}})
-async def delete_version(ref: str, state: StateDep,
+async def delete_version(ref: RefPath, request: Request, state: StateDep,
                          project: ProjectQuery = "default") -> VersionPublic:
     """Delete one version and its tags; its blobs go at the next ``gc`` if unshared. A
     version a deployment is pinned to is refused (409), whatever name it is given by."""
+    only_specific(request)
     return public(await asyncio.to_thread(_registry(state).delete, ref, project=project))
 
 
@@ -233,10 +256,11 @@ _STOP = object()
         "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}})
 async def upload_blob(request: Request, state: StateDep,
                       filename: Annotated[str | None, Query(
-                          description="the file's name: a *.gguf has its header checked")
-                      ] = None,
+                          description="the file's name: a *.gguf has its header checked",
+                          pattern=FILENAME_RE.pattern)] = None,
                       digest: Annotated[str | None, Query(
-                          description="sha256:<hex> the content must hash to")] = None,
+                          description="sha256:<hex> the content must hash to",
+                          pattern=DIGEST_PATTERN)] = None,
                       ) -> BlobStored:
     """Store the request body as a blob, hashing it as it is written (one pass)."""
     registry = _registry(state)
@@ -296,18 +320,19 @@ async def _put(chunks: queue.Queue[Any], item: Any, writer: asyncio.Task[Any]) -
 
 
 @router.head("/api/blobs/{digest:path}", responses=_ERRORS)
-async def blob_exists(digest: str, state: StateDep) -> Response:
+async def blob_exists(digest: DigestPath, state: StateDep) -> Response:
     """200 with the size when the store has the blob: an upload of it can be skipped."""
     size = await asyncio.to_thread(_registry(state).blob_size, digest)
     if size is None:
         raise NotFound(f"blob {digest} not found")
-    return Response(headers={"content-length": str(size), "accept-ranges": "bytes"})
+    return Response(media_type="application/octet-stream",
+                    headers={"content-length": str(size), "accept-ranges": "bytes"})
 
 
 @router.get("/api/blobs/{digest:path}", response_class=FileResponse, responses={
     **_ERRORS, 200: {"content": {"application/octet-stream": {}},
                      "description": "the content; a Range header gets 206 and that part"}})
-async def download_blob(digest: str, state: StateDep) -> FileResponse:
+async def download_blob(digest: DigestPath, state: StateDep) -> FileResponse:
     """A blob's content, whole or by ``Range``; checked against its digest first."""
     registry = _registry(state)
     path = await asyncio.to_thread(registry.blob_path, digest)
@@ -325,10 +350,16 @@ async def download_blob(digest: str, state: StateDep) -> FileResponse:
 
 # resumable uploads ---------------------------------------------------------------------
 
+MAX_BLOB_BYTES = 1 << 40
+"""The largest blob an upload session takes (1 TiB)."""
+
+
 class NewUpload(BaseModel):
-    digest: str
-    size: int = Field(ge=0)
-    filename: str | None = None
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    digest: str = Field(pattern=DIGEST_PATTERN)
+    size: int = Field(ge=0, le=MAX_BLOB_BYTES)
+    filename: str | None = Field(None, pattern=FILENAME_RE.pattern)
 
 
 class UploadPublic(BaseModel):
@@ -355,7 +386,7 @@ async def open_upload(body: NewUpload, state: StateDep) -> UploadPublic:
 
 
 @router.get("/api/uploads/{upload_id}", response_model=UploadPublic, responses=_ERRORS)
-async def get_upload(upload_id: str, state: StateDep) -> UploadPublic:
+async def get_upload(upload_id: UploadIdPath, state: StateDep) -> UploadPublic:
     return _upload(await asyncio.to_thread(_registry(state).uploads.get, upload_id))
 
 
@@ -363,18 +394,22 @@ async def get_upload(upload_id: str, state: StateDep) -> UploadPublic:
     **_ERRORS, 409: {"model": ErrorResponse, "description": "offset is not the session's"}},
     openapi_extra={"requestBody": {"required": True, "content": {
         "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}})
-async def append_upload(upload_id: str, request: Request, state: StateDep,
+async def append_upload(upload_id: UploadIdPath, request: Request, state: StateDep,
                         offset: Annotated[int, Query(ge=0, description="where the body goes: "
                                                      "the session's offset")]) -> UploadPublic:
     """Append the body; if the connection drops, what arrived is kept."""
+    if not has_body(dict(request.scope["headers"])):
+        raise BadRequest("send the bytes to append as the request body", param="body")
     uploads = _registry(state).uploads
     upload = await _body_to_thread(request, lambda body: uploads.append(upload_id, offset,
                                                                         body))
     return _upload(upload)
 
 
-@router.post("/api/uploads/{upload_id}/finish", response_model=BlobStored, responses=_ERRORS)
-async def finish_upload(upload_id: str, state: StateDep) -> BlobStored:
+@router.post("/api/uploads/{upload_id}/finish", response_model=BlobStored, responses={
+    **_ERRORS, 409: {"model": ErrorResponse, "description": "the session has not all the "
+                     "bytes yet"}})
+async def finish_upload(upload_id: UploadIdPath, state: StateDep) -> BlobStored:
     """Check the digest (and a GGUF header) and make the blob visible; a mismatch keeps
     nothing."""
     stored = await asyncio.to_thread(_registry(state).finish_upload, upload_id)
@@ -382,7 +417,7 @@ async def finish_upload(upload_id: str, state: StateDep) -> BlobStored:
 
 
 @router.delete("/api/uploads/{upload_id}", status_code=204, responses=_ERRORS)
-async def cancel_upload(upload_id: str, state: StateDep) -> Response:
+async def cancel_upload(upload_id: UploadIdPath, state: StateDep) -> Response:
     await asyncio.to_thread(_registry(state).uploads.cancel, upload_id)
     return Response(status_code=204)
 
@@ -403,7 +438,8 @@ async def collect_garbage(state: StateDep, grace_s: Annotated[float, Query(
     "content": {"application/x-ndjson": {}},
     "description": 'lines of {"checked", "total"} bytes, then {"problems": [...]}'}})
 async def verify(state: StateDep, ref: Annotated[str | None, Query(
-        description="one version (default: every version in the store)")] = None,
+        description="one version (default: every version in the store)",
+        pattern=REF_PATTERN)] = None,
                  project: ProjectQuery = "default") -> StreamingResponse:
     """Re-hash blobs against their digests; the answer streams progress, then problems."""
     registry = _registry(state)

@@ -15,19 +15,23 @@ from fastapi.responses import JSONResponse
 from llmos.bus import names
 from llmos.bus.messages import ErrorInfo, ReplyChunk
 from llmos.errors import BadRequest, LLMOSError, NoReplica, UnsupportedParameter
-from llmos.gateway.body import openapi_body, parse_body
+from llmos.gateway.body import component_ref, openapi_body, parse_body
 from llmos.gateway.deps import StateDep
 from llmos.gateway.dispatch import RequestHandle
 from llmos.gateway.errors import error_body, error_response, sse_error
 from llmos.gateway.limits import check_request
 from llmos.gateway.schemas import (
     ChatCompletion,
+    ChatCompletionChunk,
     ChatCompletionCreate,
     Completion,
+    CompletionChunk,
     CompletionCreate,
     ErrorResponse,
     ModelList,
     ModelPublic,
+    ResponseFormatJsonObject,
+    ResponseFormatJsonSchema,
 )
 from llmos.gateway.sse import END, SseResponse
 from llmos.gateway.state import GatewayState
@@ -39,7 +43,17 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
                          (429, "too many waiting requests (see Retry-After)"),
                          (500, "engine failure"), (503, "not available")]
 }
-_STREAM = {"text/event-stream": {"schema": {"type": "string"}}}
+
+
+def _events(chunk: type[ChatCompletionChunk | CompletionChunk]) -> dict[str, Any]:
+    """A stream's content: server-sent events, each ``data:`` one chunk (``itemSchema``:
+    the sequential media type form of OpenAPI 3.2), then ``data: [DONE]``."""
+    return {"text/event-stream": {
+        "schema": {"type": "string", "description": "server-sent events: `data: <"
+                   f"{chunk.__name__} as JSON>` lines, each followed by a blank line, then "
+                   "`data: [DONE]` (with `stream: true`)"},
+        "itemSchema": component_ref(chunk)}}
+
 
 router = APIRouter(prefix="/v1", tags=["openai"], responses=_ERRORS)
 
@@ -54,7 +68,7 @@ async def list_models(state: StateDep) -> ModelList:
 
 
 @router.post("/chat/completions", response_model=ChatCompletion,
-             responses={200: {"content": _STREAM}},
+             responses={200: {"content": _events(ChatCompletionChunk)}},
              openapi_extra=openapi_body(ChatCompletionCreate))
 async def create_chat_completion(request: Request, state: StateDep) -> Response:
     body = await parse_body(request, ChatCompletionCreate)
@@ -62,18 +76,17 @@ async def create_chat_completion(request: Request, state: StateDep) -> Response:
         "messages": [{"role": m.role if m.role != "developer" else "system",
                       "content": m.text()} for m in body.messages],
     }
-    if body.response_format is not None and body.response_format.type != "text":
-        fmt = body.response_format
-        engine_body["response_format"] = (
-            {"type": "json_object"} if fmt.type == "json_object" else
-            {"type": "json_schema", "json_schema": {
-                "name": fmt.json_schema.name if fmt.json_schema else "response",
-                "schema": fmt.json_schema.schema_ if fmt.json_schema else {}}})
+    fmt = body.response_format
+    if isinstance(fmt, ResponseFormatJsonObject):
+        engine_body["response_format"] = {"type": "json_object"}
+    elif isinstance(fmt, ResponseFormatJsonSchema):
+        engine_body["response_format"] = {"type": "json_schema", "json_schema": {
+            "name": fmt.json_schema.name, "schema": fmt.json_schema.schema_}}
     return await _run(state, request, "chat", body, body.requested_max_tokens(), engine_body)
 
 
 @router.post("/completions", response_model=Completion,
-             responses={200: {"content": _STREAM}},
+             responses={200: {"content": _events(CompletionChunk)}},
              openapi_extra=openapi_body(CompletionCreate))
 async def create_completion(request: Request, state: StateDep) -> Response:
     body = await parse_body(request, CompletionCreate)
