@@ -57,11 +57,7 @@ class SeaweedFS:
             pytest.skip(message)
         self.binary = binary
         self.directory = directory
-        self.ports: list[int] = []
-        while len(self.ports) < 4:
-            port = _port_with_free_twin()
-            if port not in self.ports:
-                self.ports.append(port)
+        self.ports = self._free_ports()
         self.process: subprocess.Popen[bytes] | None = None
         self.identities = identities
 
@@ -69,7 +65,28 @@ class SeaweedFS:
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.ports[0]}"
 
-    def start(self) -> None:
+    @staticmethod
+    def _free_ports() -> list[int]:
+        ports: list[int] = []
+        while len(ports) < 4:
+            port = _port_with_free_twin()
+            if port not in ports:
+                ports.append(port)
+        return ports
+
+    def start(self, attempts: int = 3) -> None:
+        """Start it; a port taken between its choice and the bind (by any process of the
+        machine) means new ports and another try."""
+        for attempt in range(attempts):
+            try:
+                self._start()
+                return
+            except RuntimeError as exc:
+                if "address already in use" not in str(exc) or attempt == attempts - 1:
+                    raise
+                self.ports = self._free_ports()
+
+    def _start(self) -> None:
         s3, master, volume, filer = self.ports
         self.directory.mkdir(parents=True, exist_ok=True)
         log = self.directory / "weed.log"
@@ -98,7 +115,10 @@ class SeaweedFS:
                 pass
             if self.process.poll() is not None or time.monotonic() > deadline:
                 self.stop()
-                raise RuntimeError(f"SeaweedFS did not start:\n{log.read_text()[-2000:]}")
+                text = log.read_text()
+                taken = "address already in use" if "address already in use" in text else ""
+                raise RuntimeError(f"SeaweedFS did not start{' (' + taken + ')' if taken else ''}"
+                                   f":\n{text[-2000:]}")
             time.sleep(0.25)
 
     def create_bucket(self, name: str) -> None:

@@ -16,11 +16,11 @@ from llmos.bus.memory import MemoryBus
 from llmos.bus.messages import Command, Heartbeat, ReplyChunk, decode, encode
 from llmos.engines import EngineConfig, load_engine
 from llmos.engines.base import (
+    CannotMerge,
     Engine,
     EngineEvent,
     GenerationResult,
     PromptProgress,
-    TextDelta,
 )
 from llmos.gateway.dispatch import Dispatcher, ReplicaFailed, RequestHandle
 from llmos.observability.metrics import REGISTRY
@@ -335,7 +335,7 @@ def test_a_merged_call_whose_requests_all_stop_ends_at_once(engine: Engine) -> N
     def stopper(i: int) -> Callable[[EngineEvent], bool]:
         def on_event(event: EngineEvent) -> bool:
             events[i] += not isinstance(event, PromptProgress)  # (one per prefill step)
-            return isinstance(event, TextDelta)  # stop at the first token
+            return events[i] == 3  # stop at the second token
         return on_event
 
     def on_done(i: int, outcome: GenerationResult | BaseException) -> None:
@@ -347,8 +347,27 @@ def test_a_merged_call_whose_requests_all_stop_ends_at_once(engine: Engine) -> N
     took = time.monotonic() - started
     assert sorted(outcomes) == [0, 1]
     assert all(isinstance(o, GenerationResult) and o.stopped for o in outcomes.values())
-    assert events == [2, 2]  # the prompt, then one token: nothing after the stop
+    assert events == [3, 3]  # the prompt, then two tokens: nothing after the stop
     assert took < 5, f"the call ran on for {took:.1f}s after both requests stopped"
+
+
+def test_a_request_stopped_before_the_others_have_text_ends_the_merged_call(
+        engine: Engine) -> None:
+    """Its slot is not held on; the others, which sent nothing yet, are to run alone."""
+    bodies = [{"prompt": p, "max_tokens": 500, "temperature": 0, "ignore_eos": True}
+              for p in LIKE_PROMPTS[:3]]
+    outcomes: dict[int, GenerationResult | BaseException] = {}
+
+    def on_event(i: int) -> Callable[[EngineEvent], bool]:
+        return lambda event: i == 0  # the first request's client is gone at once
+
+    started = time.monotonic()
+    with pytest.raises(CannotMerge):
+        engine.generate_many("completion", bodies, [on_event(i) for i in range(3)],
+                             lambda i, outcome: outcomes.__setitem__(i, outcome))
+    assert time.monotonic() - started < 5
+    assert list(outcomes) == [0]
+    assert isinstance(outcomes[0], GenerationResult) and outcomes[0].stopped
 
 
 @pytest.mark.asyncio

@@ -37,3 +37,8 @@ class WorkerDirectory:
         """Whether a live worker of ``deployment`` takes requests (is not draining)."""
         return any(h.deployment == deployment and not h.draining and h.expires_at >= now
                    for h in self._latest.values())
+
+    def working(self, deployment: str, now: float) -> bool:
+        """Whether a live worker of ``deployment`` still has requests on its engine."""
+        return any(h.deployment == deployment and h.busy > 0 and h.expires_at >= now
+                   for h in self._latest.values())

@@ -31,7 +31,7 @@ class EngineConfig:
     cache_ram_mib: int = 256
     poll: int = 50
     log_verbosity: int = 0
-    merge_max_tokens: int = 512
+    merge_max_tokens: int = 64
     """Largest max_tokens of a request that may share an engine call (0: none do)."""
 
     @property
@@ -98,9 +98,12 @@ class Engine(abc.ABC):
         """Run requests of one merge key together (blocking).
 
         ``on_done(i, outcome)`` is called once per request, as soon as request ``i``
-        ends, with its result or the error it failed with. Raises CannotMerge,
-        before any event, when the engine refuses the requests together: each is
-        then run on its own, so only a faulty one fails.
+        ends, with its result or the error it failed with. Raises CannotMerge when
+        the requests cannot (or can no longer) run together: each request whose
+        ``on_done`` was not called is then run on its own. That happens before any
+        text, when the engine refuses them together (so only a faulty one fails), or
+        when one is stopped before the others have had text (its slot is not held
+        for a client that has gone).
         """
         raise CannotMerge(f"{type(self).__name__} runs one request per call")
 

@@ -154,9 +154,12 @@ class _Batch:
     """Routes the chunks of one multi-prompt call to each request's stream state.
 
     A request that asks to stop (or whose callback fails) ends at once for its
-    caller and gets no more events, but its llama.cpp task runs on to its own end,
-    unless every request left has ended, which ends the call (llama.cpp then
-    cancels the tasks still running).
+    caller and gets no more events. llama.cpp cannot stop one task of a call, so:
+    while none of the others has had text, the whole call ends and they start again
+    on their own (``restart``: nothing of theirs was sent, and a prefill is all they
+    lose); after that, its task runs on to its own end (at most ``merge_max_tokens``),
+    unless every request left has ended, which ends the call (llama.cpp then cancels
+    the tasks still running).
     """
 
     def __init__(self, states: list[_StreamState],
@@ -166,6 +169,9 @@ class _Batch:
         self.done = [False] * len(states)
         self.error: Any = None
         self.started = False
+        self.texted: set[int] = set()
+        """The requests that have had text (sent to their clients)."""
+        self.restart = False
 
     def on_chunk(self, chunk: Any) -> bool:
         if not isinstance(chunk, dict):
@@ -180,6 +186,13 @@ class _Batch:
         self.started = True
         state = self.states[index]
         state.on_chunk(chunk)
+        if choices[0].get("text"):
+            self.texted.add(index)
+        others = [i for i, done in enumerate(self.done) if not done and i != index]
+        if state.stopped and others and not self.texted.intersection(others):
+            self._end(index)
+            self.restart = True  # the others start again alone: see the class
+            return True
         if state.stopped or choices[0].get("finish_reason"):
             self._end(index)
         return all(self.done)
@@ -208,6 +221,9 @@ class _Batch:
                 self._end(index, error)
 
     def finish(self) -> None:
+        if self.restart:
+            raise CannotMerge("a request was cancelled before any had text; the others "
+                              "start again on their own")
         if self.error is not None:
             if not self.started:
                 # llama.cpp refused the prompts together (one too long, say): run each

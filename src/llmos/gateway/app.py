@@ -24,6 +24,7 @@ from llmos.gateway.health import probe_until_ready
 from llmos.gateway.middleware import RequestIdMiddleware
 from llmos.gateway.routes import health, models, openai, workers
 from llmos.gateway.state import GatewayState
+from llmos.gateway.stranded import fail_stranded
 from llmos.registry import LocalRegistry
 from llmos.settings import Settings
 from llmos.store import Store
@@ -44,13 +45,15 @@ def create_app(settings: Settings, bus: Bus, store: Store,
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await state.dispatcher.start()
         await state.workers.start()
-        probe = asyncio.create_task(probe_until_ready(state))
+        tasks = [asyncio.create_task(probe_until_ready(state), name="readiness-probe"),
+                 asyncio.create_task(fail_stranded(state), name="stranded-requests")]
         try:
             yield
         finally:
-            probe.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await probe
+            for task in tasks:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await state.workers.stop()
             await state.dispatcher.stop()
             await state.catalog.close()

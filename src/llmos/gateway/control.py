@@ -45,6 +45,13 @@ class WorkerControl:
         """Whether a live, undrained worker of ``deployment`` is known (hot path: cheap)."""
         return self.directory.serving(deployment, time.time())
 
+    def alive(self, deployment: str) -> bool:
+        """Whether a worker of ``deployment`` may still answer: one takes requests, or
+        one (draining, say) still has requests on its engine."""
+        now = time.time()
+        return (self.directory.serving(deployment, now)
+                or self.directory.working(deployment, now))
+
     async def wait_for_replica(self, deployment: str, timeout_s: float) -> bool:
         """True once a live, undrained worker of ``deployment`` is known; False if none is
         heard of within ``timeout_s`` (or, just after start, one heartbeat interval: the

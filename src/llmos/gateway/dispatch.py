@@ -47,6 +47,11 @@ class RequestHandle:
         self.finished = False
 
     @property
+    def answered(self) -> bool:
+        """Whether a chunk of an answer has been read (a replica has the request)."""
+        return self._attempt > 0
+
+    @property
     def attempt(self) -> int:
         """The delivery the answer comes from: above 1 when a replica failed before it."""
         return self._attempt
@@ -165,6 +170,14 @@ class Dispatcher:
             self._handles.pop(request_id, None)
             raise Unavailable(f"could not queue the request: {exc.message}") from exc
         return handle
+
+    def unanswered(self) -> dict[str, list[RequestHandle]]:
+        """Requests in flight with no chunk read yet, by deployment."""
+        waiting: dict[str, list[RequestHandle]] = {}
+        for handle in self._handles.values():
+            if not handle.answered:
+                waiting.setdefault(handle.request.deployment, []).append(handle)
+        return waiting
 
     def forget(self, request_id: str) -> bool:
         return self._handles.pop(request_id, None) is not None

@@ -1,0 +1,47 @@
+"""Requests queued for a model that no replica can take any more fail fast (503).
+
+A request is checked for a live, undrained replica when it arrives; one already
+queued when the last replica drains, stops or dies would otherwise wait for its
+whole deadline. Every half second the gateway looks at the requests that have
+had no answer yet: while their model has no replica that takes requests and none
+still working (a drained replica finishes what it holds, and a non-streaming
+answer comes only at its end), a clock runs; after ``limits.no_replica_wait_s``
+they fail with 503 ``no_replica`` and are cancelled on the bus, so a replica
+that comes later does not run them for nobody.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+from llmos.errors import NoReplica
+from llmos.gateway.state import GatewayState
+
+
+def stranded(since: dict[str, float], now: float, waiting: set[str],
+             alive: Callable[[str], bool], wait_s: float) -> set[str]:
+    """The deployments whose waiting requests have had no replica for ``wait_s``
+    (pure: ``since`` is the clock per deployment, updated in place)."""
+    for deployment in list(since):
+        if deployment not in waiting or alive(deployment):
+            del since[deployment]
+    for deployment in waiting:
+        if not alive(deployment):
+            since.setdefault(deployment, now)
+    return {d for d, started in since.items() if now - started >= wait_s}
+
+
+async def fail_stranded(state: GatewayState, interval_s: float = 0.5) -> None:
+    since: dict[str, float] = {}
+    while True:
+        await asyncio.sleep(interval_s)
+        waiting = state.dispatcher.unanswered()
+        for deployment in stranded(since, time.time(), set(waiting), state.workers.alive,
+                                   state.settings.limits.no_replica_wait_s):
+            for handle in waiting[deployment]:
+                handle.fail(NoReplica(
+                    f"no replica of {deployment!r} takes requests any more (none is "
+                    "running, or every one is drained); retry later"))
+            del since[deployment]
