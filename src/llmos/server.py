@@ -11,9 +11,15 @@ import contextlib
 import gc
 import ipaddress
 import logging
+import os
+import socket
+from typing import TYPE_CHECKING
 
-from llmos.errors import ConfigError
+from llmos.errors import ConfigError, LLMOSError
 from llmos.settings import Settings
+
+if TYPE_CHECKING:
+    from llmos.registry import LocalRegistry, ModelVersion
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +107,30 @@ def _freeze_startup_objects() -> None:
     gc.freeze()
 
 
+_PIN_LEASE_S = 900.0
+
+
+async def _hold_pin(registry: LocalRegistry, version: ModelVersion, holder: str) -> None:
+    """Pin the version this replica runs, renewing the lease while it runs (a registry
+    that cannot be reached for a while costs a warning, not the replica)."""
+    quiet = False
+    while True:
+        try:
+            await asyncio.to_thread(registry.pins.pin, version, holder,
+                                    lease_s=_PIN_LEASE_S, quiet=quiet)
+            quiet = True
+        except LLMOSError as exc:
+            log.warning("could not pin %s: %s", version.ref, exc.message)
+        await asyncio.sleep(_PIN_LEASE_S / 3)
+
+
+def _unpin(registry: LocalRegistry, version: ModelVersion, holder: str) -> None:
+    try:
+        registry.pins.unpin(version, holder)
+    except LLMOSError as exc:  # the lease runs out by itself
+        log.warning("could not unpin %s: %s", version.ref, exc.message)
+
+
 async def run_worker(settings: Settings, model: str, deployment: str | None = None) -> None:
     """``llmos worker``: one replica of ``model`` in this process, until SIGTERM or SIGINT."""
     import signal
@@ -125,6 +155,8 @@ async def run_worker(settings: Settings, model: str, deployment: str | None = No
     config = engine_config(settings.engine, registry.weights_path(version))
     engine = await asyncio.to_thread(load_engine, "llama.cpp", config)
     worker = Worker(bus, engine, deployment or ref.name)
+    holder = f"worker {worker.worker_id} on {socket.gethostname()} (pid {os.getpid()})"
+    lease = asyncio.create_task(_hold_pin(registry, version, holder), name="pin-lease")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     # This process's warnings and errors also go to the gateways, over the bus.
@@ -140,6 +172,10 @@ async def run_worker(settings: Settings, model: str, deployment: str | None = No
         await stop.wait()
         log.info("stopping: requests in flight go back to the queue")
     finally:
+        lease.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await lease
+        await asyncio.to_thread(_unpin, registry, version, holder)
         await worker.stop()
         logging.getLogger().removeHandler(log_handler)
         await log_events.stop()

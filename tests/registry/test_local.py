@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from llmos.errors import BadRequest, NotFound
+from llmos.errors import BadRequest, Conflict, NotFound
 from llmos.registry import LocalRegistry, parse_ref
 from llmos.registry.blobs import StorageFull
 from llmos.registry.gguf import GGUFError, read_gguf
@@ -415,3 +415,29 @@ def test_gc_keeps_tags_and_files_that_end_in_part(registry: LocalRegistry,
     assert registry.get("m:v1.part").blobs[0].filename == "notes.part"
     assert (registry.materialize(registry.get("m")) / "notes.part").is_file()
     assert registry.verify() == []
+
+
+def test_a_pinned_version_is_not_deleted_by_any_name(registry: LocalRegistry,
+                                                     tmp_path: Path) -> None:
+    version = registry.import_path(weights(tmp_path, b"pinned"), "m").version
+    registry.pins.pin(version, "deployment 'chat' (project default)")
+    registry.untag("m:latest")
+    for ref in ("m@1", f"m@{version.blobs[0].digest}"):
+        with pytest.raises(Conflict, match="deployment 'chat'"):
+            registry.delete(ref)
+    assert registry.gc(grace_s=0).blobs == 0
+    registry.pins.unpin(version, "deployment 'chat' (project default)")
+    registry.delete("m@1")
+    assert registry.gc(grace_s=0).blobs == 1
+
+
+def test_a_lease_pins_until_it_runs_out(registry: LocalRegistry, tmp_path: Path) -> None:
+    version = registry.import_path(weights(tmp_path, b"leased"), "m").version
+    registry.pins.pin(version, "worker w1", lease_s=600)
+    registry.pins.pin(version, "worker w2", lease_s=-1)  # a worker killed long ago
+    assert registry.pins.holders(version) == ["worker w1"]
+    with pytest.raises(Conflict):
+        registry.delete("m@1")
+    registry.pins.pin(version, "worker w1", lease_s=-1)  # (as if its renewals stopped)
+    assert registry.pins.holders(version) == []
+    registry.delete("m@1")
