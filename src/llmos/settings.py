@@ -55,11 +55,10 @@ class EngineSettings(BaseModel):
     poll: int = Field(50, ge=0, le=100, description="busy-wait level of engine threads")
     log_verbosity: int = Field(0, ge=-1, le=5, description="llama.cpp log level (0: quiet)")
     merge_max_tokens: int = Field(
-        64, ge=0, description="completions that arrive together with the same parameters "
+        512, ge=0, description="completions that arrive together with the same parameters "
         "start as one engine call (one prefill batch) when max_tokens is at most this; "
-        "0 turns it off. A member cancelled before any member has text ends the call (the "
-        "others start again alone); one cancelled later stops streaming at once, but its "
-        "engine slot runs on until its own end, so this also bounds that waste")
+        "0 turns it off. When a member stops (its client gone), the call ends and the "
+        "others go on alone from the text they have sent")
     sampling: SamplingDefaults = Field(default_factory=lambda: SamplingDefaults())
     default_max_tokens: int = Field(256, ge=1, description="max_tokens when a request has none")
     max_tokens_limit: int = Field(4096, ge=1, description="largest max_tokens a request may ask")

@@ -6,7 +6,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import pytest
 import pytest_asyncio
@@ -20,7 +20,7 @@ from llmos.engines.base import (
     Engine,
     EngineEvent,
     GenerationResult,
-    PromptProgress,
+    TextDelta,
 )
 from llmos.gateway.dispatch import Dispatcher, ReplicaFailed, RequestHandle
 from llmos.observability.metrics import REGISTRY
@@ -326,29 +326,45 @@ async def _rest(stream: AsyncIterator[ReplyChunk]) -> list[ReplyChunk]:
     return [c async for c in stream]
 
 
-def test_a_merged_call_whose_requests_all_stop_ends_at_once(engine: Engine) -> None:
-    bodies = [{"prompt": p, "max_tokens": 500, "temperature": 0, "ignore_eos": True}
+def test_a_request_that_stops_ends_the_merged_call_and_the_others_go_on_alone(
+        engine: Engine) -> None:
+    """Its slot is not held for a client that has gone; the others continue from the text
+    they have sent, and (greedy) end with the text they would have had alone."""
+    bodies = [{"prompt": p, "max_tokens": 24, "temperature": 0, "ignore_eos": True}
               for p in LIKE_PROMPTS[:2]]
-    events = [0, 0]
+    alone = [engine_text(engine, body) for body in bodies]
+    texts: list[list[str]] = [[], []]
     outcomes: dict[int, GenerationResult | BaseException] = {}
 
-    def stopper(i: int) -> Callable[[EngineEvent], bool]:
-        def on_event(event: EngineEvent) -> bool:
-            events[i] += not isinstance(event, PromptProgress)  # (one per prefill step)
-            return events[i] == 3  # stop at the second token
-        return on_event
+    def on_event(i: int) -> Callable[[EngineEvent], bool]:
+        def seen(event: EngineEvent) -> bool:
+            if isinstance(event, TextDelta):
+                if i == 0 and len(texts[0]) == 2:
+                    return True  # the first request's client leaves after two tokens
+                texts[i].append(event.text)
+            return False
+        return seen
 
-    def on_done(i: int, outcome: GenerationResult | BaseException) -> None:
-        outcomes[i] = outcome
-
-    assert engine.merge_key("completion", bodies[0]) == engine.merge_key("completion", bodies[1])
     started = time.monotonic()
-    engine.generate_many("completion", bodies, [stopper(0), stopper(1)], on_done)
-    took = time.monotonic() - started
-    assert sorted(outcomes) == [0, 1]
-    assert all(isinstance(o, GenerationResult) and o.stopped for o in outcomes.values())
-    assert events == [3, 3]  # the prompt, then two tokens: nothing after the stop
-    assert took < 5, f"the call ran on for {took:.1f}s after both requests stopped"
+    with pytest.raises(CannotMerge) as info:
+        engine.generate_many("completion", bodies, [on_event(0), on_event(1)],
+                             lambda i, outcome: outcomes.__setitem__(i, outcome))
+    assert time.monotonic() - started < 5
+    assert list(outcomes) == [0]
+    assert isinstance(outcomes[0], GenerationResult) and outcomes[0].stopped
+    progress = info.value.progress[1]
+    assert progress.generated >= 2 and progress.text == "".join(texts[1])
+    result = engine.continue_from("completion", bodies[1], progress, on_event(1))
+    assert (result.finish_reason, result.completion_tokens) == ("length", 24)
+    assert result.prompt_tokens == progress.prompt_tokens
+    assert "".join(texts[1]) == alone[1]
+
+
+def engine_text(engine: Engine, body: dict[str, Any]) -> str:
+    parts: list[str] = []
+    engine.generate("completion", body, lambda e: isinstance(e, TextDelta)
+                    and bool(parts.append(e.text)))
+    return "".join(parts)
 
 
 def test_a_request_stopped_before_the_others_have_text_ends_the_merged_call(

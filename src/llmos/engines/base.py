@@ -31,7 +31,7 @@ class EngineConfig:
     cache_ram_mib: int = 256
     poll: int = 50
     log_verbosity: int = 0
-    merge_max_tokens: int = 64
+    merge_max_tokens: int = 512
     """Largest max_tokens of a request that may share an engine call (0: none do)."""
 
     @property
@@ -100,16 +100,37 @@ class Engine(abc.ABC):
         ``on_done(i, outcome)`` is called once per request, as soon as request ``i``
         ends, with its result or the error it failed with. Raises CannotMerge when
         the requests cannot (or can no longer) run together: each request whose
-        ``on_done`` was not called is then run on its own. That happens before any
-        text, when the engine refuses them together (so only a faulty one fails), or
-        when one is stopped before the others have had text (its slot is not held
-        for a client that has gone).
+        ``on_done`` was not called is then run on its own, from where it got. That
+        happens before any text, when the engine refuses them together (so only a
+        faulty one fails), or when one of them stops (its slot is not held for a
+        client that has gone).
         """
         raise CannotMerge(f"{type(self).__name__} runs one request per call")
+
+    def continue_from(self, kind: Kind, body: dict[str, Any], progress: Progress,
+                      on_event: EventCallback) -> GenerationResult:
+        """Go on with a request of a merged call that ended early (see CannotMerge)."""
+        raise NotImplementedError(f"{type(self).__name__} runs one request per call")
 
     @abc.abstractmethod
     def close(self) -> None: ...
 
 
+@dataclass(frozen=True)
+class Progress:
+    """How far a request of a merged call got before the call ended early."""
+
+    prompt_tokens: int
+    text: str
+    """The text it has sent."""
+    generated: int
+    """Tokens it has generated."""
+
+
 class CannotMerge(Exception):
-    """The requests must be run one by one (nothing was generated yet)."""
+    """The requests must be run one by one: those whose ``on_done`` was not called yet,
+    each from its ``progress`` if it has one (``Engine.continue_from``), else anew."""
+
+    def __init__(self, message: str, progress: dict[int, Progress] | None = None) -> None:
+        super().__init__(message)
+        self.progress = progress or {}

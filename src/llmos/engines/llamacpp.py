@@ -21,6 +21,7 @@ from llmos.engines.base import (
     EventCallback,
     GenerationResult,
     Kind,
+    Progress,
     PromptProgress,
     PromptReady,
     TextDelta,
@@ -101,7 +102,7 @@ class LlamaCppEngine(Engine):
             return None
         max_tokens = body.get("max_tokens")
         if not isinstance(max_tokens, int) or not 0 < max_tokens <= self.config.merge_max_tokens:
-            return None  # a cancelled member's slot runs on to its end: keep that short
+            return None  # (a member that stops ends the call: the others go on alone)
         try:
             return json.dumps({k: v for k, v in body.items() if k != "prompt"},
                               sort_keys=True, separators=(",", ":"))
@@ -125,6 +126,27 @@ class LlamaCppEngine(Engine):
         if isinstance(answer, dict) and "error" in answer:
             batch.error = answer["error"]
         batch.finish()
+
+    def continue_from(self, kind: Kind, body: dict[str, Any], progress: Progress,
+                      on_event: EventCallback) -> GenerationResult:
+        """Go on with a completion of a merged call that ended early: its prompt and the
+        text it has sent are the new prompt, and it may generate what is left of its
+        max_tokens. (Greedy decoding goes on as it would have; a sampled one draws its
+        next tokens afresh.)"""
+        left = int(body["max_tokens"]) - progress.generated
+        if left <= 0:
+            return GenerationResult("length", progress.prompt_tokens, progress.generated)
+        continued = dict(body, prompt=str(body["prompt"]) + progress.text, max_tokens=left)
+
+        def on_continued(event: EngineEvent) -> bool:
+            if isinstance(event, PromptReady):  # (reported already, for the first prompt)
+                return on_event(PromptProgress(event.prompt_tokens))
+            return on_event(event)
+
+        result = self.generate(kind, continued, on_continued)
+        return GenerationResult(
+            result.finish_reason, progress.prompt_tokens,
+            progress.generated + result.completion_tokens, stopped=result.stopped)
 
     def close(self) -> None:
         server = getattr(self, "_server", None)
@@ -154,12 +176,10 @@ class _Batch:
     """Routes the chunks of one multi-prompt call to each request's stream state.
 
     A request that asks to stop (or whose callback fails) ends at once for its
-    caller and gets no more events. llama.cpp cannot stop one task of a call, so:
-    while none of the others has had text, the whole call ends and they start again
-    on their own (``restart``: nothing of theirs was sent, and a prefill is all they
-    lose); after that, its task runs on to its own end (at most ``merge_max_tokens``),
-    unless every request left has ended, which ends the call (llama.cpp then cancels
-    the tasks still running).
+    caller and gets no more events. llama.cpp cannot stop one task of a call, so the
+    whole call ends (llama.cpp cancels its tasks) and the others go on alone
+    (``restart``): one that had no token yet starts again, one that had tokens
+    continues from the text it has sent (``continue_from``).
     """
 
     def __init__(self, states: list[_StreamState],
@@ -169,8 +189,6 @@ class _Batch:
         self.done = [False] * len(states)
         self.error: Any = None
         self.started = False
-        self.texted: set[int] = set()
-        """The requests that have had text (sent to their clients)."""
         self.restart = False
 
     def on_chunk(self, chunk: Any) -> bool:
@@ -186,12 +204,10 @@ class _Batch:
         self.started = True
         state = self.states[index]
         state.on_chunk(chunk)
-        if choices[0].get("text"):
-            self.texted.add(index)
         others = [i for i, done in enumerate(self.done) if not done and i != index]
-        if state.stopped and others and not self.texted.intersection(others):
+        if state.stopped and others:
             self._end(index)
-            self.restart = True  # the others start again alone: see the class
+            self.restart = True  # the others go on alone: see the class
             return True
         if state.stopped or choices[0].get("finish_reason"):
             self._end(index)
@@ -222,8 +238,11 @@ class _Batch:
 
     def finish(self) -> None:
         if self.restart:
-            raise CannotMerge("a request was cancelled before any had text; the others "
-                              "start again on their own")
+            progress = {i: Progress(state.prompt_tokens, "".join(state.sent), state.generated)
+                        for i, state in enumerate(self.states)
+                        if not self.done[i] and state.generated}
+            raise CannotMerge("a request of the call was cancelled; the others go on alone",
+                              progress)
         if self.error is not None:
             if not self.started:
                 # llama.cpp refused the prompts together (one too long, say): run each
@@ -253,6 +272,10 @@ class _StreamState:
         self.stopped = False
         self.error: dict[str, Any] | None = None
         self.callback_error: BaseException | None = None
+        self.sent: list[str] = []
+        """The text handed on so far (what the client has)."""
+        self.generated = 0
+        """Tokens generated so far (llama.cpp streams one chunk per token)."""
 
     def on_chunk(self, chunk: dict[str, Any]) -> bool:
         try:
@@ -287,8 +310,12 @@ class _StreamState:
                 text = choice.get("text")
             if choice.get("finish_reason"):
                 self.finish_reason = choice["finish_reason"]
-            if text and self._emit(TextDelta(text)):
-                return True
+            else:
+                self.generated += 1
+            if text:
+                if self._emit(TextDelta(text)):
+                    return True
+                self.sent.append(text)
         return False
 
     def _emit(self, event: EngineEvent) -> bool:

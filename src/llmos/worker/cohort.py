@@ -33,7 +33,15 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
 
-from llmos.engines.base import CannotMerge, Engine, EventCallback, GenerationResult, Kind
+from llmos.engines.base import (
+    CannotMerge,
+    Engine,
+    EventCallback,
+    GenerationResult,
+    Kind,
+    Progress,
+    PromptProgress,
+)
 
 log = logging.getLogger(__name__)
 
@@ -174,10 +182,15 @@ class CohortLauncher:
             else:
                 self._start_merged(loop, group)
 
-    def _start(self, loop: asyncio.AbstractEventLoop, call: _Call) -> None:
+    def _start(self, loop: asyncio.AbstractEventLoop, call: _Call,
+               progress: Progress | None = None) -> None:
         try:
-            submitted = self._pool.submit(self._engine.generate, call.kind, call.body,
-                                          call.on_event)
+            if progress is None:
+                submitted = self._pool.submit(self._engine.generate, call.kind, call.body,
+                                              call.on_event)
+            else:
+                submitted = self._pool.submit(self._engine.continue_from, call.kind,
+                                              call.body, progress, call.on_event)
         except RuntimeError as exc:  # the pool was shut down (the worker stopped)
             _settle(call.future, exc)
             return
@@ -195,7 +208,7 @@ class CohortLauncher:
                                            [c.on_event for c in group], on_done)
             except CannotMerge as exc:
                 log.info("%d requests run one by one: %s", len(group), exc)
-                loop.call_soon_threadsafe(self._start_each, loop, group)
+                loop.call_soon_threadsafe(self._start_each, loop, group, exc.progress)
             except BaseException as exc:
                 for call in group:
                     loop.call_soon_threadsafe(_settle, call.future, exc)
@@ -206,10 +219,19 @@ class CohortLauncher:
             for call in group:
                 _settle(call.future, exc)
 
-    def _start_each(self, loop: asyncio.AbstractEventLoop, group: list[_Call]) -> None:
-        for call in group:
-            if not call.future.done():
-                self._start(loop, call)
+    def _start_each(self, loop: asyncio.AbstractEventLoop, group: list[_Call],
+                    progress: dict[int, Progress] | None = None) -> None:
+        for index, call in enumerate(group):
+            if call.future.done():
+                continue
+            step = (progress or {}).get(index)
+            if call.on_event(PromptProgress(step.generated if step else 0)):
+                # It was stopped meanwhile (its client went away too): nothing to run.
+                _settle(call.future, GenerationResult(
+                    "cancelled", step.prompt_tokens if step else 0,
+                    step.generated if step else 0, stopped=True))
+                continue
+            self._start(loop, call, step)
 
 
 def _settle(future: asyncio.Future[GenerationResult],
