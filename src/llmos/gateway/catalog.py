@@ -33,11 +33,8 @@ class Catalog:
         self._background: asyncio.Task[None] | None = None
         self._scheduled: asyncio.TimerHandle | None = None
 
-    async def deployments(self, project: str = "default", *,
-                          fresh: bool = False) -> list[Deployment]:
-        """The project's deployments; ``fresh`` reads the store now (for a decision)."""
-        if fresh:
-            self._loaded_at = 0.0
+    async def deployments(self, project: str = "default") -> list[Deployment]:
+        """The project's deployments."""
         await self._refresh()
         return [d for (p, _), d in sorted(self._cache.items()) if p == project]
 

@@ -6,8 +6,8 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator
-from typing import Any, Literal
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any, Literal, TypeVar
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
@@ -54,6 +54,8 @@ def _events(chunk: type[ChatCompletionChunk | CompletionChunk]) -> dict[str, Any
                    "`data: [DONE]` (with `stream: true`)"},
         "itemSchema": component_ref(chunk)}}
 
+
+T = TypeVar("T")
 
 router = APIRouter(prefix="/v1", tags=["openai"], responses=_ERRORS)
 
@@ -153,23 +155,13 @@ def _error_json(error: ErrorInfo) -> JSONResponse:
 async def _complete(handle: RequestHandle, request: Request,
                     kind: Literal["chat", "completion"], model: str) -> Response:
     chunks = handle.chunks()
-    collect = asyncio.ensure_future(_last_chunk(chunks))
-    disconnect = asyncio.ensure_future(_client_gone(request))
     try:
-        await asyncio.wait({collect, disconnect}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        disconnect.cancel()
-        if not collect.done():
-            collect.cancel()
-            with contextlib.suppress(asyncio.CancelledError, LLMOSError):
-                await collect
-            await chunks.aclose()
-    if not collect.done() or collect.cancelled():
-        return Response(status_code=499)
-    try:
-        final = collect.result()
+        final = await _unless_gone(_last_chunk(chunks), request)
     except LLMOSError as exc:
         return error_response(exc)
+    if final is None:
+        await chunks.aclose()
+        return Response(status_code=499)
     if final.error is not None:
         return _error_json(final.error)
     usage = final.usage.model_dump() if final.usage else _no_usage()
@@ -210,22 +202,23 @@ def _no_usage() -> dict[str, int]:
     return {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
 
 
-async def _first_chunk(chunks: AsyncIterator[ReplyChunk], request: Request) -> ReplyChunk | None:
-    """The first chunk, or None when the client went away first (its request, maybe still
-    in tokenization or prefill, is cancelled on the workers as the iterator closes)."""
-    first = asyncio.ensure_future(anext(chunks))
+async def _unless_gone(work: Awaitable[T], request: Request) -> T | None:
+    """``work``'s result, or None when the client went away first (then ``work`` is
+    cancelled: a request iterator that closes cancels its request on the workers, in
+    whatever phase it is, tokenization and prefill included)."""
+    done = asyncio.ensure_future(work)
     disconnect = asyncio.ensure_future(_client_gone(request))
     try:
-        await asyncio.wait({first, disconnect}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({done, disconnect}, return_when=asyncio.FIRST_COMPLETED)
     finally:
         disconnect.cancel()
-        if not first.done():
-            first.cancel()
+        if not done.done():
+            done.cancel()
             with contextlib.suppress(asyncio.CancelledError, LLMOSError, StopAsyncIteration):
-                await first
-    if first.cancelled():
+                await done
+    if done.cancelled():
         return None
-    return first.result()
+    return done.result()
 
 
 async def _stream(handle: RequestHandle, request: Request, kind: Literal["chat", "completion"],
@@ -234,7 +227,7 @@ async def _stream(handle: RequestHandle, request: Request, kind: Literal["chat",
     # Wait for the first chunk before answering, so an error that comes before any
     # token (bad input, context too long) still gets its proper HTTP status.
     try:
-        first = await _first_chunk(chunks, request)
+        first = await _unless_gone(anext(chunks), request)
     except LLMOSError as exc:
         await chunks.aclose()
         return error_response(exc)
