@@ -27,6 +27,8 @@ class Controller:
         desired = {d.name: d for d in await asyncio.to_thread(self.store.list_deployments)
                    if d.replicas > 0}
         for name, deployment in list(desired.items()):
+            if deployment.model_version:
+                continue
             try:  # a deployment made elsewhere is pinned before a replica loads it
                 desired[name] = await asyncio.to_thread(
                     pin, self.store, self.agent.registry, deployment)
