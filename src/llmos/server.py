@@ -44,11 +44,11 @@ def check_bind(settings: Settings) -> None:
 async def serve(settings: Settings) -> None:
     import uvicorn
 
-    from llmos.agent import LocalAgent
+    from llmos.agent.local import LocalAgent
     from llmos.bus import open_bus
-    from llmos.controller import Controller
     from llmos.controller.deployments import deploy
-    from llmos.gateway import create_app
+    from llmos.controller.reconcile import Controller
+    from llmos.gateway.app import create_app
     from llmos.gateway.protocol import JsonErrorsHttpToolsProtocol
     from llmos.observability.logs import configure_logging
     from llmos.registry.defaults import DEFAULT_MODEL_NAME, ensure_default_model, open_registry
@@ -142,7 +142,7 @@ async def run_worker(settings: Settings, model: str, deployment: str | None = No
     from llmos.observability.telemetry import BusLogHandler, TelemetryPublisher
     from llmos.registry import parse_ref
     from llmos.registry.defaults import DEFAULT_MODEL_NAME, ensure_default_model, open_registry
-    from llmos.worker import Worker
+    from llmos.worker.worker import Worker
 
     configure_logging(settings.log_level, json_logs=settings.log_json)
     ref = parse_ref(model)

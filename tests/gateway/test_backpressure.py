@@ -12,7 +12,7 @@ import pytest
 from llmos.bus import QueueOptions, names
 from llmos.bus.memory import MemoryBus
 from llmos.bus.messages import Heartbeat
-from llmos.gateway import create_app
+from llmos.gateway.app import create_app
 from llmos.settings import Settings
 from llmos.store import Store
 

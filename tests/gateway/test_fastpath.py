@@ -13,7 +13,7 @@ from starlette.types import Receive, Scope, Send
 
 from llmos.bus.memory import MemoryBus
 from llmos.errors import BadRequest, LLMOSError
-from llmos.gateway import create_app
+from llmos.gateway.app import create_app
 from llmos.gateway.fastpath import FastRoutes
 from llmos.gateway.routes import health, openai
 from llmos.settings import Settings

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from llmos.bus.memory import MemoryBus
-from llmos.gateway import create_app
+from llmos.gateway.app import create_app
 from llmos.gateway.guard import HostPolicy, host_name
 from llmos.settings import Settings
 from llmos.store import Store

@@ -12,7 +12,7 @@ import pytest_asyncio
 
 from llmos.bus.memory import MemoryBus
 from llmos.controller.deployments import deploy
-from llmos.gateway import create_app
+from llmos.gateway.app import create_app
 from llmos.registry import LocalRegistry
 from llmos.settings import Settings
 from llmos.store import Store

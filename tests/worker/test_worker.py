@@ -24,7 +24,7 @@ from llmos.engines.base import (
 )
 from llmos.gateway.dispatch import Dispatcher, ReplicaFailed, RequestHandle
 from llmos.observability.metrics import REGISTRY
-from llmos.worker import Worker
+from llmos.worker.worker import Worker
 from tests.model import gemma_path
 
 SLOTS = 4

@@ -1,5 +1,4 @@
-"""One per machine: starts and stops the workers of this node."""
+"""One per machine: starts and stops the workers of this node (``llmos.agent.local``).
 
-from llmos.agent.local import LocalAgent
-
-__all__ = ["LocalAgent"]
+Re-exports nothing: importing a package must not load its heavy modules.
+"""

@@ -16,7 +16,7 @@ from llmos.engines import EngineConfig, load_engine
 from llmos.registry import LocalRegistry
 from llmos.settings import EngineSettings
 from llmos.store import Deployment
-from llmos.worker import Worker
+from llmos.worker.worker import Worker
 
 log = logging.getLogger(__name__)
 

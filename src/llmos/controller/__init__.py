@@ -1,5 +1,4 @@
-"""Desired state vs actual state: the reconcile loop."""
+"""Desired state vs actual state: the reconcile loop (``llmos.controller.reconcile``).
 
-from llmos.controller.reconcile import Controller
-
-__all__ = ["Controller"]
+Re-exports nothing: importing a package must not load its heavy modules.
+"""

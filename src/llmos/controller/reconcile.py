@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from llmos.agent import LocalAgent
+from llmos.agent.local import LocalAgent
 from llmos.controller.deployments import pin
 from llmos.errors import LLMOSError
 from llmos.store import Store

@@ -1,5 +1,5 @@
-"""The HTTP edge: OpenAI-compatible API, health, metrics. Talks to workers only via the bus."""
+"""The HTTP edge: OpenAI-compatible API, health, metrics (``llmos.gateway.app``).
 
-from llmos.gateway.app import create_app
-
-__all__ = ["create_app"]
+Talks to workers only via the bus. Re-exports nothing: importing a package must not load
+its heavy modules.
+"""

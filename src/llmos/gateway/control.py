@@ -21,8 +21,8 @@ from llmos.bus.messages import (
     decode_or_ignore,
     encode,
 )
-from llmos.controller.directory import WorkerDirectory
 from llmos.errors import BusError, NotFound, Unavailable
+from llmos.gateway.directory import WorkerDirectory
 from llmos.observability import metrics
 
 log = logging.getLogger(__name__)

@@ -1,5 +1,5 @@
-"""One model replica: an engine that consumes its deployment's request queue."""
+"""One model replica: an engine that consumes its deployment's request queue
+(``llmos.worker.worker``).
 
-from llmos.worker.worker import Worker
-
-__all__ = ["Worker"]
+Re-exports nothing: importing a package must not load its heavy modules.
+"""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from llmos.bus.messages import Heartbeat
-from llmos.controller.directory import WorkerDirectory
+from llmos.gateway.directory import WorkerDirectory
 
 
 def beat(worker: str, sent_at: float, *, epoch: str = "e1", busy: int = 0) -> Heartbeat:

@@ -1,0 +1,274 @@
+"""Two solvers of one problem: place each deployment's pending replicas on nodes.
+
+The problem is an assignment over the replica x node graph. An edge exists where
+every static filter passes; a node takes as many replicas as its free resources
+allow (and one at most under anti-affinity). A placement is worth ``PLACE_WEIGHT x
+(1 + priority)`` plus the node's score, minus the spread penalty for the replicas of
+the same deployment already there (the k-th replica on a node costs k x penalty).
+
+``exact`` solves it as a MILP (scipy's HiGHS) with a time limit; ``greedy`` places
+replica by replica, highest priority and largest first, each on the node of greatest
+marginal value, which is the same objective taken one step at a time. Both answer
+with replica counts per (deployment, node), valued by the one ``objective``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+
+from llmos.scheduler.model import PLACE_WEIGHT, Deployment, Objective
+from llmos.scheduler.table import Bools, Floats, Ints, NodeTable
+
+
+@dataclass
+class Problem:
+    table: NodeTable
+    deployments: list[Deployment]
+    """Those with replicas to place, in the order greedy places them."""
+    pending: Ints
+    """(D,) replicas to place."""
+    need: Floats
+    """(D, 3) what one replica of each needs."""
+    free: Floats
+    """(N, 3) what each node has left before this plan."""
+    ok: Bools
+    """(D, N) the static filters' verdict."""
+    score: Floats
+    """(D, N) weighted scores in [0, 1]."""
+    existing: Ints
+    """(D, N) replicas of the deployment already on the node."""
+    penalty: Floats
+    """(D,) spread penalty per replica already on a node."""
+    anti: Bools
+    """(D,) at most one replica per node."""
+    weight: Floats
+    """(D,) 1 + priority."""
+
+    def capacity_for(self, d: int) -> Ints:
+        """(N,) how many replicas of ``d`` each node could take on its own."""
+        need = self.need[d]
+        room = np.full(len(self.table.nodes), np.iinfo(np.int64).max // 4, dtype=np.int64)
+        for col in range(need.shape[0]):
+            if need[col] > 0:
+                room = np.minimum(room, np.floor(self.free[:, col] / need[col] + 1e-9)
+                                  .astype(np.int64))
+        room = np.minimum(room, int(self.pending[d]))
+        if self.anti[d]:
+            room = np.minimum(room, (self.existing[d] == 0).astype(np.int64))
+        out: Ints = np.where(self.ok[d], np.maximum(room, 0), 0)
+        return out
+
+
+def objective(problem: Problem, counts: Ints) -> Objective:
+    d, n = np.nonzero(counts)
+    c = counts[d, n].astype(np.float64)
+    placed = float((c * problem.weight[d]).sum())
+    spread = c * problem.existing[d, n] + c * (c - 1) / 2
+    score = float((c * problem.score[d, n]).sum() - (problem.penalty[d] * spread).sum())
+    return Objective(placed=placed, score=score)
+
+
+def greedy(problem: Problem) -> Ints:
+    """Greedy in the problem's order (priority, then size); when that leaves replicas
+    out, two more passes (largest by dominant share first onto the fullest node that
+    fits; fewest candidate nodes first), each with the repair; the best objective wins."""
+    best = _greedy_pass(problem, range(len(problem.deployments)), problem.score,
+                        problem.penalty)
+    if int(best.sum()) >= int(problem.pending.sum()) or problem.ok.size > PORTFOLIO_LIMIT:
+        return best
+    best_value = objective(problem, best).total
+    share = (problem.need[:, :2] / np.maximum(problem.free[:, :2].mean(axis=0), 1e-9)
+             ).max(axis=1)
+    bestfit = 1.0 - problem.free[None, :, 1] / np.maximum(problem.free[:, 1].max(), 1.0)
+    roomiest = np.broadcast_to(1.0 - bestfit, problem.score.shape)
+    candidates = problem.ok.sum(axis=1) / np.maximum(problem.pending, 1)
+    by_share = np.lexsort((-share, -problem.weight))
+    for order, score, penalty in (
+            (by_share, np.broadcast_to(bestfit, problem.score.shape),
+             np.zeros_like(problem.penalty)),
+            (by_share, roomiest, problem.penalty),
+            (np.lexsort((-share, candidates, -problem.weight)), problem.score,
+             problem.penalty)):
+        counts = _greedy_pass(problem, [int(d) for d in order], score, penalty)
+        value = objective(problem, counts).total
+        if value > best_value:
+            best, best_value = counts, value
+    return best
+
+
+def _greedy_pass(problem: Problem, order: Iterable[int], score: Floats,
+                 penalty: Floats) -> Ints:
+    counts = np.zeros_like(problem.existing)
+    free = problem.free.copy()
+    for d in order:
+        nodes = np.flatnonzero(problem.ok[d])
+        if nodes.size == 0 or problem.pending[d] <= 0:
+            continue
+        need = problem.need[d]
+        used_cols = np.flatnonzero(need > 0)
+        left = free[nodes]  # (k, 3), a copy
+        here = problem.existing[d, nodes].astype(np.float64)
+        fits: Bools = (left[:, used_cols] >= need[used_cols] - 1e-9).all(axis=1)
+        if problem.anti[d]:
+            fits &= here == 0
+        gain = np.where(fits, score[d, nodes] - penalty[d] * here, -np.inf)
+        placed = np.zeros(nodes.size, dtype=np.int64)
+        for _ in range(int(problem.pending[d])):
+            j = int(np.argmax(gain))
+            if gain[j] == -np.inf:
+                break
+            placed[j] += 1
+            left[j] -= need
+            here[j] += 1
+            if problem.anti[d] or not bool((left[j, used_cols] >= need[used_cols] - 1e-9)
+                                           .all()):
+                gain[j] = -np.inf
+            else:
+                gain[j] -= penalty[d]
+        free[nodes] = left
+        counts[d, nodes] = placed
+    _make_room(problem, counts, free)
+    return counts
+
+
+PORTFOLIO_LIMIT = 250_000
+"""The extra greedy passes run when deployments x nodes is at most this (each pass costs
+about as much as the first)."""
+
+REPAIR_BUDGET = 2_000
+"""Node visits the repair may make in all, each O(deployments + nodes): a bound on its
+time on a crowded cluster."""
+
+
+def _fits(problem: Problem, d: int, free: Floats, counts: Ints) -> Bools:
+    need = problem.need[d]
+    ok: Bools = problem.ok[d] & (free >= need - 1e-9).all(axis=1)
+    if problem.anti[d]:
+        ok &= (problem.existing[d] + counts[d]) == 0
+    return ok
+
+
+def _make_room(problem: Problem, counts: Ints, free: Floats) -> None:
+    """For each replica greedy left out, try its candidate nodes best first: move
+    replicas this plan put there (largest first) to other nodes where they fit until
+    it fits, or undo the moves. Greedy's order can take the only nodes a constrained
+    deployment could use; each success places one more replica."""
+    budget = REPAIR_BUDGET
+    for d in range(len(problem.deployments)):
+        while counts[d].sum() < problem.pending[d] and budget > 0:
+            # only nodes that had room before this plan, and hold some of its replicas
+            allowed = (problem.ok[d] & (problem.free >= problem.need[d] - 1e-9).all(axis=1)
+                       & counts.any(axis=0))
+            if problem.anti[d]:
+                allowed &= (problem.existing[d] + counts[d]) == 0
+            nodes = np.flatnonzero(allowed)
+            placed = False
+            for n in nodes[np.argsort(-problem.score[d, nodes])]:
+                budget -= 1
+                if budget <= 0 or _evict_for(problem, counts, free, d, int(n)):
+                    placed = budget > 0
+                    break
+            if not placed:
+                break
+
+
+def _evict_for(problem: Problem, counts: Ints, free: Floats, d: int, n: int) -> bool:
+    need = problem.need[d]
+    moves: list[tuple[int, int]] = []
+    others = [int(e) for e in np.flatnonzero(counts[:, n]) if e != d]
+    others.sort(key=lambda e: -float(problem.need[e, :2].sum()))
+    for e in others:
+        for _ in range(int(counts[e, n])):
+            if bool((free[n] >= need - 1e-9).all()):
+                break
+            if not bool((problem.need[e] > 1e-9)[need - free[n] > 1e-9].any()):
+                break  # moving e frees nothing that is short
+            room = _fits(problem, e, free, counts)
+            room[n] = False
+            if not room.any():
+                break
+            gain = np.where(room, problem.score[e] - problem.penalty[e]
+                            * (problem.existing[e] + counts[e]), -np.inf)
+            m = int(np.argmax(gain))
+            _move(problem, counts, free, e, n, m)
+            moves.append((e, m))
+    if bool((free[n] >= need - 1e-9).all()):
+        counts[d, n] += 1
+        free[n] -= need
+        return True
+    for e, m in reversed(moves):
+        _move(problem, counts, free, e, m, n)
+    return False
+
+
+def _move(problem: Problem, counts: Ints, free: Floats, e: int, src: int, dst: int) -> None:
+    counts[e, src] -= 1
+    counts[e, dst] += 1
+    free[src] += problem.need[e]
+    free[dst] -= problem.need[e]
+
+
+@dataclass(frozen=True)
+class Exact:
+    counts: Ints
+    optimal: bool
+
+
+def exact_size(problem: Problem) -> int:
+    """How many binary variables the MILP would have."""
+    return int(sum(int(problem.capacity_for(d).sum())
+                   for d in range(len(problem.deployments))))
+
+
+def exact(problem: Problem, *, time_limit_s: float = 2.0) -> Exact | None:
+    """The MILP; None when it found no solution in time (the caller goes greedy)."""
+    from scipy.optimize import Bounds, LinearConstraint, milp
+    from scipy.sparse import coo_array
+
+    n_nodes = len(problem.table.nodes)
+    var_d: list[int] = []
+    var_n: list[int] = []
+    value: list[float] = []
+    for d in range(len(problem.deployments)):
+        room = problem.capacity_for(d)
+        for n in np.flatnonzero(room):
+            base = problem.weight[d] * PLACE_WEIGHT + problem.score[d, n]
+            for k in range(int(room[n])):
+                var_d.append(d)
+                var_n.append(int(n))
+                value.append(base - problem.penalty[d] * (problem.existing[d, n] + k))
+    if not value:
+        return Exact(np.zeros_like(problem.existing), True)
+    n_vars = len(value)
+    vd, vn = np.array(var_d), np.array(var_n)
+    rows, cols, data, upper = [], [], [], []
+    # each deployment places at most what it has pending
+    rows.append(vd)
+    cols.append(np.arange(n_vars))
+    data.append(np.ones(n_vars))
+    upper.append(problem.pending.astype(np.float64))
+    offset = len(problem.deployments)
+    # each node's free resources cover what is placed on it
+    for col in range(problem.need.shape[1]):
+        need = problem.need[vd, col]
+        used = need > 0
+        rows.append(offset + vn[used])
+        cols.append(np.flatnonzero(used))
+        data.append(need[used])
+        upper.append(problem.free[:, col])
+        offset += n_nodes
+    matrix = coo_array((np.concatenate(data), (np.concatenate(rows), np.concatenate(cols))),
+                       shape=(offset, n_vars)).tocsr()
+    result = milp(c=-np.array(value), integrality=np.ones(n_vars),
+                  bounds=Bounds(0, 1),
+                  constraints=LinearConstraint(matrix, -np.inf, np.concatenate(upper)),
+                  options={"time_limit": time_limit_s, "mip_rel_gap": 1e-9})
+    if result.x is None:
+        return None
+    chosen = np.round(result.x).astype(bool)
+    counts = np.zeros_like(problem.existing)
+    np.add.at(counts, (vd[chosen], vn[chosen]), 1)
+    return Exact(counts, bool(result.status == 0))
