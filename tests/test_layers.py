@@ -31,7 +31,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("llmos.bus", [m for m in OTHER_LLMOS if m != "llmos.bus"]),
     ("llmos.store", [*HEAVY, "llmos.gateway", "fastapi"]),
     ("llmos.registry", [*HEAVY, "llmos.gateway", "fastapi", "sqlalchemy"]),
-    ("llmos.controller.deployments", [*HEAVY[:4], "llmos.gateway"]),
+    ("llmos.deployments", [*HEAVY, "llmos.gateway", "fastapi"]),
 ]
 
 

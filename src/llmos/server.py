@@ -41,13 +41,15 @@ def check_bind(settings: Settings) -> None:
             "--insecure if this network is trusted.")
 
 
-async def serve(settings: Settings) -> None:
+async def serve(settings: Settings, *, deploy_default: bool = True) -> None:
     import uvicorn
 
-    from llmos.agent.local import LocalAgent
+    from llmos.agent.capacity import detect
+    from llmos.agent.node import NodeAgent
+    from llmos.agent.runner import InProcessRunner
     from llmos.bus import open_bus
-    from llmos.controller.deployments import deploy
     from llmos.controller.reconcile import Controller
+    from llmos.deployments import deploy
     from llmos.gateway.app import create_app
     from llmos.gateway.protocol import JsonErrorsHttpToolsProtocol
     from llmos.observability.logs import configure_logging
@@ -63,8 +65,10 @@ async def serve(settings: Settings) -> None:
     registry = open_registry(settings)
     bus = open_bus(settings.bus_url)
     await bus.connect()
-    agent = LocalAgent(bus, registry, settings.engine)
-    controller = Controller(store, agent)
+    # the embedded node: one agent running replicas in this process
+    agent = NodeAgent(bus, settings.node_name, InProcessRunner(bus, registry, settings.engine),
+                      detect())
+    controller = Controller(store, registry, bus, settings.engine)
     app = create_app(settings, bus, store, registry)
     server = uvicorn.Server(uvicorn.Config(
         app, host=settings.host, port=settings.port, log_config=None, access_log=False,
@@ -75,12 +79,14 @@ async def serve(settings: Settings) -> None:
     try:
         if settings.default_model == DEFAULT_MODEL_NAME:
             await asyncio.to_thread(ensure_default_model, registry)
-        # Each start deploys the default model again: a new "latest" is picked up here,
-        # and only here (a running deployment stays on the version it pinned).
-        await asyncio.to_thread(deploy, store, registry, settings.default_model,
-                                settings.default_model)
+        if deploy_default:
+            # Each start deploys the default model again: a new "latest" is picked up
+            # here, and only here (a running deployment stays on the version it pinned).
+            await asyncio.to_thread(deploy, store, registry, settings.default_model,
+                                    settings.default_model)
         if settings.embedded_worker:
-            reconciling = asyncio.create_task(controller.run(), name="controller")
+            await agent.start()
+        reconciling = asyncio.create_task(controller.run(), name="controller")
         _freeze_startup_objects()
         await serving
     finally:
@@ -91,7 +97,7 @@ async def serve(settings: Settings) -> None:
         if not serving.done():
             server.should_exit = True
             await serving
-        await agent.stop_all()
+        await agent.stop()
         await bus.close()
         store.close()
         log.info("stopped")
@@ -131,11 +137,14 @@ def _unpin(registry: LocalRegistry, version: ModelVersion, holder: str) -> None:
         log.warning("could not unpin %s: %s", version.ref, exc.message)
 
 
-async def run_worker(settings: Settings, model: str, deployment: str | None = None) -> None:
-    """``llmos worker``: one replica of ``model`` in this process, until SIGTERM or SIGINT."""
+async def run_worker(settings: Settings, model: str, deployment: str | None = None,
+                     worker_id: str | None = None) -> None:
+    """``llmos worker``: one replica of ``model`` in this process. SIGTERM drains it (no new
+    requests, those in flight finish), then it exits; a second SIGTERM or SIGINT stops
+    it at once (requests in flight go back to the queue)."""
     import signal
 
-    from llmos.agent.local import engine_config
+    from llmos.agent.runner import DRAIN_S, drain_and_stop, engine_config
     from llmos.bus import names, open_bus
     from llmos.engines import load_engine
     from llmos.observability.logs import configure_logging
@@ -154,10 +163,10 @@ async def run_worker(settings: Settings, model: str, deployment: str | None = No
     version = registry.get(ref)
     config = engine_config(settings.engine, registry.weights_path(version))
     engine = await asyncio.to_thread(load_engine, "llama.cpp", config)
-    worker = Worker(bus, engine, deployment or ref.name)
+    worker = Worker(bus, engine, deployment or ref.name, worker_id=worker_id)
     holder = f"worker {worker.worker_id} on {socket.gethostname()} (pid {os.getpid()})"
     lease = asyncio.create_task(_hold_pin(registry, version, holder), name="pin-lease")
-    stop = asyncio.Event()
+    signals: asyncio.Queue[str] = asyncio.Queue()
     loop = asyncio.get_running_loop()
     # This process's warnings and errors also go to the gateways, over the bus.
     log_events = TelemetryPublisher(bus, names.LOG_EVENTS_TOPIC)
@@ -165,11 +174,17 @@ async def run_worker(settings: Settings, model: str, deployment: str | None = No
     log_handler = BusLogHandler(log_events, worker.worker_id, loop)
     logging.getLogger().addHandler(log_handler)
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, signals.put_nowait, sig.name)
     try:
         await worker.start()
         _freeze_startup_objects()
-        await stop.wait()
+        first = await signals.get()
+        if first == "SIGTERM":
+            log.info("draining: no new requests; those in flight finish")
+            draining = asyncio.create_task(drain_and_stop(worker, DRAIN_S))
+            again = asyncio.create_task(signals.get())
+            await asyncio.wait({draining, again}, return_when=asyncio.FIRST_COMPLETED)
+            again.cancel()
         log.info("stopping: requests in flight go back to the queue")
     finally:
         lease.cancel()
@@ -181,3 +196,43 @@ async def run_worker(settings: Settings, model: str, deployment: str | None = No
         await log_events.stop()
         await asyncio.to_thread(engine.close)
         await bus.close()
+
+
+async def run_agent(settings: Settings, *, labels: dict[str, str], cpus: float | None,
+                    memory: int | None) -> None:
+    """``llmos agent``: this machine as a node of the cluster, its replicas as worker
+    processes, until SIGTERM or SIGINT (which drain them)."""
+    import signal
+
+    from llmos.agent.capacity import detect
+    from llmos.agent.node import NodeAgent
+    from llmos.agent.process import ProcessRunner
+    from llmos.bus import open_bus
+    from llmos.observability.logs import configure_logging
+
+    configure_logging(settings.log_level, json_logs=settings.log_json,
+                      log_dir=settings.logs_dir)
+    settings.home.mkdir(parents=True, exist_ok=True)
+    bus = open_bus(settings.bus_url)
+    await bus.connect()
+    runner = ProcessRunner(bus, settings)
+    await runner.open()
+    agent = NodeAgent(bus, settings.node_name, runner, detect(cpus, memory), labels=labels)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await agent.start()
+        await stop.wait()
+        log.info("agent stopping: its replicas drain")
+    finally:
+        await agent.stop()
+        await bus.close()
+
+
+async def run_control(settings: Settings) -> None:
+    """``llmos control``: the control plane (API, registry, controller) without a node of
+    its own. Several may run: one controller is active (the lease holder)."""
+    settings = settings.model_copy(update={"embedded_worker": False})
+    await serve(settings, deploy_default=False)

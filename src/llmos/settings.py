@@ -7,6 +7,7 @@ variables, the config file (``--config`` or ``LLMOS_CONFIG``), defaults.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,12 @@ from pydantic_settings import (
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+
+
+def _hostname() -> str:
+    import socket
+
+    return socket.gethostname() or "local"
 
 
 def _default_threads() -> int:
@@ -63,6 +70,12 @@ class EngineSettings(BaseModel):
     default_max_tokens: int = Field(256, ge=1, description="max_tokens when a request has none")
     max_tokens_limit: int = Field(4096, ge=1, description="largest max_tokens a request may ask")
 
+    def overlay(self, given: Mapping[str, Any]) -> EngineSettings:
+        """These settings with what a deployment sets over them (validated)."""
+        if not given:
+            return self
+        return EngineSettings.model_validate(self.model_dump() | dict(given))
+
     @property
     def ctx_per_slot(self) -> int:
         """Tokens one request can hold (0 means the model's own context length)."""
@@ -94,6 +107,9 @@ class RequestLimits(BaseModel):
     no_replica_wait_s: float = Field(
         3.0, ge=0, le=60, description="how long a request for a deployment with no live, "
         "undrained replica waits for one before it gets a 503 with Retry-After")
+    starting_replica_wait_s: float = Field(
+        60.0, ge=0, le=3600, description="how long such a request waits instead when the "
+        "deployment is placed and its replicas are starting (a model loading)")
 
 
 _ACK_MARGIN_S = 60.0
@@ -126,7 +142,10 @@ class Settings(BaseSettings):
         "file:// (default: the local store under home/models, no object storage)")
     default_model: str = "gemma-3-270m"
     embedded_worker: bool = Field(
-        True, description="serve runs the default model's replica in its own process")
+        True, description="serve runs an embedded node (agent) whose replicas run in its "
+        "own process")
+    node_name: str = Field(default_factory=_hostname, description="this machine's node "
+                           "name in the cluster (the embedded node's, under serve)")
     engine: EngineSettings = Field(default_factory=lambda: EngineSettings())
     request_timeout_s: float = Field(600.0, gt=0, description="end-to-end deadline")
     bus_consumer_timeout_s: float = Field(

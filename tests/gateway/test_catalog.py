@@ -28,6 +28,10 @@ class CountingStore:
             raise RuntimeError("database is locked")
         return self.store.list_deployments(project)
 
+    @property
+    def replicas(self) -> object:
+        return self.store.replicas
+
 
 @pytest.fixture
 def store(tmp_path: Path) -> Any:

@@ -11,7 +11,7 @@ import pytest
 import pytest_asyncio
 
 from llmos.bus.memory import MemoryBus
-from llmos.controller.deployments import deploy
+from llmos.deployments import deploy
 from llmos.gateway.app import create_app
 from llmos.registry import LocalRegistry
 from llmos.settings import Settings

@@ -20,15 +20,15 @@ from llmos.store import Store
 def test_the_clock_runs_only_while_no_replica_can_answer() -> None:
     since: dict[str, float] = {}
     alive = {"a": False, "b": True}
-    assert stranded(since, 100.0, {"a", "b"}, alive.__getitem__, 3.0) == set()
+    assert stranded(since, 100.0, {"a", "b"}, alive.__getitem__, lambda _: 3.0) == set()
     assert since == {"a": 100.0}
-    assert stranded(since, 102.9, {"a", "b"}, alive.__getitem__, 3.0) == set()
-    assert stranded(since, 103.0, {"a", "b"}, alive.__getitem__, 3.0) == {"a"}
+    assert stranded(since, 102.9, {"a", "b"}, alive.__getitem__, lambda _: 3.0) == set()
+    assert stranded(since, 103.0, {"a", "b"}, alive.__getitem__, lambda _: 3.0) == {"a"}
     alive["a"] = True  # a replica came back: the clock starts over when it goes again
-    assert stranded(since, 104.0, {"a"}, alive.__getitem__, 3.0) == set() and since == {}
+    assert stranded(since, 104.0, {"a"}, alive.__getitem__, lambda _: 3.0) == set() and since == {}
     alive["a"] = False
-    assert stranded(since, 105.0, {"a"}, alive.__getitem__, 3.0) == set()
-    assert stranded(since, 106.0, set(), alive.__getitem__, 3.0) == set() and since == {}
+    assert stranded(since, 105.0, {"a"}, alive.__getitem__, lambda _: 3.0) == set()
+    assert stranded(since, 106.0, set(), alive.__getitem__, lambda _: 3.0) == set() and since == {}
 
 
 def beat(deployment: str, *, draining: bool, busy: int) -> Heartbeat:

@@ -99,6 +99,68 @@ class Command(_Message):
     expires_at: float
 
 
+class ReplicaSpec(BaseModel):
+    """What an agent needs to run one replica: registry references and settings, never
+    file paths or command lines."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    replica_id: str
+    deployment: str
+    project: str = "default"
+    model: str
+    """The pinned version, ``name@N``."""
+    engine: str = "llama.cpp"
+    settings: dict[str, Any] = {}
+    """Engine settings that differ from the agent's defaults."""
+    generation: int = 1
+
+
+ReplicaPhase = Literal["pulling", "starting", "ready", "failed", "stopping"]
+
+
+class ReplicaStatus(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    replica_id: str
+    deployment: str
+    generation: int
+    state: ReplicaPhase
+    rss: int = 0
+    """Resident memory of its worker process (0: not measured, e.g. in-process)."""
+    restarts: int = 0
+    message: str | None = None
+
+
+class NodeStatus(_Message):
+    """An agent's heartbeat: what its node has, uses, holds and runs."""
+
+    node: str
+    epoch: str
+    """New on every start of the agent."""
+    labels: dict[str, str] = {}
+    cpus: float
+    memory: int
+    gpus: int = 0
+    load: float = 0.0
+    """CPU utilisation of the node, 0 to 1."""
+    memory_used: int = 0
+    cached: list[str] = []
+    """Model versions (``name@N``) in the node's cache."""
+    replicas: list[ReplicaStatus] = []
+    sent_at: float
+    interval_s: float
+
+
+class Assignment(_Message):
+    """The active controller's word on what one node runs: every replica it should have.
+    An agent starts what is missing and stops what is not listed. ``term`` is the
+    controller's lease term: orders of an older term than one already seen are void."""
+
+    node: str
+    term: int
+    replicas: list[ReplicaSpec]
+    issued_at: float
+
+
 class RequestEvent(_Message):
     """Telemetry: a worker finished (or gave up) a request."""
 

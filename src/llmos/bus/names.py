@@ -11,11 +11,18 @@ REPLY_QUEUE_PREFIX = "llmos.reply."
 CANCEL_TOPIC = "llmos.control.cancel"
 HEARTBEAT_TOPIC = "llmos.control.heartbeat"
 COMMAND_TOPIC = "llmos.control.command"
+NODE_STATUS_TOPIC = "llmos.control.node"
+ASSIGNMENT_TOPIC = "llmos.control.assignment"
+CHANGED_TOPIC = "llmos.control.changed"
+"""The management API says here that desired state changed: the controller looks now."""
 REQUEST_EVENTS_TOPIC = "llmos.telemetry.requests"
 LOG_EVENTS_TOPIC = "llmos.telemetry.logs"
 TELEMETRY_TTL_S = 60.0
 HEARTBEAT_INTERVAL_S = 5.0
 """Heartbeats and commands live two intervals, so nobody acts on stale ones."""
+NODE_INTERVAL_S = 2.0
+"""Agents heartbeat this often; a node that misses NODE_LOST_AFTER of them is lost."""
+NODE_LOST_AFTER = 3
 
 # A request whose worker fails this many times is poison: it is dropped, not bounced on.
 INFER_DELIVERY_LIMIT = 5

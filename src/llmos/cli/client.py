@@ -42,4 +42,6 @@ def call_api(method: str, base: str, path: str, **kwargs: Any) -> Any:
         raise no_server(base) from None
     if response.status_code >= 400:
         raise api_error(response)
+    if response.status_code == 204 or not response.content:
+        return None
     return response.json()

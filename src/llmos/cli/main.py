@@ -16,6 +16,7 @@ from rich.console import Console
 
 from llmos import __version__
 from llmos.cli.client import api_error, call_api, err, no_server, server_url
+from llmos.cli.cluster import deploy, deployments_app, events, nodes_app
 from llmos.cli.models import models_app
 from llmos.errors import LLMOSError
 
@@ -125,14 +126,89 @@ def worker_command(
     slots: Annotated[int | None, typer.Option(help="parallel slots")] = None,
     threads: Annotated[int | None, typer.Option(help="engine threads")] = None,
     ctx_size: Annotated[int | None, typer.Option(help="total context, split by slots")] = None,
+    worker_id: Annotated[str | None, typer.Option(
+        help="this worker's id (an agent passes its replica's; default: a random one)")
+    ] = None,
 ) -> None:
-    """Run one model replica in this process, consuming its deployment's queue on the bus."""
+    """Run one model replica in this process, consuming its deployment's queue on the bus.
+    SIGTERM drains it: no new requests, those in flight finish, then it exits."""
     from llmos.server import run_worker
 
     given: dict[str, Any] = {"bus_url": bus, "home": home, "config": config,
                              "storage_url": storage}
     engine = {"slots": slots, "threads": threads, "ctx_size": ctx_size}
-    _run_with_settings(given, engine, lambda settings: run_worker(settings, model, deployment))
+    _run_with_settings(given, engine,
+                       lambda settings: run_worker(settings, model, deployment, worker_id))
+
+
+@app.command("control")
+def control_command(
+    bus: Annotated[str, typer.Option(help="bus URL, e.g. amqp://guest:guest@127.0.0.1:5672/")],
+    db: Annotated[str, typer.Option(help="state store URL, e.g. "
+                                         "postgresql://user@127.0.0.1:5432/llmos")],
+    storage: Annotated[str | None, typer.Option(
+        help="registry storage URL shared with the nodes (s3://…; default: the local store)")
+    ] = None,
+    host: Annotated[str | None, typer.Option(help="address to listen on")] = None,
+    port: Annotated[int | None, typer.Option(help="port to listen on")] = None,
+    home: Annotated[Path | None, typer.Option(help="state directory ($LLMOS_HOME)")] = None,
+    config: Annotated[Path | None, typer.Option(help="TOML settings file")] = None,
+    insecure: Annotated[bool, typer.Option(
+        help="allow a non-loopback address without authentication")] = False,
+) -> None:
+    """Run a control plane: the OpenAI and management APIs, the registry and the
+    controller, with no node of its own. Run several behind a load balancer: one
+    controller is active at a time, another takes over within seconds when it stops."""
+    from llmos.server import run_control
+
+    given: dict[str, Any] = {"bus_url": bus, "database_url": db, "storage_url": storage,
+                             "host": host, "port": port, "home": home, "config": config}
+    if insecure:
+        given["insecure"] = True
+    _run_with_settings(given, {}, run_control)
+
+
+@app.command("agent")
+def agent_command(
+    bus: Annotated[str, typer.Option(help="bus URL, e.g. amqp://guest:guest@127.0.0.1:5672/")],
+    name: Annotated[str | None, typer.Option(help="node name (default: the host name)")
+                    ] = None,
+    labels: Annotated[str | None, typer.Option(help="node labels: k=v,k2=v2")] = None,
+    cpus: Annotated[float | None, typer.Option(help="CPU cores to offer (default: all)")
+                    ] = None,
+    memory: Annotated[str | None, typer.Option(
+        help="memory to offer, e.g. 3GiB (default: all)")] = None,
+    storage: Annotated[str | None, typer.Option(
+        help="registry storage URL shared with the control plane, to pull models from")
+    ] = None,
+    home: Annotated[Path | None, typer.Option(help="state directory: the node's model "
+                                                   "cache and worker logs")] = None,
+    config: Annotated[Path | None, typer.Option(help="TOML settings file")] = None,
+    threads: Annotated[int | None, typer.Option(help="default engine threads of its "
+                                                     "replicas")] = None,
+) -> None:
+    """Run this machine as a node: report its capacity and load, and run the replicas the
+    controller places here as worker processes (which die with the agent)."""
+    from llmos.agent.capacity import parse_size
+    from llmos.server import run_agent
+
+    given: dict[str, Any] = {"bus_url": bus, "node_name": name, "storage_url": storage,
+                             "home": home, "config": config}
+    node_labels: dict[str, str] = {}
+    for item in (labels or "").split(","):
+        if item.strip():
+            key, sep, value = item.strip().partition("=")
+            if not sep or not key:
+                err.print(f"[red]error:[/red] a label is key=value, not {item!r}")
+                raise typer.Exit(code=2)
+            node_labels[key] = value
+    try:
+        offered = parse_size(memory) if memory else None
+    except LLMOSError as exc:
+        err.print(f"[red]error:[/red] {exc.message}")
+        raise typer.Exit(code=2) from None
+    _run_with_settings(given, {"threads": threads}, lambda settings: run_agent(
+        settings, labels=node_labels, cpus=cpus, memory=offered))
 
 
 @app.command()
@@ -205,6 +281,10 @@ workers_app = typer.Typer(help="Worker processes: list them, drain or resume one
                           no_args_is_help=True)
 app.add_typer(workers_app, name="workers")
 app.add_typer(models_app, name="models")
+app.add_typer(deployments_app, name="deployments")
+app.add_typer(nodes_app, name="nodes")
+app.command("deploy")(deploy)
+app.command("events")(events)
 
 
 @workers_app.command("ls")

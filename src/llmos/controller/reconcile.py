@@ -1,61 +1,311 @@
-"""Reconciles the deployments in the store with the replicas the agent runs.
+"""The controller: desired state (deployments in the store) against actual state (what
+agents report), reconciled through the scheduler.
 
-Minimal form: one node (the embedded agent), one replica per deployment. The
-scheduler and autoscaler plug in here later.
+Exactly one controller is active: the holder of the ``controller`` lease in the store.
+Others stand by and take over within a lease's life when it stops renewing. Each pass:
+
+1. learn: node statuses (heartbeats) -> replica states and RSS in the store, events;
+2. decide: the scheduler's ``plan()`` on a snapshot of the cluster, plus rolling
+   changes one replica at a time;
+3. record: new replicas, stopped ones and the reasons, as rows and events;
+4. order: every node gets an assignment, the full list of replicas it should run,
+   carrying the lease term.
+
+Nothing is kept only here: desired state is in the store and actual state is learned
+again from heartbeats, so a controller that restarts (or another that takes over)
+loses nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
+import socket
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
 
-from llmos.agent.local import LocalAgent
-from llmos.controller.deployments import pin
-from llmos.errors import LLMOSError
-from llmos.store import Store
+from llmos.bus import Bus, Subscription, TopicMessage, names
+from llmos.bus.messages import Assignment, NodeStatus, ReplicaSpec, decode_or_ignore, encode
+from llmos.controller.estimates import Estimates
+from llmos.controller.nodes import NodeDirectory
+from llmos.controller.snapshot import LIVE_STATES, Rollout, rollout, snapshot
+from llmos.deployments import pin
+from llmos.errors import BusError, LLMOSError
+from llmos.registry import LocalRegistry
+from llmos.scheduler import model as sched
+from llmos.scheduler.plan import plan
+from llmos.settings import EngineSettings
+from llmos.store import Deployment, Store
+from llmos.store.tables import Event, Replica
 
 log = logging.getLogger(__name__)
 
+LEASE = "controller"
+LEASE_TTL_S = 6.0
+"""A standby takes over at most this long after the active controller last renewed."""
+
 
 class Controller:
-    def __init__(self, store: Store, agent: LocalAgent) -> None:
+    def __init__(self, store: Store, registry: LocalRegistry, bus: Bus,
+                 defaults: EngineSettings, *, holder: str | None = None,
+                 interval_s: float = 1.0, clock: Callable[[], float] = time.time) -> None:
         self.store = store
-        self.agent = agent
-        self.failures: dict[str, str] = {}
+        self.registry = registry
+        self.bus = bus
+        self.holder = holder or (f"controller {socket.gethostname()} pid {os.getpid()} "
+                                 f"{uuid.uuid4().hex[:6]}")
+        self.interval_s = interval_s
+        self.clock = clock
+        self.term: int | None = None
+        self.directory = NodeDirectory()
+        self.estimates = Estimates(registry, defaults)
+        self._wake = asyncio.Event()
+        self._subscriptions: list[Subscription] = []
+        self._failed_since: dict[str, float] = {}
+        self._lost: set[str] = set()
+        self._messages: dict[str, str | None] = {}
+        self._stored_nodes: dict[str, tuple[str, float]] = {}
+
+    # -- running ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._subscriptions = [
+            await self.bus.subscribe(names.NODE_STATUS_TOPIC, self._on_status),
+            await self.bus.subscribe(names.CHANGED_TOPIC, self._on_changed)]
+
+    async def stop(self) -> None:
+        for subscription in self._subscriptions:
+            await subscription.cancel()
+        self._subscriptions.clear()
+        if self.term is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(self.store.leases.release, LEASE, self.holder)
+
+    async def run(self) -> None:
+        await self.start()
+        try:
+            while True:
+                try:
+                    await self.run_once()
+                except LLMOSError as exc:
+                    log.error("reconcile failed: %s", exc.message)
+                except Exception:
+                    log.exception("reconcile failed")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.interval_s)
+                self._wake.clear()
+        finally:
+            await self.stop()
+
+    async def _on_status(self, message: TopicMessage) -> None:
+        status = decode_or_ignore(NodeStatus, message.body)
+        if status is not None and self.directory.observe(status, self.clock()):
+            self._wake.set()  # a node joined or restarted: look now
+
+    async def _on_changed(self, message: TopicMessage) -> None:
+        self._wake.set()
+
+    # -- one pass --------------------------------------------------------------------
 
     async def run_once(self) -> None:
-        desired = {d.name: d for d in await asyncio.to_thread(self.store.list_deployments)
-                   if d.replicas > 0}
-        for name, deployment in list(desired.items()):
-            if deployment.model_version:
-                continue
-            try:  # a deployment made elsewhere is pinned before a replica loads it
-                desired[name] = await asyncio.to_thread(
-                    pin, self.store, self.agent.registry, deployment)
-            except LLMOSError as exc:
-                self._failed(name, exc)
-                del desired[name]
-        for name, replica in list(self.agent.replicas.items()):
-            wanted = desired.get(name)
-            if wanted is None or wanted.served_ref != replica.model_ref:
-                log.info("stopping replica of %s", name)
-                await self.agent.stop_replica(name)
-        for name, deployment in desired.items():
-            if name in self.agent.replicas:
-                continue
+        now = self.clock()
+        term = await asyncio.to_thread(self.store.leases.acquire, LEASE, self.holder,
+                                       ttl_s=LEASE_TTL_S, now=now)
+        if term != self.term:
+            if term is None:
+                log.info("controller %s stands by", self.holder)
+            else:
+                log.info("controller %s is active (term %d)", self.holder, term)
+            self.term = term
+        if term is None:
+            return
+        orders = await asyncio.to_thread(self._reconcile, now, term)
+        for order in orders:
             try:
-                log.info("starting a replica of %s (%s)", name, deployment.served_ref)
-                await self.agent.start_replica(deployment)
-                self.failures.pop(name, None)
+                await self.bus.broadcast(names.ASSIGNMENT_TOPIC, encode(order),
+                                         ttl_s=2 * names.NODE_INTERVAL_S)
+            except BusError as exc:
+                log.warning("assignment for %s not sent: %s", order.node, exc.message)
+
+    def _reconcile(self, now: float, term: int) -> list[Assignment]:
+        """The blocking part of a pass (the store, the registry, the solver)."""
+        store = self.store
+        events: list[Event] = []
+        self._record_nodes(now, events)
+        deployments = [p for d in store.list_deployments()
+                       if (p := self._pinned(d, events)) is not None]
+        replicas = store.replicas.list()
+        self._learn(replicas, now, events)
+
+        by_deployment: dict[str, list[Replica]] = defaultdict(list)
+        for r in replicas:
+            by_deployment[r.deployment].append(r)
+        rollouts: dict[str, Rollout] = {}
+        needs: dict[str, sched.Resources] = {}
+        wanted = {d.name: d for d in deployments}
+        nodes = store.nodes.list()
+        draining = frozenset(n.name for n in nodes if n.state == "draining")
+        for d in deployments:
+            rollouts[d.name] = rollout(d, by_deployment[d.name], draining)
+            try:
+                needs[d.name] = self.estimates.need(d)
             except LLMOSError as exc:
-                self._failed(name, exc)
+                self._message(d, f"no resource estimate: {exc.message}", events, now)
+                wanted.pop(d.name)
+        cluster = snapshot(list(wanted.values()), needs, nodes, self.directory,
+                           replicas, rollouts, now=now, failed_since=self._failed_since)
+        result = plan(cluster)
 
-    def _failed(self, name: str, exc: LLMOSError) -> None:
-        if self.failures.get(name) != exc.message:
-            log.error("cannot start %s: %s", name, exc.message)
-        self.failures[name] = exc.message
+        stopped: dict[str, str] = {}
+        for change in rollouts.values():
+            for rid in change.retire:
+                stopped[rid] = "replaced by a replica of the new generation"
+        for stop in result.stops:
+            stopped[stop.replica] = stop.reason
+        lost_of = {s.deployment for s in result.stops if s.reason.endswith(" lost")}
+        kept = [r for r in replicas if r.id not in stopped]
+        for r in replicas:
+            if r.id in stopped:
+                kind = "lost" if stopped[r.id].endswith(" lost") else "stopped"
+                events.append(_event(now, kind, r.deployment, r.node, r.id,
+                                     f"replica {r.id} on {r.node}: {stopped[r.id]}",
+                                     r.project))
+                self._failed_since.pop(r.id, None)
+        store.replicas.remove(stopped)
 
-    async def run(self, interval_s: float = 5.0) -> None:
-        while True:
-            await self.run_once()
-            await asyncio.sleep(interval_s)
+        for placement in result.placements:
+            d = wanted[placement.deployment]
+            replica = Replica(
+                id=f"{d.name}-{uuid.uuid4().hex[:6]}", project=d.project, deployment=d.name,
+                node=placement.node, generation=d.generation, model_version=d.served_ref,
+                engine_settings=dict(d.engine_settings or {}),
+                reserved={"cpu": placement.resources.cpu,
+                          "memory": placement.resources.memory,
+                          "gpus": placement.resources.gpus},
+                state="scheduled", rss=0, restarts=0)
+            store.replicas.add(replica)
+            kept.append(replica)
+            kind = "rescheduled" if d.name in lost_of else "scheduled"
+            events.append(_event(now, kind, d.name, placement.node, replica.id,
+                                 f"replica {replica.id} {kind} on {placement.node} "
+                                 f"(score {placement.score:.2f}, solver {result.solver})",
+                                 d.project))
+
+        unschedulable = {u.deployment: u for u in result.unschedulable}
+        for d in wanted.values():
+            u = unschedulable.get(d.name)
+            text = None
+            if u is not None:
+                detail = "; ".join(f"{node}: {why}" for node, why in list(u.nodes.items())[:8])
+                text = f"{u.missing} replica(s) unschedulable: {u.summary}" + (
+                    f" ({detail})" if detail else "")
+            self._message(d, text, events, now, kind="unschedulable")
+        store.events.add(events)
+        return self._assignments(kept, wanted, term, now)
+
+    def _assignments(self, replicas: list[Replica], wanted: dict[str, Deployment], term: int,
+                     now: float) -> list[Assignment]:
+        per_node: dict[str, list[ReplicaSpec]] = {h.status.node: [] for h in
+                                                  self.directory.all()}
+        for r in replicas:
+            d = wanted.get(r.deployment)
+            per_node.setdefault(r.node, []).append(ReplicaSpec(
+                replica_id=r.id, deployment=r.deployment, project=r.project,
+                model=r.model_version, engine=d.engine if d else "llama.cpp",
+                settings=dict(r.engine_settings or {}), generation=r.generation))
+        return [Assignment(node=node, term=term, replicas=specs, issued_at=now)
+                for node, specs in per_node.items()]
+
+    # -- learning --------------------------------------------------------------------
+
+    def _record_nodes(self, now: float, events: list[Event]) -> None:
+        for heard in self.directory.all():
+            status, name = heard.status, heard.status.node
+            alive = heard.alive(now)
+            known = self._stored_nodes.get(name)
+            if alive and (known is None or known[0] != status.epoch or now - known[1] > 10):
+                row = self.store.nodes.get(name)
+                if row is None or row.epoch != status.epoch:
+                    kind = "joined" if row is None else "restarted"
+                    events.append(_event(now, kind, None, name, None,
+                                         f"node {name} {kind} ({status.cpus:g} CPUs, "
+                                         f"{status.memory / 2**30:.1f} GiB)"))
+                self.store.nodes.seen(name, labels=dict(status.labels), capacity={
+                    "cpu": status.cpus, "memory": status.memory, "gpus": status.gpus},
+                    epoch=status.epoch, at=now)
+                self._stored_nodes[name] = (status.epoch, now)
+            if not alive and name not in self._lost:
+                self._lost.add(name)
+                self.store.nodes.update(name, state="lost")
+                events.append(_event(now, "node-lost", None, name, None,
+                                     f"node {name} lost: no heartbeat for "
+                                     f"{now - heard.at:.1f} s"))
+            elif alive and name in self._lost:
+                self._lost.discard(name)
+                events.append(_event(now, "node-ready", None, name, None,
+                                     f"node {name} is back"))
+
+    def _learn(self, replicas: list[Replica], now: float, events: list[Event]) -> None:
+        """Replica states and RSS from the latest status of their nodes."""
+        for r in replicas:
+            heard = self.directory.get(r.node)
+            if heard is None or not heard.alive(now):
+                continue
+            reported = next((s for s in heard.status.replicas if s.replica_id == r.id), None)
+            if reported is None:
+                continue  # not started there yet
+            changes: dict[str, Any] = {}
+            if reported.state != r.state and reported.state in (*LIVE_STATES, "failed"):
+                changes["state"] = reported.state
+                changes["message"] = reported.message
+                events.append(_event(now, reported.state, r.deployment, r.node, r.id,
+                                     f"replica {r.id} on {r.node}: {reported.state}"
+                                     + (f": {reported.message}" if reported.message else ""),
+                                     r.project))
+                if reported.state == "failed":
+                    self._failed_since.setdefault(r.id, now)
+            if reported.restarts > r.restarts:
+                changes["restarts"] = reported.restarts
+                events.append(_event(now, "restarted", r.deployment, r.node, r.id,
+                                     f"replica {r.id} restarted ({reported.restarts} "
+                                     "restarts)", r.project))
+            if reported.rss and abs(reported.rss - r.rss) > 8 << 20:
+                changes["rss"] = reported.rss
+            if changes:
+                self.store.replicas.update(r.id, **changes)
+                for key, value in changes.items():
+                    setattr(r, key, value)
+
+    def _pinned(self, deployment: Deployment, events: list[Event]) -> Deployment | None:
+        if deployment.model_version:
+            return deployment
+        try:
+            return pin(self.store, self.registry, deployment)
+        except LLMOSError as exc:
+            self._message(deployment, f"cannot resolve {deployment.model_ref}: {exc.message}",
+                          events, self.clock())
+            return None
+
+    def _message(self, d: Deployment, text: str | None, events: list[Event], now: float,
+                 kind: str = "failed") -> None:
+        """Keep the deployment's status message, and an event each time it changes."""
+        key = f"{d.project}/{d.name}"
+        if self._messages.get(key, d.message) == text:
+            self._messages[key] = text
+            return
+        self._messages[key] = text
+        self.store.update_deployment(d.name, d.project, message=text)
+        if text is not None:
+            events.append(_event(now, kind, d.name, None, None, text, d.project))
+
+
+def _event(at: float, kind: str, deployment: str | None, node: str | None,
+           replica: str | None, message: str, project: str = "default") -> Event:
+    log.info("%s", message, extra={"event": f"cluster.{kind}"})
+    return Event(at=at, kind=kind, project=project, deployment=deployment, node=node,
+                 replica=replica, message=message)

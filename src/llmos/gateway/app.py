@@ -22,7 +22,7 @@ from llmos.gateway.fastpath import FastRoutes
 from llmos.gateway.guard import BrowserGuard
 from llmos.gateway.health import probe_until_ready
 from llmos.gateway.middleware import RequestIdMiddleware
-from llmos.gateway.routes import health, models, openai, workers
+from llmos.gateway.routes import cluster, health, models, openai, workers
 from llmos.gateway.state import GatewayState
 from llmos.gateway.stranded import fail_stranded
 from llmos.registry import LocalRegistry
@@ -77,6 +77,7 @@ def create_app(settings: Settings, bus: Bus, store: Store,
     app.include_router(health.router)
     app.include_router(workers.router)
     app.include_router(models.router)
+    app.include_router(cluster.router)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 

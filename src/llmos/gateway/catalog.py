@@ -20,6 +20,7 @@ from llmos.store import Deployment, Store
 
 log = logging.getLogger(__name__)
 
+STARTING = ("scheduled", "pulling", "starting")
 _TTL_S = 2.0
 _MIN_FORCED_REFRESH_S = 0.5  # so a flood of unknown model ids cannot flood the database
 _REFRESH_DELAY_S = 0.2
@@ -27,8 +28,9 @@ _REFRESH_DELAY_S = 0.2
 
 class Catalog:
     def __init__(self, store: Store) -> None:
-        self._store = store
+        self.store = store
         self._cache: dict[tuple[str, str], Deployment] = {}
+        self._starting: set[tuple[str, str]] = set()
         self._loaded_at = 0.0
         self._background: asyncio.Task[None] | None = None
         self._scheduled: asyncio.TimerHandle | None = None
@@ -50,6 +52,23 @@ class Catalog:
             raise ModelNotFound(f"the model {excerpt(name)} does not exist; served models: {known}",
                                 param="model")
         return deployment
+
+    def _read(self) -> tuple[list[Deployment], set[tuple[str, str]]]:
+        starting = {(r.project, r.deployment) for r in self.store.replicas.list()
+                    if r.state in STARTING}
+        return self.store.list_deployments(), starting
+
+    def starting(self, deployment: Deployment) -> bool:
+        """Whether a replica of it is being started (placed, pulling or loading)."""
+        return (deployment.project, deployment.name) in self._starting
+
+    def cached(self, name: str, project: str = "default") -> Deployment | None:
+        """What the cache holds for ``name`` (no store read)."""
+        return self._cache.get((project, name))
+
+    def invalidate(self) -> None:
+        """Read the store again at the next lookup (a deployment changed)."""
+        self._loaded_at = 0.0
 
     async def close(self) -> None:
         if self._scheduled is not None:
@@ -83,6 +102,7 @@ class Catalog:
         age = time.monotonic() - self._loaded_at
         if age < (_MIN_FORCED_REFRESH_S if force else _TTL_S):
             return
-        rows = await asyncio.to_thread(self._store.list_deployments)
+        rows, starting = await asyncio.to_thread(self._read)
         self._cache = {(d.project, d.name): d for d in rows}
+        self._starting = starting
         self._loaded_at = time.monotonic()

@@ -25,12 +25,31 @@ class GatewayState:
     """Blobs hashed since this process started, with the (inode, size, mtime) seen then."""
     _engine_settings: dict[tuple[str, str, str], EngineSettings] = field(default_factory=dict)
 
+    def replica_wait_s(self, deployment: Deployment | None) -> float:
+        """How long a request waits for a replica: longer while one of the deployment's
+        replicas is being started (placed, its model loading)."""
+        limits = self.settings.limits
+        if deployment is not None and self.catalog.starting(deployment):
+            return max(limits.no_replica_wait_s, limits.starting_replica_wait_s)
+        return limits.no_replica_wait_s
+
     def engine_settings(self, deployment: Deployment) -> EngineSettings:
         """The deployment's engine settings over the server's defaults (cached: hot path)."""
         overrides = dict(deployment.engine_settings or {})
         key = (deployment.project, deployment.name, repr(sorted(overrides.items())))
         cached = self._engine_settings.get(key)
         if cached is None:
-            cached = EngineSettings.model_validate(self.settings.engine.model_dump() | overrides)
+            cached = self.settings.engine.overlay(overrides)
             self._engine_settings[key] = cached
         return cached
+
+
+def no_replica_message(deployment: Deployment) -> str:
+    """The 503's words: the deployment, and what state it is in."""
+    if deployment.replicas == 0:
+        why = "it is scaled to 0 replicas"
+    elif deployment.message:
+        why = deployment.message
+    else:
+        why = "none is running or ready yet, or every one is drained"
+    return f"no replica of deployment {deployment.name!r} takes requests now: {why}; retry later"

@@ -17,11 +17,11 @@ import time
 from collections.abc import Callable
 
 from llmos.errors import NoReplica
-from llmos.gateway.state import GatewayState
+from llmos.gateway.state import GatewayState, no_replica_message
 
 
 def stranded(since: dict[str, float], now: float, waiting: set[str],
-             alive: Callable[[str], bool], wait_s: float) -> set[str]:
+             alive: Callable[[str], bool], wait_s: Callable[[str], float]) -> set[str]:
     """The deployments whose waiting requests have had no replica for ``wait_s``
     (pure: ``since`` is the clock per deployment, updated in place)."""
     for deployment in list(since):
@@ -30,7 +30,7 @@ def stranded(since: dict[str, float], now: float, waiting: set[str],
     for deployment in waiting:
         if not alive(deployment):
             since.setdefault(deployment, now)
-    return {d for d, started in since.items() if now - started >= wait_s}
+    return {d for d, started in since.items() if now - started >= wait_s(d)}
 
 
 async def fail_stranded(state: GatewayState, interval_s: float = 0.5) -> None:
@@ -38,10 +38,14 @@ async def fail_stranded(state: GatewayState, interval_s: float = 0.5) -> None:
     while True:
         await asyncio.sleep(interval_s)
         waiting = state.dispatcher.unanswered()
+        def wait_s(deployment: str) -> float:
+            return state.replica_wait_s(state.catalog.cached(deployment))
+
         for deployment in stranded(since, time.time(), set(waiting), state.workers.alive,
-                                   state.settings.limits.no_replica_wait_s):
+                                   wait_s):
+            row = state.catalog.cached(deployment)
             for handle in waiting[deployment]:
                 handle.fail(NoReplica(
-                    f"no replica of {deployment!r} takes requests any more (none is "
-                    "running, or every one is drained); retry later"))
+                    no_replica_message(row) if row is not None else
+                    f"no replica of {deployment!r} takes requests any more; retry later"))
             del since[deployment]

@@ -1,4 +1,5 @@
-"""Cluster state (deployments now; nodes, replicas, keys and events later) in SQL."""
+"""Cluster state in SQL (SQLite embedded, PostgreSQL for a cluster): deployments, nodes,
+replicas, events and leases."""
 
 from llmos.store.db import Store
 from llmos.store.tables import Deployment

@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, select
+from sqlalchemy import create_engine, delete, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from llmos.store.cluster import Events, Leases, Nodes, Replicas
 from llmos.store.tables import Deployment
 
 MIGRATIONS = Path(__file__).with_name("migrations")
@@ -16,10 +17,16 @@ MIGRATIONS = Path(__file__).with_name("migrations")
 
 class Store:
     def __init__(self, url: str) -> None:
+        url = normalize_url(url)
         self.url = url
         connect_args = {"check_same_thread": False} if url.startswith("sqlite") else {}
-        self.engine: Engine = create_engine(url, connect_args=connect_args)
+        self.engine: Engine = create_engine(url, connect_args=connect_args,
+                                            pool_pre_ping=not url.startswith("sqlite"))
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self.nodes = Nodes(self._sessions)
+        self.replicas = Replicas(self._sessions)
+        self.events = Events(self._sessions)
+        self.leases = Leases(self._sessions)
 
     def migrate(self) -> None:
         """Bring the schema to the newest migration (idempotent)."""
@@ -77,3 +84,27 @@ class Store:
                 Deployment.project == project, Deployment.name == name)).first()
             if row is not None:
                 row.model_version = model_version
+
+    def update_deployment(self, name: str, project: str = "default",
+                          **changes: Any) -> Deployment | None:
+        with self.session() as s, s.begin():
+            row = s.scalars(select(Deployment).where(
+                Deployment.project == project, Deployment.name == name)).first()
+            if row is not None:
+                for key, value in changes.items():
+                    setattr(row, key, value)
+        return row
+
+    def delete_deployment(self, name: str, project: str = "default") -> bool:
+        with self.session() as s, s.begin():
+            result = s.execute(delete(Deployment).where(
+                Deployment.project == project, Deployment.name == name))
+            return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def normalize_url(url: str) -> str:
+    """``postgresql://`` means the psycopg 3 driver (SQLAlchemy's default is psycopg2)."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    return url

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Integer, String, UniqueConstraint
+from sqlalchemy import JSON, Boolean, DateTime, Float, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -32,6 +32,18 @@ class Deployment(Base):
     engine: Mapped[str] = mapped_column(String(32), default="llama.cpp", nullable=False)
     engine_settings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict, nullable=False)
     replicas: Mapped[int] = mapped_column(Integer, default=1, nullable=False)
+    resources: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict, nullable=False)
+    """What one replica needs (cpu, memory, gpus) where the user said; the rest is the
+    registry's estimate for the engine settings."""
+    node_selector: Mapped[dict[str, str]] = mapped_column(JSON, default=dict, nullable=False)
+    strategy: Mapped[str] = mapped_column(String(16), default="spread", nullable=False)
+    anti_affinity: Mapped[bool] = mapped_column(Boolean, default=False, nullable=False)
+    priority: Mapped[int] = mapped_column(Integer, default=0, nullable=False)
+    generation: Mapped[int] = mapped_column(Integer, default=1, nullable=False)
+    """Bumped by each change its replicas must be replaced for (version, settings,
+    resources): replicas of an older generation are rolled one at a time."""
+    message: Mapped[str | None] = mapped_column(Text, nullable=True)
+    """Why it is not fully placed (the scheduler's summary), or None."""
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now,
                                                  onupdate=_now)
@@ -40,3 +52,69 @@ class Deployment(Base):
     def served_ref(self) -> str:
         """What replicas load: the pinned version, or the reference until it is pinned."""
         return self.model_version or self.model_ref
+
+
+class Node(Base):
+    """A machine an agent registered; liveness is its heartbeats, not this row."""
+
+    __tablename__ = "nodes"
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    labels: Mapped[dict[str, str]] = mapped_column(JSON, default=dict, nullable=False)
+    capacity: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict, nullable=False)
+    cordoned: Mapped[bool] = mapped_column(Boolean, default=False, nullable=False)
+    state: Mapped[str] = mapped_column(String(16), default="ready", nullable=False)
+    """``ready`` or ``lost`` (as the active controller last judged it)."""
+    epoch: Mapped[str] = mapped_column(String(64), default="", nullable=False)
+    last_seen: Mapped[float] = mapped_column(Float, default=0.0, nullable=False)
+    registered_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
+class Replica(Base):
+    """One placed replica of a deployment: on which node, of which generation, in which
+    state (``scheduled``, ``pulling``, ``starting``, ``ready``, ``failed``)."""
+
+    __tablename__ = "replicas"
+
+    id: Mapped[str] = mapped_column(String(160), primary_key=True)
+    project: Mapped[str] = mapped_column(String(64), default="default", nullable=False)
+    deployment: Mapped[str] = mapped_column(String(128), nullable=False, index=True)
+    node: Mapped[str] = mapped_column(String(128), nullable=False, index=True)
+    generation: Mapped[int] = mapped_column(Integer, default=1, nullable=False)
+    model_version: Mapped[str] = mapped_column(String(300), nullable=False)
+    engine_settings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict, nullable=False)
+    reserved: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict, nullable=False)
+    state: Mapped[str] = mapped_column(String(16), default="scheduled", nullable=False)
+    rss: Mapped[int] = mapped_column(Integer, default=0, nullable=False)
+    restarts: Mapped[int] = mapped_column(Integer, default=0, nullable=False)
+    message: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now,
+                                                 onupdate=_now)
+
+
+class Event(Base):
+    """A change or a decision, with its reason: what ``llmos events`` shows."""
+
+    __tablename__ = "events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[float] = mapped_column(Float, nullable=False, index=True)
+    kind: Mapped[str] = mapped_column(String(32), nullable=False)
+    project: Mapped[str] = mapped_column(String(64), default="default", nullable=False)
+    deployment: Mapped[str | None] = mapped_column(String(128), nullable=True, index=True)
+    node: Mapped[str | None] = mapped_column(String(128), nullable=True, index=True)
+    replica: Mapped[str | None] = mapped_column(String(160), nullable=True)
+    message: Mapped[str] = mapped_column(Text, nullable=False)
+
+
+class Lease(Base):
+    """Who holds a role (the active controller) until when; ``term`` grows with each
+    new holder, and orders carry it so that a deposed holder's are ignored."""
+
+    __tablename__ = "leases"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(128), nullable=False)
+    term: Mapped[int] = mapped_column(Integer, default=1, nullable=False)
+    expires_at: Mapped[float] = mapped_column(Float, nullable=False)

@@ -34,7 +34,7 @@ from llmos.gateway.schemas import (
     ResponseFormatJsonSchema,
 )
 from llmos.gateway.sse import END, SseResponse
-from llmos.gateway.state import GatewayState
+from llmos.gateway.state import GatewayState, no_replica_message
 from llmos.observability import metrics
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -126,10 +126,8 @@ async def _run(state: GatewayState, request: Request, kind: Literal["chat", "com
         raise BadRequest(f"max_tokens is {max_tokens} but this server allows at most "
                          f"{limits.max_tokens_limit}", param="max_tokens")
     if not await state.workers.wait_for_replica(deployment.name,
-                                                state.settings.limits.no_replica_wait_s):
-        raise NoReplica(
-            f"no replica of {deployment.name!r} takes requests now (none is running, or "
-            "every one is drained); retry later")
+                                                state.replica_wait_s(deployment)):
+        raise NoReplica(no_replica_message(deployment))
     engine_body |= limits.sampling.given() | body.sampling()
     engine_body["max_tokens"] = max_tokens
     request_id: str = request.scope["state"]["request_id"]

@@ -1,0 +1,114 @@
+"""The node agent: heartbeats what its node has and runs, and carries out assignments.
+
+The same class runs inside ``llmos serve`` (one node, replicas in-process) and as
+``llmos agent`` (replicas as ``llmos worker`` processes). An assignment lists every
+replica the node should run: the agent starts what is missing and drains what is not
+listed, so a lost or repeated message changes nothing, and an agent that comes back
+after it was declared lost stops what was placed elsewhere meanwhile. An assignment
+of an older controller term than one already seen is ignored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+
+from llmos.agent.capacity import Capacity, cpu_load
+from llmos.agent.runner import Runner
+from llmos.bus import Bus, Subscription, TopicMessage, names
+from llmos.bus.messages import Assignment, NodeStatus, decode_or_ignore, encode
+from llmos.errors import BusError
+
+log = logging.getLogger(__name__)
+
+
+class NodeAgent:
+    def __init__(self, bus: Bus, name: str, runner: Runner, capacity: Capacity, *,
+                 labels: dict[str, str] | None = None,
+                 interval_s: float = names.NODE_INTERVAL_S) -> None:
+        self.bus = bus
+        self.name = name
+        self.runner = runner
+        self.capacity = capacity
+        self.labels = dict(labels or {})
+        self.interval_s = interval_s
+        self.epoch = uuid.uuid4().hex[:12]
+        self.term = 0
+        self._subscription: Subscription | None = None
+        self._beating: asyncio.Task[None] | None = None
+        self._stopping: dict[str, asyncio.Task[None]] = {}
+
+    async def start(self) -> None:
+        self._subscription = await self.bus.subscribe(names.ASSIGNMENT_TOPIC,
+                                                      self._on_assignment)
+        cpu_load()  # the first reading starts the interval
+        self._beating = asyncio.create_task(self._beat(), name=f"agent-{self.name}")
+        log.info("agent of node %s started (%g CPUs, %d MiB)", self.name,
+                 self.capacity.cpus, self.capacity.memory >> 20)
+
+    async def stop(self) -> None:
+        if self._subscription is not None:
+            await self._subscription.cancel()
+        if self._beating is not None:
+            self._beating.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._beating
+        await self.runner.close()
+
+    def status(self) -> NodeStatus:
+        return NodeStatus(
+            node=self.name, epoch=self.epoch, labels=self.labels, cpus=self.capacity.cpus,
+            memory=self.capacity.memory, gpus=self.capacity.gpus, load=cpu_load(),
+            cached=self.runner.cached(), replicas=self.runner.statuses(),
+            sent_at=time.time(), interval_s=self.interval_s)
+
+    async def send_status(self) -> None:
+        try:
+            await self.bus.broadcast(names.NODE_STATUS_TOPIC, encode(self.status()),
+                                     ttl_s=2 * self.interval_s)
+        except BusError as exc:  # the next one may get through
+            log.warning("node status not sent: %s", exc.message)
+
+    async def _beat(self) -> None:
+        while True:
+            await self.send_status()
+            await asyncio.sleep(self.interval_s)
+
+    async def _on_assignment(self, message: TopicMessage) -> None:
+        assignment = decode_or_ignore(Assignment, message.body)
+        if assignment is None or assignment.node != self.name:
+            return
+        if assignment.term < self.term:
+            log.warning("ignored an assignment of controller term %d (term %d seen)",
+                        assignment.term, self.term)
+            return
+        self.term = assignment.term
+        await self.apply(assignment)
+
+    async def apply(self, assignment: Assignment) -> None:
+        wanted = {spec.replica_id: spec for spec in assignment.replicas}
+        running = self.runner.running()
+        changed = False
+        for replica_id in running - wanted.keys():
+            if replica_id not in self._stopping:
+                log.info("stopping replica %s: not assigned to %s", replica_id, self.name)
+                self._stopping[replica_id] = asyncio.create_task(
+                    self._stop(replica_id), name=f"stop-{replica_id}")
+                changed = True
+        for replica_id, spec in wanted.items():
+            if replica_id not in running and replica_id not in self._stopping:
+                log.info("starting replica %s of %s (%s)", replica_id, spec.deployment,
+                         spec.model)
+                await self.runner.start(spec)
+                changed = True
+        if changed:
+            await self.send_status()
+
+    async def _stop(self, replica_id: str) -> None:
+        try:
+            await self.runner.stop(replica_id)
+        finally:
+            self._stopping.pop(replica_id, None)

@@ -1,0 +1,138 @@
+"""How an agent runs replicas: the protocol, and the in-process runner of ``llmos serve``.
+
+A runner starts a replica in the background (``start`` returns at once), reports each
+replica's state, and stops one by draining it: it takes no new requests, those in
+flight finish (up to ``drain_s``; what is left goes back to the queue), then it stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from llmos.bus import Bus
+from llmos.bus.messages import ReplicaPhase, ReplicaSpec, ReplicaStatus
+from llmos.engines import EngineConfig, load_engine
+from llmos.errors import LLMOSError
+from llmos.registry import LocalRegistry
+from llmos.settings import EngineSettings
+from llmos.worker.worker import Worker
+
+log = logging.getLogger(__name__)
+
+DRAIN_S = 30.0
+
+
+class Runner(Protocol):
+    async def start(self, spec: ReplicaSpec) -> None: ...
+
+    async def stop(self, replica_id: str) -> None: ...
+
+    def running(self) -> set[str]: ...
+
+    def statuses(self) -> list[ReplicaStatus]: ...
+
+    def cached(self) -> list[str]: ...
+
+    async def close(self) -> None: ...
+
+
+def engine_config(settings: EngineSettings, model_path: Path) -> EngineConfig:
+    return EngineConfig(
+        model_path=model_path, slots=settings.slots, threads=settings.threads,
+        batch_threads=settings.batch_threads, ctx_size=settings.ctx_size,
+        kv_unified=settings.kv_unified, batch_size=settings.batch_size,
+        cache_ram_mib=settings.cache_ram_mib,
+        poll=settings.poll, log_verbosity=settings.log_verbosity,
+        merge_max_tokens=settings.merge_max_tokens)
+
+
+@dataclass
+class _Replica:
+    spec: ReplicaSpec
+    state: ReplicaPhase = "starting"
+    message: str | None = None
+    worker: Worker | None = None
+    task: asyncio.Task[None] | None = field(default=None, repr=False)
+
+
+async def drain_and_stop(worker: Worker, drain_s: float = DRAIN_S) -> None:
+    """No new requests; those in flight finish (up to ``drain_s``), then stop."""
+    await worker.drain()
+    deadline = time.monotonic() + drain_s
+    while worker.busy_slots and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    await worker.stop()
+
+
+class InProcessRunner:
+    """Replicas as Workers in this process, on the registry this process opened."""
+
+    def __init__(self, bus: Bus, registry: LocalRegistry, defaults: EngineSettings, *,
+                 drain_s: float = DRAIN_S) -> None:
+        self.bus = bus
+        self.registry = registry
+        self.defaults = defaults
+        self.drain_s = drain_s
+        self._replicas: dict[str, _Replica] = {}
+
+    async def start(self, spec: ReplicaSpec) -> None:
+        replica = _Replica(spec)
+        self._replicas[spec.replica_id] = replica
+        replica.task = asyncio.create_task(self._run(replica), name=f"start-{spec.replica_id}")
+
+    async def _run(self, replica: _Replica) -> None:
+        spec = replica.spec
+        try:
+            settings = self.defaults.overlay(spec.settings)
+            version = await asyncio.to_thread(self.registry.get, spec.model,
+                                              project=spec.project)
+            config = engine_config(settings, self.registry.weights_path(version))
+            engine = await asyncio.to_thread(load_engine, spec.engine, config)
+            worker = Worker(self.bus, engine, spec.deployment, worker_id=spec.replica_id)
+            await worker.start()
+            replica.worker, replica.state = worker, "ready"
+            log.info("replica %s of %s ready", spec.replica_id, spec.deployment)
+        except asyncio.CancelledError:
+            raise
+        except (LLMOSError, ValueError, OSError, RuntimeError) as exc:
+            message = exc.message if isinstance(exc, LLMOSError) else str(exc)
+            replica.state, replica.message = "failed", message
+            log.error("replica %s of %s failed to start: %s", spec.replica_id,
+                      spec.deployment, message)
+
+    async def stop(self, replica_id: str) -> None:
+        replica = self._replicas.get(replica_id)
+        if replica is None:
+            return
+        replica.state = "stopping"
+        if replica.task is not None and not replica.task.done():
+            replica.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await replica.task
+        worker = replica.worker
+        if worker is not None:
+            await drain_and_stop(worker, self.drain_s)
+            await asyncio.to_thread(worker.engine.close)
+        self._replicas.pop(replica_id, None)
+        log.info("replica %s of %s stopped", replica_id, replica.spec.deployment)
+
+    def running(self) -> set[str]:
+        return {rid for rid, r in self._replicas.items() if r.state != "stopping"}
+
+    def statuses(self) -> list[ReplicaStatus]:
+        return [ReplicaStatus(replica_id=rid, deployment=r.spec.deployment,
+                              generation=r.spec.generation, state=r.state,
+                              message=r.message)
+                for rid, r in self._replicas.items()]
+
+    def cached(self) -> list[str]:
+        return []  # every version in this process's registry is at hand
+
+    async def close(self) -> None:
+        await asyncio.gather(*(self.stop(rid) for rid in list(self._replicas)))

@@ -1,0 +1,280 @@
+"""``llmos deploy``, ``llmos deployments``, ``llmos nodes``, ``llmos events``: the cluster,
+over the management API."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from llmos.cli.client import call_api, err, server_url
+
+out = Console()
+
+UrlOption = Annotated[str | None, typer.Option(
+    "--url", help="server address (default: $LLMOS_URL or http://127.0.0.1:8000)")]
+ProjectOption = Annotated[str, typer.Option(help="project of the deployment")]
+JsonOption = Annotated[bool, typer.Option("--json", help="print the API's JSON")]
+
+deployments_app = typer.Typer(help="Deployments: list, show, scale, update, remove.",
+                              no_args_is_help=True)
+nodes_app = typer.Typer(help="Nodes: list, show, cordon, uncordon, drain.",
+                        no_args_is_help=True)
+
+_UNITS = {"": 1, "B": 1, "K": 1000, "M": 1000**2, "G": 1000**3, "T": 1000**4,
+          "KI": 1024, "MI": 1024**2, "GI": 1024**3, "TI": 1024**4}
+
+
+def size(text: str) -> int:
+    """``3GiB``, ``512MiB``, ``2G`` or bytes."""
+    import re
+
+    match = re.match(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?)?B?\s*$", text, re.IGNORECASE)
+    if match is None:
+        raise typer.BadParameter(f"not a size: {text!r} (examples: 3GiB, 512MiB)")
+    return int(float(match.group(1)) * _UNITS[(match.group(2) or "").upper()])
+
+
+def pairs(items: list[str] | None, what: str) -> dict[str, str] | None:
+    if not items:
+        return None
+    out_: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"{what} must be key=value, not {item!r}")
+        out_[key] = value
+    return out_
+
+
+def settings_of(items: list[str] | None) -> dict[str, Any] | None:
+    """``--set slots=4 --set kv_unified=true``: values read as JSON where they parse."""
+    given = pairs(items, "--set")
+    if given is None:
+        return None
+    parsed: dict[str, Any] = {}
+    for key, value in given.items():
+        try:
+            parsed[key] = json.loads(value)
+        except ValueError:
+            parsed[key] = value
+    return parsed
+
+
+def spec(*, replicas: int | None, settings: list[str] | None, cpu: float | None,
+         memory: str | None, gpus: int | None, selector: list[str] | None,
+         strategy: str | None, anti_affinity: bool | None, priority: int | None
+         ) -> dict[str, Any]:
+    body: dict[str, Any] = {"replicas": replicas, "settings": settings_of(settings),
+                            "node_selector": pairs(selector, "--selector"),
+                            "strategy": strategy, "anti_affinity": anti_affinity,
+                            "priority": priority}
+    resources = {"cpu": cpu, "memory": size(memory) if memory else None, "gpus": gpus}
+    if any(v is not None for v in resources.values()):
+        body["resources"] = {k: v for k, v in resources.items() if v is not None}
+    return {k: v for k, v in body.items() if v is not None}
+
+
+ReplicasOption = Annotated[int | None, typer.Option("--replicas", "-r", min=0,
+                                                    help="how many replicas")]
+SetOption = Annotated[list[str] | None, typer.Option(
+    "--set", help="engine setting key=value (slots, ctx_size, threads, ...), repeatable")]
+CpuOption = Annotated[float | None, typer.Option(help="CPU cores one replica needs")]
+MemoryOption = Annotated[str | None, typer.Option(
+    help="memory one replica needs (e.g. 1.5GiB; default: the model's estimate)")]
+GpusOption = Annotated[int | None, typer.Option(help="GPUs one replica needs")]
+SelectorOption = Annotated[list[str] | None, typer.Option(
+    "--selector", help="label key=value a node must have, repeatable")]
+StrategyOption = Annotated[str | None, typer.Option(help="spread or binpack")]
+AntiOption = Annotated[bool | None, typer.Option(
+    "--anti-affinity/--no-anti-affinity", help="at most one replica per node")]
+PriorityOption = Annotated[int | None, typer.Option(min=0, max=100,
+                                                    help="higher wins scarce room")]
+
+
+def deploy(name: Annotated[str, typer.Argument(help="deployment name (its model id)")],
+           model: Annotated[str, typer.Argument(help="model reference: name, name:tag, "
+                                                     "name@N")],
+           replicas: ReplicasOption = None, settings: SetOption = None,
+           cpu: CpuOption = None, memory: MemoryOption = None, gpus: GpusOption = None,
+           selector: SelectorOption = None, strategy: StrategyOption = None,
+           anti_affinity: AntiOption = None, priority: PriorityOption = None,
+           project: ProjectOption = "default", url: UrlOption = None) -> None:
+    """Deploy a model under a name; the cluster places its replicas."""
+    body = {"name": name, "model": model,
+            **spec(replicas=replicas, settings=settings, cpu=cpu, memory=memory, gpus=gpus,
+                   selector=selector, strategy=strategy, anti_affinity=anti_affinity,
+                   priority=priority)}
+    d = call_api("POST", server_url(url), "/api/deployments", json=body,
+                 params={"project": project})
+    out.print(f"deployment {d['name']} created: {d['model_version']}, "
+              f"{d['replicas']} replica(s)")
+
+
+@deployments_app.command("ls")
+def deployments_ls(project: ProjectOption = "default", as_json: JsonOption = False,
+                   url: UrlOption = None) -> None:
+    """Every deployment: replicas asked and ready, version, and why not placed."""
+    data = call_api("GET", server_url(url), "/api/deployments",
+                    params={"project": project})["data"]
+    if as_json:
+        out.print_json(data=data)
+        return
+    if not data:
+        err.print("no deployments")
+        return
+    table = Table("NAME", "MODEL", "READY", "GEN", "STRATEGY", "MESSAGE")
+    for d in data:
+        table.add_row(d["name"], d["model_version"] or d["model"],
+                      f"{d['ready']}/{d['replicas']}", str(d["generation"]), d["strategy"],
+                      d["message"] or "")
+    out.print(table)
+
+
+@deployments_app.command("show")
+def deployments_show(name: str, project: ProjectOption = "default",
+                     as_json: JsonOption = False, url: UrlOption = None) -> None:
+    """A deployment, its replicas (node, state) and its last events."""
+    d = call_api("GET", server_url(url), f"/api/deployments/{name}",
+                 params={"project": project})
+    if as_json:
+        out.print_json(data=d)
+        return
+    out.print(f"[bold]{d['name']}[/bold]  {d['model']} -> {d['model_version']}  "
+              f"ready {d['ready']}/{d['replicas']}  generation {d['generation']}  "
+              f"{d['strategy']}" + ("  anti-affinity" if d["anti_affinity"] else ""))
+    if d["settings"]:
+        out.print(f"settings: {d['settings']}")
+    if d["resources"]:
+        out.print(f"resources: {d['resources']}")
+    if d["message"]:
+        out.print(f"[yellow]{d['message']}[/yellow]")
+    table = Table("REPLICA", "NODE", "STATE", "GEN", "RSS", "RESTARTS")
+    for r in d["placed"] or []:
+        table.add_row(r["id"], r["node"], r["state"], str(r["generation"]),
+                      f"{r['rss'] / 2**20:.0f} MiB" if r["rss"] else "-", str(r["restarts"]))
+    out.print(table)
+    _print_events(d["events"] or [])
+
+
+@deployments_app.command("scale")
+def deployments_scale(name: str, replicas: Annotated[int, typer.Argument(min=0)],
+                      project: ProjectOption = "default", url: UrlOption = None) -> None:
+    """Ask for N replicas."""
+    call_api("PATCH", server_url(url), f"/api/deployments/{name}",
+             json={"replicas": replicas}, params={"project": project})
+    out.print(f"{name} scaled to {replicas}")
+
+
+@deployments_app.command("update")
+def deployments_update(
+        name: str,
+        model: Annotated[str | None, typer.Option(help="move to this model reference")] = None,
+        replicas: ReplicasOption = None, settings: SetOption = None,
+        cpu: CpuOption = None, memory: MemoryOption = None, gpus: GpusOption = None,
+        selector: SelectorOption = None, strategy: StrategyOption = None,
+        anti_affinity: AntiOption = None, priority: PriorityOption = None,
+        project: ProjectOption = "default", url: UrlOption = None) -> None:
+    """Change a deployment; a new version, settings or resources roll its replicas one
+    at a time."""
+    body = spec(replicas=replicas, settings=settings, cpu=cpu, memory=memory, gpus=gpus,
+                selector=selector, strategy=strategy, anti_affinity=anti_affinity,
+                priority=priority)
+    if model:
+        body["model"] = model
+    d = call_api("PATCH", server_url(url), f"/api/deployments/{name}", json=body,
+                 params={"project": project})
+    out.print(f"{name}: generation {d['generation']}, {d['model_version']}")
+
+
+@deployments_app.command("rm")
+def deployments_rm(name: str, project: ProjectOption = "default",
+                   url: UrlOption = None) -> None:
+    """Remove a deployment: its replicas drain and stop."""
+    call_api("DELETE", server_url(url), f"/api/deployments/{name}",
+             params={"project": project})
+    out.print(f"deployment {name} removed")
+
+
+@nodes_app.command("ls")
+def nodes_ls(as_json: JsonOption = False, url: UrlOption = None) -> None:
+    """Every node: state, capacity, labels."""
+    data = call_api("GET", server_url(url), "/api/nodes")["data"]
+    if as_json:
+        out.print_json(data=data)
+        return
+    if not data:
+        err.print("no nodes")
+        return
+    table = Table("NODE", "STATE", "CPUS", "MEMORY", "LABELS", "SEEN")
+    for n in data:
+        state = n["state"] + (" (cordoned)" if n["cordoned"] and n["state"] == "ready"
+                              else "")
+        cap = n["capacity"]
+        labels = ",".join(f"{k}={v}" for k, v in n["labels"].items())
+        seen = f"{max(0.0, time.time() - n['last_seen']):.0f}s ago" if n["last_seen"] else "-"
+        table.add_row(n["name"], state, f"{cap.get('cpu', 0):g}",
+                      f"{cap.get('memory', 0) / 2**30:.1f} GiB", labels, seen)
+    out.print(table)
+
+
+@nodes_app.command("show")
+def nodes_show(name: str, as_json: JsonOption = False, url: UrlOption = None) -> None:
+    """A node, the replicas on it and its last events."""
+    n = call_api("GET", server_url(url), f"/api/nodes/{name}")
+    if as_json:
+        out.print_json(data=n)
+        return
+    out.print(f"[bold]{n['name']}[/bold]  {n['state']}"
+              + ("  cordoned" if n["cordoned"] else "") + f"  {n['capacity']}  {n['labels']}")
+    table = Table("REPLICA", "DEPLOYMENT", "STATE", "GEN")
+    for r in n["replicas"] or []:
+        table.add_row(r["id"], r["deployment"], r["state"], str(r["generation"]))
+    out.print(table)
+    _print_events(n["events"] or [])
+
+
+def _node_action(action: str, done: str) -> Any:
+    def command(name: str, url: UrlOption = None) -> None:
+        call_api("POST", server_url(url), f"/api/nodes/{name}/{action}")
+        out.print(f"node {name} {done}")
+    return command
+
+
+nodes_app.command("cordon", help="No new replicas go to the node.")(
+    _node_action("cordon", "cordoned"))
+nodes_app.command("uncordon", help="The node takes new replicas again.")(
+    _node_action("uncordon", "uncordoned"))
+nodes_app.command("drain", help="Cordon the node and move its replicas elsewhere, one at "
+                  "a time.")(_node_action("drain", "draining"))
+
+
+def events(deployment: Annotated[str | None, typer.Option(help="only this deployment")] = None,
+           node: Annotated[str | None, typer.Option(help="only this node")] = None,
+           limit: Annotated[int, typer.Option(min=1, max=1000)] = 50,
+           project: ProjectOption = "default", as_json: JsonOption = False,
+           url: UrlOption = None) -> None:
+    """What the cluster did and decided, with reasons, oldest first."""
+    params: dict[str, Any] = {"project": project, "limit": limit}
+    if deployment:
+        params["deployment"] = deployment
+    if node:
+        params["node"] = node
+    data = call_api("GET", server_url(url), "/api/events", params=params)["data"]
+    if as_json:
+        out.print_json(data=data)
+        return
+    _print_events(data)
+
+
+def _print_events(data: list[dict[str, Any]]) -> None:
+    if not data:
+        return
+    table = Table("AGE", "KIND", "MESSAGE")
+    for e in data:
+        table.add_row(f"{max(0.0, time.time() - e['at']):.0f}s", e["kind"], e["message"])
+    out.print(table)

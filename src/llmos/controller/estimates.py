@@ -1,0 +1,56 @@
+"""What one replica of a deployment needs: what its user set, else the registry's
+estimate for its engine settings (a prior: measured RSS corrects it in the scheduler)."""
+
+from __future__ import annotations
+
+import json
+
+from llmos.registry import LocalRegistry
+from llmos.registry.estimate import estimate_resources
+from llmos.scheduler.model import Resources
+from llmos.settings import EngineSettings
+from llmos.store import Deployment
+
+CPU_SHARE = 0.25
+"""Cores a replica asks per engine thread unless its user says: CPU is shared between
+replicas (an idle one uses none), so a node holds four replicas per core it offers by
+default, and the load score steers new ones to the idler nodes."""
+
+PROCESS_OVERHEAD = 160 << 20
+"""A worker process's own memory besides the engine's (Python, the bus client)."""
+
+
+class Estimates:
+    def __init__(self, registry: LocalRegistry, defaults: EngineSettings) -> None:
+        self.registry = registry
+        self.defaults = defaults
+        self._memory: dict[tuple[str, str], int] = {}
+
+    def need(self, deployment: Deployment) -> Resources:
+        given = dict(deployment.resources or {})
+        settings = self.defaults.overlay(deployment.engine_settings or {})
+        cpu = float(given.get("cpu") or settings.threads * CPU_SHARE)
+        memory = int(given.get("memory") or self.memory(deployment, settings))
+        return Resources(cpu=cpu, memory=memory, gpus=int(given.get("gpus") or 0))
+
+    def memory(self, deployment: Deployment, settings: EngineSettings) -> int:
+        key = (deployment.served_ref, json.dumps(settings.model_dump(), sort_keys=True))
+        known = self._memory.get(key)
+        if known is None:
+            version = self.registry.get(deployment.served_ref, project=deployment.project)
+            stored = (version.estimate or {}).get("total_bytes")
+            local = all(self.registry.blobs.path(b.digest).is_file() for b in version.blobs)
+            if not local and stored:
+                # The weights are in shared storage, not here: the estimate made at import
+                # stands (the control plane does not pull gigabytes to read a header);
+                # replicas' measured RSS corrects it for the next placements.
+                known = self._memory[key] = int(stored) + PROCESS_OVERHEAD
+                return known
+            info, weights_bytes = self.registry.weights_info(version)
+            estimate = estimate_resources(
+                info, weights_bytes=weights_bytes, slots=settings.slots,
+                ctx_size=settings.ctx_size, kv_unified=settings.kv_unified,
+                cache_ram_mib=settings.cache_ram_mib, n_batch=settings.batch_size,
+                n_ubatch=settings.batch_size)
+            known = self._memory[key] = estimate.total_bytes + PROCESS_OVERHEAD
+        return known

@@ -1,0 +1,153 @@
+"""A deployment serves one registry version, pinned so that it cannot be deleted.
+
+Its ``model_ref`` (``name``, ``name:tag``, ``name@N``) is resolved once, when the
+deployment is made or deployed again; the version it resolved to is kept in the
+store (``model_version``) and pinned in the registry. Replicas load the pinned
+version, so moving or removing a tag changes nothing that runs, and neither a
+deletion (by any name) nor gc can take the files from under them.
+
+Changes that need new replicas (another version, engine settings, resources, node
+selector) bump the deployment's ``generation``; the controller then replaces its
+replicas one at a time. Scaling and the placement preferences do not.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from llmos.errors import Conflict, LLMOSError, NotFound
+from llmos.registry import LocalRegistry
+from llmos.store import Deployment, Store
+
+log = logging.getLogger(__name__)
+
+
+def holder(deployment: Deployment) -> str:
+    return f"deployment {deployment.name!r} (project {deployment.project})"
+
+
+def pin(store: Store, registry: LocalRegistry, deployment: Deployment, *,
+        resolve: bool = False) -> Deployment:
+    """Pin the deployment's version; ``resolve`` looks its reference up again (a new
+    deploy), moving the pin if it now names another version."""
+    pinned = deployment.model_version
+    if pinned and not resolve:
+        return deployment
+    project = deployment.project
+    try:
+        version = registry.get(deployment.model_ref, project=project)
+    except LLMOSError as exc:
+        if pinned:  # the reference no longer resolves: keep serving what is pinned
+            log.warning("%s: %s; it keeps %s", holder(deployment), exc.message, pinned)
+            return deployment
+        raise
+    registry.pins.pin(version, holder(deployment))  # (again, if it was lost)
+    if version.ref == pinned:
+        return deployment
+    store.set_model_version(deployment.name, version.ref, project=project)
+    deployment.model_version = version.ref
+    if pinned:
+        try:
+            registry.pins.unpin(registry.get(pinned, project=project), holder(deployment))
+        except NotFound:
+            pass
+    log.info("%s now serves %s", holder(deployment), version.ref)
+    return deployment
+
+
+def deploy(store: Store, registry: LocalRegistry, name: str, model_ref: str, *,
+           project: str = "default") -> Deployment:
+    """Create (or point again) the deployment ``name`` at ``model_ref``, pinned."""
+    existing = store.get_deployment(name, project)
+    if existing is None:
+        existing = store.upsert_deployment(name, model_ref, project=project)
+    elif existing.model_ref != model_ref:  # its version stays pinned until the new one is
+        existing = store.upsert_deployment(
+            name, model_ref, project=project, engine=existing.engine,
+            engine_settings=existing.engine_settings, replicas=existing.replicas)
+    return pin(store, registry, existing, resolve=True)
+
+
+class DeploymentNotFound(NotFound):
+    code = "deployment_not_found"
+
+
+REPLACING = ("engine_settings", "resources", "node_selector")
+"""Fields whose change needs new replicas (besides the model version)."""
+FIELDS = ("replicas", "engine_settings", "resources", "node_selector", "strategy",
+          "anti_affinity", "priority")
+
+
+def get(store: Store, name: str, project: str = "default") -> Deployment:
+    deployment = store.get_deployment(name, project)
+    if deployment is None:
+        known = ", ".join(d.name for d in store.list_deployments(project)) or "none"
+        raise DeploymentNotFound(f"no deployment {name!r} in project {project!r}; "
+                                 f"deployments: {known}")
+    return deployment
+
+
+def create(store: Store, registry: LocalRegistry, name: str, model_ref: str, *,
+           project: str = "default", **fields: Any) -> Deployment:
+    """A new deployment of ``model_ref``, its version resolved and pinned."""
+    if store.get_deployment(name, project) is not None:
+        raise Conflict(f"deployment {name!r} already exists in project {project!r}; change "
+                       "it with PATCH /api/deployments/{name} (llmos deployments update)")
+    version = registry.get(model_ref, project=project)  # fails before anything is written
+    store.upsert_deployment(name, model_ref, project=project,
+                            engine_settings=fields.pop("engine_settings", None),
+                            replicas=fields.pop("replicas", 1))
+    row = store.update_deployment(name, project, **fields)
+    assert row is not None
+    try:
+        return pin(store, registry, row, resolve=True)
+    except LLMOSError:
+        store.delete_deployment(name, project)
+        raise
+    finally:
+        log.info("deployment %r (project %s) created: %s", name, project, version.ref,
+                 extra={"event": "deployment.created"})
+
+
+def update(store: Store, registry: LocalRegistry, name: str, *, project: str = "default",
+           model_ref: str | None = None, **changes: Any) -> Deployment:
+    """Change a deployment; a change its replicas must be replaced for bumps its
+    generation (the controller then rolls them one at a time)."""
+    deployment = get(store, name, project)
+    unknown = set(changes) - set(FIELDS)
+    if unknown:
+        raise ValueError(f"not a deployment field: {', '.join(sorted(unknown))}")
+    changed = {k: v for k, v in changes.items() if v is not None
+               and getattr(deployment, k) != v}
+    replace = any(k in REPLACING for k in changed)
+    if model_ref is not None and model_ref != deployment.model_ref:
+        version = registry.get(model_ref, project=project)
+        changed["model_ref"] = model_ref
+        replace = replace or version.ref != deployment.model_version
+    if not changed:
+        return deployment
+    if replace:
+        changed["generation"] = deployment.generation + 1
+    row = store.update_deployment(name, project, **changed)
+    assert row is not None
+    if "model_ref" in changed:
+        row = pin(store, registry, row, resolve=True)
+    log.info("deployment %r (project %s) changed: %s", name, project,
+             ", ".join(sorted(changed)), extra={"event": "deployment.updated"})
+    return row
+
+
+def delete(store: Store, registry: LocalRegistry, name: str, *,
+           project: str = "default") -> None:
+    """Remove it (the controller stops its replicas) and unpin its version."""
+    deployment = get(store, name, project)
+    store.delete_deployment(name, project)
+    if deployment.model_version:
+        try:
+            registry.pins.unpin(registry.get(deployment.model_version, project=project),
+                                holder(deployment))
+        except NotFound:
+            pass
+    log.info("deployment %r (project %s) deleted", name, project,
+             extra={"event": "deployment.deleted"})

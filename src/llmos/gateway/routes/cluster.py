@@ -1,0 +1,376 @@
+"""Management API of the cluster: deployments, nodes, events.
+
+Every change goes to the store (desired state) and wakes the active controller over
+the bus; the controller places, rolls and heals. What runs where is read back from
+the store, where the controller records it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Path, Query, Response
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from llmos import deployments as ops
+from llmos.bus import names
+from llmos.errors import BusError, NotFound
+from llmos.gateway.deps import StateDep
+from llmos.gateway.schemas import ErrorResponse
+from llmos.gateway.state import GatewayState
+from llmos.registry.local import PROJECT_PATTERN
+from llmos.registry.refs import REF_PATTERN
+from llmos.settings import EngineSettings
+from llmos.store import Deployment, Store
+from llmos.store.tables import Event, Node, Replica
+
+router = APIRouter(tags=["cluster"])
+
+DEPLOYMENT_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,62}$"
+NODE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+LABEL_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$"
+
+ProjectQuery = Annotated[str, Query(description="the project the deployment belongs to",
+                                    pattern=PROJECT_PATTERN)]
+DeploymentPath = Annotated[str, Path(pattern=DEPLOYMENT_PATTERN,
+                                     description="the deployment (its OpenAI model id)")]
+NodePath = Annotated[str, Path(pattern=NODE_PATTERN)]
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorResponse, "description": "no such deployment, node or model"},
+    409: {"model": ErrorResponse, "description": "the deployment already exists"}}
+
+
+class ResourcesIn(BaseModel):
+    """What one replica needs; what is left out is estimated from the model and its
+    engine settings (memory) or taken from them (CPU: the engine's threads)."""
+
+    model_config = ConfigDict(extra="forbid")
+    cpu: float | None = Field(None, gt=0, le=1024)
+    memory: int | None = Field(None, ge=1 << 20, description="bytes")
+    gpus: int | None = Field(None, ge=0, le=64)
+
+    def stored(self) -> dict[str, Any]:
+        return {k: v for k, v in self.model_dump().items() if v is not None}
+
+
+def _check_settings(value: dict[str, Any] | None) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    unknown = set(value) - set(EngineSettings.model_fields)
+    if unknown:
+        known = ", ".join(sorted(EngineSettings.model_fields))
+        raise ValueError(f"unknown engine settings: {', '.join(sorted(unknown))}; "
+                         f"known: {known}")
+    EngineSettings.model_validate(value)
+    return value
+
+
+def _check_selector(value: dict[str, str] | None) -> dict[str, str] | None:
+    import re
+
+    for key, label in (value or {}).items():
+        if not re.match(LABEL_PATTERN, key) or not re.match(LABEL_PATTERN, label):
+            raise ValueError(f"not a label: {key[:64]}={label[:64]}")
+    return value
+
+
+class DeploymentSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    replicas: int | None = Field(None, ge=0, le=1000)
+    settings: dict[str, Any] | None = Field(
+        None, description="engine settings over the server's defaults (slots, ctx_size, "
+        "threads, ...)")
+    resources: ResourcesIn | None = None
+    node_selector: dict[str, str] | None = Field(
+        None, description="labels a node must have", max_length=16)
+    strategy: Literal["spread", "binpack"] | None = None
+    anti_affinity: bool | None = Field(None, description="at most one replica per node")
+    priority: int | None = Field(None, ge=0, le=100, description="higher wins scarce room")
+
+    _settings = field_validator("settings")(_check_settings)
+    _selector = field_validator("node_selector")(_check_selector)
+
+    def fields(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, stored in (("replicas", "replicas"), ("settings", "engine_settings"),
+                            ("node_selector", "node_selector"), ("strategy", "strategy"),
+                            ("anti_affinity", "anti_affinity"), ("priority", "priority")):
+            value = getattr(self, key)
+            if value is not None:
+                out[stored] = value
+        if self.resources is not None:
+            out["resources"] = self.resources.stored()
+        return out
+
+
+class NewDeployment(DeploymentSpec):
+    name: str = Field(pattern=DEPLOYMENT_PATTERN, description="also its OpenAI model id")
+    model: str = Field(pattern=REF_PATTERN, description="name, name:tag or name@N; resolved "
+                       "now to a version, which the deployment keeps until changed")
+
+
+class DeploymentChange(DeploymentSpec):
+    model: str | None = Field(None, pattern=REF_PATTERN, description="move to the version "
+                              "this names now (rolled one replica at a time)")
+
+
+class ReplicaPublic(BaseModel):
+    id: str
+    deployment: str
+    node: str
+    state: str
+    generation: int
+    model_version: str
+    reserved: dict[str, Any]
+    rss: int
+    restarts: int
+    message: str | None
+
+
+class EventPublic(BaseModel):
+    at: float
+    kind: str
+    deployment: str | None
+    node: str | None
+    replica: str | None
+    message: str
+
+
+class DeploymentPublic(BaseModel):
+    name: str
+    project: str
+    model: str
+    model_version: str | None
+    replicas: int
+    ready: int
+    generation: int
+    settings: dict[str, Any]
+    resources: dict[str, Any]
+    node_selector: dict[str, str]
+    strategy: str
+    anti_affinity: bool
+    priority: int
+    message: str | None
+    """Why it is not fully placed, when it is not."""
+    placed: list[ReplicaPublic] | None = None
+    events: list[EventPublic] | None = None
+
+
+class DeploymentList(BaseModel):
+    data: list[DeploymentPublic]
+
+
+class NodePublic(BaseModel):
+    name: str
+    state: str
+    cordoned: bool
+    labels: dict[str, str]
+    capacity: dict[str, Any]
+    last_seen: float
+    replicas: list[ReplicaPublic] | None = None
+    events: list[EventPublic] | None = None
+
+
+class NodeList(BaseModel):
+    data: list[NodePublic]
+
+
+class EventList(BaseModel):
+    data: list[EventPublic]
+
+
+def _replica(r: Replica) -> ReplicaPublic:
+    return ReplicaPublic(id=r.id, deployment=r.deployment, node=r.node, state=r.state,
+                         generation=r.generation, model_version=r.model_version,
+                         reserved=dict(r.reserved or {}), rss=r.rss, restarts=r.restarts,
+                         message=r.message)
+
+
+def _event(e: Event) -> EventPublic:
+    return EventPublic(at=e.at, kind=e.kind, deployment=e.deployment, node=e.node,
+                       replica=e.replica, message=e.message)
+
+
+def _deployment(d: Deployment, replicas: list[Replica], *, detail: bool = False,
+                events: list[Event] | None = None) -> DeploymentPublic:
+    mine = [r for r in replicas if r.deployment == d.name and r.project == d.project]
+    return DeploymentPublic(
+        name=d.name, project=d.project, model=d.model_ref, model_version=d.model_version,
+        replicas=d.replicas, ready=sum(r.state == "ready" for r in mine),
+        generation=d.generation, settings=dict(d.engine_settings or {}),
+        resources=dict(d.resources or {}), node_selector=dict(d.node_selector or {}),
+        strategy=d.strategy, anti_affinity=d.anti_affinity, priority=d.priority,
+        message=d.message, placed=[_replica(r) for r in mine] if detail else None,
+        events=[_event(e) for e in events] if events is not None else None)
+
+
+def _node(n: Node, state: GatewayState, *, replicas: list[Replica] | None = None,
+          events: list[Event] | None = None) -> NodePublic:
+    alive = n.last_seen and n.state != "lost"
+    return NodePublic(
+        name=n.name, state=n.state if alive else "lost", cordoned=n.cordoned,
+        labels=dict(n.labels or {}), capacity=dict(n.capacity or {}),
+        last_seen=n.last_seen,
+        replicas=[_replica(r) for r in replicas] if replicas is not None else None,
+        events=[_event(e) for e in events] if events is not None else None)
+
+
+def _store(state: GatewayState) -> Store:
+    return state.catalog.store
+
+
+async def _changed(state: GatewayState) -> None:
+    """Wake the active controller (it also looks every second by itself)."""
+    try:
+        await state.dispatcher.bus.broadcast(names.CHANGED_TOPIC, b"{}", ttl_s=5)
+    except BusError:
+        pass
+    state.catalog.invalidate()
+
+
+# -- deployments -------------------------------------------------------------------------
+
+
+@router.get("/api/deployments", response_model=DeploymentList, responses=_ERRORS)
+async def list_deployments(state: StateDep, project: ProjectQuery = "default"
+                           ) -> DeploymentList:
+    """Every deployment of the project, with how many replicas it asks for and has ready."""
+    store = _store(state)
+    rows = await asyncio.to_thread(store.list_deployments, project)
+    replicas = await asyncio.to_thread(store.replicas.list, project=project)
+    return DeploymentList(data=[_deployment(d, replicas) for d in rows])
+
+
+@router.post("/api/deployments", response_model=DeploymentPublic, status_code=201,
+             responses=_ERRORS)
+async def create_deployment(body: NewDeployment, state: StateDep,
+                            project: ProjectQuery = "default") -> DeploymentPublic:
+    """Deploy a model: its reference is resolved now to a version, pinned while it runs;
+    the controller places its replicas."""
+    store = _store(state)
+    row = await asyncio.to_thread(ops.create, store, state.registry, body.name, body.model,
+                                  project=project, **body.fields())
+    await _changed(state)
+    return _deployment(row, [], detail=True)
+
+
+@router.get("/api/deployments/{name}", response_model=DeploymentPublic, responses=_ERRORS)
+async def show_deployment(name: DeploymentPath, state: StateDep,
+                          project: ProjectQuery = "default",
+                          events: Annotated[int, Query(ge=0, le=1000,
+                                                       description="last events")] = 20
+                          ) -> DeploymentPublic:
+    """A deployment with its replicas (node, state) and its last events."""
+    store = _store(state)
+    row = await asyncio.to_thread(ops.get, store, name, project)
+    replicas = await asyncio.to_thread(store.replicas.list, deployment=name, project=project)
+    last = await asyncio.to_thread(store.events.list, deployment=name, project=project,
+                                   limit=events)
+    return _deployment(row, replicas, detail=True, events=last)
+
+
+@router.patch("/api/deployments/{name}", response_model=DeploymentPublic, responses=_ERRORS)
+async def update_deployment(name: DeploymentPath, body: DeploymentChange, state: StateDep,
+                            project: ProjectQuery = "default") -> DeploymentPublic:
+    """Scale it, or change its version, settings or resources: a change its replicas must
+    be replaced for rolls them one at a time (a new one ready before an old one drains)."""
+    store = _store(state)
+    row = await asyncio.to_thread(ops.update, store, state.registry, name, project=project,
+                                  model_ref=body.model, **body.fields())
+    await _changed(state)
+    replicas = await asyncio.to_thread(store.replicas.list, deployment=name, project=project)
+    return _deployment(row, replicas, detail=True)
+
+
+@router.delete("/api/deployments/{name}", status_code=204, responses=_ERRORS,
+               response_class=Response)
+async def delete_deployment(name: DeploymentPath, state: StateDep,
+                            project: ProjectQuery = "default") -> Response:
+    """Remove it: its replicas drain and stop, its version is unpinned."""
+    await asyncio.to_thread(ops.delete, _store(state), state.registry, name, project=project)
+    await _changed(state)
+    return Response(status_code=204)
+
+
+# -- nodes -------------------------------------------------------------------------------
+
+
+class NodeNotFound(NotFound):
+    code = "node_not_found"
+
+
+async def _get_node(store: Store, name: str) -> Node:
+    node = await asyncio.to_thread(store.nodes.get, name)
+    if node is None:
+        known = ", ".join(n.name for n in await asyncio.to_thread(store.nodes.list))
+        raise NodeNotFound(f"no node {name!r}; nodes: {known or 'none'}")
+    return node
+
+
+@router.get("/api/nodes", response_model=NodeList, responses=_ERRORS)
+async def list_nodes(state: StateDep) -> NodeList:
+    """Every node an agent registered, with its state and capacity."""
+    rows = await asyncio.to_thread(_store(state).nodes.list)
+    return NodeList(data=[_node(n, state) for n in rows])
+
+
+@router.get("/api/nodes/{name}", response_model=NodePublic, responses=_ERRORS)
+async def show_node(name: NodePath, state: StateDep) -> NodePublic:
+    """A node with the replicas placed on it and its last events."""
+    store = _store(state)
+    node = await _get_node(store, name)
+    replicas = await asyncio.to_thread(store.replicas.list, node=name)
+    events = await asyncio.to_thread(store.events.list, node=name, limit=20)
+    return _node(node, state, replicas=replicas, events=events)
+
+
+async def _set_node(gateway: GatewayState, name: str, action: str, **changes: Any
+                    ) -> NodePublic:
+    store = _store(gateway)
+    await _get_node(store, name)
+    node = await asyncio.to_thread(store.nodes.update, name, **changes)
+    assert node is not None
+    await asyncio.to_thread(store.events.add, [Event(
+        at=time.time(), kind=action, project="default", node=name,
+        message=f"node {name} {action}ed" if action != "drain" else f"node {name} draining: "
+        "its replicas move elsewhere one at a time")])
+    await _changed(gateway)
+    return _node(node, gateway)
+
+
+@router.post("/api/nodes/{name}/cordon", response_model=NodePublic, responses=_ERRORS)
+async def cordon_node(name: NodePath, state: StateDep) -> NodePublic:
+    """No new replicas go to the node; those on it stay."""
+    return await _set_node(state, name, "cordon", cordoned=True)
+
+
+@router.post("/api/nodes/{name}/uncordon", response_model=NodePublic, responses=_ERRORS)
+async def uncordon_node(name: NodePath, state: StateDep) -> NodePublic:
+    """The node takes new replicas again (and stops draining)."""
+    return await _set_node(state, name, "uncordon", cordoned=False, state="ready")
+
+
+@router.post("/api/nodes/{name}/drain", response_model=NodePublic, responses=_ERRORS)
+async def drain_node(name: NodePath, state: StateDep) -> NodePublic:
+    """Cordon the node and move its replicas elsewhere, one at a time: each is replaced
+    by a ready one on another node before it drains."""
+    return await _set_node(state, name, "drain", cordoned=True, state="draining")
+
+
+# -- events ------------------------------------------------------------------------------
+
+
+@router.get("/api/events", response_model=EventList, responses=_ERRORS)
+async def list_events(state: StateDep, project: ProjectQuery = "default",
+                      deployment: Annotated[str | None, Query(pattern=DEPLOYMENT_PATTERN)
+                                            ] = None,
+                      node: Annotated[str | None, Query(pattern=NODE_PATTERN)] = None,
+                      limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> EventList:
+    """What changed and what was decided, with reasons, oldest first (both filters:
+    the events of that deployment on that node)."""
+    rows = await asyncio.to_thread(_store(state).events.list, deployment=deployment,
+                                   node=node, project=None if node else project, limit=limit)
+    return EventList(data=[_event(e) for e in rows])

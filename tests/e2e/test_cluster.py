@@ -1,0 +1,295 @@
+"""A cluster of real processes on this machine: RabbitMQ and PostgreSQL, two
+``llmos control`` and three ``llmos agent`` (1 CPU, 3 GiB each), workers with one
+thread and ``poll`` 0 on these two cores."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from openai import OpenAI
+
+from tests.conftest import free_port, require_service, stop_process, wait_until
+from tests.postgres import postgres_database
+
+pytestmark = pytest.mark.e2e
+
+AMQP = "amqp://guest:guest@127.0.0.1:5672/"
+SMALL = {"slots": 2, "ctx_size": 512, "threads": 1, "cache_ram_mib": 0, "poll": 0}
+NODES = ("node-a", "node-b", "node-c")
+ENV = {"LLMOS_ENGINE__THREADS": "1", "LLMOS_ENGINE__POLL": "0",
+       "LLMOS_LOG_LEVEL": "INFO"}
+
+
+@dataclass
+class Cluster:
+    root: Path
+    db: str
+    bus: str
+    controls: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    agents: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    prefix: str = field(default_factory=lambda: f"c{uuid.uuid4().hex[:4]}")
+
+    def spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
+        home = self.root / name
+        home.mkdir(parents=True, exist_ok=True)
+        with (home / "out.log").open("ab") as out:
+            return subprocess.Popen([sys.executable, "-m", "llmos", *args, "--home", str(home)],
+                                    env=os.environ | ENV, stdout=out,
+                                    stderr=subprocess.STDOUT)
+
+    def start_control(self, name: str) -> str:
+        port = free_port()
+        self.controls[f"http://127.0.0.1:{port}"] = self.spawn(
+            name, ["control", "--bus", self.bus, "--db", self.db, "--port", str(port)])
+        url = f"http://127.0.0.1:{port}"
+        wait_until(lambda: _ok(f"{url}/healthz"), 120, what=f"{name} answering")
+        return url
+
+    def start_agent(self, node: str) -> None:
+        self.agents[node] = self.spawn(node, [
+            "agent", "--bus", self.bus, "--name", node, "--cpus", "1", "--memory", "3GiB",
+            "--labels", f"zone={'a' if node == 'node-a' else 'b'}"])
+
+    def name(self, base: str) -> str:
+        return f"{self.prefix}-{base}"
+
+    def log(self, name: str) -> str:
+        return (self.root / name / "out.log").read_text(errors="replace")[-4000:]
+
+
+def _ok(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@contextmanager
+def rabbitmq_vhost() -> Iterator[str]:
+    """A virtual host of its own, so that no other test's nodes share the cluster's
+    topics (falls back to / where rabbitmqctl cannot be run)."""
+    ctl = shutil.which("rabbitmqctl")
+    vhost = f"llmos-{uuid.uuid4().hex[:8]}"
+
+    def run(*args: str) -> bool:
+        return ctl is not None and subprocess.run(
+            [ctl, *args], capture_output=True, timeout=60).returncode == 0
+
+    if not (run("add_vhost", vhost) and run("set_permissions", "-p", vhost, "guest",
+                                             ".*", ".*", ".*")):
+        yield AMQP
+        return
+    try:
+        yield f"{AMQP}{vhost}"
+    finally:
+        run("delete_vhost", vhost)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    require_service("RabbitMQ", "127.0.0.1", 5672)
+    with postgres_database() as db, rabbitmq_vhost() as bus:
+        c = Cluster(tmp_path_factory.mktemp("cluster"), db, bus)
+        try:
+            c.start_control("control-1")
+            c.start_control("control-2")
+            for node in NODES:
+                c.start_agent(node)
+            url = next(iter(c.controls))
+            wait_until(lambda: len([n for n in api(url, "GET", "/api/nodes").json()["data"]
+                                    if n["state"] == "ready"]) == 3, 60,
+                       what="three nodes ready")
+            yield c
+        finally:
+            for process in [*c.agents.values(), *c.controls.values()]:
+                stop_process(process, timeout=40)
+
+
+def api(url: str, method: str, path: str, **kw: Any) -> httpx.Response:
+    return httpx.request(method, f"{url}{path}", timeout=30, **kw)
+
+
+def control(cluster: Cluster) -> str:
+    """A control plane that is up (either: they serve the same API)."""
+    return next(url for url, p in cluster.controls.items() if p.poll() is None)
+
+
+def placed(cluster: Cluster, name: str) -> list[dict[str, Any]]:
+    response = api(control(cluster), "GET", f"/api/deployments/{name}")
+    assert response.status_code == 200, response.text
+    replicas: list[dict[str, Any]] = response.json()["placed"]
+    return replicas
+
+
+def wait_ready(cluster: Cluster, name: str, count: int, timeout_s: float = 180,
+               generation: int | None = None) -> list[dict[str, Any]]:
+    def check() -> list[dict[str, Any]] | None:
+        replicas = placed(cluster, name)
+        good = [r for r in replicas if r["state"] == "ready"
+                and (generation is None or r["generation"] == generation)]
+        return good if len(good) == count == len(replicas) else None
+    result = wait_until(check, timeout_s, 0.25, what=f"{count} ready replicas of {name}")
+    assert isinstance(result, list)
+    return result
+
+
+def ask(url: str, model: str) -> str:
+    client = OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=120)
+    answer = client.completions.create(model=model, prompt="One, two,", max_tokens=2,
+                                       temperature=0)
+    return answer.choices[0].text
+
+
+def test_spread_places_one_replica_per_node(cluster: Cluster) -> None:
+    name = cluster.name("chat")
+    made = api(control(cluster), "POST", "/api/deployments", json={
+        "name": name, "model": "gemma-3-270m", "replicas": 3, "settings": SMALL})
+    assert made.status_code == 201, made.text
+    replicas = wait_ready(cluster, name, 3)
+    assert sorted(r["node"] for r in replicas) == list(NODES)
+    # a second deployment of the same model with other settings, by another control plane
+    other = cluster.name("tiny")
+    urls = list(cluster.controls)
+    assert api(urls[1], "POST", "/api/deployments", json={
+        "name": other, "model": "gemma-3-270m", "replicas": 1,
+        "settings": {**SMALL, "slots": 1}, "node_selector": {"zone": "b"}}).status_code == 201
+    (tiny,) = wait_ready(cluster, other, 1)
+    assert tiny["node"] in ("node-b", "node-c")
+    assert ask(urls[0], name) and ask(urls[1], other)
+
+
+def test_a_deployment_that_cannot_fit_reads_its_reasons(cluster: Cluster) -> None:
+    name = cluster.name("huge")
+    assert api(control(cluster), "POST", "/api/deployments", json={
+        "name": name, "model": "gemma-3-270m", "settings": SMALL,
+        "resources": {"memory": 5 * 2**30}}).status_code == 201
+    message = wait_until(lambda: api(control(cluster), "GET", f"/api/deployments/{name}")
+                         .json()["message"], 30, what="a reason")
+    assert "0/3 nodes fit: 3 insufficient memory" in str(message)
+    assert "needs 5.0 GiB memory" in str(message)
+    api(control(cluster), "DELETE", f"/api/deployments/{name}")
+
+
+def test_kill_9_of_an_agent_under_load_loses_no_request(cluster: Cluster) -> None:
+    name = cluster.name("chat")
+    before = wait_ready(cluster, name, 3)
+    victim = "node-a"
+    url = control(cluster)
+    killed_at: list[float] = []
+
+    def one(i: int) -> str:
+        if i == 30:
+            cluster.agents[victim].send_signal(signal.SIGKILL)
+            killed_at.append(time.monotonic())
+        return ask(url, name)
+
+    with ThreadPoolExecutor(100) as pool:
+        answers = list(pool.map(one, range(100)))
+    assert len(answers) == 100 and all(isinstance(a, str) for a in answers)
+    # its replica runs elsewhere
+    after = wait_ready(cluster, name, 3, timeout_s=60)
+    assert victim not in {r["node"] for r in after}
+    assert {r["id"] for r in before} - {r["id"] for r in after}
+    healed_in = time.monotonic() - killed_at[0]
+    print(f"healed {healed_in:.1f} s after kill -9")
+    events = api(url, "GET", "/api/events", params={"deployment": name}).json()["data"]
+    assert any(e["kind"] == "lost" for e in events)
+    assert any(e["kind"] == "rescheduled" for e in events)
+    # the node comes back: it is told to run nothing it ran before
+    cluster.agents[victim].wait(10)
+    cluster.start_agent(victim)
+    wait_until(lambda: next(n for n in api(url, "GET", "/api/nodes").json()["data"]
+                            if n["name"] == victim)["state"] == "ready", 60,
+               what="node-a back")
+
+
+def test_a_rolling_settings_change_under_load_fails_no_request(cluster: Cluster) -> None:
+    name = cluster.name("chat")
+    wait_ready(cluster, name, 3)
+    url = control(cluster)
+    failures: list[str] = []
+    answered = [0]
+    stop = threading.Event()
+
+    def load() -> None:
+        while not stop.is_set():
+            try:
+                ask(url, name)
+                answered[0] += 1
+            except Exception as exc:
+                failures.append(repr(exc))
+
+    threads = [threading.Thread(target=load) for _ in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        changed = api(url, "PATCH", f"/api/deployments/{name}",
+                      json={"settings": {**SMALL, "slots": 3}})
+        assert changed.status_code == 200 and changed.json()["generation"] == 2
+        wait_ready(cluster, name, 3, timeout_s=240, generation=2)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(120)
+    assert failures == [] and answered[0] > 0
+
+
+def test_drain_and_cordon_move_replicas_off_a_node(cluster: Cluster) -> None:
+    name = cluster.name("chat")
+    url = control(cluster)
+    replicas = wait_ready(cluster, name, 3)
+    node = replicas[0]["node"]
+    assert api(url, "POST", f"/api/nodes/{node}/drain").status_code == 200
+    try:
+        after = wait_until(lambda: (lambda rs: rs if len(rs) == 3 and node not in
+                                    {r["node"] for r in rs} else None)(
+            wait_ready(cluster, name, 3)), 180, 1.0, what=f"replicas off {node}")
+        assert after
+    finally:
+        assert api(url, "POST", f"/api/nodes/{node}/uncordon").status_code == 200
+
+
+def test_the_active_controller_dies_and_another_takes_over(cluster: Cluster) -> None:
+    import psycopg
+
+    name = cluster.name("chat")
+    with psycopg.connect(cluster.db) as db:
+        holder, term = db.execute(
+            "select holder, term from leases where name = 'controller'").fetchone()
+    # the holder names its process ("controller HOST pid PID ..."): kill that one
+    pid = int(holder.split(" pid ")[1].split()[0])
+    active = next(url for url, p in cluster.controls.items() if p.pid == pid)
+    cluster.controls[active].send_signal(signal.SIGKILL)
+    cluster.controls[active].wait(10)
+    killed = time.monotonic()
+
+    def new_term() -> Any:
+        with psycopg.connect(cluster.db) as db:
+            row = db.execute("select holder, term from leases where name = 'controller'"
+                             ).fetchone()
+        return row if row and row[1] > term else None
+
+    holder2, _ = wait_until(new_term, 30, 0.2, what="another controller")  # type: ignore[misc]
+    took_over = time.monotonic() - killed
+    assert holder2 != holder and took_over <= 10, took_over
+    # and it acts: a scale-down through the surviving control plane is carried out
+    url = control(cluster)
+    assert api(url, "PATCH", f"/api/deployments/{name}", json={"replicas": 2}
+               ).status_code == 200
+    wait_ready(cluster, name, 2, timeout_s=60)
+    assert ask(url, name)
