@@ -218,6 +218,49 @@ def test_kill_9_of_an_agent_under_load_loses_no_request(cluster: Cluster) -> Non
                what="node-a back")
 
 
+def test_rebalance_moves_a_replica_to_the_node_that_came_back(cluster: Cluster) -> None:
+    name = cluster.name("chat")
+    url = control(cluster)
+    before = wait_ready(cluster, name, 3)
+    assert "node-a" not in {r["node"] for r in before}  # nothing moves by itself
+    done = api(url, "POST", "/api/rebalance", params={"deployment": name})
+    assert done.status_code == 202 and done.json()["deployments"] == [name]
+
+    def spread_again() -> list[dict[str, Any]] | None:
+        rs = placed(cluster, name)
+        nodes = sorted(r["node"] for r in rs)
+        ok = nodes == list(NODES) and all(r["state"] == "ready" for r in rs)
+        return rs if ok else None
+
+    wait_until(spread_again, 120, 0.5, what="one replica per node again")
+    kinds = [e["kind"] for e in api(url, "GET", "/api/events",
+                                    params={"deployment": name}).json()["data"]]
+    assert "rebalancing" in kinds
+    wait_until(lambda: "rebalanced" in [e["kind"] for e in api(
+        url, "GET", "/api/events", params={"deployment": name}).json()["data"]], 30,
+        what="the rebalance to end")
+
+
+def test_a_crashed_worker_is_restarted(cluster: Cluster) -> None:
+    import psutil
+
+    name = cluster.name("chat")
+    replica = wait_ready(cluster, name, 3)[0]
+    agent = psutil.Process(cluster.agents[replica["node"]].pid)
+    (worker,) = [p for p in agent.children() if replica["id"] in " ".join(p.cmdline())]
+    worker.kill()
+    url = control(cluster)
+
+    def restarted() -> bool:
+        rs = {r["id"]: r for r in placed(cluster, name)}
+        r = rs.get(replica["id"])
+        return bool(r and r["restarts"] >= 1 and r["state"] == "ready")
+
+    wait_until(restarted, 60, 0.5, what="the worker restarted, ready")
+    events = api(url, "GET", "/api/events", params={"deployment": name}).json()["data"]
+    assert any(e["kind"] == "restarted" and e["replica"] == replica["id"] for e in events)
+
+
 def test_a_rolling_settings_change_under_load_fails_no_request(cluster: Cluster) -> None:
     name = cluster.name("chat")
     wait_ready(cluster, name, 3)

@@ -145,6 +145,51 @@ def test_a_settings_change_rolls_replicas_with_no_failed_request(
     api(server, "DELETE", "/api/deployments/rolling")
 
 
+def test_a_new_version_and_a_resize_roll_under_load(server: RunningServer) -> None:
+    v1 = api(server, "GET", "/api/models/gemma-3-270m@1").json()
+    # a version of the same weights under another name (the same content under the
+    # same name would be the same version)
+    v2 = api(server, "POST", "/api/models/gemma-next/versions", json={
+        "files": [{"filename": b["filename"], "digest": b["digest"]} for b in v1["blobs"]],
+        "tag": "next", "derived_from": "gemma-3-270m@1", "relation": "derived"})
+    assert v2.status_code == 201, v2.text
+    api(server, "POST", "/api/deployments", json={
+        "name": "versioned", "model": "gemma-3-270m@1", "replicas": 1, "settings": SMALL})
+    ready(server, "versioned", 1)
+    failures: list[str] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        while not stop.is_set():
+            try:
+                ask(server, "versioned")
+            except Exception as exc:
+                failures.append(repr(exc))
+
+    threads = [threading.Thread(target=load) for _ in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        moved = api(server, "PATCH", "/api/deployments/versioned",
+                    json={"model": "gemma-next:next"})
+        assert moved.status_code == 200 and moved.json()["generation"] == 2
+        assert moved.json()["model_version"] == v2.json()["ref"]
+        ready(server, "versioned", 1, generation=2)
+        placed = deployment(server, "versioned")["placed"]
+        assert placed[0]["model_version"] == v2.json()["ref"]
+        resized = api(server, "PATCH", "/api/deployments/versioned",
+                      json={"resources": {"memory": 700 * 2**20, "cpu": 0.5}})
+        assert resized.json()["generation"] == 3
+        ready(server, "versioned", 1, generation=3)
+        assert deployment(server, "versioned")["placed"][0]["reserved"]["memory"] >= 700 * 2**20
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(60)
+    assert failures == []
+    api(server, "DELETE", "/api/deployments/versioned")
+
+
 def test_the_cli_deploys_lists_and_shows(server: RunningServer, tmp_path: Path) -> None:
     url = ["--url", server.url]
     made = llmos("deploy", "cli-made", "gemma-3-270m", "--replicas", "0", "--set", "slots=2",

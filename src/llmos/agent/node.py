@@ -40,6 +40,8 @@ class NodeAgent:
         self._subscription: Subscription | None = None
         self._beating: asyncio.Task[None] | None = None
         self._stopping: dict[str, asyncio.Task[None]] = {}
+        self._report: asyncio.Task[None] | None = None
+        runner.on_change = self._report_soon
 
     async def start(self) -> None:
         self._subscription = await self.bus.subscribe(names.ASSIGNMENT_TOPIC,
@@ -71,6 +73,11 @@ class NodeAgent:
                                      ttl_s=2 * self.interval_s)
         except BusError as exc:  # the next one may get through
             log.warning("node status not sent: %s", exc.message)
+
+    def _report_soon(self) -> None:
+        """A replica changed state: say so now, not at the next heartbeat."""
+        if self._report is None or self._report.done():
+            self._report = asyncio.get_running_loop().create_task(self.send_status())
 
     async def _beat(self) -> None:
         while True:

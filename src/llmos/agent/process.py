@@ -33,7 +33,7 @@ from pathlib import Path
 
 import psutil
 
-from llmos.agent.runner import DRAIN_S
+from llmos.agent.runner import DRAIN_S, Notify
 from llmos.bus import Bus, Subscription, TopicMessage, names
 from llmos.bus.messages import (
     Heartbeat,
@@ -78,6 +78,7 @@ class ProcessRunner:
         self.settings = settings
         self.drain_s = drain_s
         self.worker_interval_s = worker_interval_s
+        self.on_change: Notify | None = None
         self._procs: dict[str, _Proc] = {}
         self._subscription: Subscription | None = None
         self._watchdog: asyncio.Task[None] | None = None
@@ -144,6 +145,8 @@ class ProcessRunner:
         proc.last_beat = time.monotonic()
         if proc.state != "ready":
             proc.state, proc.message = "ready", None
+            if self.on_change is not None:
+                self.on_change()
 
     async def _watch(self) -> None:
         """Replace a worker whose process lives but whose heartbeats stopped."""

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -28,7 +29,13 @@ log = logging.getLogger(__name__)
 DRAIN_S = 30.0
 
 
+Notify = Callable[[], None]
+"""Called when a replica's state changes (the agent then reports at once)."""
+
+
 class Runner(Protocol):
+    on_change: Notify | None
+
     async def start(self, spec: ReplicaSpec) -> None: ...
 
     async def stop(self, replica_id: str) -> None: ...
@@ -79,6 +86,7 @@ class InProcessRunner:
         self.registry = registry
         self.defaults = defaults
         self.drain_s = drain_s
+        self.on_change: Notify | None = None
         self._replicas: dict[str, _Replica] = {}
 
     async def start(self, spec: ReplicaSpec) -> None:
@@ -98,6 +106,7 @@ class InProcessRunner:
             await worker.start()
             replica.worker, replica.state = worker, "ready"
             log.info("replica %s of %s ready", spec.replica_id, spec.deployment)
+            self._changed()
         except asyncio.CancelledError:
             raise
         except (LLMOSError, ValueError, OSError, RuntimeError) as exc:
@@ -105,6 +114,11 @@ class InProcessRunner:
             replica.state, replica.message = "failed", message
             log.error("replica %s of %s failed to start: %s", spec.replica_id,
                       spec.deployment, message)
+            self._changed()
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
 
     async def stop(self, replica_id: str) -> None:
         replica = self._replicas.get(replica_id)

@@ -253,6 +253,19 @@ nodes_app.command("drain", help="Cordon the node and move its replicas elsewhere
                   "a time.")(_node_action("drain", "draining"))
 
 
+def rebalance(deployment: Annotated[str | None, typer.Argument(
+        help="only this deployment (default: every one)")] = None,
+        project: ProjectOption = "default", url: UrlOption = None) -> None:
+    """Move replicas where the scheduler would place them now, one at a time (nothing
+    moves by itself when nodes join)."""
+    params: dict[str, Any] = {"project": project}
+    if deployment:
+        params["deployment"] = deployment
+    result = call_api("POST", server_url(url), "/api/rebalance", params=params)
+    names = ", ".join(result["deployments"]) or "none"
+    out.print(f"rebalancing: {names} (llmos events shows what moves)")
+
+
 def events(deployment: Annotated[str | None, typer.Option(help="only this deployment")] = None,
            node: Annotated[str | None, typer.Option(help="only this node")] = None,
            limit: Annotated[int, typer.Option(min=1, max=1000)] = 50,

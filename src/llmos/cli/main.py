@@ -16,7 +16,7 @@ from rich.console import Console
 
 from llmos import __version__
 from llmos.cli.client import api_error, call_api, err, no_server, server_url
-from llmos.cli.cluster import deploy, deployments_app, events, nodes_app
+from llmos.cli.cluster import deploy, deployments_app, events, nodes_app, rebalance
 from llmos.cli.models import models_app
 from llmos.errors import LLMOSError
 
@@ -285,6 +285,7 @@ app.add_typer(deployments_app, name="deployments")
 app.add_typer(nodes_app, name="nodes")
 app.command("deploy")(deploy)
 app.command("events")(events)
+app.command("rebalance")(rebalance)
 
 
 @workers_app.command("ls")

@@ -27,13 +27,16 @@ class NodeDirectory:
         self._latest: dict[str, Heard] = {}
 
     def observe(self, status: NodeStatus, now: float) -> bool:
-        """Record a status; True when it is news (a new node, or a new epoch)."""
+        """Record a status; True when it is news: a new node, a new epoch, or a replica
+        that changed state."""
         known = self._latest.get(status.node)
         if known is not None and known.status.epoch == status.epoch \
                 and status.sent_at < known.status.sent_at:
             return False  # an older one, arrived late
         self._latest[status.node] = Heard(status, now)
-        return known is None or known.status.epoch != status.epoch
+        return (known is None or known.status.epoch != status.epoch
+                or _states(known.status) != _states(status))
+
 
     def get(self, node: str) -> Heard | None:
         return self._latest.get(node)
@@ -44,3 +47,7 @@ class NodeDirectory:
 
     def all(self) -> list[Heard]:
         return [self._latest[name] for name in sorted(self._latest)]
+
+
+def _states(status: NodeStatus) -> set[tuple[str, str]]:
+    return {(r.replica_id, r.state) for r in status.replicas}

@@ -25,7 +25,7 @@ import os
 import socket
 import time
 import uuid
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from typing import Any
 
@@ -41,7 +41,7 @@ from llmos.scheduler import model as sched
 from llmos.scheduler.plan import plan
 from llmos.settings import EngineSettings
 from llmos.store import Deployment, Store
-from llmos.store.tables import Event, Replica
+from llmos.store.tables import Event, Node, Replica
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +70,8 @@ class Controller:
         self._lost: set[str] = set()
         self._messages: dict[str, str | None] = {}
         self._stored_nodes: dict[str, tuple[str, float]] = {}
+        self._moving: dict[str, str] = {}
+        self._moves: dict[str, int] = {}
 
     # -- running ---------------------------------------------------------------------
 
@@ -150,15 +152,21 @@ class Controller:
         wanted = {d.name: d for d in deployments}
         nodes = store.nodes.list()
         draining = frozenset(n.name for n in nodes if n.state == "draining")
+        avoid: dict[str, frozenset[str]] = {}
         for d in deployments:
-            rollouts[d.name] = rollout(d, by_deployment[d.name], draining)
             try:
                 needs[d.name] = self.estimates.need(d)
             except LLMOSError as exc:
                 self._message(d, f"no resource estimate: {exc.message}", events, now)
                 wanted.pop(d.name)
+                continue
+            moving = self._rebalance(d, by_deployment[d.name], replicas, needs[d.name],
+                                     nodes, draining, now, events)
+            rollouts[d.name] = rollout(d, by_deployment[d.name], draining, moving)
+            avoid[d.name] = frozenset(r.node for r in by_deployment[d.name] if r.id in moving)
         cluster = snapshot(list(wanted.values()), needs, nodes, self.directory,
-                           replicas, rollouts, now=now, failed_since=self._failed_since)
+                           replicas, rollouts, now=now, failed_since=self._failed_since,
+                           avoid=avoid)
         result = plan(cluster)
 
         stopped: dict[str, str] = {}
@@ -220,6 +228,48 @@ class Controller:
                 settings=dict(r.engine_settings or {}), generation=r.generation))
         return [Assignment(node=node, term=term, replicas=specs, issued_at=now)
                 for node, specs in per_node.items()]
+
+    def _rebalance(self, d: Deployment, mine: list[Replica], replicas: list[Replica],
+                   need: sched.Resources, nodes: list[Node], draining: frozenset[str],
+                   now: float, events: list[Event]) -> frozenset[str]:
+        """The replica to move now for a rebalance (one at a time, through the rolling
+        mechanism), or none; a rebalance ends when the replicas are where the scheduler
+        would place them now, or after as many moves as the deployment has replicas."""
+        if not d.rebalance:
+            return frozenset()
+        ids = {r.id for r in mine}
+        moving = self._moving.get(d.name)
+        if moving in ids:
+            return frozenset({moving})  # still being replaced
+        live = [r for r in mine if r.state in LIVE_STATES and r.generation == d.generation
+                and r.node not in draining]
+        if len(live) != d.replicas or any(r.state != "ready" for r in live):
+            return frozenset()  # wait for a steady state
+        others = [r for r in replicas if r.deployment != d.name]
+        alone = snapshot([d], {d.name: need}, nodes, self.directory, others, {}, now=now,
+                         failed_since=self._failed_since)
+        ideal = Counter(p.node for p in plan(alone).placements)
+        current = Counter(r.node for r in live)
+        excess = {node: count - ideal[node] for node, count in current.items()
+                  if count > ideal[node]}
+        moves = self._moves.get(d.name, 0)
+        if not excess or moves >= max(d.replicas, 1) or sum(ideal.values()) < len(live):
+            self.store.update_deployment(d.name, d.project, rebalance=False)
+            self._moves.pop(d.name, None)
+            self._moving.pop(d.name, None)
+            events.append(_event(now, "rebalanced", d.name, None, None,
+                                 f"deployment {d.name} rebalanced: {moves} replica(s) moved",
+                                 d.project))
+            return frozenset()
+        source = max(excess, key=lambda node: (excess[node], node))
+        replica = max((r for r in live if r.node == source), key=lambda r: (r.created_at, r.id))
+        self._moving[d.name] = replica.id
+        self._moves[d.name] = moves + 1
+        events.append(_event(now, "rebalancing", d.name, source, replica.id,
+                             f"moving replica {replica.id} off {source}: the scheduler "
+                             f"would place {ideal[source]} there now, not {current[source]}",
+                             d.project))
+        return frozenset({replica.id})
 
     # -- learning --------------------------------------------------------------------
 

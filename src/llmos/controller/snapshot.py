@@ -37,15 +37,18 @@ class Rollout:
 
 
 def rollout(deployment: Deployment, replicas: Sequence[Replica],
-            draining: frozenset[str] = frozenset()) -> Rollout:
+            draining: frozenset[str] = frozenset(),
+            moving: frozenset[str] = frozenset()) -> Rollout:
     """One replica at a time: start a new one, wait until it is ready, retire an old one.
 
     Old replicas keep serving until a new one is ready to take their place, so the
     deployment never has fewer ready replicas than it asked for (when it had them).
-    A replica on a draining node is replaced the same way.
+    A replica on a draining node, or one being moved (``moving``: a rebalance), is
+    replaced the same way.
     """
     live = [r for r in replicas if r.state in LIVE_STATES]
-    old = [r for r in live if r.generation != deployment.generation or r.node in draining]
+    old = [r for r in live if r.generation != deployment.generation or r.node in draining
+           or r.id in moving]
     if not old:
         return Rollout(None)
     new = [r for r in live if r not in old]
@@ -63,7 +66,8 @@ def rollout(deployment: Deployment, replicas: Sequence[Replica],
 def snapshot(deployments: Sequence[Deployment], needs: Mapping[str, sched.Resources],
              nodes: Sequence[Node], directory: NodeDirectory, replicas: Sequence[Replica],
              rollouts: Mapping[str, Rollout], *, now: float,
-             failed_since: Mapping[str, float]) -> sched.ClusterSnapshot:
+             failed_since: Mapping[str, float],
+             avoid: Mapping[str, frozenset[str]] | None = None) -> sched.ClusterSnapshot:
     """``needs``: what one replica of each deployment needs (by deployment name)."""
     stored = {n.name: n for n in nodes}
     cluster_nodes = []
@@ -87,7 +91,7 @@ def snapshot(deployments: Sequence[Deployment], needs: Mapping[str, sched.Resour
             node_selector=dict(d.node_selector or {}),
             strategy="binpack" if d.strategy == "binpack" else "spread",
             anti_affinity=d.anti_affinity, priority=d.priority, generation=d.generation,
-            max_new=plan.max_new))
+            max_new=plan.max_new, avoid=(avoid or {}).get(d.name, frozenset())))
     retired = {rid for plan in rollouts.values() for rid in plan.retire}
     outdated = {rid for plan in rollouts.values() for rid in plan.outdated}
     cluster_replicas = []

@@ -70,6 +70,21 @@ class Schedulable:
         return "cordoned"
 
 
+class Avoid:
+    name, kind, static = "avoid", "moving off", True
+
+    def mask(self, fit: Fit) -> Bools:
+        ok = np.ones(len(fit.table.nodes), dtype=bool)
+        for name in fit.deployment.avoid:
+            i = fit.table.index.get(name)
+            if i is not None:
+                ok[i] = False
+        return ok
+
+    def why(self, fit: Fit, i: int) -> str:
+        return "a replica is being moved off it"
+
+
 class NodeSelector:
     name, kind, static = "node-selector", "label missing", True
 
@@ -128,7 +143,7 @@ class Enough:
         return f"needs {need:g} {unit}, {free:g} free"
 
 
-FILTERS: tuple[Filter, ...] = (Ready(), Schedulable(), NodeSelector(), AntiAffinity(),
+FILTERS: tuple[Filter, ...] = (Ready(), Schedulable(), Avoid(), NodeSelector(), AntiAffinity(),
                                Enough(1, "memory"), Enough(0, "cpu"), Enough(2, "gpus"))
 """In the order their reasons are given: the first that rejects a node names it."""
 

@@ -67,6 +67,8 @@ class Deployment:
     """Bumped by every change that needs new replicas (version, settings, resources)."""
     max_new: int | None = None
     """At most this many new replicas in one plan (a rolling change places one at a time)."""
+    avoid: frozenset[str] = frozenset()
+    """Nodes its new replicas must not go to (a replica is being moved off them)."""
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,9 @@ class Deployment(Base):
     resources): replicas of an older generation are rolled one at a time."""
     message: Mapped[str | None] = mapped_column(Text, nullable=True)
     """Why it is not fully placed (the scheduler's summary), or None."""
+    rebalance: Mapped[bool] = mapped_column(Boolean, default=False, nullable=False)
+    """Asked to move its replicas where the scheduler would place them now (one at a
+    time); cleared when they are there."""
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now,
                                                  onupdate=_now)

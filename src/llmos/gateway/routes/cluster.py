@@ -295,6 +295,32 @@ async def delete_deployment(name: DeploymentPath, state: StateDep,
     return Response(status_code=204)
 
 
+class Rebalancing(BaseModel):
+    deployments: list[str]
+    """The deployments whose replicas will move (one at a time) where the scheduler
+    would place them now; their events say what moved."""
+
+
+@router.post("/api/rebalance", response_model=Rebalancing, status_code=202, responses=_ERRORS)
+async def rebalance(state: StateDep, project: ProjectQuery = "default",
+                    deployment: Annotated[str | None, Query(
+                        pattern=DEPLOYMENT_PATTERN, description="only this one")] = None
+                    ) -> Rebalancing:
+    """Move replicas where the scheduler would place them now (after nodes joined, say:
+    nothing moves by itself), one at a time: each new replica is ready before the one it
+    replaces drains."""
+    store = _store(state)
+    if deployment is not None:
+        names_ = [(await asyncio.to_thread(ops.get, store, deployment, project)).name]
+    else:
+        names_ = [d.name for d in await asyncio.to_thread(store.list_deployments, project)
+                  if d.replicas > 0]
+    for name in names_:
+        await asyncio.to_thread(store.update_deployment, name, project, rebalance=True)
+    await _changed(state)
+    return Rebalancing(deployments=names_)
+
+
 # -- nodes -------------------------------------------------------------------------------
 
 
