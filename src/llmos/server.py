@@ -138,7 +138,7 @@ def _unpin(registry: LocalRegistry, version: ModelVersion, holder: str) -> None:
 
 
 async def run_worker(settings: Settings, model: str, deployment: str | None = None,
-                     worker_id: str | None = None) -> None:
+                     worker_id: str | None = None, project: str = "default") -> None:
     """``llmos worker``: one replica of ``model`` in this process. SIGTERM drains it (no new
     requests, those in flight finish), then it exits; a second SIGTERM or SIGINT stops
     it at once (requests in flight go back to the queue)."""
@@ -159,8 +159,8 @@ async def run_worker(settings: Settings, model: str, deployment: str | None = No
     await bus.connect()
     registry = open_registry(settings)
     if ref.name == DEFAULT_MODEL_NAME:
-        await asyncio.to_thread(ensure_default_model, registry)
-    version = registry.get(ref)
+        await asyncio.to_thread(ensure_default_model, registry, project=project)
+    version = registry.get(ref, project=project)
     config = engine_config(settings.engine, registry.weights_path(version))
     engine = await asyncio.to_thread(load_engine, "llama.cpp", config)
     worker = Worker(bus, engine, deployment or ref.name, worker_id=worker_id)
@@ -199,7 +199,7 @@ async def run_worker(settings: Settings, model: str, deployment: str | None = No
 
 
 async def run_agent(settings: Settings, *, labels: dict[str, str], cpus: float | None,
-                    memory: int | None) -> None:
+                    memory: int | None, control: str | None = None) -> None:
     """``llmos agent``: this machine as a node of the cluster, its replicas as worker
     processes, until SIGTERM or SIGINT (which drain them)."""
     import signal
@@ -215,7 +215,13 @@ async def run_agent(settings: Settings, *, labels: dict[str, str], cpus: float |
     settings.home.mkdir(parents=True, exist_ok=True)
     bus = open_bus(settings.bus_url)
     await bus.connect()
-    runner = ProcessRunner(bus, settings)
+    cache = None
+    if control:
+        from llmos.agent.cache import NodeCache
+        from llmos.registry.local import LocalRegistry
+
+        cache = NodeCache(LocalRegistry(settings.models_dir), control)
+    runner = ProcessRunner(bus, settings, cache=cache)
     await runner.open()
     agent = NodeAgent(bus, settings.node_name, runner, detect(cpus, memory), labels=labels)
     stop = asyncio.Event()

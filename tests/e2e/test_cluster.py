@@ -63,13 +63,14 @@ class Cluster:
     def start_agent(self, node: str) -> None:
         self.agents[node] = self.spawn(node, [
             "agent", "--bus", self.bus, "--name", node, "--cpus", "1", "--memory", "3GiB",
+            "--control", next(iter(self.controls)),
             "--labels", f"zone={'a' if node == 'node-a' else 'b'}"])
 
     def name(self, base: str) -> str:
         return f"{self.prefix}-{base}"
 
     def log(self, name: str) -> str:
-        return (self.root / name / "out.log").read_text(errors="replace")[-4000:]
+        return (self.root / name / "out.log").read_text(errors="replace")
 
 
 def _ok(url: str) -> bool:
@@ -171,6 +172,27 @@ def test_spread_places_one_replica_per_node(cluster: Cluster) -> None:
     (tiny,) = wait_ready(cluster, other, 1)
     assert tiny["node"] in ("node-b", "node-c")
     assert ask(urls[0], name) and ask(urls[1], other)
+
+
+def test_a_node_pulls_a_version_it_lacks_from_the_control_plane(cluster: Cluster) -> None:
+    url = next(iter(cluster.controls))  # the agents' --control
+    base = api(url, "GET", "/api/models/gemma-3-270m@1").json()
+    made = api(url, "POST", "/api/models/gemma-next/versions", json={
+        "files": [{"filename": b["filename"], "digest": b["digest"]} for b in base["blobs"]]})
+    assert made.status_code == 201, made.text
+    name = cluster.name("next")
+    assert api(url, "POST", "/api/deployments", json={
+        "name": name, "model": "gemma-next", "replicas": 1, "settings": SMALL,
+        "node_selector": {"zone": "a"}}).status_code == 201
+    (replica,) = wait_ready(cluster, name, 1)
+    assert replica["node"] == "node-a"
+    # the node made the version from blobs it already held: nothing downloaded
+    log = cluster.log("node-a")
+    assert "version gemma-next@1 is here as gemma-next@1 (0 MiB pulled)" in log
+    assert ask(url, name)
+    nodes = {n["name"]: n for n in api(url, "GET", "/api/nodes").json()["data"]}
+    assert nodes["node-a"]["state"] == "ready"
+    api(url, "DELETE", f"/api/deployments/{name}")
 
 
 def test_a_deployment_that_cannot_fit_reads_its_reasons(cluster: Cluster) -> None:
@@ -334,5 +356,19 @@ def test_the_active_controller_dies_and_another_takes_over(cluster: Cluster) -> 
     url = control(cluster)
     assert api(url, "PATCH", f"/api/deployments/{name}", json={"replicas": 2}
                ).status_code == 200
-    wait_ready(cluster, name, 2, timeout_s=60)
+    running = {r["id"] for r in wait_ready(cluster, name, 2, timeout_s=60)}
     assert ask(url, name)
+
+    # a control plane started afresh, then the last one killed: the new controller
+    # learns the cluster from heartbeats before it acts, and moves nothing
+    fresh = cluster.start_control("control-3")
+    survivor = next(u for u, p in cluster.controls.items() if p.poll() is None and u != fresh)
+    cluster.controls[survivor].send_signal(signal.SIGKILL)
+    cluster.controls[survivor].wait(10)
+    wait_until(lambda: (new_term() or (None, 0))[1] > term + 1, 30, 0.2,
+               what="the fresh controller active")
+    watch_until = time.monotonic() + 4  # a few of its passes: nothing moves
+    while time.monotonic() < watch_until:
+        assert {r["id"] for r in placed(cluster, name)} == running
+        time.sleep(0.5)
+    assert ask(fresh, name)

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import psutil
 
+from llmos.agent.cache import NodeCache
 from llmos.agent.runner import DRAIN_S, Notify
 from llmos.bus import Bus, Subscription, TopicMessage, names
 from llmos.bus.messages import (
@@ -42,6 +43,7 @@ from llmos.bus.messages import (
     ReplicaStatus,
     decode_or_ignore,
 )
+from llmos.errors import LLMOSError
 from llmos.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -72,10 +74,12 @@ class _Proc:
 
 
 class ProcessRunner:
-    def __init__(self, bus: Bus, settings: Settings, *, drain_s: float = DRAIN_S,
+    def __init__(self, bus: Bus, settings: Settings, *, cache: NodeCache | None = None,
+                 drain_s: float = DRAIN_S,
                  worker_interval_s: float = names.HEARTBEAT_INTERVAL_S) -> None:
         self.bus = bus
         self.settings = settings
+        self.cache = cache
         self.drain_s = drain_s
         self.worker_interval_s = worker_interval_s
         self.on_change: Notify | None = None
@@ -96,11 +100,12 @@ class ProcessRunner:
         proc.task = asyncio.create_task(self._supervise(proc),
                                         name=f"replica-{spec.replica_id}")
 
-    def _command(self, spec: ReplicaSpec) -> tuple[list[str], dict[str, str]]:
+    def _command(self, spec: ReplicaSpec, model: str) -> tuple[list[str], dict[str, str]]:
         engine = self.settings.engine.overlay(spec.settings)
         command = [sys.executable, "-m", "llmos", "worker", "--bus", self.settings.bus_url,
-                   "--model", spec.model, "--deployment", spec.deployment,
-                   "--worker-id", spec.replica_id, "--home", str(self.settings.home)]
+                   "--model", model, "--project", spec.project,
+                   "--deployment", spec.deployment, "--worker-id", spec.replica_id,
+                   "--home", str(self.settings.home)]
         if self.settings.storage_url:
             command += ["--storage", self.settings.storage_url]
         env = dict(os.environ)
@@ -113,8 +118,9 @@ class ProcessRunner:
         spec = proc.spec
         backoff = BACKOFF_S[0]
         log_path = self.logs / f"{spec.replica_id}.log"
+        model = await self._pull(proc)
         while not proc.stopping:
-            command, env = self._command(spec)
+            command, env = self._command(spec, model)
             proc.state, proc.last_beat, proc.started_at = "starting", None, time.monotonic()
             with log_path.open("ab") as out:
                 proc.process = await asyncio.create_subprocess_exec(
@@ -135,6 +141,32 @@ class ProcessRunner:
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, BACKOFF_S[1])
 
+    async def _pull(self, proc: _Proc) -> str:
+        """The node's reference to the version, pulled into its cache first if need be
+        (retried with backoff while the control plane cannot give it)."""
+        if self.cache is None:
+            return proc.spec.model
+        backoff = BACKOFF_S[0]
+        while True:
+            proc.state = "pulling"
+            self._notify()
+            try:
+                model = await asyncio.to_thread(self.cache.resolve, proc.spec.model,
+                                                proc.spec.project)
+                self._cached = (0.0, [])  # list the cache again at the next heartbeat
+                return model
+            except LLMOSError as exc:
+                proc.state, proc.message = "failed", f"cannot pull {proc.spec.model}: " \
+                    f"{exc.message}"
+                log.warning("replica %s: %s", proc.spec.replica_id, proc.message)
+                self._notify()
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, BACKOFF_S[1])
+
+    def _notify(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
+
     async def _on_beat(self, message: TopicMessage) -> None:
         beat = decode_or_ignore(Heartbeat, message.body)
         if beat is None:
@@ -145,8 +177,7 @@ class ProcessRunner:
         proc.last_beat = time.monotonic()
         if proc.state != "ready":
             proc.state, proc.message = "ready", None
-            if self.on_change is not None:
-                self.on_change()
+            self._notify()
 
     async def _watch(self) -> None:
         """Replace a worker whose process lives but whose heartbeats stopped."""
@@ -210,6 +241,8 @@ class ProcessRunner:
         if time.monotonic() - at > 30:
             versions = _local_versions(self.settings)
             self._cached = (time.monotonic(), versions)
+        if self.cache is not None:  # as the control plane names them
+            return sorted(set(versions) | set(self.cache.resolved))
         return versions
 
     async def close(self) -> None:

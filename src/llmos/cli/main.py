@@ -129,6 +129,7 @@ def worker_command(
     worker_id: Annotated[str | None, typer.Option(
         help="this worker's id (an agent passes its replica's; default: a random one)")
     ] = None,
+    project: Annotated[str, typer.Option(help="project of the model")] = "default",
 ) -> None:
     """Run one model replica in this process, consuming its deployment's queue on the bus.
     SIGTERM drains it: no new requests, those in flight finish, then it exits."""
@@ -138,7 +139,8 @@ def worker_command(
                              "storage_url": storage}
     engine = {"slots": slots, "threads": threads, "ctx_size": ctx_size}
     _run_with_settings(given, engine,
-                       lambda settings: run_worker(settings, model, deployment, worker_id))
+                       lambda settings: run_worker(settings, model, deployment, worker_id,
+                                                   project))
 
 
 @app.command("control")
@@ -178,9 +180,12 @@ def agent_command(
                     ] = None,
     memory: Annotated[str | None, typer.Option(
         help="memory to offer, e.g. 3GiB (default: all)")] = None,
+    control: Annotated[str | None, typer.Option(
+        help="a control plane's address, e.g. http://ctl:8000: versions the node lacks "
+             "are pulled from its registry API")] = None,
     storage: Annotated[str | None, typer.Option(
-        help="registry storage URL shared with the control plane, to pull models from")
-    ] = None,
+        help="registry storage URL shared with the control plane, to pull models from "
+             "(instead of --control)")] = None,
     home: Annotated[Path | None, typer.Option(help="state directory: the node's model "
                                                    "cache and worker logs")] = None,
     config: Annotated[Path | None, typer.Option(help="TOML settings file")] = None,
@@ -208,7 +213,7 @@ def agent_command(
         err.print(f"[red]error:[/red] {exc.message}")
         raise typer.Exit(code=2) from None
     _run_with_settings(given, {"threads": threads}, lambda settings: run_agent(
-        settings, labels=node_labels, cpus=cpus, memory=offered))
+        settings, labels=node_labels, cpus=cpus, memory=offered, control=control))
 
 
 @app.command()

@@ -70,12 +70,14 @@ class Controller:
         self._lost: set[str] = set()
         self._messages: dict[str, str | None] = {}
         self._stored_nodes: dict[str, tuple[str, float]] = {}
+        self._listening_since = clock()
         self._moving: dict[str, str] = {}
         self._moves: dict[str, int] = {}
 
     # -- running ---------------------------------------------------------------------
 
     async def start(self) -> None:
+        self._listening_since = self.clock()
         self._subscriptions = [
             await self.bus.subscribe(names.NODE_STATUS_TOPIC, self._on_status),
             await self.bus.subscribe(names.CHANGED_TOPIC, self._on_changed)]
@@ -134,9 +136,23 @@ class Controller:
             except BusError as exc:
                 log.warning("assignment for %s not sent: %s", order.node, exc.message)
 
+    def _knows_the_cluster(self, now: float) -> bool:
+        """Whether this controller has heard enough to act: every node the store knows
+        (and does not hold lost) has reported since it started listening, or long enough
+        has passed that one that did not is lost indeed. A controller that has just
+        started would otherwise take every node it has not heard from yet for lost and
+        move all their replicas."""
+        if now - self._listening_since >= names.NODE_LOST_AFTER * names.NODE_INTERVAL_S:
+            return True
+        heard = {h.status.node for h in self.directory.all()}
+        expected = {n.name for n in self.store.nodes.list() if n.state != "lost"}
+        return bool(heard) and expected <= heard
+
     def _reconcile(self, now: float, term: int) -> list[Assignment]:
         """The blocking part of a pass (the store, the registry, the solver)."""
         store = self.store
+        if not self._knows_the_cluster(now):
+            return []  # (learning: the heartbeats come every 2 s)
         events: list[Event] = []
         self._record_nodes(now, events)
         deployments = [p for d in store.list_deployments()
