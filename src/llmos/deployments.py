@@ -76,7 +76,20 @@ class DeploymentNotFound(NotFound):
 REPLACING = ("engine_settings", "resources", "node_selector")
 """Fields whose change needs new replicas (besides the model version)."""
 FIELDS = ("replicas", "engine_settings", "resources", "node_selector", "strategy",
-          "anti_affinity", "priority")
+          "anti_affinity", "priority", "aliases")
+
+
+def _check_ids(store: Store, name: str, aliases: list[str] | None, project: str) -> None:
+    """A model id names one deployment: no alias may be another's name or alias."""
+    taken: dict[str, str] = {}
+    for d in store.list_deployments(project):
+        if d.name != name:
+            for model_id in (d.name, *(d.aliases or [])):
+                taken[model_id] = d.name
+    for model_id in (name, *(aliases or [])):
+        if model_id in taken:
+            raise Conflict(f"the model id {model_id!r} is already deployment "
+                           f"{taken[model_id]!r}'s (a name or an alias)")
 
 
 def get(store: Store, name: str, project: str = "default") -> Deployment:
@@ -94,6 +107,7 @@ def create(store: Store, registry: LocalRegistry, name: str, model_ref: str, *,
     if store.get_deployment(name, project) is not None:
         raise Conflict(f"deployment {name!r} already exists in project {project!r}; change "
                        "it with PATCH /api/deployments/{name} (llmos deployments update)")
+    _check_ids(store, name, fields.get("aliases"), project)
     version = registry.get(model_ref, project=project)  # fails before anything is written
     store.upsert_deployment(name, model_ref, project=project,
                             engine_settings=fields.pop("engine_settings", None),
@@ -120,6 +134,8 @@ def update(store: Store, registry: LocalRegistry, name: str, *, project: str = "
         raise ValueError(f"not a deployment field: {', '.join(sorted(unknown))}")
     changed = {k: v for k, v in changes.items() if v is not None
                and getattr(deployment, k) != v}
+    if "aliases" in changed:
+        _check_ids(store, name, changed["aliases"], project)
     replace = any(k in REPLACING for k in changed)
     if model_ref is not None and model_ref != deployment.model_ref:
         version = registry.get(model_ref, project=project)

@@ -62,7 +62,8 @@ def ask(server: RunningServer, model: str) -> str:
 
 def test_deploy_scale_ask_and_remove(server: RunningServer) -> None:
     created = api(server, "POST", "/api/deployments", json={
-        "name": "small", "model": "gemma-3-270m", "replicas": 1, "settings": SMALL})
+        "name": "small", "model": "gemma-3-270m", "replicas": 1, "settings": SMALL,
+        "aliases": ["tiny-chat"]})
     assert created.status_code == 201, created.text
     assert created.json()["model_version"] == "gemma-3-270m@1"
     again = api(server, "POST", "/api/deployments", json={"name": "small",
@@ -70,8 +71,11 @@ def test_deploy_scale_ask_and_remove(server: RunningServer) -> None:
     assert again.status_code == 409
     ready(server, "small", 1)
     ids = {m.id for m in OpenAI(base_url=server.api, api_key="none").models.list()}
-    assert {"gemma-3-270m", "small"} <= ids
-    assert ask(server, "small")
+    assert {"gemma-3-270m", "small", "tiny-chat"} <= ids
+    assert ask(server, "small") and ask(server, "tiny-chat")  # an alias, the same replicas
+    taken = api(server, "POST", "/api/deployments", json={
+        "name": "other", "model": "gemma-3-270m", "aliases": ["small"]})
+    assert taken.status_code == 409 and "deployment 'small'" in taken.text
 
     assert api(server, "PATCH", "/api/deployments/small",
                json={"replicas": 2}).status_code == 200

@@ -67,12 +67,12 @@ def settings_of(items: list[str] | None) -> dict[str, Any] | None:
 
 def spec(*, replicas: int | None, settings: list[str] | None, cpu: float | None,
          memory: str | None, gpus: int | None, selector: list[str] | None,
-         strategy: str | None, anti_affinity: bool | None, priority: int | None
-         ) -> dict[str, Any]:
+         strategy: str | None, anti_affinity: bool | None, priority: int | None,
+         aliases: list[str] | None = None) -> dict[str, Any]:
     body: dict[str, Any] = {"replicas": replicas, "settings": settings_of(settings),
                             "node_selector": pairs(selector, "--selector"),
                             "strategy": strategy, "anti_affinity": anti_affinity,
-                            "priority": priority}
+                            "priority": priority, "aliases": aliases or None}
     resources = {"cpu": cpu, "memory": size(memory) if memory else None, "gpus": gpus}
     if any(v is not None for v in resources.values()):
         body["resources"] = {k: v for k, v in resources.items() if v is not None}
@@ -94,6 +94,8 @@ AntiOption = Annotated[bool | None, typer.Option(
     "--anti-affinity/--no-anti-affinity", help="at most one replica per node")]
 PriorityOption = Annotated[int | None, typer.Option(min=0, max=100,
                                                     help="higher wins scarce room")]
+AliasOption = Annotated[list[str] | None, typer.Option(
+    "--alias", help="another model id it is served under, repeatable")]
 
 
 def deploy(name: Annotated[str, typer.Argument(help="deployment name (its model id)")],
@@ -103,12 +105,13 @@ def deploy(name: Annotated[str, typer.Argument(help="deployment name (its model 
            cpu: CpuOption = None, memory: MemoryOption = None, gpus: GpusOption = None,
            selector: SelectorOption = None, strategy: StrategyOption = None,
            anti_affinity: AntiOption = None, priority: PriorityOption = None,
+           alias: AliasOption = None,
            project: ProjectOption = "default", url: UrlOption = None) -> None:
     """Deploy a model under a name; the cluster places its replicas."""
     body = {"name": name, "model": model,
             **spec(replicas=replicas, settings=settings, cpu=cpu, memory=memory, gpus=gpus,
                    selector=selector, strategy=strategy, anti_affinity=anti_affinity,
-                   priority=priority)}
+                   priority=priority, aliases=alias)}
     d = call_api("POST", server_url(url), "/api/deployments", json=body,
                  params={"project": project})
     out.print(f"deployment {d['name']} created: {d['model_version']}, "
@@ -178,12 +181,13 @@ def deployments_update(
         cpu: CpuOption = None, memory: MemoryOption = None, gpus: GpusOption = None,
         selector: SelectorOption = None, strategy: StrategyOption = None,
         anti_affinity: AntiOption = None, priority: PriorityOption = None,
+        alias: AliasOption = None,
         project: ProjectOption = "default", url: UrlOption = None) -> None:
     """Change a deployment; a new version, settings or resources roll its replicas one
     at a time."""
     body = spec(replicas=replicas, settings=settings, cpu=cpu, memory=memory, gpus=gpus,
                 selector=selector, strategy=strategy, anti_affinity=anti_affinity,
-                priority=priority)
+                priority=priority, aliases=alias)
     if model:
         body["model"] = model
     d = call_api("PATCH", server_url(url), f"/api/deployments/{name}", json=body,

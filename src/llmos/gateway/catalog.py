@@ -31,6 +31,7 @@ class Catalog:
         self.store = store
         self._cache: dict[tuple[str, str], Deployment] = {}
         self._starting: set[tuple[str, str]] = set()
+        self._aliases: dict[tuple[str, str], Deployment] = {}
         self._loaded_at = 0.0
         self._background: asyncio.Task[None] | None = None
         self._scheduled: asyncio.TimerHandle | None = None
@@ -41,12 +42,13 @@ class Catalog:
         return [d for (p, _), d in sorted(self._cache.items()) if p == project]
 
     async def get(self, name: str, project: str = "default") -> Deployment:
-        deployment = self._cache.get((project, name))
+        """The deployment a model id names: its name, or one of its aliases."""
+        deployment = self._cache.get((project, name)) or self._aliases.get((project, name))
         if deployment is not None:
             self._refresh_in_background()
             return deployment
         await self._refresh(force=True)
-        deployment = self._cache.get((project, name))
+        deployment = self._cache.get((project, name)) or self._aliases.get((project, name))
         if deployment is None:
             known = ", ".join(sorted(n for (p, n) in self._cache if p == project)) or "none"
             raise ModelNotFound(f"the model {excerpt(name)} does not exist; served models: {known}",
@@ -104,5 +106,6 @@ class Catalog:
             return
         rows, starting = await asyncio.to_thread(self._read)
         self._cache = {(d.project, d.name): d for d in rows}
+        self._aliases = {(d.project, alias): d for d in rows for alias in d.aliases or []}
         self._starting = starting
         self._loaded_at = time.monotonic()

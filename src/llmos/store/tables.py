@@ -44,6 +44,8 @@ class Deployment(Base):
     resources): replicas of an older generation are rolled one at a time."""
     message: Mapped[str | None] = mapped_column(Text, nullable=True)
     """Why it is not fully placed (the scheduler's summary), or None."""
+    aliases: Mapped[list[str]] = mapped_column(JSON, default=list, nullable=False)
+    """More model ids the API serves it under."""
     rebalance: Mapped[bool] = mapped_column(Boolean, default=False, nullable=False)
     """Asked to move its replicas where the scheduler would place them now (one at a
     time); cleared when they are there."""

@@ -89,6 +89,8 @@ class DeploymentSpec(BaseModel):
     strategy: Literal["spread", "binpack"] | None = None
     anti_affinity: bool | None = Field(None, description="at most one replica per node")
     priority: int | None = Field(None, ge=0, le=100, description="higher wins scarce room")
+    aliases: list[Annotated[str, Field(pattern=DEPLOYMENT_PATTERN)]] | None = Field(
+        None, max_length=16, description="more model ids the API serves it under")
 
     _settings = field_validator("settings")(_check_settings)
     _selector = field_validator("node_selector")(_check_selector)
@@ -97,7 +99,8 @@ class DeploymentSpec(BaseModel):
         out: dict[str, Any] = {}
         for key, stored in (("replicas", "replicas"), ("settings", "engine_settings"),
                             ("node_selector", "node_selector"), ("strategy", "strategy"),
-                            ("anti_affinity", "anti_affinity"), ("priority", "priority")):
+                            ("anti_affinity", "anti_affinity"), ("priority", "priority"),
+                            ("aliases", "aliases")):
             value = getattr(self, key)
             if value is not None:
                 out[stored] = value
@@ -153,6 +156,7 @@ class DeploymentPublic(BaseModel):
     strategy: str
     anti_affinity: bool
     priority: int
+    aliases: list[str]
     message: str | None
     """Why it is not fully placed, when it is not."""
     placed: list[ReplicaPublic] | None = None
@@ -203,7 +207,8 @@ def _deployment(d: Deployment, replicas: list[Replica], *, detail: bool = False,
         generation=d.generation, settings=dict(d.engine_settings or {}),
         resources=dict(d.resources or {}), node_selector=dict(d.node_selector or {}),
         strategy=d.strategy, anti_affinity=d.anti_affinity, priority=d.priority,
-        message=d.message, placed=[_replica(r) for r in mine] if detail else None,
+        aliases=list(d.aliases or []), message=d.message,
+        placed=[_replica(r) for r in mine] if detail else None,
         events=[_event(e) for e in events] if events is not None else None)
 
 

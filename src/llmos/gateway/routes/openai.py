@@ -64,8 +64,8 @@ router = APIRouter(prefix="/v1", tags=["openai"], responses=_ERRORS)
 async def list_models(state: StateDep) -> ModelList:
     deployments = await state.catalog.deployments()
     return ModelList(data=[
-        ModelPublic(id=d.name, created=int(d.created_at.timestamp()), owned_by=d.project)
-        for d in deployments
+        ModelPublic(id=model_id, created=int(d.created_at.timestamp()), owned_by=d.project)
+        for d in deployments for model_id in (d.name, *(d.aliases or []))
     ])
 
 

@@ -33,6 +33,8 @@ def upgrade() -> None:
         batch.add_column(sa.Column("message", sa.Text(), nullable=True))
         batch.add_column(sa.Column("rebalance", sa.Boolean(), nullable=False,
                                    server_default=sa.false()))
+        batch.add_column(sa.Column("aliases", sa.JSON(), nullable=False,
+                                   server_default="[]"))
     op.create_table(
         "nodes",
         sa.Column("name", sa.String(128), primary_key=True),
@@ -85,6 +87,6 @@ def downgrade() -> None:
     for table in ("leases", "events", "replicas", "nodes"):
         op.drop_table(table)
     with op.batch_alter_table("deployments") as batch:
-        for column in ("rebalance", "message", "generation", "priority", "anti_affinity",
+        for column in ("aliases", "rebalance", "message", "generation", "priority", "anti_affinity",
                        "strategy", "node_selector", "resources"):
             batch.drop_column(column)
