@@ -48,7 +48,7 @@ def detect(cpus: float | None = None, memory: int | None = None) -> Capacity:
 
 def _gpus() -> int:
     try:
-        import pynvml  # type: ignore[import-not-found]
+        import pynvml
     except ImportError:
         return 0
     try:

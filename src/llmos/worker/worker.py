@@ -8,26 +8,20 @@ dies mid-request leaves the message to be redelivered to another replica.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import itertools
 import logging
 import socket
 import threading
 import time
 import uuid
-from collections import OrderedDict
-from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Literal
 
 from llmos.bus import Bus, Delivery, Subscription, TopicMessage, names
 from llmos.bus.messages import (
     Cancel,
-    Command,
     ErrorInfo,
     Heartbeat,
     InferenceRequest,
-    ReplyChunk,
     RequestEvent,
     Usage,
     decode,
@@ -39,13 +33,15 @@ from llmos.errors import BusError, ContextLengthExceeded, LLMOSError
 from llmos.observability import metrics
 from llmos.observability.context import request_id_var
 from llmos.observability.telemetry import TelemetryPublisher
+from llmos.worker.cancels import CancelBook
 from llmos.worker.cohort import CohortLauncher
+from llmos.worker.presence import Presence
 from llmos.worker.prompt import check_prompt_bound
+from llmos.worker.replies import Replies
 from llmos.worker.slots import TieredSlots
 
 log = logging.getLogger(__name__)
 
-_REMEMBERED_CANCELS = 10_000
 
 
 class Worker:
@@ -61,15 +57,14 @@ class Worker:
         self.heartbeat_interval_s = heartbeat_interval_s
         self.draining = False
         self._paused: list[Subscription] = []
-        self._commands: Subscription | None = None
-        self._heartbeats: asyncio.Task[None] | None = None
+        self._presence = Presence(bus, self.worker_id, self.epoch, heartbeat_interval_s,
+                                  self.heartbeat, self._command)
         self._events = TelemetryPublisher(bus, names.REQUEST_EVENTS_TOPIC)
         self.slots = engine.config.slots
         self._pool = ThreadPoolExecutor(max_workers=self.slots,
                                         thread_name_prefix=f"engine-{deployment}")
         self._launcher = CohortLauncher(self._pool, engine)
-        self._inflight: dict[str, threading.Event] = {}
-        self._cancelled: OrderedDict[str, float] = OrderedDict()
+        self._cancels_book = CancelBook()
         self._requests: list[Subscription] = []
         self._engine_slots = TieredSlots(self.slots, names.TIERS)
         self._cancels: Subscription | None = None
@@ -91,7 +86,7 @@ class Worker:
         self.bus.on_reconnect(self._on_reconnect)
         self._cancels = await self.bus.subscribe(names.CANCEL_TOPIC, self._on_cancel)
         self._requests = await self._consume_tiers()
-        self._commands = await self.bus.subscribe(names.COMMAND_TOPIC, self._on_command)
+        await self._presence.subscribe()
         # Start every engine thread now, not during the first burst of requests.
         # (Each task waits for all the others, so the pool must create one thread per slot.)
         barrier = threading.Barrier(self.slots, timeout=10)
@@ -99,7 +94,7 @@ class Worker:
             await asyncio.wrap_future(future)
         self._slots_gauge.set(self.slots)
         self._busy_gauge.set(0)
-        self._heartbeats = asyncio.create_task(self._beat(), name=f"heartbeat-{self.worker_id}")
+        self._presence.start_beating()
         self._events.start()
         log.info("worker %s consuming %s with %d slots", self.worker_id,
                  names.infer_queue(self.deployment), self.slots)
@@ -122,17 +117,13 @@ class Worker:
     async def stop(self, timeout_s: float = 10.0) -> None:
         """Stop generating; requests in flight go back to the queue for another replica."""
         self._stopping = True
-        for event in self._inflight.values():
-            event.set()
+        self._cancels_book.cancel_all()
         deadline = time.monotonic() + timeout_s
-        while self._inflight and time.monotonic() < deadline:
+        while self._cancels_book and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
-        if self._heartbeats is not None:
-            self._heartbeats.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._heartbeats
+        await self._presence.stop()
         await self._events.stop()
-        for sub in (*self._requests, self._cancels, self._commands, *self._paused):
+        for sub in (*self._requests, self._cancels, *self._paused):
             if sub is not None:
                 await sub.cancel()
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -148,19 +139,19 @@ class Worker:
         self._paused.extend(self._requests)
         self._requests = []
         log.info("worker %s draining: %d requests in flight", self.worker_id, self.busy_slots)
-        await self._send_heartbeat()
+        await self._presence.send()
 
     async def resume(self) -> None:
         if not self.draining:
             return
         self._requests = await self._consume_tiers()
         self.draining = False
-        if not self._inflight:  # nothing left to settle on the paused subscriptions
+        if not self._cancels_book:  # nothing left to settle on the paused subscriptions
             for sub in self._paused:
                 await sub.cancel()
             self._paused.clear()
         log.info("worker %s resumed", self.worker_id)
-        await self._send_heartbeat()
+        await self._presence.send()
 
     def heartbeat(self) -> Heartbeat:
         return Heartbeat(worker_id=self.worker_id, epoch=self.epoch,
@@ -168,31 +159,8 @@ class Worker:
                          slots=self.slots, busy=self.busy_slots, draining=self.draining,
                          sent_at=time.time(), interval_s=self.heartbeat_interval_s)
 
-    async def _beat(self) -> None:
-        while True:
-            await self._send_heartbeat()
-            await asyncio.sleep(self.heartbeat_interval_s)
-
-    async def _send_heartbeat(self) -> None:
-        try:
-            await self.bus.broadcast(names.HEARTBEAT_TOPIC, encode(self.heartbeat()),
-                                     ttl_s=2 * self.heartbeat_interval_s)
-        except BusError as exc:  # the next one may get through; never fatal
-            log.warning("heartbeat not sent: %s", exc)
-
-    async def _on_command(self, message: TopicMessage) -> None:
-        command = decode_or_ignore(Command, message.body)
-        if command is None:
-            return
-        if command.worker_id != self.worker_id:
-            return
-        if command.epoch != self.epoch:
-            log.warning("ignored %s for an earlier start of this worker", command.action)
-            return
-        if time.time() > command.expires_at:
-            log.warning("ignored a stale %s command", command.action)
-            return
-        if command.action == "drain":
+    async def _command(self, action: Literal["drain", "resume"]) -> None:
+        if action == "drain":
             await self.drain()
         else:
             await self.resume()
@@ -202,20 +170,12 @@ class Worker:
             return  # what it holds is still its own: finish it
         # The deliveries in flight belonged to the lost connection; the broker hands
         # them out again, so finishing them here would only compute answers twice.
-        for event in self._inflight.values():
-            event.set()
+        self._cancels_book.cancel_all()
 
     async def _on_cancel(self, message: TopicMessage) -> None:
         cancel = decode_or_ignore(Cancel, message.body)
-        if cancel is None:
-            return
-        event = self._inflight.get(cancel.request_id)
-        if event is not None:
-            event.set()
-            return
-        self._cancelled[cancel.request_id] = time.time()
-        while len(self._cancelled) > _REMEMBERED_CANCELS:
-            self._cancelled.popitem(last=False)
+        if cancel is not None:
+            self._cancels_book.cancel(cancel.request_id)
 
     async def _on_request(self, delivery: Delivery, tier: names.Tier) -> None:
         try:
@@ -225,16 +185,15 @@ class Worker:
             await delivery.nack(requeue=False)
             return
         request_id_var.set(request.request_id)
-        if request.request_id in self._cancelled or time.time() > request.deadline:
+        early = self._cancels_book.cancelled_before(request.request_id)
+        if early or time.time() > request.deadline:
             # Nobody waits for this answer any more.
-            self._cancelled.pop(request.request_id, None)
             metrics.WORKER_REQUESTS.labels(self.deployment, "skipped").inc()
             await delivery.ack()
             return
         started = time.monotonic()
-        cancel = threading.Event()
-        self._inflight[request.request_id] = cancel
-        publish = _Publisher(self.bus, request, delivery.delivery_count)
+        cancel = self._cancels_book.track(request.request_id)
+        publish = Replies(self.bus, request, delivery.delivery_count)
         try:
             # Before a slot: a prompt that surely overflows one never waits for it.
             check_prompt_bound(request.kind, request.body, request.max_tokens_explicit,
@@ -261,7 +220,7 @@ class Worker:
             await delivery.nack(requeue=True)
             raise
         finally:
-            self._inflight.pop(request.request_id, None)
+            self._cancels_book.release(request.request_id)
             self._busy_gauge.set(self.busy_slots)
         if outcome == "requeue":
             await delivery.nack(requeue=True)
@@ -275,7 +234,7 @@ class Worker:
             completion_tokens=usage.completion_tokens,
             duration_s=time.monotonic() - started, at=time.time())))
 
-    async def _serve(self, request: InferenceRequest, publish: _Publisher,
+    async def _serve(self, request: InferenceRequest, publish: Replies,
                      cancel: threading.Event) -> str:
         loop = asyncio.get_running_loop()
         out: asyncio.Queue[str | None] = asyncio.Queue()
@@ -331,32 +290,6 @@ class Worker:
                         completion_tokens=result.completion_tokens,
                         total_tokens=result.prompt_tokens + result.completion_tokens))
         return "ok"
-
-
-class _Publisher:
-    def __init__(self, bus: Bus, request: InferenceRequest, attempt: int) -> None:
-        self._bus = bus
-        self._request = request
-        self._attempt = attempt
-        self._seq = itertools.count()
-        self.usage: Usage | None = None
-        """The usage the final chunk reported, once it is sent."""
-        self._headers: Mapping[str, str] = {names.HEADER_REQUEST_ID: request.request_id}
-
-    async def chunk(self, **fields: Any) -> None:
-        message = ReplyChunk(request_id=self._request.request_id, attempt=self._attempt,
-                             seq=next(self._seq), **fields)
-        if message.usage is not None:
-            self.usage = message.usage
-        try:
-            # The final chunk waits for the broker's confirm: the request is acked only
-            # once its answer is safely with the broker.
-            await self._bus.publish(self._request.reply_to, encode(message),
-                                    headers=self._headers, durable=False,
-                                    confirm=message.final)
-        except BusError as exc:
-            # The gateway that asked is gone; nobody can receive this answer.
-            log.warning("reply to %s lost: %s", self._request.reply_to, exc)
 
 
 def _check_context(prompt_tokens: int, body: dict[str, Any], ctx_per_slot: int | None) -> None:
