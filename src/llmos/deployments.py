@@ -24,7 +24,12 @@ log = logging.getLogger(__name__)
 
 
 def holder(deployment: Deployment) -> str:
-    return f"deployment {deployment.name!r} (project {deployment.project})"
+    return holder_of(deployment.name, deployment.project)
+
+
+def holder_of(name: str, project: str) -> str:
+    """How a deployment is named as the holder of a registry pin."""
+    return f"deployment {name!r} (project {project})"
 
 
 def pin(store: Store, registry: LocalRegistry, deployment: Deployment, *,
@@ -109,19 +114,19 @@ def create(store: Store, registry: LocalRegistry, name: str, model_ref: str, *,
                        "it with PATCH /api/deployments/{name} (llmos deployments update)")
     _check_ids(store, name, fields.get("aliases"), project)
     version = registry.get(model_ref, project=project)  # fails before anything is written
-    store.upsert_deployment(name, model_ref, project=project,
-                            engine_settings=fields.pop("engine_settings", None),
-                            replicas=fields.pop("replicas", 1))
-    row = store.update_deployment(name, project, **fields)
-    assert row is not None
+    who = holder_of(name, project)
+    registry.pins.pin(version, who)  # pinned before it is recorded
     try:
-        return pin(store, registry, row, resolve=True)
-    except LLMOSError:
-        store.delete_deployment(name, project)
+        row = store.upsert_deployment(
+            name, model_ref, project=project, engine_settings=fields.pop("engine_settings",
+                                                                        None),
+            replicas=fields.pop("replicas", 1), model_version=version.ref, **fields)
+    except Exception:
+        registry.pins.unpin(version, who)
         raise
-    finally:
-        log.info("deployment %r (project %s) created: %s", name, project, version.ref,
-                 extra={"event": "deployment.created"})
+    log.info("deployment %r (project %s) created: %s", name, project, version.ref,
+             extra={"event": "deployment.created"})
+    return row
 
 
 def update(store: Store, registry: LocalRegistry, name: str, *, project: str = "default",
@@ -137,18 +142,28 @@ def update(store: Store, registry: LocalRegistry, name: str, *, project: str = "
     if "aliases" in changed:
         _check_ids(store, name, changed["aliases"], project)
     replace = any(k in REPLACING for k in changed)
+    old_version = deployment.model_version
     if model_ref is not None and model_ref != deployment.model_ref:
         version = registry.get(model_ref, project=project)
         changed["model_ref"] = model_ref
-        replace = replace or version.ref != deployment.model_version
+        if version.ref != old_version:
+            # pinned before it is recorded; recorded with its generation in one write, so
+            # that the controller never sees the new generation with the old version
+            registry.pins.pin(version, holder(deployment))
+            changed["model_version"] = version.ref
+            replace = True
     if not changed:
         return deployment
     if replace:
         changed["generation"] = deployment.generation + 1
     row = store.update_deployment(name, project, **changed)
     assert row is not None
-    if "model_ref" in changed:
-        row = pin(store, registry, row, resolve=True)
+    if "model_version" in changed and old_version:
+        try:
+            registry.pins.unpin(registry.get(old_version, project=project),
+                                holder(deployment))
+        except NotFound:
+            pass
     log.info("deployment %r (project %s) changed: %s", name, project,
              ", ".join(sorted(changed)), extra={"event": "deployment.updated"})
     return row

@@ -212,6 +212,10 @@ def test_kill_9_of_an_agent_under_load_loses_no_request(cluster: Cluster) -> Non
     before = wait_ready(cluster, name, 3)
     victim = "node-a"
     url = control(cluster)
+    import psutil
+
+    workers = psutil.Process(cluster.agents[victim].pid).children()
+    assert workers  # its replica's worker process
     killed_at: list[float] = []
 
     def one(i: int) -> str:
@@ -223,6 +227,9 @@ def test_kill_9_of_an_agent_under_load_loses_no_request(cluster: Cluster) -> Non
     with ThreadPoolExecutor(100) as pool:
         answers = list(pool.map(one, range(100)))
     assert len(answers) == 100 and all(isinstance(a, str) for a in answers)
+    # its workers died with it (the kernel's parent-death signal)
+    wait_until(lambda: not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+                               for p in workers), 10, what="the agent's workers gone")
     # its replica runs elsewhere
     after = wait_ready(cluster, name, 3, timeout_s=60)
     assert victim not in {r["node"] for r in after}
@@ -307,6 +314,16 @@ def test_a_rolling_settings_change_under_load_fails_no_request(cluster: Cluster)
                       json={"settings": {**SMALL, "slots": 3}})
         assert changed.status_code == 200 and changed.json()["generation"] == 2
         wait_ready(cluster, name, 3, timeout_s=240, generation=2)
+        # a new version (made on this control plane by the pull test) and a vertical
+        # resize at once: one more generation, rolled the same way
+        moved = api(url, "PATCH", f"/api/deployments/{name}", json={
+            "model": "gemma-next", "resources": {"cpu": 0.3, "memory": 900 * 2**20}})
+        assert moved.status_code == 200, moved.text
+        assert moved.json()["generation"] == 3
+        assert moved.json()["model_version"] == "gemma-next@1"
+        rolled = wait_ready(cluster, name, 3, timeout_s=240, generation=3)
+        assert {r["model_version"] for r in rolled} == {"gemma-next@1"}
+        assert all(r["reserved"]["memory"] >= 900 * 2**20 for r in rolled)
     finally:
         stop.set()
         for t in threads:

@@ -33,7 +33,7 @@ from llmos.bus import Bus, Subscription, TopicMessage, names
 from llmos.bus.messages import Assignment, NodeStatus, ReplicaSpec, decode_or_ignore, encode
 from llmos.controller.estimates import Estimates
 from llmos.controller.nodes import NodeDirectory
-from llmos.controller.snapshot import LIVE_STATES, Rollout, rollout, snapshot
+from llmos.controller.snapshot import LIVE_STATES, Rollout, resources_of, rollout, snapshot
 from llmos.deployments import pin
 from llmos.errors import BusError, LLMOSError
 from llmos.registry import LocalRegistry
@@ -72,6 +72,7 @@ class Controller:
         self._stored_nodes: dict[str, tuple[str, float]] = {}
         self._listening_since = clock()
         self._moving: dict[str, str] = {}
+        self._unestimated: set[str] = set()
         self._moves: dict[str, int] = {}
 
     # -- running ---------------------------------------------------------------------
@@ -173,9 +174,18 @@ class Controller:
             try:
                 needs[d.name] = self.estimates.need(d)
             except LLMOSError as exc:
-                self._message(d, f"no resource estimate: {exc.message}", events, now)
-                wanted.pop(d.name)
-                continue
+                # (this control plane's registry lacks the version, say): what its replicas
+                # reserved stands in, so that they are not taken for a deleted deployment's
+                placed_before = [resources_of(r.reserved) for r in by_deployment[d.name]]
+                if not placed_before:
+                    self._message(d, f"no resource estimate: {exc.message}", events, now)
+                    wanted.pop(d.name)
+                    continue
+                if d.name not in self._unestimated:
+                    self._unestimated.add(d.name)
+                    log.warning("%s: no resource estimate here (%s); its replicas' "
+                                "reservations stand in", d.name, exc.message)
+                needs[d.name] = max(placed_before, key=lambda r: (r.memory, r.cpu))
             moving = self._rebalance(d, by_deployment[d.name], replicas, needs[d.name],
                                      nodes, draining, now, events)
             rollouts[d.name] = rollout(d, by_deployment[d.name], draining, moving)

@@ -72,30 +72,38 @@ def objective(problem: Problem, counts: Ints) -> Objective:
 
 
 def greedy(problem: Problem) -> Ints:
-    """Greedy in the problem's order (priority, then size); when that leaves replicas
-    out, two more passes (largest by dominant share first onto the fullest node that
-    fits; fewest candidate nodes first), each with the repair; the best objective wins."""
+    """Greedy in the problem's order (priority, then size). When that leaves replicas
+    out, more passes (largest or smallest first by dominant share, onto the fullest node
+    that fits or by score; fewest candidate nodes first; the objective counts every
+    replica the same, so smallest first often places more) and the best objective wins;
+    then a repair makes room for what is still out by moving replicas this plan placed."""
     best = _greedy_pass(problem, range(len(problem.deployments)), problem.score,
                         problem.penalty)
-    if int(best.sum()) >= int(problem.pending.sum()) or problem.ok.size > PORTFOLIO_LIMIT:
+    if int(best.sum()) >= int(problem.pending.sum()):
         return best
-    best_value = objective(problem, best).total
-    share = (problem.need[:, :2] / np.maximum(problem.free[:, :2].mean(axis=0), 1e-9)
-             ).max(axis=1)
-    bestfit = 1.0 - problem.free[None, :, 1] / np.maximum(problem.free[:, 1].max(), 1.0)
-    roomiest = np.broadcast_to(1.0 - bestfit, problem.score.shape)
-    candidates = problem.ok.sum(axis=1) / np.maximum(problem.pending, 1)
-    by_share = np.lexsort((-share, -problem.weight))
-    for order, score, penalty in (
-            (by_share, np.broadcast_to(bestfit, problem.score.shape),
-             np.zeros_like(problem.penalty)),
-            (by_share, roomiest, problem.penalty),
-            (np.lexsort((-share, candidates, -problem.weight)), problem.score,
-             problem.penalty)):
-        counts = _greedy_pass(problem, [int(d) for d in order], score, penalty)
-        value = objective(problem, counts).total
-        if value > best_value:
-            best, best_value = counts, value
+    if problem.ok.size <= PORTFOLIO_LIMIT:
+        best_value = objective(problem, best).total
+        share = (problem.need[:, :2] / np.maximum(problem.free[:, :2].mean(axis=0), 1e-9)
+                 ).max(axis=1)
+        bestfit = np.broadcast_to(
+            1.0 - problem.free[None, :, 1] / np.maximum(problem.free[:, 1].max(), 1.0),
+            problem.score.shape)
+        roomiest = 1.0 - bestfit
+        candidates = problem.ok.sum(axis=1) / np.maximum(problem.pending, 1)
+        by_share = np.lexsort((-share, -problem.weight))
+        smallest = np.lexsort((share, -problem.weight))
+        flat = np.zeros_like(problem.penalty)
+        for order, score, penalty in (
+                (by_share, bestfit, flat), (by_share, roomiest, problem.penalty),
+                (smallest, bestfit, flat), (smallest, problem.score, problem.penalty),
+                (np.lexsort((-share, candidates, -problem.weight)), problem.score,
+                 problem.penalty)):
+            counts = _greedy_pass(problem, [int(d) for d in order], score, penalty)
+            value = objective(problem, counts).total
+            if value > best_value:
+                best, best_value = counts, value
+    free = problem.free - best.T @ problem.need
+    _make_room(problem, best, free)
     return best
 
 
@@ -130,7 +138,6 @@ def _greedy_pass(problem: Problem, order: Iterable[int], score: Floats,
                 gain[j] -= penalty[d]
         free[nodes] = left
         counts[d, nodes] = placed
-    _make_room(problem, counts, free)
     return counts
 
 
@@ -151,14 +158,25 @@ def _fits(problem: Problem, d: int, free: Floats, counts: Ints) -> Bools:
     return ok
 
 
+REPAIR_DEPTH = 2
+"""How deep a chain of moves the repair tries: a replica moved to make room may itself
+need room made for it on its new node, and so on."""
+REPAIR_WIDTH = 6
+"""Nodes tried for each replica a chain moves, best first."""
+
+Move = tuple[int, int, int]
+
+
 def _make_room(problem: Problem, counts: Ints, free: Floats) -> None:
     """For each replica greedy left out, try its candidate nodes best first: move
-    replicas this plan put there (largest first) to other nodes where they fit until
-    it fits, or undo the moves. Greedy's order can take the only nodes a constrained
-    deployment could use; each success places one more replica."""
-    budget = REPAIR_BUDGET
+    replicas this plan put there (largest first) to other nodes, making room for them
+    there too if need be (chains of up to ``REPAIR_DEPTH`` moves), until it fits, or
+    undo the moves. Greedy's order can take the only nodes a constrained deployment
+    could use; each success places one more replica."""
+    budget = [REPAIR_BUDGET]
+    moves: list[Move] = []
     for d in range(len(problem.deployments)):
-        while counts[d].sum() < problem.pending[d] and budget > 0:
+        while counts[d].sum() < problem.pending[d] and budget[0] > 0:
             # only nodes that had room before this plan, and hold some of its replicas
             allowed = (problem.ok[d] & (problem.free >= problem.need[d] - 1e-9).all(axis=1)
                        & counts.any(axis=0))
@@ -167,41 +185,76 @@ def _make_room(problem: Problem, counts: Ints, free: Floats) -> None:
             nodes = np.flatnonzero(allowed)
             placed = False
             for n in nodes[np.argsort(-problem.score[d, nodes])]:
-                budget -= 1
-                if budget <= 0 or _evict_for(problem, counts, free, d, int(n)):
-                    placed = budget > 0
+                budget[0] -= 1
+                if budget[0] <= 0:
                     break
+                mark = len(moves)
+                if _room_on(problem, counts, free, int(d), int(n), REPAIR_DEPTH,
+                            {int(n)}, moves, budget):
+                    counts[d, n] += 1
+                    free[n] -= problem.need[d]
+                    placed = True
+                    break
+                _undo(problem, counts, free, moves, mark)
             if not placed:
                 break
 
 
-def _evict_for(problem: Problem, counts: Ints, free: Floats, d: int, n: int) -> bool:
+def _fits_on(problem: Problem, free: Floats, d: int, n: int) -> bool:
+    return bool((free[n] >= problem.need[d] - 1e-9).all())
+
+
+def _room_on(problem: Problem, counts: Ints, free: Floats, d: int, n: int, depth: int,
+             chain: set[int], moves: list[Move], budget: list[int]) -> bool:
+    """Move this plan's replicas off ``n`` until one of ``d`` fits there (the moves are
+    logged; the caller undoes them if this fails)."""
     need = problem.need[d]
-    moves: list[tuple[int, int]] = []
     others = [int(e) for e in np.flatnonzero(counts[:, n]) if e != d]
     others.sort(key=lambda e: -float(problem.need[e, :2].sum()))
     for e in others:
-        for _ in range(int(counts[e, n])):
-            if bool((free[n] >= need - 1e-9).all()):
-                break
+        while counts[e, n] > 0 and not _fits_on(problem, free, d, n):
             if not bool((problem.need[e] > 1e-9)[need - free[n] > 1e-9].any()):
                 break  # moving e frees nothing that is short
-            room = _fits(problem, e, free, counts)
-            room[n] = False
-            if not room.any():
+            m = _room_elsewhere(problem, counts, free, e, depth, chain | {n}, moves, budget)
+            if m is None:
                 break
-            gain = np.where(room, problem.score[e] - problem.penalty[e]
-                            * (problem.existing[e] + counts[e]), -np.inf)
-            m = int(np.argmax(gain))
             _move(problem, counts, free, e, n, m)
-            moves.append((e, m))
-    if bool((free[n] >= need - 1e-9).all()):
-        counts[d, n] += 1
-        free[n] -= need
-        return True
-    for e, m in reversed(moves):
-        _move(problem, counts, free, e, m, n)
-    return False
+            moves.append((e, n, m))
+    return _fits_on(problem, free, d, n)
+
+
+def _room_elsewhere(problem: Problem, counts: Ints, free: Floats, e: int, depth: int,
+                    chain: set[int], moves: list[Move], budget: list[int]) -> int | None:
+    """A node outside ``chain`` for one more replica of ``e``: one with room, or (depth
+    allowing) one where room can be made."""
+    room = _fits(problem, e, free, counts)
+    room[list(chain)] = False
+    gain = problem.score[e] - problem.penalty[e] * (problem.existing[e] + counts[e])
+    if room.any():
+        return int(np.argmax(np.where(room, gain, -np.inf)))
+    if depth <= 1:
+        return None
+    candidates = problem.ok[e] & (problem.free >= problem.need[e] - 1e-9).all(axis=1)
+    if problem.anti[e]:
+        candidates &= (problem.existing[e] + counts[e]) == 0
+    candidates[list(chain)] = False
+    order = np.flatnonzero(candidates)
+    for m in order[np.argsort(-gain[order])][:REPAIR_WIDTH]:
+        budget[0] -= 1
+        if budget[0] <= 0:
+            return None
+        mark = len(moves)
+        if _room_on(problem, counts, free, e, int(m), depth - 1, chain | {int(m)}, moves,
+                    budget):
+            return int(m)
+        _undo(problem, counts, free, moves, mark)
+    return None
+
+
+def _undo(problem: Problem, counts: Ints, free: Floats, moves: list[Move], mark: int) -> None:
+    while len(moves) > mark:
+        e, src, dst = moves.pop()
+        _move(problem, counts, free, e, dst, src)
 
 
 def _move(problem: Problem, counts: Ints, free: Floats, e: int, src: int, dst: int) -> None:

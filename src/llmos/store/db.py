@@ -63,7 +63,7 @@ class Store:
     def upsert_deployment(self, name: str, model_ref: str, *, project: str = "default",
                           engine: str = "llama.cpp",
                           engine_settings: dict[str, Any] | None = None,
-                          replicas: int = 1) -> Deployment:
+                          replicas: int = 1, **fields: Any) -> Deployment:
         with self.session() as s, s.begin():
             row = s.scalars(select(Deployment).where(
                 Deployment.project == project, Deployment.name == name)).first()
@@ -75,6 +75,8 @@ class Store:
             row.engine = engine
             row.engine_settings = dict(engine_settings or {})
             row.replicas = replicas
+            for key, value in fields.items():  # in the same transaction
+                setattr(row, key, value)
         return row
 
     def set_model_version(self, name: str, model_version: str, *,
