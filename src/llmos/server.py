@@ -13,7 +13,8 @@ import ipaddress
 import logging
 import os
 import socket
-from typing import TYPE_CHECKING
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 from llmos.errors import ConfigError, LLMOSError
 from llmos.settings import Settings
@@ -70,7 +71,7 @@ async def serve(settings: Settings, *, deploy_default: bool = True) -> None:
                       detect())
     controller = Controller(store, registry, bus, settings.engine)
     app = create_app(settings, bus, store, registry)
-    server = uvicorn.Server(uvicorn.Config(
+    server = _server_class()(uvicorn.Config(
         app, host=settings.host, port=settings.port, log_config=None, access_log=False,
         http=JsonErrorsHttpToolsProtocol,
         lifespan="on", timeout_graceful_shutdown=5))
@@ -101,6 +102,26 @@ async def serve(settings: Settings, *, deploy_default: bool = True) -> None:
         await bus.close()
         store.close()
         log.info("stopped")
+
+
+def _server_class() -> type[Any]:
+    """uvicorn's Server, except that it does not raise again the signal that stopped it
+    once it has shut down (uvicorn does, which kills the process before it stops its
+    replicas, releases its lease and closes the bus)."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            inner = super().capture_signals()
+            inner.__enter__()
+            try:
+                yield
+            finally:
+                self._captured_signals.clear()
+                inner.__exit__(None, None, None)
+
+    return Server
 
 
 def _freeze_startup_objects() -> None:
