@@ -9,7 +9,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -21,9 +20,9 @@ from typing import Any
 
 import httpx
 import pytest
-from openai import OpenAI
 
 from tests.conftest import free_port, require_service, stop_process, wait_until
+from tests.e2e import load
 from tests.postgres import postgres_database
 
 pytestmark = pytest.mark.e2e
@@ -150,10 +149,7 @@ def wait_ready(cluster: Cluster, name: str, count: int, timeout_s: float = 180,
 
 
 def ask(url: str, model: str) -> str:
-    client = OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=120)
-    answer = client.completions.create(model=model, prompt="One, two,", max_tokens=2,
-                                       temperature=0)
-    return answer.choices[0].text
+    return load.ask(f"{url}/v1", model)
 
 
 def test_spread_places_one_replica_per_node(cluster: Cluster) -> None:
@@ -290,26 +286,12 @@ def test_a_crashed_worker_is_restarted(cluster: Cluster) -> None:
     assert any(e["kind"] == "restarted" and e["replica"] == replica["id"] for e in events)
 
 
-def test_a_rolling_settings_change_under_load_fails_no_request(cluster: Cluster) -> None:
+def test_settings_a_version_and_a_resize_roll_under_load_failing_no_request(
+        cluster: Cluster) -> None:
     name = cluster.name("chat")
     wait_ready(cluster, name, 3)
     url = control(cluster)
-    failures: list[str] = []
-    answered = [0]
-    stop = threading.Event()
-
-    def load() -> None:
-        while not stop.is_set():
-            try:
-                ask(url, name)
-                answered[0] += 1
-            except Exception as exc:
-                failures.append(repr(exc))
-
-    threads = [threading.Thread(target=load) for _ in range(4)]
-    for t in threads:
-        t.start()
-    try:
+    with load.steady_load(f"{url}/v1", name, clients=4) as traffic:
         changed = api(url, "PATCH", f"/api/deployments/{name}",
                       json={"settings": {**SMALL, "slots": 3}})
         assert changed.status_code == 200 and changed.json()["generation"] == 2
@@ -324,11 +306,7 @@ def test_a_rolling_settings_change_under_load_fails_no_request(cluster: Cluster)
         rolled = wait_ready(cluster, name, 3, timeout_s=240, generation=3)
         assert {r["model_version"] for r in rolled} == {"gemma-next@1"}
         assert all(r["reserved"]["memory"] >= 900 * 2**20 for r in rolled)
-    finally:
-        stop.set()
-        for t in threads:
-            t.join(120)
-    assert failures == [] and answered[0] > 0
+    assert traffic.failures == [] and traffic.answered > 0
 
 
 def test_drain_and_cordon_move_replicas_off_a_node(cluster: Cluster) -> None:

@@ -4,7 +4,6 @@ and agent as a cluster, with replicas in the server's process."""
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from openai import OpenAI
 
 from tests.cli.test_cli import llmos
 from tests.conftest import RunningServer, start_server, stop_server, wait_until
+from tests.e2e import load
 
 pytestmark = pytest.mark.e2e
 
@@ -54,10 +54,7 @@ def ready(server: RunningServer, name: str, count: int, generation: int | None =
 
 
 def ask(server: RunningServer, model: str) -> str:
-    client = OpenAI(base_url=f"{server.api}", api_key="none", max_retries=0, timeout=60)
-    answer = client.completions.create(model=model, prompt="One, two,", max_tokens=3,
-                                       temperature=0)
-    return answer.choices[0].text
+    return load.ask(server.api, model, timeout=60)
 
 
 def test_deploy_scale_ask_and_remove(server: RunningServer) -> None:
@@ -118,34 +115,15 @@ def test_a_settings_change_rolls_replicas_with_no_failed_request(
         "name": "rolling", "model": "gemma-3-270m", "replicas": 1, "settings": SMALL})
     ready(server, "rolling", 1)
     before = {r["id"] for r in deployment(server, "rolling")["placed"]}
-    failures: list[str] = []
-    answered = [0]
-    stop = threading.Event()
-
-    def load() -> None:
-        while not stop.is_set():
-            try:
-                ask(server, "rolling")
-                answered[0] += 1
-            except Exception as exc:
-                failures.append(repr(exc))
-
-    threads = [threading.Thread(target=load) for _ in range(3)]
-    for t in threads:
-        t.start()
-    try:
+    with load.steady_load(server.api, "rolling", clients=3) as traffic:
         changed = api(server, "PATCH", "/api/deployments/rolling",
                       json={"settings": {**SMALL, "slots": 3}})
         assert changed.status_code == 200 and changed.json()["generation"] == 2
         ready(server, "rolling", 1, generation=2)
-    finally:
-        stop.set()
-        for t in threads:
-            t.join(60)
     after = {r["id"] for r in deployment(server, "rolling")["placed"]}
     assert not before & after
-    assert failures == []
-    assert answered[0] > 0
+    assert traffic.failures == []
+    assert traffic.answered > 0
     api(server, "DELETE", "/api/deployments/rolling")
 
 
@@ -160,20 +138,7 @@ def test_a_new_version_and_a_resize_roll_under_load(server: RunningServer) -> No
     api(server, "POST", "/api/deployments", json={
         "name": "versioned", "model": "gemma-3-270m@1", "replicas": 1, "settings": SMALL})
     ready(server, "versioned", 1)
-    failures: list[str] = []
-    stop = threading.Event()
-
-    def load() -> None:
-        while not stop.is_set():
-            try:
-                ask(server, "versioned")
-            except Exception as exc:
-                failures.append(repr(exc))
-
-    threads = [threading.Thread(target=load) for _ in range(2)]
-    for t in threads:
-        t.start()
-    try:
+    with load.steady_load(server.api, "versioned", clients=2) as traffic:
         moved = api(server, "PATCH", "/api/deployments/versioned",
                     json={"model": "gemma-next:next"})
         assert moved.status_code == 200 and moved.json()["generation"] == 2
@@ -186,11 +151,7 @@ def test_a_new_version_and_a_resize_roll_under_load(server: RunningServer) -> No
         assert resized.json()["generation"] == 3
         ready(server, "versioned", 1, generation=3)
         assert deployment(server, "versioned")["placed"][0]["reserved"]["memory"] >= 700 * 2**20
-    finally:
-        stop.set()
-        for t in threads:
-            t.join(60)
-    assert failures == []
+    assert traffic.failures == [] and traffic.answered > 0
     api(server, "DELETE", "/api/deployments/versioned")
 
 

@@ -21,8 +21,9 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RunningS
     started: list[RunningServer] = []
     try:
         for name in ("site-a", "site-b"):  # registries only: no replicas
+            # (ready once the default model is imported: the test copies it between them)
             started.append(start_server(tmp_path_factory.mktemp(name), args=["--no-worker"],
-                                        ready_path="/api/models"))
+                                        ready_path="/api/models/gemma-3-270m"))
         yield started[0], started[1]
     finally:
         for server in started:
