@@ -12,9 +12,9 @@ from openai import OpenAI
 
 def ask(api_base: str, model: str, timeout: float = 120) -> str:
     """One short greedy completion through the official client (no retries)."""
-    client = OpenAI(base_url=api_base, api_key="none", max_retries=0, timeout=timeout)
-    answer = client.completions.create(model=model, prompt="One, two,", max_tokens=2,
-                                       temperature=0)
+    with OpenAI(base_url=api_base, api_key="none", max_retries=0, timeout=timeout) as client:
+        answer = client.completions.create(model=model, prompt="One, two,", max_tokens=2,
+                                           temperature=0)
     return answer.choices[0].text
 
 

@@ -67,7 +67,8 @@ def test_deploy_scale_ask_and_remove(server: RunningServer) -> None:
                                                           "model": "gemma-3-270m"})
     assert again.status_code == 409
     ready(server, "small", 1)
-    ids = {m.id for m in OpenAI(base_url=server.api, api_key="none").models.list()}
+    with OpenAI(base_url=server.api, api_key="none") as client:
+        ids = {m.id for m in client.models.list()}
     assert {"gemma-3-270m", "small", "tiny-chat"} <= ids
     assert ask(server, "small") and ask(server, "tiny-chat")  # an alias, the same replicas
     taken = api(server, "POST", "/api/deployments", json={

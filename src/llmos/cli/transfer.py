@@ -8,6 +8,7 @@ half-copied version is never visible. Blobs the target has are not sent.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +26,12 @@ class TransferError(Exception):
         super().__init__(message)
         self.message = message
 
+
+class UploadBusy(TransferError):
+    """The target's upload session is held by another request (a cut one, still there)."""
+
+
+_BUSY_TRIES = 20
 
 @dataclass(frozen=True)
 class Copied:
@@ -64,14 +71,25 @@ def copy_version(source: httpx.Client, target: httpx.Client, ref: str, *,
             if progress is not None:
                 progress(filename, size, size)
             continue
-        upload = _check(target.post("/api/uploads", json={
-            "digest": digest, "size": size, "filename": filename}),
-            f"{target.base_url}: opening an upload of {filename}")
-        offset = upload["offset"]
-        resumed += offset
-        if offset < size:
-            sent += _send(source, target, upload["id"], digest, filename, offset, size,
-                          progress)
+        for attempt in range(_BUSY_TRIES):
+            upload = _check(target.post("/api/uploads", json={
+                "digest": digest, "size": size, "filename": filename}),
+                f"{target.base_url}: opening an upload of {filename}")
+            offset = upload["offset"]
+            if attempt == 0:
+                resumed += offset
+            if offset >= size:
+                break
+            try:
+                sent += _send(source, target, upload["id"], digest, filename, offset, size,
+                              progress)
+                break
+            except UploadBusy:
+                # a cut copy's request may still hold the session on the target until it
+                # notices its client has gone: ask again in a moment, from its offset then
+                if attempt == _BUSY_TRIES - 1:
+                    raise
+                time.sleep(0.5)
         _check(target.post(f"/api/uploads/{upload['id']}/finish"),
                f"{target.base_url}: checking {filename}")
     parent = _same_version_on(target, source, version.get("derived_from"), project, into)
@@ -124,9 +142,11 @@ def _send(source: httpx.Client, target: httpx.Client, upload_id: str, digest: st
                     progress(filename, offset + sent, size)
                 yield piece
 
-        _check(target.patch(f"/api/uploads/{upload_id}", params={"offset": offset},
-                            content=body(), headers={
-                                "content-type": "application/octet-stream",
-                                "content-length": str(size - offset)}),
-               f"{target.base_url}: sending {filename}")
+        answer = target.patch(f"/api/uploads/{upload_id}", params={"offset": offset},
+                              content=body(), headers={
+                                  "content-type": "application/octet-stream",
+                                  "content-length": str(size - offset)})
+        if answer.status_code == 409 and "being sent by another client" in answer.text:
+            raise UploadBusy(f"{target.base_url}: upload {upload_id} is busy")
+        _check(answer, f"{target.base_url}: sending {filename}")
     return sent
