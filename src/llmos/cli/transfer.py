@@ -76,8 +76,6 @@ def copy_version(source: httpx.Client, target: httpx.Client, ref: str, *,
                 "digest": digest, "size": size, "filename": filename}),
                 f"{target.base_url}: opening an upload of {filename}")
             offset = upload["offset"]
-            if attempt == 0:
-                resumed += offset
             if offset >= size:
                 break
             try:
@@ -90,6 +88,7 @@ def copy_version(source: httpx.Client, target: httpx.Client, ref: str, *,
                 if attempt == _BUSY_TRIES - 1:
                     raise
                 time.sleep(0.5)
+        resumed += offset  # what the target had kept when this copy went on
         _check(target.post(f"/api/uploads/{upload['id']}/finish"),
                f"{target.base_url}: checking {filename}")
     parent = _same_version_on(target, source, version.get("derived_from"), project, into)
