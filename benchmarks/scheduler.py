@@ -50,6 +50,7 @@ from llmos.scheduler.model import (  # noqa: E402
     Resources,
 )
 from llmos.scheduler.plan import plan  # noqa: E402
+from llmos.scheduler.synthetic import mixed_cluster  # noqa: E402
 
 
 def cluster(n_nodes: int, n_replicas: int, seed: int = 7) -> ClusterSnapshot:
@@ -84,29 +85,6 @@ def cluster(n_nodes: int, n_replicas: int, seed: int = 7) -> ClusterSnapshot:
                            {"zone": "z1"} if rng.random() < 0.1 else {})))
         d += 1
     return ClusterSnapshot(tuple(nodes), tuple(deployments))
-
-
-def small_cluster(n_nodes: int, fill: float, seed: int) -> ClusterSnapshot:
-    """A small mixed cluster whose deployments ask for ``fill`` of its memory."""
-    rng = random.Random(seed)
-    nodes = tuple(Node(f"n{i}", Resources(cpu=rng.choice([2, 4, 8]),
-                                          memory=rng.choice([4, 8, 16]) * GiB),
-                       labels={"zone": rng.choice("ab")}, load=rng.random(),
-                       cached=frozenset({"m0@1"} if rng.random() < 0.3 else ()))
-                  for i in range(n_nodes))
-    budget = fill * sum(n.capacity.memory for n in nodes)
-    deployments: list[Deployment] = []
-    while budget > 0:
-        memory = int(rng.uniform(0.5, 5) * GiB)
-        count = max(1, min(rng.randint(1, 6), int(budget // memory)))
-        budget -= count * memory
-        deployments.append(Deployment(
-            f"d{len(deployments)}", f"m{len(deployments) % 3}@1", count,
-            Resources(cpu=rng.choice([0.5, 1, 2]), memory=memory),
-            strategy=rng.choice(["spread", "binpack"]), anti_affinity=rng.random() < 0.2,
-            priority=rng.choice([0, 0, 1]),
-            node_selector={"zone": "a"} if rng.random() < 0.2 else {}))
-    return ClusterSnapshot(nodes, tuple(deployments))
 
 
 def placed_as_replicas(snapshot: ClusterSnapshot, p: Plan) -> ClusterSnapshot:
@@ -186,7 +164,7 @@ def main() -> None:
         for fill in (0.5, 0.75, 0.95):
             ratios, placed_g, placed_m, t_m, t_g, proved, asked = [], 0, 0, [], [], 0, 0
             for seed in range(args.seeds):
-                snap = small_cluster(n, fill, seed)
+                snap = mixed_cluster(n, seed=seed, fill=fill)
                 asked += sum(d.replicas for d in snap.deployments)
                 with quiet_stdout():
                     start = time.perf_counter()

@@ -4,6 +4,7 @@ thread and ``poll`` 0 on these two cores."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -284,6 +285,38 @@ def test_a_crashed_worker_is_restarted(cluster: Cluster) -> None:
     wait_until(restarted, 60, 0.5, what="the worker restarted, ready")
     events = api(url, "GET", "/api/events", params={"deployment": name}).json()["data"]
     assert any(e["kind"] == "restarted" and e["replica"] == replica["id"] for e in events)
+
+
+def test_a_stuck_worker_is_replaced(cluster: Cluster) -> None:
+    """A worker whose process lives but stops answering (SIGSTOP: no heartbeats) is
+    killed and started again by its agent, and the controller records it unhealthy."""
+    import psutil
+
+    name = cluster.name("chat")
+    replica = wait_ready(cluster, name, 3)[-1]
+    agent = psutil.Process(cluster.agents[replica["node"]].pid)
+    (worker,) = [p for p in agent.children() if replica["id"] in " ".join(p.cmdline())]
+    restarts = replica["restarts"]
+    worker.suspend()
+    try:
+        url = control(cluster)
+
+        def replaced() -> bool:
+            rs = {r["id"]: r for r in placed(cluster, name)}
+            r = rs.get(replica["id"])
+            return bool(r and r["restarts"] > restarts and r["state"] == "ready")
+
+        # three missed heartbeats (5 s apart), then a restart and a model load
+        wait_until(replaced, 90, 0.5, what="the stuck worker replaced, ready")
+        assert not worker.is_running()
+        events = api(url, "GET", "/api/events", params={"deployment": name}).json()["data"]
+        unhealthy = [e for e in events if e["kind"] == "unhealthy"
+                     and e["replica"] == replica["id"]]
+        assert unhealthy, [e["kind"] for e in events]
+        assert "stopped answering" in unhealthy[0]["message"]
+    finally:
+        with contextlib.suppress(psutil.Error):
+            worker.kill()
 
 
 def test_settings_a_version_and_a_resize_roll_under_load_failing_no_request(

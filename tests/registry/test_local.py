@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 
 from llmos.errors import BadRequest, Conflict, NotFound
-from llmos.registry import LocalRegistry, parse_ref
+from llmos.registry import LocalRegistry, parse_ref, upkeep
 from llmos.registry.blobs import StorageFull
 from llmos.registry.gguf import GGUFError, read_gguf
+from llmos.registry.lineage import lineage
 from llmos.registry.manifest import (
     ADAPTER_MEDIA_TYPE,
     GGUF_MEDIA_TYPE,
@@ -155,9 +156,9 @@ def test_lineage(registry: LocalRegistry, tmp_path: Path) -> None:
     assert adapter.blobs[0].media_type == ADAPTER_MEDIA_TYPE
     assert adapter.derived_from == "base-q4@1" and adapter.relation == "adapter"
     assert tuned.relation == "fine-tune"
-    ancestors, descendants = registry.lineage("base-q4-chat")
+    ancestors, descendants = lineage(registry, "base-q4-chat")
     assert [v.ref for v in ancestors] == ["base-q4@1", "base@1"]
-    ancestors, descendants = registry.lineage("base")
+    ancestors, descendants = lineage(registry, "base")
     assert ancestors == []
     assert {v.ref for v in descendants} == {"base-q4@1", "base-q4-chat@1", "base-tuned@1"}
     assert base.derived_from is None
@@ -200,27 +201,27 @@ def test_gc_removes_only_what_no_version_names(registry: LocalRegistry, tmp_path
     (stray / "w.gguf").write_bytes(b"x")
     stale = registry.root / "blobs" / "sha256" / ".stale.part"
     stale.write_bytes(b"half an upload")
-    first = registry.gc()  # the blob is within the grace period: an upload may name it
+    first = upkeep.gc(registry)  # the blob is within the grace period: an upload may name it
     assert (first.blobs, first.parts, first.folders) == (0, 1, 1)
-    report = registry.gc(grace_s=0)
+    report = upkeep.gc(registry, grace_s=0)
     assert (report.blobs, report.parts) == (1, 0)
     assert report.bytes == len(make_gguf()) + 4
     assert registry.blobs.digests() == [kept.blobs[0].digest]
-    assert registry.verify() == []
+    assert upkeep.verify(registry) == []
 
 
 def test_verify_finds_a_flipped_byte(registry: LocalRegistry, tmp_path: Path) -> None:
     version = registry.import_path(weights(tmp_path), "m").version
-    assert registry.verify("m") == []
+    assert upkeep.verify(registry, "m") == []
     blob = registry.blob_path(version.blobs[0].digest)
     data = bytearray(blob.read_bytes())
     data[-1] ^= 0x01
     blob.write_bytes(bytes(data))
-    problems = registry.verify()
+    problems = upkeep.verify(registry)
     assert len(problems) == 1 and problems[0].ref == "default/m@1"
     assert "corrupt" in problems[0].problem
     blob.unlink()
-    assert "missing" in registry.verify("m@1")[0].problem
+    assert "missing" in upkeep.verify(registry, "m@1")[0].problem
 
 
 @pytest.mark.parametrize("content", [
@@ -326,7 +327,7 @@ def test_a_full_disk_is_a_clean_error(tmp_path: Path) -> None:
         with pytest.raises(StorageFull):
             registry.put_blob(iter([big.read_bytes()]), filename="big.gguf")
         assert store_files(registry) == before
-        assert registry.verify() == []
+        assert upkeep.verify(registry) == []
 
 
 def test_a_new_version_gets_a_resource_estimate(tmp_path: Path) -> None:
@@ -410,11 +411,11 @@ def test_gc_keeps_tags_and_files_that_end_in_part(registry: LocalRegistry,
     registry.materialize(registry.get("m"))
     (registry.blobs.folder / "abc.partial").write_bytes(b"a cut pull")
     (registry.blobs.folder / ".import.part").write_bytes(b"a cut import")
-    report = registry.gc(grace_s=0)
+    report = upkeep.gc(registry, grace_s=0)
     assert report.parts == 2 and report.blobs == 0
     assert registry.get("m:v1.part").blobs[0].filename == "notes.part"
     assert (registry.materialize(registry.get("m")) / "notes.part").is_file()
-    assert registry.verify() == []
+    assert upkeep.verify(registry) == []
 
 
 def test_a_pinned_version_is_not_deleted_by_any_name(registry: LocalRegistry,
@@ -425,10 +426,10 @@ def test_a_pinned_version_is_not_deleted_by_any_name(registry: LocalRegistry,
     for ref in ("m@1", f"m@{version.blobs[0].digest}"):
         with pytest.raises(Conflict, match="deployment 'chat'"):
             registry.delete(ref)
-    assert registry.gc(grace_s=0).blobs == 0
+    assert upkeep.gc(registry, grace_s=0).blobs == 0
     registry.pins.unpin(version, "deployment 'chat' (project default)")
     registry.delete("m@1")
-    assert registry.gc(grace_s=0).blobs == 1
+    assert upkeep.gc(registry, grace_s=0).blobs == 1
 
 
 def test_a_lease_pins_until_it_runs_out(registry: LocalRegistry, tmp_path: Path) -> None:

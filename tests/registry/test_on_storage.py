@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from llmos.errors import NotFound
-from llmos.registry import LocalRegistry
+from llmos.registry import LocalRegistry, upkeep
 from llmos.storage import ObjectStorage, open_storage
 from llmos.storage import blobs as remote
 from tests.azurite import ACCOUNT, Azurite, azure_env, azurite
@@ -99,14 +99,14 @@ def test_delete_gc_and_verify(storage: ObjectStorage, tmp_path: Path) -> None:
     a.delete("gone@1")
     with pytest.raises(NotFound):
         node(tmp_path, storage, "b").get("gone@1")
-    report = a.gc(grace_s=0)
+    report = upkeep.gc(a, grace_s=0)
     assert report.blobs == 2  # the remote blob and the cached copy
     assert remote.digests(storage) == [kept.blobs[0].digest]
     assert not remote.exists(storage, gone.blobs[0].digest)
-    assert a.verify() == []
+    assert upkeep.verify(a) == []
     cached = a.blobs.path(kept.blobs[0].digest)
     cached.write_bytes(b"X" + cached.read_bytes()[1:])  # a flipped byte in one node's cache
-    problems = a.verify()
+    problems = upkeep.verify(a)
     assert len(problems) == 1 and "cached copy" in problems[0].problem
     assert not cached.exists()  # dropped: the next use pulls a good copy
     assert a.blob_path(kept.blobs[0].digest).read_bytes() == make_gguf() + b"kept"

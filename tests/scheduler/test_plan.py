@@ -20,6 +20,7 @@ from llmos.scheduler.model import (
     Resources,
 )
 from llmos.scheduler.plan import Solver, plan
+from llmos.scheduler.synthetic import mixed_cluster
 
 FIXTURES = Path(__file__).with_name("fixtures")
 SOLVERS: list[Solver] = ["milp", "greedy"]
@@ -171,31 +172,6 @@ def test_nodes_that_are_equal_but_for_a_cached_model_prefer_the_cache() -> None:
 # -- the two solvers ---------------------------------------------------------------------
 
 
-def random_cluster(seed: int, nodes: int, replicas: int) -> ClusterSnapshot:
-    import random
-
-    rng = random.Random(seed)
-    node_list = tuple(Node(f"n{i}", Resources(cpu=rng.choice([2, 4, 8]),
-                                              memory=rng.choice([4, 8, 16]) * GiB),
-                           labels={"zone": rng.choice("ab")}, load=rng.random(),
-                           cached=frozenset({"m0@1"} if rng.random() < 0.3 else ()))
-                      for i in range(nodes))
-    deployments = []
-    left = replicas
-    d = 0
-    while left > 0:
-        count = min(left, rng.randint(1, 6))
-        left -= count
-        deployments.append(Deployment(
-            f"d{d}", f"m{d % 3}@1", count,
-            Resources(cpu=rng.choice([0.5, 1, 2]), memory=int(rng.uniform(0.5, 5) * GiB)),
-            strategy=rng.choice(["spread", "binpack"]), anti_affinity=rng.random() < 0.2,
-            priority=rng.choice([0, 0, 1]),
-            node_selector={"zone": "a"} if rng.random() < 0.2 else {}))
-        d += 1
-    return ClusterSnapshot(node_list, tuple(deployments))
-
-
 def oversold(snap: ClusterSnapshot, p: Plan) -> list[str]:
     used: dict[str, Resources] = {n.name: Resources() for n in snap.nodes}
     for x in p.placements:
@@ -205,14 +181,19 @@ def oversold(snap: ClusterSnapshot, p: Plan) -> list[str]:
             or used[n.name].cpu > n.capacity.cpu + 1e-9]
 
 
-def test_greedy_is_within_3_percent_of_the_milp_and_neither_oversells() -> None:
-    """Half-full clusters of 12 mixed nodes (labels, anti-affinity, priorities). On
-    nearly full ones greedy falls further behind: benchmarks/scheduler.py reports it."""
+@pytest.mark.parametrize("size", [{"replicas": 20}, {"fill": 0.75}],
+                         ids=["half-full", "three-quarters-full"])
+def test_greedy_is_within_3_percent_of_the_milp_and_neither_oversells(
+        size: dict[str, Any]) -> None:
+    """Clusters of 12 mixed nodes (labels, anti-affinity, priorities, two resources).
+    Nearly full ones take the MILP seconds: benchmarks/scheduler.py compares those."""
     ratios = []
     for seed in range(8):
-        snap = random_cluster(seed, nodes=12, replicas=20)
-        exact, quick = plan(snap, solver="milp"), plan(snap, solver="greedy")
+        snap = mixed_cluster(12, seed=seed, **size)
+        exact = plan(snap, solver="milp", time_limit_s=20)
+        quick = plan(snap, solver="greedy")
         assert exact.solver == "milp" and exact.optimal
+        assert quick.solver == "greedy"
         assert not oversold(snap, exact) and not oversold(snap, quick)
         assert quick.objective.total <= exact.objective.total + 1e-6
         ratios.append(quick.objective.total / exact.objective.total)
@@ -221,12 +202,36 @@ def test_greedy_is_within_3_percent_of_the_milp_and_neither_oversells() -> None:
             missing = {u.deployment: u.missing for u in p.unschedulable}
             for d in snap.deployments:
                 assert placed[d.name] + missing.get(d.name, 0) == d.replicas
-    assert min(ratios) >= 0.9
-    assert sum(ratios) / len(ratios) >= 0.97
+    assert min(ratios) >= 0.97, ratios
+    assert sum(ratios) / len(ratios) >= 0.99, ratios
+
+
+def test_greedy_packs_what_its_first_pass_strands() -> None:
+    """The first pass puts the CPU-heavy replica on the node with memory to spare (its
+    binpack score prefers the fuller node) and strands the memory-heavy one; the packing
+    passes match each replica to the node whose free resources it fits best."""
+    nodes = (Node("roomy", Resources(cpu=2, memory=8 * GiB)),
+             Node("cores", Resources(cpu=4, memory=2 * GiB)))
+    deployments = (
+        Deployment("compute", "m@1", 1, Resources(cpu=2, memory=1 * GiB),
+                   strategy="binpack", priority=1),
+        Deployment("memory", "m@1", 1, Resources(cpu=0.5, memory=6 * GiB)))
+    snap = ClusterSnapshot(nodes, deployments)
+    p = plan(snap, solver="greedy")
+    assert {(x.deployment, x.node) for x in p.placements} == {
+        ("compute", "cores"), ("memory", "roomy")}
+    assert not p.unschedulable
+
+
+def test_the_greedy_plan_is_the_same_for_the_same_snapshot() -> None:
+    snap = mixed_cluster(24, seed=3, fill=0.95)
+    first = plan(snap, solver="greedy")
+    assert first.unschedulable  # nearly full: the search ran
+    assert plan(snap, solver="greedy") == first
 
 
 def test_auto_goes_greedy_when_the_milp_would_be_large() -> None:
-    snap = random_cluster(1, nodes=12, replicas=40)
+    snap = mixed_cluster(12, seed=1, replicas=40)
     assert plan(snap, exact_limit=10).solver == "greedy"
     assert plan(replace(snap, deployments=())).solver == "none"
     assert plan(snap, exact_limit=10**6).solver == "milp"

@@ -66,6 +66,9 @@ class _Proc:
     state: ReplicaPhase = "starting"
     message: str | None = None
     restarts: int = 0
+    unhealthy: int = 0
+    """Times its worker stopped answering and was replaced."""
+    replacing: bool = False
     process: asyncio.subprocess.Process | None = None
     started_at: float = 0.0
     last_beat: float | None = None
@@ -134,7 +137,11 @@ class ProcessRunner:
             if ran >= STEADY_S:
                 backoff = BACKOFF_S[0]
             proc.restarts += 1
-            proc.message = f"worker exited with {code}: {_last_line(log_path)}"
+            if proc.replacing:
+                proc.replacing = False
+                proc.message = "its worker stopped answering; replaced"
+            else:
+                proc.message = f"worker exited with {code}: {_last_line(log_path)}"
             proc.state = "failed" if proc.last_beat is None else "starting"
             log.warning("replica %s: %s; starting it again in %.0f s", spec.replica_id,
                         proc.message, backoff)
@@ -186,15 +193,17 @@ class ProcessRunner:
             now = time.monotonic()
             for proc in list(self._procs.values()):
                 process = proc.process
-                if (proc.stopping or proc.last_beat is None or process is None
-                        or process.returncode is not None):
+                if (proc.stopping or proc.replacing or proc.last_beat is None
+                        or process is None or process.returncode is not None):
                     continue
                 if now - proc.last_beat > STALE_AFTER * self.worker_interval_s:
                     log.warning("replica %s: no heartbeat for %.0f s; replacing its worker",
                                 proc.spec.replica_id, now - proc.last_beat)
-                    proc.message = "its worker stopped answering; replaced"
+                    proc.unhealthy += 1
+                    proc.replacing = True
                     with contextlib.suppress(ProcessLookupError):
                         process.kill()
+                    self._notify()
 
     async def stop(self, replica_id: str) -> None:
         proc = self._procs.get(replica_id)
@@ -232,7 +241,8 @@ class ProcessRunner:
                     rss = psutil.Process(p.process.pid).memory_info().rss
             out.append(ReplicaStatus(replica_id=rid, deployment=p.spec.deployment,
                                      generation=p.spec.generation, state=p.state, rss=rss,
-                                     restarts=p.restarts, message=p.message))
+                                     restarts=p.restarts, unhealthy=p.unhealthy,
+                                     message=p.message))
         return out
 
     def cached(self) -> list[str]:

@@ -127,6 +127,8 @@ class ReplicaStatus(BaseModel):
     rss: int = 0
     """Resident memory of its worker process (0: not measured, e.g. in-process)."""
     restarts: int = 0
+    unhealthy: int = 0
+    """Times its worker was replaced because it stopped answering (heartbeats)."""
     message: str | None = None
 
 

@@ -74,6 +74,8 @@ class Controller:
         self._moving: dict[str, str] = {}
         self._unestimated: set[str] = set()
         self._moves: dict[str, int] = {}
+        self._unhealthy: dict[str, int] = {}
+        """Per replica, the count of worker replacements last reported."""
 
     # -- running ---------------------------------------------------------------------
 
@@ -328,6 +330,9 @@ class Controller:
 
     def _learn(self, replicas: list[Replica], now: float, events: list[Event]) -> None:
         """Replica states and RSS from the latest status of their nodes."""
+        known = {r.id for r in replicas}
+        for gone in [rid for rid in self._unhealthy if rid not in known]:
+            del self._unhealthy[gone]
         for r in replicas:
             heard = self.directory.get(r.node)
             if heard is None or not heard.alive(now):
@@ -350,6 +355,12 @@ class Controller:
                 events.append(_event(now, "restarted", r.deployment, r.node, r.id,
                                      f"replica {r.id} restarted ({reported.restarts} "
                                      "restarts)", r.project))
+            seen = self._unhealthy.get(r.id)
+            self._unhealthy[r.id] = reported.unhealthy
+            if seen is not None and reported.unhealthy > seen:
+                events.append(_event(now, "unhealthy", r.deployment, r.node, r.id,
+                                     f"replica {r.id} on {r.node}: its worker stopped "
+                                     "answering (no heartbeat); replaced", r.project))
             if reported.rss and abs(reported.rss - r.rss) > 8 << 20:
                 changes["rss"] = reported.rss
             if changes:

@@ -86,21 +86,6 @@ class Imported:
     """Bytes of blob content the store did not have before."""
 
 
-@dataclass(frozen=True)
-class GcReport:
-    blobs: int
-    bytes: int
-    parts: int
-    folders: int
-
-
-@dataclass(frozen=True)
-class Problem:
-    ref: str | None
-    digest: str
-    problem: str
-
-
 PROJECT_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 _PROJECT_RE = re.compile(PROJECT_PATTERN)
 
@@ -344,7 +329,7 @@ class LocalRegistry:
             self.meta.put(f"repos/{project}/{version.name}/_deleted/{version.version}",
                           json.dumps({"deleted_at": time.time()}).encode())
             self.meta.delete(self._manifest_key(project, version.name, version.version))
-            shutil.rmtree(self._files_path(version), ignore_errors=True)
+            shutil.rmtree(self.files_path(version), ignore_errors=True)
         log.info("registry: deleted %s/%s (tags %s; %d blobs left for gc)", project,
                  version.ref, ", ".join(version.tags) or "none", len(version.blobs),
                  extra={"event": "registry.delete"})
@@ -427,39 +412,11 @@ class LocalRegistry:
         data.setdefault("project", project)
         return ModelVersion.from_dict(data, tags)
 
-    def lineage(self, ref: str, *, project: str = DEFAULT_PROJECT
-                ) -> tuple[builtins.list[ModelVersion], builtins.list[ModelVersion]]:
-        """(ancestors, nearest first; descendants, all generations) of a version."""
-        version = self.get(ref, project=project)
-        ancestors: builtins.list[ModelVersion] = []
-        seen = {version.ref}
-        current = version
-        while current.derived_from and current.derived_from not in seen:
-            seen.add(current.derived_from)
-            try:
-                current = self.get(current.derived_from, project=project)
-            except NotFound:
-                break  # the parent was deleted: the chain ends here
-            ancestors.append(current)
-        children: dict[str, builtins.list[ModelVersion]] = {}
-        for other in self.list(project=project):
-            if other.derived_from:
-                children.setdefault(other.derived_from, []).append(other)
-        descendants: builtins.list[ModelVersion] = []
-        todo, done = [version.ref], {version.ref}
-        while todo:
-            for child in children.get(todo.pop(0), []):
-                if child.ref not in done:
-                    done.add(child.ref)
-                    descendants.append(child)
-                    todo.append(child.ref)
-        return ancestors, descendants
-
     # files for engines ---------------------------------------------------------------
 
     def materialize(self, version: ModelVersion) -> Path:
         """A directory with the version's files under their original names (hard links)."""
-        folder = self._files_path(version)
+        folder = self.files_path(version)
         folder.mkdir(parents=True, exist_ok=True)
         for blob in version.blobs:
             link = folder / check_filename(blob.filename)
@@ -522,106 +479,13 @@ class LocalRegistry:
                 return int(str(record["size"]))
         return None
 
-    # upkeep --------------------------------------------------------------------------
-
     def all_versions(self) -> builtins.list[ModelVersion]:
         """Every version of every project."""
         return [v for p in self.projects() for v in self.list(project=p)]
 
-    def _selected(self, ref: str | None, project: str) -> builtins.list[ModelVersion]:
-        return [self.get(ref, project=project)] if ref is not None else self.all_versions()
-
-    def referenced(self) -> dict[str, builtins.list[str]]:
-        """Every digest a manifest names, with the versions naming it."""
-        refs: dict[str, builtins.list[str]] = {}
-        for version in self.all_versions():
-            for blob in version.blobs:
-                refs.setdefault(blob.digest, []).append(f"{version.project}/{version.ref}")
-        return refs
-
-    def verify(self, ref: str | None = None, *, project: str = DEFAULT_PROJECT,
-               progress: Progress | None = None) -> builtins.list[Problem]:
-        """Re-hash the blobs of one version (or of every version); list what is wrong."""
-        versions = self._selected(ref, project)
-        problems: builtins.list[Problem] = []
-        checked: dict[str, str | None] = {}
-        for version in versions:
-            for blob in version.blobs:
-                if blob.digest not in checked:
-                    checked[blob.digest] = self._verify_blob(blob.digest, progress)
-                problem = checked[blob.digest]
-                if problem is not None:
-                    problems.append(Problem(f"{version.project}/{version.ref}", blob.digest,
-                                            f"{blob.filename}: {problem}"))
-        return problems
-
-    def _verify_blob(self, digest: str, progress: Progress | None) -> str | None:
-        if self.remote is None:
-            return self.blobs.verify(digest, progress)
-        if not remote_blobs.exists(self.remote, digest):
-            return f"missing from {self.remote.url}"
-        if not self.blobs.exists(digest):
-            return None  # not cached here; a pull checks every part and the whole
-        problem = self.blobs.verify(digest, progress)
-        if problem is not None:  # a bad cached copy: drop it, the next use pulls again
-            self.blobs.path(digest).unlink(missing_ok=True)
-            return f"the cached copy on this node was {problem}; it was removed"
-        return None
-
-    def verify_bytes(self, ref: str | None = None, *, project: str = DEFAULT_PROJECT) -> int:
-        """How many bytes ``verify`` reads (for a progress bar)."""
-        versions = self._selected(ref, project)
-        return sum({b.digest: b.size for v in versions for b in v.blobs}.values())
-
-    def gc(self, *, grace_s: float = 3600.0) -> GcReport:
-        """Remove blobs no version names (unless younger than ``grace_s``: an upload may
-        be about to name them), stale ``*.part`` files and files folders of gone versions."""
-        with self._lock("store", fcntl.LOCK_EX):
-            versions = self.all_versions()  # read once: on object storage, a full listing
-            referenced = {b.digest for v in versions for b in v.blobs}
-            now = time.time()
-            blobs = freed = parts = folders = 0
-            for digest in self.blobs.digests():
-                path = self.blobs.path(digest)
-                if digest not in referenced and now - path.stat().st_mtime >= grace_s:
-                    freed += path.stat().st_size
-                    path.unlink()
-                    blobs += 1
-            if self.remote is not None:
-                for digest in remote_blobs.digests(self.remote):
-                    info = self.remote.head(f"{remote_blobs.blob_prefix(digest)}/index.json")
-                    if digest in referenced or info is None or now - info.modified < grace_s:
-                        continue
-                    record = remote_blobs.index(self.remote, digest) or {}
-                    remote_blobs.delete(self.remote, digest)
-                    blobs += 1
-                    freed += int(str(record.get("size", 0)))
-                removed, _ = remote_blobs.collect_parts(self.remote, grace_s=grace_s)
-                parts += removed
-            sessions, _ = self.uploads.collect(grace_s)
-            parts += sessions
-            # No writer holds the lock: every partial blob (an import's *.part, a cut
-            # pull's *.partial) is stale.
-            stale = [*self.blobs.folder.glob(".*.part"), *self.blobs.folder.glob("*.partial")
-                     ] if self.blobs.folder.is_dir() else []
-            for part in stale:
-                with contextlib.suppress(OSError):
-                    part.unlink()
-                    parts += 1
-            live = {self._files_path(v) for v in versions}
-            files = self.root / "files"
-            for folder in sorted(files.glob("**/_versions/*")) if files.is_dir() else []:
-                if folder.is_dir() and folder not in live:
-                    shutil.rmtree(folder, ignore_errors=True)
-                    folders += 1
-            staging = self.root / "staging"
-            for folder in staging.iterdir() if staging.is_dir() else []:
-                if now - folder.stat().st_mtime >= grace_s:
-                    shutil.rmtree(folder, ignore_errors=True)
-        log.info("registry: gc removed %d blobs (%d bytes), %d partial files, %d folders "
-                 "(grace %gs)", blobs, freed, parts, folders, grace_s,
-                 extra={"event": "registry.gc"})
-        return GcReport(blobs=blobs, bytes=freed, parts=parts, folders=folders)
+    def collecting(self) -> contextlib.AbstractContextManager[None]:
+        """Held by gc: no writer is between its first blob and its manifest."""
+        return self._lock("store", fcntl.LOCK_EX)
 
     # paths ---------------------------------------------------------------------------
 
@@ -631,7 +495,7 @@ class LocalRegistry:
     def _tag_key(self, project: str, name: str, tag: str) -> str:
         return f"repos/{project}/{name}/_tags/{tag}"
 
-    def _files_path(self, version: ModelVersion) -> Path:
+    def files_path(self, version: ModelVersion) -> Path:
         return (self.root / "files" / version.project / version.name / "_versions"
                 / str(version.version))
 

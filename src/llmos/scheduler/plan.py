@@ -12,6 +12,7 @@ from typing import Literal
 import numpy as np
 
 from llmos.scheduler.filters import FILTERS, Fit, reasons, static_mask
+from llmos.scheduler.improve import ruin_recreate
 from llmos.scheduler.model import (
     ClusterSnapshot,
     Deployment,
@@ -50,6 +51,7 @@ def plan(snapshot: ClusterSnapshot, *, solver: Solver = "auto",
             counts, optimal, used = solved.counts, solved.optimal, "milp"
         else:
             counts, optimal, used = greedy(problem), False, "greedy"
+            ruin_recreate(problem, counts)
 
     placements: list[Placement] = []
     for d, deployment in enumerate(problem.deployments):

@@ -14,6 +14,7 @@ with replica counts per (deployment, node), valued by the one ``objective``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -72,45 +73,59 @@ def objective(problem: Problem, counts: Ints) -> Objective:
 
 
 def greedy(problem: Problem) -> Ints:
-    """Greedy in the problem's order (priority, then size). When that leaves replicas
-    out, more passes (largest or smallest first by dominant share, onto the fullest node
-    that fits or by score; fewest candidate nodes first; the objective counts every
-    replica the same, so smallest first often places more) and the best objective wins;
-    then a repair makes room for what is still out by moving replicas this plan placed."""
-    best = _greedy_pass(problem, range(len(problem.deployments)), problem.score,
-                        problem.penalty)
-    if int(best.sum()) >= int(problem.pending.sum()):
-        return best
-    if problem.ok.size <= PORTFOLIO_LIMIT:
-        best_value = objective(problem, best).total
-        share = (problem.need[:, :2] / np.maximum(problem.free[:, :2].mean(axis=0), 1e-9)
-                 ).max(axis=1)
-        bestfit = np.broadcast_to(
-            1.0 - problem.free[None, :, 1] / np.maximum(problem.free[:, 1].max(), 1.0),
-            problem.score.shape)
-        roomiest = 1.0 - bestfit
-        candidates = problem.ok.sum(axis=1) / np.maximum(problem.pending, 1)
-        by_share = np.lexsort((-share, -problem.weight))
-        smallest = np.lexsort((share, -problem.weight))
-        flat = np.zeros_like(problem.penalty)
-        for order, score, penalty in (
-                (by_share, bestfit, flat), (by_share, roomiest, problem.penalty),
-                (smallest, bestfit, flat), (smallest, problem.score, problem.penalty),
-                (np.lexsort((-share, candidates, -problem.weight)), problem.score,
-                 problem.penalty)):
-            counts = _greedy_pass(problem, [int(d) for d in order], score, penalty)
-            value = objective(problem, counts).total
-            if value > best_value:
-                best, best_value = counts, value
-    free = problem.free - best.T @ problem.need
-    _make_room(problem, best, free)
+    """Greedy in the problem's order (priority, then size), each replica on the node of
+    greatest marginal value. When that leaves replicas out, more passes pack instead:
+    each replica on the node whose free CPU and memory it matches best (so CPU-heavy
+    replicas go where CPU is left, and no node is left with memory nobody can use for
+    want of cores), in several orders (largest, smallest, fewest candidate nodes or most
+    weight per size first), and the plain passes in other orders; the best objective
+    wins (``improve.ruin_recreate`` then works on it)."""
+    first = _greedy_pass(problem, range(len(problem.deployments)), problem.score,
+                         problem.penalty)
+    if int(first.sum()) >= int(problem.pending.sum()):
+        return first
+    if problem.ok.size > PORTFOLIO_LIMIT:
+        _make_room(problem, first, problem.free - first.T @ problem.need)
+        return first
+    share = (problem.need[:, :2] / np.maximum(problem.free[:, :2].mean(axis=0), 1e-9)
+             ).max(axis=1)
+    size = (problem.need[:, :2] / np.maximum(problem.free[:, :2].sum(axis=0), 1e-9)
+            ).sum(axis=1)
+    density = problem.weight / np.maximum(size, 1e-12)
+    candidates = problem.ok.sum(axis=1) / np.maximum(problem.pending, 1)
+    bestfit = np.broadcast_to(
+        1.0 - problem.free[None, :, 1] / np.maximum(problem.free[:, 1].max(), 1.0),
+        problem.score.shape)
+    flat = np.zeros_like(problem.penalty)
+    largest = np.lexsort((-share, -problem.weight))
+    smallest = np.lexsort((share, -problem.weight))
+    scarce = np.lexsort((-share, candidates, -problem.weight))
+    passes = [(order, problem.score, flat, True)
+              for order in (largest, np.lexsort((-density, candidates)), scarce, smallest)]
+    passes += [(largest, bestfit, flat, False), (smallest, problem.score, problem.penalty,
+                                                 False),
+               (scarce, problem.score, problem.penalty, False)]
+    results = [first]
+    work = PORTFOLIO_WORK
+    for order, score, penalty, align in passes:
+        work -= int(problem.pending.sum())
+        if work < 0:
+            break
+        results.append(_greedy_pass(problem, order, score, penalty, align=align))
+    best = max(results, key=lambda c: objective(problem, c).total)
+    _make_room(problem, best, problem.free - best.T @ problem.need)
     return best
 
 
 def _greedy_pass(problem: Problem, order: Iterable[int], score: Floats,
-                 penalty: Floats) -> Ints:
+                 penalty: Floats, *, align: bool = False) -> Ints:
+    """Each deployment in ``order`` places its replicas one at a time on the node of
+    greatest gain: its score less the spread penalty or, with ``align``, how well the
+    replica's need matches the node's free resources (the cosine of the two, as shares
+    of the node), the score breaking ties."""
     counts = np.zeros_like(problem.existing)
     free = problem.free.copy()
+    capacity = np.maximum(problem.table.capacity[:, :2], 1e-9)
     for d in order:
         nodes = np.flatnonzero(problem.ok[d])
         if nodes.size == 0 or problem.pending[d] <= 0:
@@ -122,7 +137,12 @@ def _greedy_pass(problem: Problem, order: Iterable[int], score: Floats,
         fits: Bools = (left[:, used_cols] >= need[used_cols] - 1e-9).all(axis=1)
         if problem.anti[d]:
             fits &= here == 0
-        gain = np.where(fits, score[d, nodes] - penalty[d] * here, -np.inf)
+        cap = capacity[nodes]
+        if align:
+            gain = _alignment(need[:2] / cap, left[:, :2] / cap) + 1e-3 * score[d, nodes]
+        else:
+            gain = score[d, nodes] - penalty[d] * here
+        gain = np.where(fits, gain, -np.inf)
         placed = np.zeros(nodes.size, dtype=np.int64)
         for _ in range(int(problem.pending[d])):
             j = int(np.argmax(gain))
@@ -134,6 +154,12 @@ def _greedy_pass(problem: Problem, order: Iterable[int], score: Floats,
             if problem.anti[d] or not bool((left[j, used_cols] >= need[used_cols] - 1e-9)
                                            .all()):
                 gain[j] = -np.inf
+            elif align:
+                a0, a1 = need[0] / cap[j, 0], need[1] / cap[j, 1]
+                b0, b1 = left[j, 0] / cap[j, 0], left[j, 1] / cap[j, 1]
+                norm = math.hypot(a0, a1) * math.hypot(b0, b1)
+                gain[j] = ((a0 * b0 + a1 * b1) / norm if norm > 1e-12 else 0.0) + 1e-3 * score[
+                    d, nodes[j]]
             else:
                 gain[j] -= penalty[d]
         free[nodes] = left
@@ -141,13 +167,26 @@ def _greedy_pass(problem: Problem, order: Iterable[int], score: Floats,
     return counts
 
 
+def _alignment(need: Floats, free: Floats) -> Floats:
+    """Row-wise cosine of what a replica needs and what a node has free."""
+    norms = np.linalg.norm(need, axis=1) * np.linalg.norm(free, axis=1)
+    out: Floats = (need * free).sum(axis=1) / np.maximum(norms, 1e-12)
+    return out
+
+
 PORTFOLIO_LIMIT = 250_000
 """The extra greedy passes run when deployments x nodes is at most this (each pass costs
-about as much as the first)."""
+about as much as the first)..."""
+PORTFOLIO_WORK = 15_000
+"""... and as many of them as place this many replicas in all (in the order listed, the
+most useful first): every pass on a small cluster, one for 10,000 replicas."""
+
 
 REPAIR_BUDGET = 2_000
-"""Node visits the repair may make in all, each O(deployments + nodes): a bound on its
-time on a crowded cluster."""
+"""Node visits the repair may make in all, each O(deployments + nodes)..."""
+REPAIR_WORK = 400_000
+"""... and no more than this over (deployments + nodes): a bound on its time on a large
+cluster (360 visits on 1,000 nodes)."""
 
 
 def _fits(problem: Problem, d: int, free: Floats, counts: Ints) -> Bools:
@@ -173,7 +212,8 @@ def _make_room(problem: Problem, counts: Ints, free: Floats) -> None:
     there too if need be (chains of up to ``REPAIR_DEPTH`` moves), until it fits, or
     undo the moves. Greedy's order can take the only nodes a constrained deployment
     could use; each success places one more replica."""
-    budget = [REPAIR_BUDGET]
+    budget = [min(REPAIR_BUDGET, REPAIR_WORK // max(len(problem.deployments)
+                                                    + len(problem.table.nodes), 1))]
     moves: list[Move] = []
     for d in range(len(problem.deployments)):
         while counts[d].sum() < problem.pending[d] and budget[0] > 0:

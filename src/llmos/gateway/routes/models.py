@@ -25,9 +25,10 @@ from llmos.gateway.deps import StateDep
 from llmos.gateway.guard import has_body
 from llmos.gateway.routing import only_specific
 from llmos.gateway.schemas import ErrorResponse
-from llmos.registry import LocalRegistry, ModelVersion
+from llmos.registry import LocalRegistry, ModelVersion, upkeep
 from llmos.registry.blobs import CHUNK, BlobCorrupt, Stored, hash_file
 from llmos.registry.estimate import KV_TYPES
+from llmos.registry.lineage import lineage as find_lineage
 from llmos.registry.local import PROJECT_PATTERN
 from llmos.registry.manifest import RELATIONS
 from llmos.registry.metadata import FILENAME_RE
@@ -168,7 +169,7 @@ async def lineage(ref: RefPath, state: StateDep, project: ProjectQuery = "defaul
     """Where a version came from (``derived_from``, followed up) and what was made from it."""
     registry = _registry(state)
     version = await asyncio.to_thread(registry.get, ref, project=project)
-    ancestors, descendants = await asyncio.to_thread(registry.lineage, ref, project=project)
+    ancestors, descendants = await asyncio.to_thread(find_lineage, registry, ref, project=project)
     return Lineage(version=public(version), ancestors=[public(v) for v in ancestors],
                    descendants=[public(v) for v in descendants])
 
@@ -429,7 +430,7 @@ async def collect_garbage(state: StateDep, grace_s: Annotated[float, Query(
         ge=0, description="keep unnamed blobs younger than this (uploads in progress)")
         ] = 3600.0) -> GcResult:
     """Remove blobs no version names, stale ``*.part`` files and orphaned file folders."""
-    report = await asyncio.to_thread(_registry(state).gc, grace_s=grace_s)
+    report = await asyncio.to_thread(upkeep.gc, _registry(state), grace_s=grace_s)
     return GcResult(blobs=report.blobs, bytes=report.bytes, parts=report.parts,
                     folders=report.folders)
 
@@ -443,7 +444,7 @@ async def verify(state: StateDep, ref: Annotated[str | None, Query(
                  project: ProjectQuery = "default") -> StreamingResponse:
     """Re-hash blobs against their digests; the answer streams progress, then problems."""
     registry = _registry(state)
-    total = await asyncio.to_thread(registry.verify_bytes, ref, project=project)
+    total = await asyncio.to_thread(upkeep.verify_bytes, registry, ref, project=project)
     lines: asyncio.Queue[str] = asyncio.Queue()
     loop = asyncio.get_running_loop()
     checked = 0
@@ -456,7 +457,7 @@ async def verify(state: StateDep, ref: Annotated[str | None, Query(
 
     async def run() -> None:
         try:
-            problems = await asyncio.to_thread(registry.verify, ref, project=project,
+            problems = await asyncio.to_thread(upkeep.verify, registry, ref, project=project,
                                                progress=progress)
             await lines.put(json.dumps({"problems": [
                 {"ref": p.ref, "digest": p.digest, "problem": p.problem}
