@@ -182,7 +182,7 @@ async def run_worker(settings: Settings, model: str, deployment: str | None = No
     if ref.name == DEFAULT_MODEL_NAME:
         await asyncio.to_thread(ensure_default_model, registry, project=project)
     version = registry.get(ref, project=project)
-    config = engine_config(settings.engine, registry.weights_path(version))
+    config = await asyncio.to_thread(engine_config, settings.engine, registry, version)
     engine = await asyncio.to_thread(load_engine, "llama.cpp", config)
     worker = Worker(bus, engine, deployment or ref.name, worker_id=worker_id)
     holder = f"worker {worker.worker_id} on {socket.gethostname()} (pid {os.getpid()})"

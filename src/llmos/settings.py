@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -69,6 +69,20 @@ class EngineSettings(BaseModel):
     sampling: SamplingDefaults = Field(default_factory=lambda: SamplingDefaults())
     default_max_tokens: int = Field(256, ge=1, description="max_tokens when a request has none")
     max_tokens_limit: int = Field(4096, ge=1, description="largest max_tokens a request may ask")
+    chat_template: str | None = Field(
+        None, description="the chat template: a built-in (gemma, chatml) or a Jinja "
+        "template; default: the model version's own (see docs/models.md)")
+
+    @field_validator("chat_template")
+    @classmethod
+    def _known_template(cls, value: str | None) -> str | None:
+        from llmos.errors import BadRequest
+        from llmos.registry.templates import check_override
+
+        try:
+            return check_override(value) if value else None
+        except BadRequest as exc:  # pydantic reports ValueErrors as validation errors
+            raise ValueError(exc.message) from None
 
     def overlay(self, given: Mapping[str, Any]) -> EngineSettings:
         """These settings with what a deployment sets over them (validated)."""

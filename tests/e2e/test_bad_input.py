@@ -88,6 +88,19 @@ def test_parameters_the_engine_cannot_honour_are_400(client: openai.OpenAI,
     assert body["param"] == param
 
 
+@pytest.mark.parametrize(("extra", "param"), [
+    ({"echo": True}, "echo"), ({"best_of": 2}, "best_of"), ({"suffix": "end"}, "suffix"),
+])
+def test_completion_parameters_it_cannot_honour_are_refused_by_name(
+        client: openai.OpenAI, extra: dict[str, Any], param: str) -> None:
+    with pytest.raises(openai.BadRequestError) as info:
+        client.completions.create(model=MODEL, prompt="x", max_tokens=4, **extra)
+    body: Any = info.value.body
+    assert (body["code"], body["param"]) == ("unsupported_parameter", param)
+    # their neutral values are accepted
+    client.completions.create(model=MODEL, prompt="x", max_tokens=1, echo=False, best_of=1)
+
+
 def test_prompt_beyond_the_slot_context_is_400(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as info:
         client.completions.create(model=MODEL, prompt="hello " * 400, max_tokens=4)

@@ -40,6 +40,45 @@ def test_chat_completion(client: openai.OpenAI) -> None:
     assert answer.usage.total_tokens == answer.usage.prompt_tokens + answer.usage.completion_tokens
 
 
+MARKERS = ("<start_of_turn>", "<end_of_turn>", "<|im_start|>", "<|im_end|>", "<|im_")
+END_OF_TURN = "106"  # Gemma's <end_of_turn> token id
+START_OF_TURN = "105"
+
+
+def test_chat_is_in_gemma_s_format_and_no_marker_reaches_the_answer(
+        client: openai.OpenAI, llmos_server: RunningServer) -> None:
+    """The default GGUF has no chat template: it is served with the built-in one of its
+    family, not llama.cpp's ChatML fallback (whose markers Gemma writes back as text)."""
+    info = httpx.get(f"{llmos_server.url}/api/models/{MODEL}", timeout=10).json()
+    assert info["chat_template"]["source"] == "family"
+    assert info["chat_template"]["name"] == "gemma"
+    hi = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=4,
+        temperature=0)
+    # <bos><start_of_turn>user\nHi<end_of_turn>\n<start_of_turn>model\n: 10 tokens, the
+    # markers single special tokens (ChatML's would be plain text, about twice as many)
+    assert hi.usage is not None and hi.usage.prompt_tokens == 10
+    for prompt in ("Say hello", "What is the capital of France?", COUNTING):
+        answer = client.chat.completions.create(
+            model=MODEL, messages=[{"role": "system", "content": "Be brief."},
+                                   {"role": "user", "content": prompt}],
+            max_tokens=24, temperature=0)
+        content = answer.choices[0].message.content or ""
+        assert not [m for m in MARKERS if m in content], content
+    # the end-of-turn token ends the answer (and is not in it); other markers the model
+    # is pushed to write are special tokens, never text
+    ended = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=8,
+        temperature=0, logit_bias={END_OF_TURN: 100})
+    assert ended.choices[0].finish_reason == "stop"
+    assert ended.choices[0].message.content in ("", None)
+    assert ended.usage is not None and ended.usage.completion_tokens == 1
+    pushed = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=4,
+        temperature=0, logit_bias={START_OF_TURN: 100})
+    assert not [m for m in MARKERS if m in (pushed.choices[0].message.content or "")]
+
+
 def test_chat_streaming_first_chunk_arrives_early(client: openai.OpenAI) -> None:
     started = time.perf_counter()
     first_content: float | None = None

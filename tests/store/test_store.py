@@ -71,9 +71,19 @@ def test_nodes_replicas_and_events(store: Store) -> None:
     store.replicas.add(Replica(id="chat-1", deployment="chat", node="n1", generation=1,
                                model_version="gemma@1", engine_settings={}, reserved={},
                                state="scheduled", rss=0, restarts=0))
+    for i, (deployment, state) in enumerate([("chat", "pulling"), ("chat", "starting"),
+                                             ("other", "ready")]):
+        store.replicas.add(Replica(id=f"r{i}", deployment=deployment, node="n2",
+                                   generation=1, model_version="gemma@1",
+                                   engine_settings={}, reserved={}, state=state, rss=0,
+                                   restarts=0))
+    assert store.replicas.deployments_in(["scheduled", "pulling"]) == {("default", "chat")}
+    assert [r.id for r in store.replicas.list(deployment="chat", node="n2")] == ["r0", "r1"]
+    store.replicas.remove(["r0", "r1", "r2"])
     store.replicas.update("chat-1", state="ready", rss=123)
     (replica,) = store.replicas.list(node="n1")
     assert (replica.state, replica.rss) == ("ready", 123)
+    assert store.replicas.deployments_in(["scheduled", "pulling"]) == set()
     store.replicas.remove(["chat-1"])
     assert store.replicas.list() == []
     store.events.add(Event(at=float(i), kind="scheduled", project="default",

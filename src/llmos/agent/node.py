@@ -11,7 +11,6 @@ of an older controller term than one already seen is ignored.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 import uuid
@@ -19,8 +18,8 @@ import uuid
 from llmos.agent.capacity import Capacity, cpu_load
 from llmos.agent.runner import Runner
 from llmos.bus import Bus, Subscription, TopicMessage, names
-from llmos.bus.messages import Assignment, NodeStatus, decode_or_ignore, encode
-from llmos.errors import BusError
+from llmos.bus.beacon import Beacon
+from llmos.bus.messages import Assignment, NodeStatus, decode_or_ignore
 
 log = logging.getLogger(__name__)
 
@@ -38,26 +37,23 @@ class NodeAgent:
         self.epoch = uuid.uuid4().hex[:12]
         self.term = 0
         self._subscription: Subscription | None = None
-        self._beating: asyncio.Task[None] | None = None
+        self._beacon = Beacon(bus, names.NODE_STATUS_TOPIC, self.status, interval_s,
+                              name=f"agent-{name}")
         self._stopping: dict[str, asyncio.Task[None]] = {}
-        self._report: asyncio.Task[None] | None = None
-        runner.on_change = self._report_soon
+        runner.on_change = self._beacon.send_soon  # a replica changed: say so now
 
     async def start(self) -> None:
         self._subscription = await self.bus.subscribe(names.ASSIGNMENT_TOPIC,
                                                       self._on_assignment)
         cpu_load()  # the first reading starts the interval
-        self._beating = asyncio.create_task(self._beat(), name=f"agent-{self.name}")
+        self._beacon.start()
         log.info("agent of node %s started (%g CPUs, %d MiB)", self.name,
                  self.capacity.cpus, self.capacity.memory >> 20)
 
     async def stop(self) -> None:
         if self._subscription is not None:
             await self._subscription.cancel()
-        if self._beating is not None:
-            self._beating.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._beating
+        await self._beacon.stop()
         await self.runner.close()
 
     def status(self) -> NodeStatus:
@@ -68,21 +64,7 @@ class NodeAgent:
             sent_at=time.time(), interval_s=self.interval_s)
 
     async def send_status(self) -> None:
-        try:
-            await self.bus.broadcast(names.NODE_STATUS_TOPIC, encode(self.status()),
-                                     ttl_s=2 * self.interval_s)
-        except BusError as exc:  # the next one may get through
-            log.warning("node status not sent: %s", exc.message)
-
-    def _report_soon(self) -> None:
-        """A replica changed state: say so now, not at the next heartbeat."""
-        if self._report is None or self._report.done():
-            self._report = asyncio.get_running_loop().create_task(self.send_status())
-
-    async def _beat(self) -> None:
-        while True:
-            await self.send_status()
-            await asyncio.sleep(self.interval_s)
+        await self._beacon.send()
 
     async def _on_assignment(self, message: TopicMessage) -> None:
         assignment = decode_or_ignore(Assignment, message.body)

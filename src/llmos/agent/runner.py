@@ -13,14 +13,14 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Protocol
 
 from llmos.bus import Bus
 from llmos.bus.messages import ReplicaPhase, ReplicaSpec, ReplicaStatus
 from llmos.engines import EngineConfig, load_engine
 from llmos.errors import LLMOSError
-from llmos.registry import LocalRegistry
+from llmos.registry import LocalRegistry, ModelVersion
+from llmos.registry.templates import choose
 from llmos.settings import EngineSettings
 from llmos.worker.worker import Worker
 
@@ -49,14 +49,22 @@ class Runner(Protocol):
     async def close(self) -> None: ...
 
 
-def engine_config(settings: EngineSettings, model_path: Path) -> EngineConfig:
+def engine_config(settings: EngineSettings, registry: LocalRegistry,
+                  version: ModelVersion) -> EngineConfig:
+    """How to load ``version`` under ``settings``: its weights and its chat template
+    (``registry.templates``), with the engine settings."""
+    template = choose(version, settings.chat_template, files=registry.materialize(version))
+    log.info("%s: chat template %s (%s)", version.ref, template.name, template.source)
+    if template.source == "fallback":
+        log.warning("%s: %s", version.ref, template.describe()["warning"])
     return EngineConfig(
-        model_path=model_path, slots=settings.slots, threads=settings.threads,
+        model_path=registry.weights_path(version), slots=settings.slots,
+        threads=settings.threads,
         batch_threads=settings.batch_threads, ctx_size=settings.ctx_size,
         kv_unified=settings.kv_unified, batch_size=settings.batch_size,
         cache_ram_mib=settings.cache_ram_mib,
         poll=settings.poll, log_verbosity=settings.log_verbosity,
-        merge_max_tokens=settings.merge_max_tokens)
+        merge_max_tokens=settings.merge_max_tokens, chat_template=template.text or "")
 
 
 @dataclass
@@ -100,7 +108,7 @@ class InProcessRunner:
             settings = self.defaults.overlay(spec.settings)
             version = await asyncio.to_thread(self.registry.get, spec.model,
                                               project=spec.project)
-            config = engine_config(settings, self.registry.weights_path(version))
+            config = await asyncio.to_thread(engine_config, settings, self.registry, version)
             engine = await asyncio.to_thread(load_engine, spec.engine, config)
             worker = Worker(self.bus, engine, spec.deployment, worker_id=spec.replica_id)
             await worker.start()

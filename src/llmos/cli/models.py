@@ -244,6 +244,15 @@ def show_model(ref: Annotated[str, typer.Argument(help="name, name:tag, name@N, 
               + (f"  label: {v['label']}" if v["label"] else ""))
     if v["derived_from"]:
         out.print(f"derived from {v['derived_from']} ({v['relation']})")
+    template = v.get("chat_template") or {}
+    if template:
+        sources = {"file": "a file stored with the version", "gguf": "the GGUF's own",
+                   "family": "built-in, for its architecture's family",
+                   "fallback": "llama.cpp's fallback"}
+        out.print(f"chat template: {template['name']} "
+                  f"({sources.get(template['source'], template['source'])})")
+        if template.get("warning"):
+            out.print(f"[yellow]{template['warning']}[/yellow]")
     files = Table("FILE", "TYPE", "SIZE", "DIGEST", title="files")
     for b in v["blobs"]:
         files.add_row(b["filename"], b["media_type"], human_size(b["size"]), b["digest"][:19])

@@ -152,7 +152,8 @@ class Controller:
         return bool(heard) and expected <= heard
 
     def _reconcile(self, now: float, term: int) -> list[Assignment]:
-        """The blocking part of a pass (the store, the registry, the solver)."""
+        """The blocking part of a pass (the store, the registry, the solver): learn,
+        plan, record, and the assignments that carry it out."""
         store = self.store
         if not self._knows_the_cluster(now):
             return []  # (learning: the heartbeats come every 2 s)
@@ -168,43 +169,57 @@ class Controller:
             by_deployment[r.deployment].append(r)
         rollouts: dict[str, Rollout] = {}
         needs: dict[str, sched.Resources] = {}
-        wanted = {d.name: d for d in deployments}
+        wanted: dict[str, Deployment] = {}
         nodes = store.nodes.list()
         draining = frozenset(n.name for n in nodes if n.state == "draining")
         avoid: dict[str, frozenset[str]] = {}
         for d in deployments:
-            try:
-                needs[d.name] = self.estimates.need(d)
-            except LLMOSError as exc:
-                # (this control plane's registry lacks the version, say): what its replicas
-                # reserved stands in, so that they are not taken for a deleted deployment's
-                placed_before = [resources_of(r.reserved) for r in by_deployment[d.name]]
-                if not placed_before:
-                    self._message(d, f"no resource estimate: {exc.message}", events, now)
-                    wanted.pop(d.name)
-                    continue
-                if d.name not in self._unestimated:
-                    self._unestimated.add(d.name)
-                    log.warning("%s: no resource estimate here (%s); its replicas' "
-                                "reservations stand in", d.name, exc.message)
-                needs[d.name] = max(placed_before, key=lambda r: (r.memory, r.cpu))
-            moving = self._rebalance(d, by_deployment[d.name], replicas, needs[d.name],
-                                     nodes, draining, now, events)
+            need = self._need(d, by_deployment[d.name], now, events)
+            if need is None:
+                continue
+            wanted[d.name], needs[d.name] = d, need
+            moving = self._rebalance(d, by_deployment[d.name], replicas, need, nodes,
+                                     draining, now, events)
             rollouts[d.name] = rollout(d, by_deployment[d.name], draining, moving)
             avoid[d.name] = frozenset(r.node for r in by_deployment[d.name] if r.id in moving)
         cluster = snapshot(list(wanted.values()), needs, nodes, self.directory,
                            replicas, rollouts, now=now, failed_since=self._failed_since,
                            avoid=avoid)
         result = plan(cluster)
+        kept = self._stop(replicas, rollouts, result, now, events)
+        kept += self._place(wanted, result, now, events)
+        self._explain(wanted, result, now, events)
+        store.events.add(events)
+        return self._assignments(kept, wanted, term, now)
 
+    def _need(self, d: Deployment, mine: list[Replica], now: float, events: list[Event]
+              ) -> sched.Resources | None:
+        """What one replica of ``d`` needs: the estimate or, where this control plane's
+        registry cannot estimate it (it lacks the version, say), the largest reservation
+        of its placed replicas, so they are not taken for a deleted deployment's. None
+        (and a message) when there is neither."""
+        try:
+            return self.estimates.need(d)
+        except LLMOSError as exc:
+            placed_before = [resources_of(r.reserved) for r in mine]
+            if not placed_before:
+                self._message(d, f"no resource estimate: {exc.message}", events, now)
+                return None
+            if d.name not in self._unestimated:
+                self._unestimated.add(d.name)
+                log.warning("%s: no resource estimate here (%s); its replicas' "
+                            "reservations stand in", d.name, exc.message)
+            return max(placed_before, key=lambda r: (r.memory, r.cpu))
+
+    def _stop(self, replicas: list[Replica], rollouts: dict[str, Rollout],
+              result: sched.Plan, now: float, events: list[Event]) -> list[Replica]:
+        """Remove what the rollouts retire and the plan stops; the replicas kept."""
         stopped: dict[str, str] = {}
         for change in rollouts.values():
             for rid in change.retire:
                 stopped[rid] = "replaced by a replica of the new generation"
         for stop in result.stops:
             stopped[stop.replica] = stop.reason
-        lost_of = {s.deployment for s in result.stops if s.reason.endswith(" lost")}
-        kept = [r for r in replicas if r.id not in stopped]
         for r in replicas:
             if r.id in stopped:
                 kind = "lost" if stopped[r.id].endswith(" lost") else "stopped"
@@ -212,8 +227,15 @@ class Controller:
                                      f"replica {r.id} on {r.node}: {stopped[r.id]}",
                                      r.project))
                 self._failed_since.pop(r.id, None)
-        store.replicas.remove(stopped)
+        self.store.replicas.remove(stopped)
+        return [r for r in replicas if r.id not in stopped]
 
+    def _place(self, wanted: dict[str, Deployment], result: sched.Plan, now: float,
+               events: list[Event]) -> list[Replica]:
+        """Record the plan's placements as new replicas (``rescheduled`` where the
+        deployment lost replicas with a node)."""
+        lost_of = {s.deployment for s in result.stops if s.reason.endswith(" lost")}
+        placed: list[Replica] = []
         for placement in result.placements:
             d = wanted[placement.deployment]
             replica = Replica(
@@ -224,14 +246,18 @@ class Controller:
                           "memory": placement.resources.memory,
                           "gpus": placement.resources.gpus},
                 state="scheduled", rss=0, restarts=0)
-            store.replicas.add(replica)
-            kept.append(replica)
+            self.store.replicas.add(replica)
+            placed.append(replica)
             kind = "rescheduled" if d.name in lost_of else "scheduled"
             events.append(_event(now, kind, d.name, placement.node, replica.id,
                                  f"replica {replica.id} {kind} on {placement.node} "
                                  f"(score {placement.score:.2f}, solver {result.solver})",
                                  d.project))
+        return placed
 
+    def _explain(self, wanted: dict[str, Deployment], result: sched.Plan, now: float,
+                 events: list[Event]) -> None:
+        """Each deployment's message: why replicas are unschedulable, or none."""
         unschedulable = {u.deployment: u for u in result.unschedulable}
         for d in wanted.values():
             u = unschedulable.get(d.name)
@@ -241,8 +267,6 @@ class Controller:
                 text = f"{u.missing} replica(s) unschedulable: {u.summary}" + (
                     f" ({detail})" if detail else "")
             self._message(d, text, events, now, kind="unschedulable")
-        store.events.add(events)
-        return self._assignments(kept, wanted, term, now)
 
     def _assignments(self, replicas: list[Replica], wanted: dict[str, Deployment], term: int,
                      now: float) -> list[Assignment]:

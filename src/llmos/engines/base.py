@@ -33,6 +33,8 @@ class EngineConfig:
     log_verbosity: int = 0
     merge_max_tokens: int = 512
     """Largest max_tokens of a request that may share an engine call (0: none do)."""
+    chat_template: str = ""
+    """The Jinja chat template; empty: the model file's own."""
 
     @property
     def ctx_per_slot(self) -> int | None:

@@ -47,6 +47,8 @@ def _params(config: EngineConfig) -> Any:
     p.cpuparams_batch.poll = config.poll
     p.cache_ram_mib = config.cache_ram_mib
     p.n_predict = -1
+    p.use_jinja = True  # llama.cpp's own Jinja engine renders the template
+    p.chat_template = config.chat_template
     p.verbosity = config.log_verbosity
     p.ui = False
     p.api_keys = [secrets.token_urlsafe(32)]

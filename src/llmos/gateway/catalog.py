@@ -56,9 +56,7 @@ class Catalog:
         return deployment
 
     def _read(self) -> tuple[list[Deployment], set[tuple[str, str]]]:
-        starting = {(r.project, r.deployment) for r in self.store.replicas.list()
-                    if r.state in STARTING}
-        return self.store.list_deployments(), starting
+        return self.store.list_deployments(), self.store.replicas.deployments_in(STARTING)
 
     def starting(self, deployment: Deployment) -> bool:
         """Whether a replica of it is being started (placed, pulling or loading)."""

@@ -145,6 +145,10 @@ class CompletionCreate(_Sampling):
              | Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]) = Field(
         description="a text, a list of one text (one prompt per request: send a batch as "
         "separate requests), or token ids")
+    # accepted so they can be refused by name (``UNSUPPORTED``)
+    echo: Any = None
+    best_of: Any = None
+    suffix: Any = None
 
     def requested_max_tokens(self) -> int | None:
         return self.max_tokens

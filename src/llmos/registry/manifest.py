@@ -16,6 +16,8 @@ ADAPTER_MEDIA_TYPE = "application/vnd.llmos.adapter.gguf"
 TOKENIZER_MEDIA_TYPE = "application/vnd.llmos.tokenizer"
 LICENSE_MEDIA_TYPE = "text/vnd.llmos.license"
 README_MEDIA_TYPE = "text/markdown"
+TEMPLATE_MEDIA_TYPE = "text/vnd.llmos.chat-template"
+"""A Jinja chat template stored with a version (``*.jinja``): see ``templates.py``."""
 OTHER_MEDIA_TYPE = "application/octet-stream"
 
 RELATIONS = ("quantization", "fine-tune", "adapter", "derived")

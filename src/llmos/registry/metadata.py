@@ -13,6 +13,7 @@ from llmos.registry.manifest import (
     LICENSE_MEDIA_TYPE,
     OTHER_MEDIA_TYPE,
     README_MEDIA_TYPE,
+    TEMPLATE_MEDIA_TYPE,
     TOKENIZER_MEDIA_TYPE,
 )
 
@@ -48,6 +49,8 @@ def media_type(filename: str, info: GGUFInfo | None) -> str:
         return LICENSE_MEDIA_TYPE
     if lower.startswith("readme"):
         return README_MEDIA_TYPE
+    if lower.endswith(".jinja"):
+        return TEMPLATE_MEDIA_TYPE
     return OTHER_MEDIA_TYPE
 
 

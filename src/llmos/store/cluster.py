@@ -9,13 +9,22 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import ColumnElement, delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from llmos.store.tables import Event, Lease, Node, Replica
 
 Sessions = Callable[[], Session]
+
+
+def _matching(table: type[Replica] | type[Event], *, deployment: str | None,
+              node: str | None, project: str | None) -> list[ColumnElement[bool]]:
+    """The conditions of the filters given (None: any)."""
+    return [column == value for column, value in ((table.deployment, deployment),
+                                                  (table.node, node),
+                                                  (table.project, project))
+            if value is not None]
 
 
 class Nodes:
@@ -58,16 +67,17 @@ class Replicas:
 
     def list(self, *, deployment: str | None = None, node: str | None = None,
              project: str | None = None) -> list[Replica]:
+        query = select(Replica).order_by(Replica.deployment, Replica.created_at, Replica.id)
         with self._sessions() as s:
-            query = select(Replica).order_by(Replica.deployment, Replica.created_at,
-                                             Replica.id)
-            if deployment is not None:
-                query = query.where(Replica.deployment == deployment)
-            if project is not None:
-                query = query.where(Replica.project == project)
-            if node is not None:
-                query = query.where(Replica.node == node)
-            return list(s.scalars(query))
+            return list(s.scalars(query.where(*_matching(
+                Replica, deployment=deployment, node=node, project=project))))
+
+    def deployments_in(self, states: Iterable[str]) -> set[tuple[str, str]]:
+        """(project, deployment) of every deployment with a replica in one of ``states``."""
+        query = (select(Replica.project, Replica.deployment)
+                 .where(Replica.state.in_(list(states))).distinct())
+        with self._sessions() as s:
+            return {(project, deployment) for project, deployment in s.execute(query)}
 
     def add(self, replica: Replica) -> None:
         with self._sessions() as s, s.begin():
@@ -100,15 +110,10 @@ class Events:
     def list(self, *, deployment: str | None = None, node: str | None = None,
              project: str | None = None, limit: int = 100) -> list[Event]:
         """The newest ``limit`` events that match, oldest first."""
+        query = select(Event).order_by(Event.at.desc(), Event.id.desc()).limit(limit)
         with self._sessions() as s:
-            query = select(Event).order_by(Event.at.desc(), Event.id.desc()).limit(limit)
-            if deployment is not None:
-                query = query.where(Event.deployment == deployment)
-            if node is not None:
-                query = query.where(Event.node == node)
-            if project is not None:
-                query = query.where(Event.project == project)
-            return list(reversed(list(s.scalars(query))))
+            return list(reversed(list(s.scalars(query.where(*_matching(
+                Event, deployment=deployment, node=node, project=project))))))
 
 
 class Leases:

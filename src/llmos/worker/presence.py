@@ -7,16 +7,14 @@ only until it expires.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Literal
 
 from llmos.bus import Bus, Subscription, TopicMessage, names
-from llmos.bus.messages import Command, Heartbeat, decode_or_ignore, encode
-from llmos.errors import BusError
+from llmos.bus.beacon import Beacon
+from llmos.bus.messages import Command, Heartbeat, decode_or_ignore
 
 log = logging.getLogger(__name__)
 
@@ -30,36 +28,25 @@ class Presence:
         self.worker_id = worker_id
         self.epoch = epoch
         self.interval_s = interval_s
-        self._heartbeat = heartbeat
         self._on_command = on_command
         self._commands: Subscription | None = None
-        self._beating: asyncio.Task[None] | None = None
+        self._beacon = Beacon(bus, names.HEARTBEAT_TOPIC, heartbeat, interval_s,
+                              name=f"heartbeat-{worker_id}")
 
     async def subscribe(self) -> None:
         self._commands = await self.bus.subscribe(names.COMMAND_TOPIC, self._on_message)
 
     def start_beating(self) -> None:
-        self._beating = asyncio.create_task(self._beat(), name=f"heartbeat-{self.worker_id}")
+        self._beacon.start()
 
     async def stop(self) -> None:
-        if self._beating is not None:
-            self._beating.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._beating
+        await self._beacon.stop()
         if self._commands is not None:
             await self._commands.cancel()
 
     async def send(self) -> None:
-        try:
-            await self.bus.broadcast(names.HEARTBEAT_TOPIC, encode(self._heartbeat()),
-                                     ttl_s=2 * self.interval_s)
-        except BusError as exc:  # the next one may get through; never fatal
-            log.warning("heartbeat not sent: %s", exc)
-
-    async def _beat(self) -> None:
-        while True:
-            await self.send()
-            await asyncio.sleep(self.interval_s)
+        """A heartbeat now (the state changed), besides those every interval."""
+        await self._beacon.send()
 
     async def _on_message(self, message: TopicMessage) -> None:
         command = decode_or_ignore(Command, message.body)

@@ -14,7 +14,7 @@ import contextlib
 import json
 import queue
 from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import FileResponse, Response, StreamingResponse
@@ -25,7 +25,7 @@ from llmos.gateway.deps import StateDep
 from llmos.gateway.guard import has_body
 from llmos.gateway.routing import only_specific
 from llmos.gateway.schemas import ErrorResponse
-from llmos.registry import LocalRegistry, ModelVersion, upkeep
+from llmos.registry import LocalRegistry, ModelVersion, templates, upkeep
 from llmos.registry.blobs import CHUNK, BlobCorrupt, Stored, hash_file
 from llmos.registry.estimate import KV_TYPES
 from llmos.registry.lineage import lineage as find_lineage
@@ -55,6 +55,18 @@ class BlobPublic(BaseModel):
     filename: str
 
 
+class ChatTemplateInfo(BaseModel):
+    source: Literal["deployment", "file", "gguf", "family", "fallback"]
+    """Where it comes from: a deployment's setting, a file stored with the version, the
+    GGUF's own, the built-in of the architecture's family, or llama.cpp's ChatML
+    fallback."""
+    name: str
+    """The built-in's or the file's name, ``gguf``, or ``custom``."""
+    sha256: str | None = None
+    """Of the template's text, where LLMOS supplies it."""
+    warning: str | None = None
+
+
 class VersionPublic(BaseModel):
     ref: str
     name: str
@@ -73,6 +85,8 @@ class VersionPublic(BaseModel):
     config: dict[str, Any]
     estimate: dict[str, Any] | None
     """Memory one replica needs under the server's default engine settings."""
+    chat_template: ChatTemplateInfo
+    """The chat template it is served with unless a deployment sets its own."""
 
 
 class VersionList(BaseModel):
@@ -134,7 +148,8 @@ def public(version: ModelVersion) -> VersionPublic:
         tags=list(version.tags), label=version.label, created_at=version.created_at,
         creator=version.creator, derived_from=version.derived_from, relation=version.relation,
         size=version.size, blobs=[BlobPublic(**b.to_dict()) for b in version.blobs],
-        metadata=version.metadata, config=version.config, estimate=version.estimate)
+        metadata=version.metadata, config=version.config, estimate=version.estimate,
+        chat_template=ChatTemplateInfo(**templates.choose(version).describe()))
 
 
 def _registry(state: Any) -> LocalRegistry:

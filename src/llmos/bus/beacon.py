@@ -1,0 +1,59 @@
+"""A beacon: a message broadcast every interval, and at once when asked (a state
+changed). The one loop behind a worker's heartbeats and a node agent's status."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+
+from pydantic import BaseModel
+
+from llmos.bus.base import Bus
+from llmos.errors import BusError
+
+log = logging.getLogger(__name__)
+
+
+class Beacon:
+    def __init__(self, bus: Bus, topic: str, message: Callable[[], BaseModel],
+                 interval_s: float, *, name: str) -> None:
+        self.bus = bus
+        self.topic = topic
+        self.message = message
+        self.interval_s = interval_s
+        self.name = name
+        self._loop: asyncio.Task[None] | None = None
+        self._soon: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._loop = asyncio.create_task(self._run(), name=self.name)
+
+    async def stop(self) -> None:
+        for task in (self._loop, self._soon):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._loop = self._soon = None
+
+    async def send(self) -> None:
+        """Broadcast now; a message lives two intervals (the next replaces it). A failure
+        is logged, never raised: the next one may get through."""
+        try:
+            body = self.message().model_dump_json().encode()
+            await self.bus.broadcast(self.topic, body, ttl_s=2 * self.interval_s)
+        except BusError as exc:
+            log.warning("%s not sent: %s", self.name, exc.message)
+
+    def send_soon(self) -> None:
+        """Broadcast as soon as the loop gets to it, without waiting for the interval
+        (calls while one is pending are one)."""
+        if self._soon is None or self._soon.done():
+            self._soon = asyncio.get_running_loop().create_task(self.send())
+
+    async def _run(self) -> None:
+        while True:
+            await self.send()
+            await asyncio.sleep(self.interval_s)
