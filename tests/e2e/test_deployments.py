@@ -110,6 +110,14 @@ def test_a_deployment_that_cannot_fit_says_why(server: RunningServer) -> None:
     assert api(server, "DELETE", "/api/deployments/huge").status_code == 204
 
 
+def test_an_unknown_chat_template_is_refused_at_deploy_time(server: RunningServer) -> None:
+    refused = api(server, "POST", "/api/deployments", json={
+        "name": "odd", "model": "gemma-3-270m", "settings": {"chat_template": "gemma4"}})
+    assert refused.status_code == 400, refused.text
+    assert "neither a built-in template (chatml, gemma)" in refused.json()["error"]["message"]
+    assert api(server, "GET", "/api/deployments/odd").status_code == 404
+
+
 def test_a_settings_change_rolls_replicas_with_no_failed_request(
         server: RunningServer) -> None:
     api(server, "POST", "/api/deployments", json={

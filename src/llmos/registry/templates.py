@@ -31,7 +31,9 @@ BUILTIN = ("chatml", "gemma")
 FAMILIES = {"gemma": "gemma", "gemma2": "gemma", "gemma3": "gemma", "gemma3n": "gemma"}
 """GGUF ``general.architecture`` -> the built-in template of its family."""
 FALLBACK = "chatml"
-MAX_TEMPLATE_CHARS = 256 * 1024
+MAX_TEMPLATE_CHARS = 64 * 1024
+"""A deployment's template travels to ``llmos worker`` in its environment (one variable
+holds at most 128 KiB on Linux); real templates are a few KiB."""
 
 Source = Literal["deployment", "file", "gguf", "family", "fallback"]
 
