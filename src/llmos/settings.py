@@ -113,6 +113,8 @@ class RequestLimits(BaseModel):
     max_stop_chars: int = Field(256, ge=1, description="characters in one stop sequence")
     max_logit_bias: int = Field(300, ge=0, description="logit_bias entries (OpenAI: 300)")
     max_tools: int = Field(128, ge=0, description="tool definitions in one request")
+    max_choices: int = Field(8, ge=1, le=128, description="`n`: choices one request may "
+                             "ask for (each is its own generation in a slot)")
     max_name_chars: int = Field(
         256, ge=1, description="characters in a model id, message name, user or tool name")
     max_schema_bytes: int = Field(

@@ -74,7 +74,6 @@ def test_unknown_model_is_404(client: openai.OpenAI) -> None:
 
 
 @pytest.mark.parametrize(("extra", "param"), [
-    ({"n": 2}, "n"),
     ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}, "tools"),
     ({"logprobs": True}, "logprobs"),
 ])

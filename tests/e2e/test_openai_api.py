@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from typing import Any
 
 import httpx
 import openai
@@ -77,6 +78,35 @@ def test_chat_is_in_gemma_s_format_and_no_marker_reaches_the_answer(
         model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=4,
         temperature=0, logit_bias={START_OF_TURN: 100})
     assert not [m for m in MARKERS if m in (pushed.choices[0].message.content or "")]
+
+
+def test_n_choices_each_its_own_generation(client: openai.OpenAI) -> None:
+    answer = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=4,
+        temperature=1.0, seed=7, n=3)
+    assert [c.index for c in answer.choices] == [0, 1, 2]
+    assert all(c.finish_reason in {"stop", "length"} for c in answer.choices)
+    assert answer.usage is not None
+    assert answer.usage.prompt_tokens == 10  # the prompt, counted once
+    assert 3 <= answer.usage.completion_tokens <= 12  # every choice's tokens
+    texts: dict[int, list[str]] = {}
+    finished: dict[int, str] = {}
+    usage = None
+    for chunk in client.completions.create(model=MODEL, prompt=COUNTING, max_tokens=4,
+                                           temperature=0, n=2, stream=True,
+                                           stream_options={"include_usage": True}):
+        usage = chunk.usage or usage
+        for choice in chunk.choices:
+            texts.setdefault(choice.index, []).append(choice.text)
+            if choice.finish_reason:
+                finished[choice.index] = choice.finish_reason
+    assert sorted(finished) == [0, 1]
+    assert all("".join(texts[i]) for i in (0, 1))
+    assert usage is not None and usage.completion_tokens == 8
+    with pytest.raises(openai.BadRequestError) as info:
+        client.completions.create(model=MODEL, prompt="x", max_tokens=1, n=9)
+    body: Any = info.value.body
+    assert (body["code"], body["param"]) == ("limit_exceeded", "n")
 
 
 def test_chat_streaming_first_chunk_arrives_early(client: openai.OpenAI) -> None:
@@ -197,6 +227,20 @@ def test_stream_disconnect_frees_the_slot(llmos_server: RunningServer) -> None:
     assert _wait_for_idle(llmos_server, within_s=2.0) < 2.0
     cancelled = llmos_server.metric("llmos_worker_requests_total", outcome="cancelled")
     assert cancelled == cancelled_before + 1
+
+
+def test_a_client_that_leaves_a_stream_of_n_choices_frees_every_slot(
+        llmos_server: RunningServer) -> None:
+    cancelled_before = llmos_server.metric("llmos_worker_requests_total",
+                                           outcome="cancelled")
+    body = {"model": MODEL, "prompt": COUNTING, "max_tokens": 200, "stream": True, "n": 2}
+    with httpx.stream("POST", f"{llmos_server.api}/completions", json=body, timeout=30) as r:
+        assert r.status_code == 200
+        lines = r.iter_lines()
+        assert next(line for line in lines if line.startswith("data: "))
+    assert _wait_for_idle(llmos_server, within_s=2.0) < 2.0
+    cancelled = llmos_server.metric("llmos_worker_requests_total", outcome="cancelled")
+    assert cancelled == cancelled_before + 2
 
 
 def test_non_streaming_disconnect_frees_the_slot(llmos_server: RunningServer) -> None:

@@ -38,6 +38,8 @@ def check_request(body: ChatCompletionCreate | CompletionCreate,
     if body.logit_bias and len(body.logit_bias) > limits.max_logit_bias:
         raise _over("the number of logit_bias entries", len(body.logit_bias),
                     limits.max_logit_bias, "max_logit_bias", "logit_bias")
+    if body.n is not None and body.n > limits.max_choices:
+        raise _over("n", body.n, limits.max_choices, "max_choices", "n")
     if isinstance(body.tools, list):
         if len(body.tools) > limits.max_tools:
             raise _over("the number of tools", len(body.tools), limits.max_tools, "max_tools",

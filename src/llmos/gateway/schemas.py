@@ -86,7 +86,8 @@ class _Sampling(_Strict):
         None, description="token id -> bias")
     ignore_eos: bool | None = Field(
         None, description="llama.cpp extension: keep generating past end-of-sequence")
-    n: int | None = Field(None, ge=1)
+    n: int | None = Field(None, ge=1, description="choices: each its own generation "
+                          "(with `seed`, choice i samples with seed + i)")
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
@@ -111,8 +112,6 @@ class _Sampling(_Strict):
 
     def unsupported(self) -> str | None:
         """The first parameter set to something the engine cannot honour, if any."""
-        if self.n is not None and self.n != 1:
-            return "n"
         for name, neutral in UNSUPPORTED.items():
             value = getattr(self, name, None)
             allowed = neutral if isinstance(neutral, tuple) else (neutral,)

@@ -3,23 +3,29 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator
 from typing import Any, Literal, TypeVar
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
 from llmos.bus import names
-from llmos.bus.messages import ErrorInfo, ReplyChunk
 from llmos.errors import BadRequest, LLMOSError, NoReplica, UnsupportedParameter
+from llmos.gateway.answers import (
+    ClientGone,
+    SseEncoder,
+    error_json,
+    last_chunk,
+    no_usage,
+    unless_gone,
+)
 from llmos.gateway.body import component_ref, openapi_body, parse_body
 from llmos.gateway.deps import StateDep
 from llmos.gateway.dispatch import RequestHandle
-from llmos.gateway.errors import error_body, error_response, sse_error
+from llmos.gateway.errors import error_response, sse_error
 from llmos.gateway.limits import check_request
+from llmos.gateway.routes import choices
 from llmos.gateway.schemas import (
     ChatCompletion,
     ChatCompletionChunk,
@@ -116,8 +122,8 @@ async def _run(state: GatewayState, request: Request, kind: Literal["chat", "com
     unsupported = body.unsupported()
     if unsupported is not None:
         raise UnsupportedParameter(
-            f"the parameter {unsupported!r} is not supported by this model's engine"
-            + (" (only n=1)" if unsupported == "n" else ""), param=unsupported)
+            f"the parameter {unsupported!r} is not supported by this model's engine",
+            param=unsupported)
     limits = state.engine_settings(deployment)
     explicit = max_tokens is not None
     if max_tokens is None:
@@ -131,6 +137,17 @@ async def _run(state: GatewayState, request: Request, kind: Literal["chat", "com
     engine_body |= limits.sampling.given() | body.sampling()
     engine_body["max_tokens"] = max_tokens
     request_id: str = request.scope["state"]["request_id"]
+    if body.n is not None and body.n > 1:
+        handles = await _submit_choices(state, request_id, deployment.name, kind, engine_body,
+                                        body, explicit, deployment.project, body.n)
+        if body.stream:
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            response = await choices.stream(handles, request, kind, body.model, include_usage)
+        else:
+            response = await choices.complete(handles, request, kind, body.model)
+        metrics.GATEWAY_REQUESTS.labels(endpoint, str(response.status_code)).inc()
+        metrics.GATEWAY_LATENCY.labels(endpoint).observe(time.perf_counter() - started)
+        return response
     handle = await state.dispatcher.submit(
         request_id=request_id, deployment=deployment.name, kind=kind, body=engine_body,
         stream=body.stream, max_tokens_explicit=explicit, project=deployment.project,
@@ -145,24 +162,42 @@ async def _run(state: GatewayState, request: Request, kind: Literal["chat", "com
     return response
 
 
-def _error_json(error: ErrorInfo) -> JSONResponse:
-    return JSONResponse(error_body(error.message, error.type, param=error.param,
-                                   code=error.code), status_code=error.status)
+async def _submit_choices(state: GatewayState, request_id: str, deployment: str,
+                          kind: Literal["chat", "completion"], engine_body: dict[str, Any],
+                          body: ChatCompletionCreate | CompletionCreate, explicit: bool,
+                          project: str, n: int) -> list[RequestHandle]:
+    """``n`` requests, one per choice (``ID.0`` … ``ID.n-1``); with a seed, choice i
+    samples with seed + i. Completions that differ only so start together on a replica
+    (one prefill batch) where its engine merges them."""
+    handles: list[RequestHandle] = []
+    try:
+        for i in range(n):
+            member = dict(engine_body)
+            if member.get("seed") is not None:
+                member["seed"] = int(member["seed"]) + i
+            handles.append(await state.dispatcher.submit(
+                request_id=f"{request_id}.{i}", deployment=deployment, kind=kind,
+                body=member, stream=body.stream, max_tokens_explicit=explicit,
+                project=project, tier=body.tier()))
+    except BaseException:
+        await asyncio.gather(*(h.close() for h in handles), return_exceptions=True)
+        raise
+    return handles
 
 
 async def _complete(handle: RequestHandle, request: Request,
                     kind: Literal["chat", "completion"], model: str) -> Response:
     chunks = handle.chunks()
     try:
-        final = await _unless_gone(_last_chunk(chunks), request)
+        final = await unless_gone(last_chunk(chunks), request)
     except LLMOSError as exc:
         return error_response(exc)
     if final is None:
         await chunks.aclose()
         return Response(status_code=499)
     if final.error is not None:
-        return _error_json(final.error)
-    usage = final.usage.model_dump() if final.usage else _no_usage()
+        return error_json(final.error)
+    usage = final.usage.model_dump() if final.usage else no_usage()
     rid = handle.request.request_id
     created = int(time.time())
     if kind == "chat":
@@ -181,51 +216,13 @@ async def _complete(handle: RequestHandle, request: Request,
     return JSONResponse(answer, headers={names.HEADER_ATTEMPT: str(handle.attempt)})
 
 
-async def _last_chunk(chunks: AsyncIterator[ReplyChunk]) -> ReplyChunk:
-    last: ReplyChunk | None = None
-    async for chunk in chunks:
-        last = chunk
-    assert last is not None
-    return last
-
-
-async def _client_gone(request: Request) -> None:
-    while True:
-        message = await request.receive()
-        if message["type"] == "http.disconnect":
-            return
-
-
-def _no_usage() -> dict[str, int]:
-    return {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
-
-
-async def _unless_gone(work: Awaitable[T], request: Request) -> T | None:
-    """``work``'s result, or None when the client went away first (then ``work`` is
-    cancelled: a request iterator that closes cancels its request on the workers, in
-    whatever phase it is, tokenization and prefill included)."""
-    done = asyncio.ensure_future(work)
-    disconnect = asyncio.ensure_future(_client_gone(request))
-    try:
-        await asyncio.wait({done, disconnect}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        disconnect.cancel()
-        if not done.done():
-            done.cancel()
-            with contextlib.suppress(asyncio.CancelledError, LLMOSError, StopAsyncIteration):
-                await done
-    if done.cancelled():
-        return None
-    return done.result()
-
-
 async def _stream(handle: RequestHandle, request: Request, kind: Literal["chat", "completion"],
                   model: str, include_usage: bool) -> Response:
     chunks = handle.chunks()
     # Wait for the first chunk before answering, so an error that comes before any
     # token (bad input, context too long) still gets its proper HTTP status.
     try:
-        first = await _unless_gone(anext(chunks), request)
+        first = await unless_gone(anext(chunks), request)
     except LLMOSError as exc:
         await chunks.aclose()
         return error_response(exc)
@@ -234,8 +231,8 @@ async def _stream(handle: RequestHandle, request: Request, kind: Literal["chat",
         return Response(status_code=499)
     if first.error is not None:
         await chunks.aclose()
-        return _error_json(first.error)
-    events = _SseEncoder(kind, handle.request.request_id, model)
+        return error_json(first.error)
+    events = SseEncoder(kind, handle.request.request_id, model)
 
     async def body() -> AsyncIterator[bytes]:
         # One piece per chunk (the events of one chunk go out in one write).
@@ -255,7 +252,7 @@ async def _stream(handle: RequestHandle, request: Request, kind: Literal["chat",
                                           chunk.finish_reason)
                     if include_usage:
                         piece += events.usage(chunk.usage.model_dump() if chunk.usage
-                                              else _no_usage())
+                                              else no_usage())
                     yield piece + END
                     return
                 if piece:
@@ -275,36 +272,3 @@ async def _stream(handle: RequestHandle, request: Request, kind: Literal["chat",
                        on_disconnect=lambda: handle.fail(ClientGone("the client went away")))
 
 
-class ClientGone(LLMOSError):
-    """The client closed the connection: the stream ends and the generation is cancelled."""
-
-    status = 499
-    code = "client_closed_request"
-
-
-class _SseEncoder:
-    def __init__(self, kind: Literal["chat", "completion"], request_id: str, model: str) -> None:
-        self.kind = kind
-        self.base: dict[str, Any] = {
-            "id": f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{request_id}",
-            "object": "chat.completion.chunk" if kind == "chat" else "text_completion",
-            "created": int(time.time()),
-            "model": model,
-        }
-
-    def event(self, delta: Any, finish_reason: str | None) -> bytes:
-        choice: dict[str, Any] = {"index": 0, "finish_reason": finish_reason}
-        if self.kind == "chat":
-            choice["delta"] = delta
-        else:
-            choice["text"] = delta
-            choice["logprobs"] = None
-        return b"data: " + json.dumps(self.base | {"choices": [choice]}).encode() + b"\n\n"
-
-    def error(self, error: ErrorInfo) -> bytes:
-        body = error_body(error.message, error.type, param=error.param, code=error.code)
-        return b"data: " + json.dumps(body).encode() + b"\n\n"
-
-    def usage(self, usage: dict[str, int]) -> bytes:
-        body = self.base | {"choices": [], "usage": usage}
-        return b"data: " + json.dumps(body).encode() + b"\n\n"

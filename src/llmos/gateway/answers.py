@@ -1,0 +1,98 @@
+"""What the OpenAI endpoints share to turn reply chunks into answers: the wait that a
+client's disconnect cuts short, the SSE encoding, and errors as JSON."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any, Literal, TypeVar
+
+from fastapi import Request
+from fastapi.responses import JSONResponse
+
+from llmos.bus.messages import ErrorInfo, ReplyChunk
+from llmos.errors import LLMOSError
+from llmos.gateway.errors import error_body
+
+T = TypeVar("T")
+
+
+def error_json(error: ErrorInfo) -> JSONResponse:
+    return JSONResponse(error_body(error.message, error.type, param=error.param,
+                                   code=error.code), status_code=error.status)
+
+
+async def last_chunk(chunks: AsyncIterator[ReplyChunk]) -> ReplyChunk:
+    last: ReplyChunk | None = None
+    async for chunk in chunks:
+        last = chunk
+    assert last is not None
+    return last
+
+
+async def client_gone(request: Request) -> None:
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+def no_usage() -> dict[str, int]:
+    return {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+
+
+async def unless_gone(work: Awaitable[T], request: Request) -> T | None:
+    """``work``'s result, or None when the client went away first (then ``work`` is
+    cancelled: a request iterator that closes cancels its request on the workers, in
+    whatever phase it is, tokenization and prefill included)."""
+    done = asyncio.ensure_future(work)
+    disconnect = asyncio.ensure_future(client_gone(request))
+    try:
+        await asyncio.wait({done, disconnect}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        disconnect.cancel()
+        if not done.done():
+            done.cancel()
+            with contextlib.suppress(asyncio.CancelledError, LLMOSError, StopAsyncIteration):
+                await done
+    if done.cancelled():
+        return None
+    return done.result()
+
+
+class ClientGone(LLMOSError):
+    """The client closed the connection: the stream ends and the generation is cancelled."""
+
+    status = 499
+    code = "client_closed_request"
+
+
+class SseEncoder:
+    def __init__(self, kind: Literal["chat", "completion"], request_id: str, model: str) -> None:
+        self.kind = kind
+        self.base: dict[str, Any] = {
+            "id": f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{request_id}",
+            "object": "chat.completion.chunk" if kind == "chat" else "text_completion",
+            "created": int(time.time()),
+            "model": model,
+        }
+
+    def event(self, delta: Any, finish_reason: str | None, *, index: int = 0) -> bytes:
+        choice: dict[str, Any] = {"index": index, "finish_reason": finish_reason}
+        if self.kind == "chat":
+            choice["delta"] = delta
+        else:
+            choice["text"] = delta
+            choice["logprobs"] = None
+        return b"data: " + json.dumps(self.base | {"choices": [choice]}).encode() + b"\n\n"
+
+    def error(self, error: ErrorInfo) -> bytes:
+        body = error_body(error.message, error.type, param=error.param, code=error.code)
+        return b"data: " + json.dumps(body).encode() + b"\n\n"
+
+    def usage(self, usage: dict[str, int]) -> bytes:
+        body = self.base | {"choices": [], "usage": usage}
+        return b"data: " + json.dumps(body).encode() + b"\n\n"

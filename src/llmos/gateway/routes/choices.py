@@ -1,0 +1,161 @@
+"""``n`` > 1: several choices of one prompt, one request each, answered as one.
+
+Each choice is its own generation in its own slot (and, with a seed, its own seed);
+the answer lists them by ``index``. Usage counts the prompt once, as OpenAI does, and
+the tokens of every choice. A stream interleaves the choices' chunks as they come,
+each tagged with its index, and ends after the last choice ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from typing import Any, Literal
+
+from fastapi import Request, Response
+from fastapi.responses import JSONResponse
+
+from llmos.bus import names
+from llmos.bus.messages import ReplyChunk
+from llmos.errors import LLMOSError
+from llmos.gateway.answers import (
+    ClientGone,
+    SseEncoder,
+    error_json,
+    last_chunk,
+    unless_gone,
+)
+from llmos.gateway.dispatch import RequestHandle
+from llmos.gateway.errors import error_response, sse_error
+from llmos.gateway.sse import END, SseResponse
+
+Kind = Literal["chat", "completion"]
+
+
+def _usage(finals: list[ReplyChunk]) -> dict[str, int]:
+    prompt = max((f.usage.prompt_tokens for f in finals if f.usage), default=0)
+    completion = sum(f.usage.completion_tokens for f in finals if f.usage)
+    return {"prompt_tokens": prompt, "completion_tokens": completion,
+            "total_tokens": prompt + completion}
+
+
+def _request_id(handles: list[RequestHandle]) -> str:
+    return handles[0].request.request_id.rsplit(".", 1)[0]
+
+
+async def _close(handles: list[RequestHandle]) -> None:
+    await asyncio.gather(*(h.close() for h in handles), return_exceptions=True)
+
+
+async def complete(handles: list[RequestHandle], request: Request, kind: Kind,
+                   model: str) -> Response:
+    streams = [h.chunks() for h in handles]
+    try:
+        finals = await unless_gone(asyncio.gather(*(last_chunk(c) for c in streams)),
+                                   request)
+    except LLMOSError as exc:
+        await _close(handles)
+        return error_response(exc)
+    if finals is None:
+        await _close(handles)
+        return Response(status_code=499)
+    failed = next((f for f in finals if f.error is not None), None)
+    if failed is not None and failed.error is not None:
+        return error_json(failed.error)
+    rid = _request_id(handles)
+    created = int(time.time())
+    answer: dict[str, Any]
+    if kind == "chat":
+        answer = {"id": f"chatcmpl-{rid}", "object": "chat.completion", "created": created,
+                  "model": model, "choices": [
+                      {"index": i, "finish_reason": f.finish_reason, "logprobs": None,
+                       "message": {"role": "assistant", "content": f.text}}
+                      for i, f in enumerate(finals)]}
+    else:
+        answer = {"id": f"cmpl-{rid}", "object": "text_completion", "created": created,
+                  "model": model, "choices": [
+                      {"index": i, "text": f.text, "logprobs": None,
+                       "finish_reason": f.finish_reason} for i, f in enumerate(finals)]}
+    answer["usage"] = _usage(finals)
+    attempt = max(h.attempt for h in handles)
+    return JSONResponse(answer, headers={names.HEADER_ATTEMPT: str(attempt)})
+
+
+async def stream(handles: list[RequestHandle], request: Request, kind: Kind, model: str,
+                 include_usage: bool) -> Response:
+    streams = [h.chunks() for h in handles]
+    # the first chunk of every choice before answering: an error that comes before any
+    # token (the prompt too long, say) still gets its HTTP status
+    try:
+        firsts = await unless_gone(asyncio.gather(*(anext(c) for c in streams)), request)
+    except LLMOSError as exc:
+        await _close(handles)
+        return error_response(exc)
+    if firsts is None:
+        await _close(handles)
+        return Response(status_code=499)
+    failed = next((f for f in firsts if f.error is not None), None)
+    if failed is not None and failed.error is not None:
+        await _close(handles)
+        return error_json(failed.error)
+    events = SseEncoder(kind, _request_id(handles), model)
+    merged: asyncio.Queue[tuple[int, ReplyChunk | LLMOSError]] = asyncio.Queue()
+
+    async def pump(index: int, chunks: AsyncIterator[ReplyChunk], first: ReplyChunk) -> None:
+        await merged.put((index, first))
+        if first.final:
+            return
+        try:
+            async for chunk in chunks:
+                await merged.put((index, chunk))
+        except LLMOSError as exc:
+            await merged.put((index, exc))
+
+    async def body() -> AsyncIterator[bytes]:
+        pumps = [asyncio.create_task(pump(i, c, f))
+                 for i, (c, f) in enumerate(zip(streams, firsts, strict=True))]
+        finals: list[ReplyChunk] = []
+        try:
+            piece = b"".join(events.event({"role": "assistant", "content": ""}, None, index=i)
+                             for i in range(len(handles))) if kind == "chat" else b""
+            while len(finals) < len(handles):
+                index, chunk = await merged.get()
+                if isinstance(chunk, ClientGone):
+                    return
+                if isinstance(chunk, LLMOSError):
+                    yield piece + sse_error(chunk)
+                    return
+                if chunk.error is not None:
+                    yield piece + events.error(chunk.error)
+                    return
+                if chunk.text:
+                    piece += events.event(chunk.text if kind == "completion"
+                                          else {"content": chunk.text}, None, index=index)
+                if chunk.final:
+                    finals.append(chunk)
+                    piece += events.event("" if kind == "completion" else {},
+                                          chunk.finish_reason, index=index)
+                if piece:
+                    yield piece
+                    piece = b""
+            if include_usage:
+                piece += events.usage(_usage(finals))
+            yield piece + END
+        finally:
+            for task in pumps:
+                task.cancel()
+            for task in pumps:
+                with contextlib.suppress(asyncio.CancelledError, LLMOSError):
+                    await task
+            for chunks in streams:
+                with contextlib.suppress(LLMOSError, RuntimeError):
+                    await chunks.aclose()
+
+    def gone() -> None:
+        for handle in handles:
+            handle.fail(ClientGone("the client went away"))
+
+    return SseResponse(body(), headers={
+        names.HEADER_ATTEMPT: str(max(h.attempt for h in handles))}, on_disconnect=gone)
