@@ -75,7 +75,6 @@ def test_unknown_model_is_404(client: openai.OpenAI) -> None:
 
 @pytest.mark.parametrize(("extra", "param"), [
     ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}, "tools"),
-    ({"logprobs": True}, "logprobs"),
 ])
 def test_parameters_the_engine_cannot_honour_are_400(client: openai.OpenAI,
                                                      extra: dict[str, Any], param: str) -> None:

@@ -109,6 +109,46 @@ def test_n_choices_each_its_own_generation(client: openai.OpenAI) -> None:
     assert (body["code"], body["param"]) == ("limit_exceeded", "n")
 
 
+def test_logprobs_in_openai_s_shapes_streamed_and_not(client: openai.OpenAI) -> None:
+    answer = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=3,
+        temperature=0, logprobs=True, top_logprobs=3)
+    choice = answer.choices[0]
+    assert choice.logprobs is not None and choice.logprobs.content
+    tokens = choice.logprobs.content
+    assert "".join(t.token for t in tokens) == choice.message.content
+    for token in tokens:
+        assert token.logprob <= 0 and len(token.top_logprobs) == 3
+        # greedy: the chosen token is the most likely one (or tied with it)
+        assert token.logprob >= max(t.logprob for t in token.top_logprobs) - 1e-6
+    streamed = []
+    for chunk in client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=3,
+            temperature=0, logprobs=True, top_logprobs=3, stream=True):
+        for c in chunk.choices:
+            if c.logprobs is not None and c.logprobs.content:
+                streamed.extend(c.logprobs.content)
+    assert [t.token for t in streamed] == [t.token for t in tokens]
+    assert [t.logprob for t in streamed] == pytest.approx([t.logprob for t in tokens], abs=1e-3)
+
+    plain = client.completions.create(model=MODEL, prompt=COUNTING, max_tokens=3,
+                                      temperature=0, logprobs=2)
+    lp = plain.choices[0].logprobs
+    assert lp is not None and lp.tokens and lp.token_logprobs and lp.top_logprobs
+    assert "".join(lp.tokens) == plain.choices[0].text
+    assert len(lp.token_logprobs) == len(lp.tokens) == len(lp.top_logprobs)
+    assert all(len(top) <= 2 for top in lp.top_logprobs)
+    assert lp.text_offset == [sum(len(t) for t in lp.tokens[:i]) for i in range(len(lp.tokens))]
+    parts = [c.choices[0].logprobs for c in client.completions.create(
+        model=MODEL, prompt=COUNTING, max_tokens=3, temperature=0, logprobs=2, stream=True)
+        if c.choices and c.choices[0].logprobs is not None]
+    assert [t for p in parts for t in p.tokens or []] == lp.tokens
+    assert [o for p in parts for o in p.text_offset or []] == lp.text_offset
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x"}],
+                                       max_tokens=1, top_logprobs=2)
+
+
 def test_chat_streaming_first_chunk_arrives_early(client: openai.OpenAI) -> None:
     started = time.perf_counter()
     first_content: float | None = None

@@ -46,6 +46,21 @@ class Usage(BaseModel):
     total_tokens: int = 0
 
 
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+
+
+class TokenLogprob(BaseModel):
+    """One generated token's log probability, and the most likely alternatives."""
+
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+    top_logprobs: list[TopLogprob] = []
+
+
 class ErrorInfo(BaseModel):
     model_config = ConfigDict(frozen=True)
     status: int
@@ -60,6 +75,8 @@ class ReplyChunk(_Message):
     attempt: int
     seq: int
     text: str = ""
+    logprobs: list[TokenLogprob] | None = None
+    """Of the tokens of ``text``, when the request asked for them."""
     final: bool = False
     finish_reason: str | None = None
     usage: Usage | None = None

@@ -61,6 +61,9 @@ class PromptProgress:
 @dataclass(frozen=True)
 class TextDelta:
     text: str
+    logprobs: tuple[dict[str, Any], ...] = ()
+    """Per generated token, when asked: ``token``, ``logprob``, ``bytes``,
+    ``top_logprobs`` (OpenAI's chat shape, as llama.cpp gives it)."""
 
 
 EngineEvent = PromptReady | PromptProgress | TextDelta

@@ -314,10 +314,12 @@ class _StreamState:
                 self.finish_reason = choice["finish_reason"]
             else:
                 self.generated += 1
-            if text:
-                if self._emit(TextDelta(text)):
+            logprobs = (choice.get("logprobs") or {}).get("content") or ()
+            if text or logprobs:
+                if self._emit(TextDelta(text or "", tuple(logprobs))):
                     return True
-                self.sent.append(text)
+                if text:
+                    self.sent.append(text)
         return False
 
     def _emit(self, event: EngineEvent) -> bool:

@@ -13,7 +13,7 @@ from typing import Any, Literal, TypeVar
 from fastapi import Request
 from fastapi.responses import JSONResponse
 
-from llmos.bus.messages import ErrorInfo, ReplyChunk
+from llmos.bus.messages import ErrorInfo, ReplyChunk, TokenLogprob
 from llmos.errors import LLMOSError
 from llmos.gateway.errors import error_body
 
@@ -70,6 +70,29 @@ class ClientGone(LLMOSError):
     code = "client_closed_request"
 
 
+def chat_logprobs(entries: list[TokenLogprob] | None) -> dict[str, Any] | None:
+    """A chat choice's ``logprobs``: OpenAI's shape, one entry per token."""
+    if entries is None:
+        return None
+    return {"content": [e.model_dump() for e in entries], "refusal": None}
+
+
+def completion_logprobs(entries: list[TokenLogprob] | None, offset: int = 0
+                        ) -> dict[str, Any] | None:
+    """A completion choice's ``logprobs``: OpenAI's legacy shape (parallel lists, the
+    alternatives as token -> logprob, offsets into the choice's text from ``offset``)."""
+    if entries is None:
+        return None
+    offsets = []
+    for entry in entries:
+        offsets.append(offset)
+        offset += len(entry.token)
+    return {"tokens": [e.token for e in entries],
+            "token_logprobs": [e.logprob for e in entries],
+            "top_logprobs": [{t.token: t.logprob for t in e.top_logprobs} for e in entries],
+            "text_offset": offsets}
+
+
 class SseEncoder:
     def __init__(self, kind: Literal["chat", "completion"], request_id: str, model: str) -> None:
         self.kind = kind
@@ -79,14 +102,23 @@ class SseEncoder:
             "created": int(time.time()),
             "model": model,
         }
+        self._offsets: dict[int, int] = {}
+        """Per choice, where the next token starts in its text (completions' logprobs)."""
 
-    def event(self, delta: Any, finish_reason: str | None, *, index: int = 0) -> bytes:
+    def event(self, delta: Any, finish_reason: str | None, *, index: int = 0,
+              logprobs: list[TokenLogprob] | None = None) -> bytes:
         choice: dict[str, Any] = {"index": index, "finish_reason": finish_reason}
         if self.kind == "chat":
             choice["delta"] = delta
+            if logprobs:
+                choice["logprobs"] = chat_logprobs(logprobs)
         else:
             choice["text"] = delta
             choice["logprobs"] = None
+            if logprobs:
+                offset = self._offsets.get(index, 0)
+                choice["logprobs"] = completion_logprobs(logprobs, offset)
+                self._offsets[index] = offset + sum(len(e.token) for e in logprobs)
         return b"data: " + json.dumps(self.base | {"choices": [choice]}).encode() + b"\n\n"
 
     def error(self, error: ErrorInfo) -> bytes:

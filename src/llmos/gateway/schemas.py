@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from llmos.bus.names import Tier
 
@@ -110,9 +110,14 @@ class _Sampling(_Strict):
     web_search_options: Any = None
     metadata: Any = None
 
+    HONOURED: ClassVar[frozenset[str]] = frozenset()
+    """Names in ``UNSUPPORTED`` this endpoint does honour."""
+
     def unsupported(self) -> str | None:
         """The first parameter set to something the engine cannot honour, if any."""
         for name, neutral in UNSUPPORTED.items():
+            if name in self.HONOURED:
+                continue
             value = getattr(self, name, None)
             allowed = neutral if isinstance(neutral, tuple) else (neutral,)
             if value not in allowed:
@@ -131,9 +136,19 @@ class _Sampling(_Strict):
 
 
 class ChatCompletionCreate(_Sampling):
+    HONOURED = frozenset({"logprobs", "top_logprobs"})
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     response_format: ResponseFormat | None = None
+    logprobs: bool | None = Field(None, description="each token's log probability")
+    top_logprobs: int | None = Field(None, ge=0, le=20, description="with `logprobs`: "
+                                     "this many most likely tokens at each position")
+
+    @model_validator(mode="after")
+    def _top_needs_logprobs(self) -> ChatCompletionCreate:
+        if self.top_logprobs and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs: true")
+        return self
 
     def requested_max_tokens(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
@@ -144,6 +159,9 @@ class CompletionCreate(_Sampling):
              | Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]) = Field(
         description="a text, a list of one text (one prompt per request: send a batch as "
         "separate requests), or token ids")
+    HONOURED = frozenset({"logprobs"})
+    logprobs: int | None = Field(None, ge=0, le=5, description="the log probabilities "
+                                 "of each token and of this many most likely ones")
     # accepted so they can be refused by name (``UNSUPPORTED``)
     echo: Any = None
     best_of: Any = None

@@ -23,6 +23,7 @@ from llmos.bus.messages import (
     Heartbeat,
     InferenceRequest,
     RequestEvent,
+    TokenLogprob,
     Usage,
     decode,
     decode_or_ignore,
@@ -237,8 +238,8 @@ class Worker:
     async def _serve(self, request: InferenceRequest, publish: Replies,
                      cancel: threading.Event) -> str:
         loop = asyncio.get_running_loop()
-        out: asyncio.Queue[str | None] = asyncio.Queue()
-        texts: list[str] = []
+        out: asyncio.Queue[TextDelta | None] = asyncio.Queue()
+        deltas: list[TextDelta] = []
         body = request.body
         ctx_per_slot = self.engine.config.ctx_per_slot
 
@@ -250,9 +251,9 @@ class Worker:
                     _check_context(event.prompt_tokens, body, ctx_per_slot)
             elif isinstance(event, TextDelta):
                 if request.stream:
-                    loop.call_soon_threadsafe(out.put_nowait, event.text)
+                    loop.call_soon_threadsafe(out.put_nowait, event)
                 else:
-                    texts.append(event.text)
+                    deltas.append(event)
             return False
 
         future = self._launcher.submit(request.kind, body, on_event)
@@ -263,14 +264,14 @@ class Worker:
                 parts.append(out.get_nowait())
             if parts[-1] is None:
                 # The last tokens came with the end: they ride on the final chunk.
-                texts.extend(p for p in parts if p is not None)
+                deltas.extend(p for p in parts if p is not None)
                 break
-            await publish.chunk(text="".join(p for p in parts if p is not None))
+            await publish.chunk(**_joined([p for p in parts if p is not None]))
         try:
             result: GenerationResult = await future
         except Exception as exc:
-            if request.stream and texts:  # the tokens that came before the failure
-                await publish.chunk(text="".join(texts))
+            if request.stream and deltas:  # the tokens that came before the failure
+                await publish.chunk(**_joined(deltas))
             if isinstance(exc, LLMOSError):
                 error = _error_info(exc)
             else:
@@ -285,11 +286,20 @@ class Worker:
             return "cancelled"
         self._tokens.inc(result.completion_tokens)
         await publish.chunk(
-            text="".join(texts), final=True, finish_reason=result.finish_reason,
+            **_joined(deltas), final=True, finish_reason=result.finish_reason,
             usage=Usage(prompt_tokens=result.prompt_tokens,
                         completion_tokens=result.completion_tokens,
                         total_tokens=result.prompt_tokens + result.completion_tokens))
         return "ok"
+
+
+def _joined(deltas: list[TextDelta]) -> dict[str, Any]:
+    """One reply chunk's text, and its tokens' logprobs when the request asked for them."""
+    fields: dict[str, Any] = {"text": "".join(d.text for d in deltas)}
+    logprobs = [entry for d in deltas for entry in d.logprobs]
+    if logprobs:
+        fields["logprobs"] = [TokenLogprob.model_validate(e) for e in logprobs]
+    return fields
 
 
 def _check_context(prompt_tokens: int, body: dict[str, Any], ctx_per_slot: int | None) -> None:

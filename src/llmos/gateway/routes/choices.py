@@ -23,6 +23,8 @@ from llmos.errors import LLMOSError
 from llmos.gateway.answers import (
     ClientGone,
     SseEncoder,
+    chat_logprobs,
+    completion_logprobs,
     error_json,
     last_chunk,
     unless_gone,
@@ -70,13 +72,15 @@ async def complete(handles: list[RequestHandle], request: Request, kind: Kind,
     if kind == "chat":
         answer = {"id": f"chatcmpl-{rid}", "object": "chat.completion", "created": created,
                   "model": model, "choices": [
-                      {"index": i, "finish_reason": f.finish_reason, "logprobs": None,
+                      {"index": i, "finish_reason": f.finish_reason,
+                       "logprobs": chat_logprobs(f.logprobs),
                        "message": {"role": "assistant", "content": f.text}}
                       for i, f in enumerate(finals)]}
     else:
         answer = {"id": f"cmpl-{rid}", "object": "text_completion", "created": created,
                   "model": model, "choices": [
-                      {"index": i, "text": f.text, "logprobs": None,
+                      {"index": i, "text": f.text,
+                       "logprobs": completion_logprobs(f.logprobs),
                        "finish_reason": f.finish_reason} for i, f in enumerate(finals)]}
     answer["usage"] = _usage(finals)
     attempt = max(h.attempt for h in handles)
@@ -130,9 +134,10 @@ async def stream(handles: list[RequestHandle], request: Request, kind: Kind, mod
                 if chunk.error is not None:
                     yield piece + events.error(chunk.error)
                     return
-                if chunk.text:
+                if chunk.text or chunk.logprobs:
                     piece += events.event(chunk.text if kind == "completion"
-                                          else {"content": chunk.text}, None, index=index)
+                                          else {"content": chunk.text}, None, index=index,
+                                          logprobs=chunk.logprobs)
                 if chunk.final:
                     finals.append(chunk)
                     piece += events.event("" if kind == "completion" else {},

@@ -15,6 +15,8 @@ from llmos.errors import BadRequest, LLMOSError, NoReplica, UnsupportedParameter
 from llmos.gateway.answers import (
     ClientGone,
     SseEncoder,
+    chat_logprobs,
+    completion_logprobs,
     error_json,
     last_chunk,
     no_usage,
@@ -84,6 +86,8 @@ async def create_chat_completion(request: Request, state: StateDep) -> Response:
         "messages": [{"role": m.role if m.role != "developer" else "system",
                       "content": m.text()} for m in body.messages],
     }
+    if body.logprobs:
+        engine_body |= {"logprobs": True, "top_logprobs": body.top_logprobs or 0}
     fmt = body.response_format
     if isinstance(fmt, ResponseFormatJsonObject):
         engine_body["response_format"] = {"type": "json_object"}
@@ -101,8 +105,11 @@ async def create_completion(request: Request, state: StateDep) -> Response:
     prompt: Any = body.prompt
     if isinstance(prompt, list) and prompt and isinstance(prompt[0], str):
         prompt = prompt[0]
+    engine_body: dict[str, Any] = {"prompt": prompt}
+    if body.logprobs is not None:
+        engine_body["logprobs"] = body.logprobs
     return await _run(state, request, "completion", body, body.requested_max_tokens(),
-                      {"prompt": prompt})
+                      engine_body)
 
 
 FAST_ROUTES = {
@@ -205,12 +212,13 @@ async def _complete(handle: RequestHandle, request: Request,
             "id": f"chatcmpl-{rid}", "object": "chat.completion", "created": created,
             "model": model, "choices": [{"index": 0, "finish_reason": final.finish_reason,
                                          "message": {"role": "assistant", "content": final.text},
-                                         "logprobs": None}],
+                                         "logprobs": chat_logprobs(final.logprobs)}],
             "usage": usage}
     else:
         answer = {
             "id": f"cmpl-{rid}", "object": "text_completion", "created": created,
-            "model": model, "choices": [{"index": 0, "text": final.text, "logprobs": None,
+            "model": model, "choices": [{"index": 0, "text": final.text,
+                                         "logprobs": completion_logprobs(final.logprobs),
                                          "finish_reason": final.finish_reason}],
             "usage": usage}
     return JSONResponse(answer, headers={names.HEADER_ATTEMPT: str(handle.attempt)})
@@ -244,9 +252,10 @@ async def _stream(handle: RequestHandle, request: Request, kind: Literal["chat",
                 if chunk.error is not None:
                     yield piece + events.error(chunk.error)
                     return
-                if chunk.text:
+                if chunk.text or chunk.logprobs:
                     piece += events.event(chunk.text if kind == "completion"
-                                          else {"content": chunk.text}, None)
+                                          else {"content": chunk.text}, None,
+                                          logprobs=chunk.logprobs)
                 if chunk.final:
                     piece += events.event("" if kind == "completion" else {},
                                           chunk.finish_reason)
