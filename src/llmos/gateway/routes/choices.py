@@ -11,8 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
-from typing import Any, Literal
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any, Literal, TypeVar
 
 from fastapi import Request, Response
 from fastapi.responses import JSONResponse
@@ -34,6 +34,7 @@ from llmos.gateway.errors import error_response, sse_error
 from llmos.gateway.sse import END, SseResponse
 
 Kind = Literal["chat", "completion"]
+T = TypeVar("T")
 
 
 def _usage(finals: list[ReplyChunk]) -> dict[str, int]:
@@ -47,6 +48,26 @@ def _request_id(handles: list[RequestHandle]) -> str:
     return handles[0].request.request_id.rsplit(".", 1)[0]
 
 
+async def _all(awaitables: list[Awaitable[T]]) -> list[T]:
+    """Every result, or the first failure with the others cancelled (``gather`` would
+    leave them waiting on answers nobody reads)."""
+    tasks = [asyncio.ensure_future(a) for a in awaitables]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for task in tasks:
+            error = task.exception() if task.done() and not task.cancelled() else None
+            if error is not None:
+                raise error
+        return [t.result() for t in tasks]
+    finally:
+        for task in tasks:
+            if not task.done():
+                task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, LLMOSError, StopAsyncIteration):
+                await task
+
+
 async def _close(handles: list[RequestHandle]) -> None:
     await asyncio.gather(*(h.close() for h in handles), return_exceptions=True)
 
@@ -55,8 +76,7 @@ async def complete(handles: list[RequestHandle], request: Request, kind: Kind,
                    model: str) -> Response:
     streams = [h.chunks() for h in handles]
     try:
-        finals = await unless_gone(asyncio.gather(*(last_chunk(c) for c in streams)),
-                                   request)
+        finals = await unless_gone(_all([last_chunk(c) for c in streams]), request)
     except LLMOSError as exc:
         await _close(handles)
         return error_response(exc)
@@ -93,7 +113,7 @@ async def stream(handles: list[RequestHandle], request: Request, kind: Kind, mod
     # the first chunk of every choice before answering: an error that comes before any
     # token (the prompt too long, say) still gets its HTTP status
     try:
-        firsts = await unless_gone(asyncio.gather(*(anext(c) for c in streams)), request)
+        firsts = await unless_gone(_all([anext(c) for c in streams]), request)
     except LLMOSError as exc:
         await _close(handles)
         return error_response(exc)
