@@ -62,3 +62,21 @@ async def test_a_request_read_to_the_final_chunk_sends_no_cancel() -> None:
     assert cancels == ["abandoned"]
     await dispatcher.stop()
     await bus.close()
+
+
+@pytest.mark.asyncio
+async def test_chunks_that_arrive_out_of_order_are_read_in_order() -> None:
+    """On RabbitMQ the final chunk (confirmed) goes on another channel than the others
+    and may overtake them: the handle reads chunks by their sequence number."""
+    bus = MemoryBus()
+    await bus.connect()
+    dispatcher = Dispatcher(bus, timeout_s=10)
+    await dispatcher.start()
+    await bus.declare_queue(names.infer_queue("m"), names.infer_queue_options("m"))
+    handle = await _submit(dispatcher, "shuffled")
+    for seq in (2, 0, 1):
+        handle.deliver(ReplyChunk(request_id="shuffled", attempt=1, seq=seq, text=str(seq),
+                                  final=seq == 2))
+    assert [c.text async for c in handle.chunks()] == ["0", "1", "2"]
+    await dispatcher.stop()
+    await bus.close()

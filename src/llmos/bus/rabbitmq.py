@@ -8,6 +8,9 @@
   vanishing. aio-pika keeps many publishes in flight on that channel, so
   concurrent publishers share a window of confirms rather than waiting in turn.
   ``durable=False`` messages (reply chunks) go on a channel without confirms.
+  RabbitMQ orders messages per channel only, so a confirmed reply chunk (the final
+  one) may overtake the unconfirmed ones before it; reply chunks carry a sequence
+  number, and the gateway reads them by it.
 * Each consumer has its own robust channel with ``prefetch`` as its QoS, so
   cancelling a subscription (closing its channel) hands its unacked messages
   back. It subscribes through aiormq directly (aio-pika's message wrapper and its
