@@ -72,20 +72,31 @@ async def _close(handles: list[RequestHandle]) -> None:
     await asyncio.gather(*(h.close() for h in handles), return_exceptions=True)
 
 
-async def complete(handles: list[RequestHandle], request: Request, kind: Kind,
-                   model: str) -> Response:
-    streams = [h.chunks() for h in handles]
+async def _each(handles: list[RequestHandle], request: Request,
+                awaitables: list[Awaitable[ReplyChunk]]) -> list[ReplyChunk] | Response:
+    """A chunk of every choice, or the error answer (with every choice stopped) when one
+    failed, answered an error, or the client left first."""
     try:
-        finals = await unless_gone(_all([last_chunk(c) for c in streams]), request)
+        chunks = await unless_gone(_all(awaitables), request)
     except LLMOSError as exc:
         await _close(handles)
         return error_response(exc)
-    if finals is None:
+    if chunks is None:
         await _close(handles)
         return Response(status_code=499)
-    failed = next((f for f in finals if f.error is not None), None)
-    if failed is not None and failed.error is not None:
-        return error_json(failed.error)
+    error = next((c.error for c in chunks if c.error is not None), None)
+    if error is not None:
+        await _close(handles)
+        return error_json(error)
+    return chunks
+
+
+async def complete(handles: list[RequestHandle], request: Request, kind: Kind,
+                   model: str) -> Response:
+    streams = [h.chunks() for h in handles]
+    finals = await _each(handles, request, [last_chunk(c) for c in streams])
+    if isinstance(finals, Response):
+        return finals
     rid = _request_id(handles)
     created = int(time.time())
     answer: dict[str, Any]
@@ -112,18 +123,9 @@ async def stream(handles: list[RequestHandle], request: Request, kind: Kind, mod
     streams = [h.chunks() for h in handles]
     # the first chunk of every choice before answering: an error that comes before any
     # token (the prompt too long, say) still gets its HTTP status
-    try:
-        firsts = await unless_gone(_all([anext(c) for c in streams]), request)
-    except LLMOSError as exc:
-        await _close(handles)
-        return error_response(exc)
-    if firsts is None:
-        await _close(handles)
-        return Response(status_code=499)
-    failed = next((f for f in firsts if f.error is not None), None)
-    if failed is not None and failed.error is not None:
-        await _close(handles)
-        return error_json(failed.error)
+    firsts = await _each(handles, request, [anext(c) for c in streams])
+    if isinstance(firsts, Response):
+        return firsts
     events = SseEncoder(kind, _request_id(handles), model)
     merged: asyncio.Queue[tuple[int, ReplyChunk | LLMOSError]] = asyncio.Queue()
 

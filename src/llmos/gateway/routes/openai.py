@@ -144,26 +144,21 @@ async def _run(state: GatewayState, request: Request, kind: Literal["chat", "com
     engine_body |= limits.sampling.given() | body.sampling()
     engine_body["max_tokens"] = max_tokens
     request_id: str = request.scope["state"]["request_id"]
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    response: Response
     if body.n is not None and body.n > 1:
         handles = await _submit_choices(state, request_id, deployment.name, kind, engine_body,
                                         body, explicit, deployment.project, body.n)
-        if body.stream:
-            include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            response = await choices.stream(handles, request, kind, body.model, include_usage)
-        else:
-            response = await choices.complete(handles, request, kind, body.model)
-        metrics.GATEWAY_REQUESTS.labels(endpoint, str(response.status_code)).inc()
-        metrics.GATEWAY_LATENCY.labels(endpoint).observe(time.perf_counter() - started)
-        return response
-    handle = await state.dispatcher.submit(
-        request_id=request_id, deployment=deployment.name, kind=kind, body=engine_body,
-        stream=body.stream, max_tokens_explicit=explicit, project=deployment.project,
-        tier=body.tier())
-    if body.stream:
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        response = await _stream(handle, request, kind, body.model, include_usage)
+        response = await (choices.stream(handles, request, kind, body.model, include_usage)
+                          if body.stream else
+                          choices.complete(handles, request, kind, body.model))
     else:
-        response = await _complete(handle, request, kind, body.model)
+        handle = await state.dispatcher.submit(
+            request_id=request_id, deployment=deployment.name, kind=kind, body=engine_body,
+            stream=body.stream, max_tokens_explicit=explicit, project=deployment.project,
+            tier=body.tier())
+        response = await (_stream(handle, request, kind, body.model, include_usage)
+                          if body.stream else _complete(handle, request, kind, body.model))
     metrics.GATEWAY_REQUESTS.labels(endpoint, str(response.status_code)).inc()
     metrics.GATEWAY_LATENCY.labels(endpoint).observe(time.perf_counter() - started)
     return response
