@@ -125,6 +125,17 @@ def llmos_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSe
         stop_server(server)
 
 
+@pytest.fixture(scope="session")
+def roomy_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """A server whose slots hold 1,024 tokens (4 slots), for prompts that need room, as
+    tools do (``llmos_server``'s slots hold 256)."""
+    server = start_server(tmp_path_factory.mktemp("roomy-home"), {"LLMOS_ENGINE__SLOTS": "4"})
+    try:
+        yield server
+    finally:
+        stop_server(server)
+
+
 @pytest_asyncio.fixture
 async def bus() -> AsyncIterator[MemoryBus]:
     """A connected in-process bus, closed after the test."""

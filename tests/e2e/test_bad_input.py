@@ -74,7 +74,7 @@ def test_unknown_model_is_404(client: openai.OpenAI) -> None:
 
 
 @pytest.mark.parametrize(("extra", "param"), [
-    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}, "tools"),
+    ({"functions": [{"name": "f", "parameters": {}}]}, "functions"),
 ])
 def test_parameters_the_engine_cannot_honour_are_400(client: openai.OpenAI,
                                                      extra: dict[str, Any], param: str) -> None:
@@ -87,12 +87,13 @@ def test_parameters_the_engine_cannot_honour_are_400(client: openai.OpenAI,
 
 
 @pytest.mark.parametrize(("extra", "param"), [
-    ({"echo": True}, "echo"), ({"best_of": 2}, "best_of"), ({"suffix": "end"}, "suffix"),
+    ({"best_of": 2}, "best_of"), ({"suffix": "end"}, "suffix"),
+    ({"echo": True, "logprobs": 1}, "echo"), ({"echo": True, "prompt": [2, 3]}, "echo"),
 ])
 def test_completion_parameters_it_cannot_honour_are_refused_by_name(
         client: openai.OpenAI, extra: dict[str, Any], param: str) -> None:
     with pytest.raises(openai.BadRequestError) as info:
-        client.completions.create(model=MODEL, prompt="x", max_tokens=4, **extra)
+        client.completions.create(**{"model": MODEL, "prompt": "x", "max_tokens": 4} | extra)
     body: Any = info.value.body
     assert (body["code"], body["param"]) == ("unsupported_parameter", param)
     # their neutral values are accepted

@@ -302,3 +302,14 @@ def test_an_unknown_service_tier_is_400(client: openai.OpenAI) -> None:
         client.completions.create(model=MODEL, prompt="x", max_tokens=1,
                                   extra_body={"service_tier": "gold"})
     assert "service_tier" in str(info.value)
+
+
+def test_echo_puts_the_prompt_before_the_completion(client: openai.OpenAI) -> None:
+    plain = client.completions.create(model=MODEL, prompt=COUNTING, max_tokens=4,
+                                      temperature=0)
+    echoed = client.completions.create(model=MODEL, prompt=COUNTING, max_tokens=4,
+                                       temperature=0, echo=True)
+    assert echoed.choices[0].text == COUNTING + plain.choices[0].text
+    streamed = client.completions.create(model=MODEL, prompt=COUNTING, max_tokens=4,
+                                         temperature=0, echo=True, stream=True)
+    assert "".join(c.choices[0].text for c in streamed if c.choices) == echoed.choices[0].text

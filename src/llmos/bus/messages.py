@@ -61,6 +61,16 @@ class TokenLogprob(BaseModel):
     top_logprobs: list[TopLogprob] = []
 
 
+class ToolCallDelta(BaseModel):
+    """A piece of a tool call: the first of a call has its ``id`` and ``name``, every
+    piece may add to its JSON ``arguments`` text. Calls are told apart by ``index``."""
+
+    index: int = 0
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
+
+
 class ErrorInfo(BaseModel):
     model_config = ConfigDict(frozen=True)
     status: int
@@ -77,6 +87,8 @@ class ReplyChunk(_Message):
     text: str = ""
     logprobs: list[TokenLogprob] | None = None
     """Of the tokens of ``text``, when the request asked for them."""
+    tool_calls: list[ToolCallDelta] | None = None
+    """The tool calls the engine parsed out of the generated text, piece by piece."""
     final: bool = False
     finish_reason: str | None = None
     usage: Usage | None = None

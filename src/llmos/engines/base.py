@@ -64,6 +64,10 @@ class TextDelta:
     logprobs: tuple[dict[str, Any], ...] = ()
     """Per generated token, when asked: ``token``, ``logprob``, ``bytes``,
     ``top_logprobs`` (OpenAI's chat shape, as llama.cpp gives it)."""
+    tool_calls: tuple[dict[str, Any], ...] = ()
+    """Pieces of tool calls the engine parsed from the text, in OpenAI's streamed
+    shape: ``index``, then ``id`` and ``function.name`` on a call's first piece, and
+    ``function.arguments`` text to append."""
 
 
 EngineEvent = PromptReady | PromptProgress | TextDelta

@@ -6,6 +6,7 @@ the web UI off and a random API key, and LLMOS never sends requests to it.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import secrets
@@ -166,8 +167,46 @@ def _longest_token(path: Path) -> int | None:
         return None
 
 
+COMPACT_JSON = {"whitespace_flexible": False, "key_separator": ": ", "item_separator": ", ",
+                "lenient": True}
+"""llguidance's JSON options: one space after ``:`` and ``,`` and none elsewhere, and
+schema keywords it does not know ignored (as llama.cpp's own converter does)."""
+
+
+def _schema_grammar(body: dict[str, Any]) -> dict[str, Any]:
+    """A ``json_schema`` response format as an llguidance grammar, which llama.cpp takes
+    as ``grammar``: its own schema converter lets a model write any run of newlines and
+    tabs between tokens (a small one fills its budget with them); llguidance's JSON is
+    compact. Not with tools the engine may call (llama.cpp then refuses a grammar)."""
+    fmt = body.get("response_format")
+    if not isinstance(fmt, dict) or fmt.get("type") != "json_schema":
+        return body
+    if body.get("tools") and body.get("tool_choice") != "none":
+        return body
+    schema = (fmt.get("json_schema") or {}).get("schema")
+    if not isinstance(schema, dict):
+        return body
+    options = COMPACT_JSON | (schema.get("x-guidance") or {})
+    grammar = "%llguidance {}\nstart: %json " + json.dumps(schema | {"x-guidance": options})
+    problem = _grammar_problem(grammar)
+    if problem:
+        raise BadRequest(f"the JSON schema (of response_format, or of a forced tool call's "
+                         f"parameters) cannot be used: {problem}", param="response_format")
+    return {k: v for k, v in body.items() if k != "response_format"} | {"grammar": grammar}
+
+
+@functools.lru_cache(maxsize=256)
+def _grammar_problem(grammar: str) -> str:
+    """Why llguidance cannot compile the grammar ("" when it can). llama.cpp, given one
+    it cannot compile, generates unconstrained and says nothing: check first."""
+    from llguidance import LLMatcher
+
+    error: str = LLMatcher.validate_grammar(grammar)
+    return error.strip().splitlines()[0] if error.strip() else ""
+
+
 def _streamed(body: dict[str, Any]) -> dict[str, Any]:
-    request = dict(body)
+    request = dict(_schema_grammar(body))
     request["stream"] = True
     request["stream_options"] = {"include_usage": True}
     request["return_progress"] = True
@@ -315,8 +354,10 @@ class _StreamState:
             else:
                 self.generated += 1
             logprobs = (choice.get("logprobs") or {}).get("content") or ()
-            if text or logprobs:
-                if self._emit(TextDelta(text or "", tuple(logprobs))):
+            calls = (choice.get("delta") or {}).get("tool_calls") or () if self.kind == "chat" \
+                else ()
+            if text or logprobs or calls:
+                if self._emit(TextDelta(text or "", tuple(logprobs), tuple(calls))):
                     return True
                 if text:
                     self.sent.append(text)
@@ -348,7 +389,8 @@ def _raise_engine_error(error: Any, request_kind: Kind) -> NoReturn:
             param="messages" if request_kind == "chat" else "prompt",
         )
     if "json schema" in message.lower() or "grammar" in message.lower():
-        raise BadRequest(f"response_format cannot be used: {message}", param="response_format")
+        raise BadRequest(f"the JSON schema (of response_format, or of a forced tool call's "
+                         f"parameters) cannot be used: {message}", param="response_format")
     if int(error.get("code", 500)) == 400 or kind == "invalid_request_error":
         raise BadRequest(f"the engine rejected the request: {message}")
     raise EngineError(f"llama.cpp failed: {message}")

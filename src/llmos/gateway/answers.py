@@ -7,17 +7,77 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
+from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
-from fastapi import Request
+from fastapi import Request, Response
 from fastapi.responses import JSONResponse
 
 from llmos.bus.messages import ErrorInfo, ReplyChunk, TokenLogprob
 from llmos.errors import LLMOSError
-from llmos.gateway.errors import error_body
+from llmos.gateway.errors import error_body, error_response
+from llmos.gateway.toolcalls import CallReader, ToolMode, assembled, delta_json
 
 T = TypeVar("T")
+
+PLAIN = ToolMode(forced=False, parallel=True)
+
+
+@dataclass(frozen=True)
+class Shape:
+    """How a request's answer is written: its endpoint, model name, tool calls, echo."""
+
+    kind: Literal["chat", "completion"]
+    model: str
+    tools: ToolMode = PLAIN
+    echo: str = ""
+    """Completions: the prompt, to put before each choice's text."""
+
+    def reader(self) -> CallReader | None:
+        """A choice's reader of text and calls (chat only)."""
+        return self.tools.reader() if self.kind == "chat" else None
+
+    def choice(self, index: int, final: ReplyChunk) -> dict[str, Any]:
+        """A whole choice of a non-streamed answer, from its final chunk."""
+        reader = self.reader()
+        if reader is None:
+            return {"index": index, "text": self.echo + final.text,
+                    "logprobs": completion_logprobs(final.logprobs),
+                    "finish_reason": final.finish_reason}
+        text, pieces = reader.read(final)
+        message: dict[str, Any] = {"role": "assistant",
+                                   "content": text if text or not pieces else None}
+        if pieces:
+            message["tool_calls"] = assembled(pieces)
+        return {"index": index, "finish_reason": reader.finish_reason(final.finish_reason),
+                "message": message, "logprobs": chat_logprobs(final.logprobs)}
+
+    def opening(self, events: SseEncoder, index: int = 0) -> bytes:
+        """A streamed choice's first event: the role (chat), or the echoed prompt."""
+        if self.kind == "chat":
+            return events.event({"role": "assistant", "content": ""}, None, index=index)
+        return events.event(self.echo, None, index=index) if self.echo else b""
+
+    def events(self, events: SseEncoder, chunk: ReplyChunk, reader: CallReader | None,
+               index: int = 0) -> bytes:
+        """The events of one chunk of a streamed choice: its text or calls, and its end."""
+        out = b""
+        if reader is not None:
+            text, pieces = reader.read(chunk)
+            if text or pieces or chunk.logprobs:
+                delta: dict[str, Any] = {"content": text} if text or not pieces else {}
+                if pieces:
+                    delta["tool_calls"] = delta_json(pieces)
+                out += events.event(delta, None, index=index, logprobs=chunk.logprobs)
+        elif chunk.text or chunk.logprobs:
+            out += events.event(chunk.text, None, index=index, logprobs=chunk.logprobs)
+        if chunk.final:
+            out += events.event(
+                {} if reader is not None else "",
+                reader.finish_reason(chunk.finish_reason) if reader is not None
+                else chunk.finish_reason, index=index)
+        return out
 
 
 def error_json(error: ErrorInfo) -> JSONResponse:
@@ -38,6 +98,41 @@ async def client_gone(request: Request) -> None:
         message = await request.receive()
         if message["type"] == "http.disconnect":
             return
+
+
+async def final_or_error(chunks: AsyncGenerator[ReplyChunk, None], request: Request
+                         ) -> ReplyChunk | Response:
+    """An answer's final chunk, or the response to send instead: its error, or 499 when
+    the client went away first."""
+    try:
+        final = await unless_gone(last_chunk(chunks), request)
+    except LLMOSError as exc:
+        return error_response(exc)
+    if final is None:
+        await chunks.aclose()
+        return Response(status_code=499)
+    if final.error is not None:
+        return error_json(final.error)
+    return final
+
+
+async def first_or_error(chunks: AsyncGenerator[ReplyChunk, None], request: Request
+                         ) -> ReplyChunk | Response:
+    """A stream's first chunk, or the response to send instead. A stream waits for it
+    before answering, so an error that comes before any token (bad input, context too
+    long) still gets its proper HTTP status."""
+    try:
+        first = await unless_gone(anext(chunks), request)
+    except LLMOSError as exc:
+        await chunks.aclose()
+        return error_response(exc)
+    if first is None:
+        await chunks.aclose()
+        return Response(status_code=499)
+    if first.error is not None:
+        await chunks.aclose()
+        return error_json(first.error)
+    return first
 
 
 def no_usage() -> dict[str, int]:

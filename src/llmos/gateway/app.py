@@ -22,7 +22,7 @@ from llmos.gateway.fastpath import FastRoutes
 from llmos.gateway.guard import BrowserGuard
 from llmos.gateway.health import probe_until_ready
 from llmos.gateway.middleware import RequestIdMiddleware
-from llmos.gateway.routes import cluster, health, models, openai, workers
+from llmos.gateway.routes import cluster, health, models, openai, responses, workers
 from llmos.gateway.state import GatewayState
 from llmos.gateway.stranded import fail_stranded
 from llmos.registry import LocalRegistry
@@ -74,6 +74,7 @@ def create_app(settings: Settings, bus: Bus, store: Store,
                        max_body_bytes=settings.limits.max_body_bytes)
     app.add_middleware(RequestIdMiddleware)  # (the outer one: the fast routes need its id)
     app.include_router(openai.router)
+    app.include_router(responses.router)
     app.include_router(health.router)
     app.include_router(workers.router)
     app.include_router(models.router)

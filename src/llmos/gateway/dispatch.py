@@ -67,7 +67,7 @@ class RequestHandle:
         try:
             while True:
                 chunk = await self._next()
-                self._yielded = self._yielded or bool(chunk.text)
+                self._yielded = self._yielded or bool(chunk.text or chunk.tool_calls)
                 # Before the yield: a reader that stops at the final chunk never resumes
                 # this generator, and a finished request needs no cancel.
                 self.finished = chunk.final

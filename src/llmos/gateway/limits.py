@@ -40,23 +40,8 @@ def check_request(body: ChatCompletionCreate | CompletionCreate,
                     limits.max_logit_bias, "max_logit_bias", "logit_bias")
     if body.n is not None and body.n > limits.max_choices:
         raise _over("n", body.n, limits.max_choices, "max_choices", "n")
-    if isinstance(body.tools, list):
-        if len(body.tools) > limits.max_tools:
-            raise _over("the number of tools", len(body.tools), limits.max_tools, "max_tools",
-                        "tools")
-        for i, tool in enumerate(body.tools):
-            name = _tool_name(tool)
-            if len(name) > names:
-                raise _over("the length of a tool's name", len(name), names,
-                            "max_name_chars", f"tools[{i}].function.name")
     if isinstance(body, ChatCompletionCreate):
         _check_chat(body, limits)
-
-
-def _tool_name(tool: Any) -> str:
-    function = tool.get("function") if isinstance(tool, dict) else None
-    name = function.get("name") if isinstance(function, dict) else None
-    return name if isinstance(name, str) else ""
 
 
 def _check_chat(body: ChatCompletionCreate, limits: RequestLimits) -> None:
@@ -72,8 +57,24 @@ def _check_chat(body: ChatCompletionCreate, limits: RequestLimits) -> None:
                         limits.max_name_chars, "max_name_chars", f"messages[{i}].name")
     fmt = body.response_format
     if isinstance(fmt, ResponseFormatJsonSchema):
-        size = len(json.dumps(fmt.json_schema.schema_, separators=(",", ":")))
-        if size > limits.max_schema_bytes:
-            raise _over("the size of response_format's JSON schema in bytes", size,
-                        limits.max_schema_bytes, "max_schema_bytes",
-                        "response_format.json_schema.schema")
+        _check_schema(fmt.json_schema.schema_, "response_format's JSON schema",
+                      "response_format.json_schema.schema", limits)
+    tools = body.tools or []
+    if len(tools) > limits.max_tools:
+        raise _over("the number of tools", len(tools), limits.max_tools, "max_tools", "tools")
+    for i, tool in enumerate(tools):
+        name = tool.function.name
+        if len(name) > limits.max_name_chars:
+            raise _over("the length of a tool's name", len(name), limits.max_name_chars,
+                        "max_name_chars", f"tools[{i}].function.name")
+        if tool.function.parameters is not None:
+            _check_schema(tool.function.parameters, "a tool's parameter schema",
+                          f"tools[{i}].function.parameters", limits)
+
+
+def _check_schema(schema: dict[str, Any], what: str, param: str,
+                  limits: RequestLimits) -> None:
+    size = len(json.dumps(schema, separators=(",", ":")))
+    if size > limits.max_schema_bytes:
+        raise _over(f"the size of {what} in bytes", size, limits.max_schema_bytes,
+                    "max_schema_bytes", param)

@@ -18,10 +18,36 @@ class TextPart(_Strict):
     text: str
 
 
+class FunctionCall(_Strict):
+    name: str
+    arguments: str = Field(description="the arguments as a JSON text")
+
+
+class ToolCall(_Strict):
+    """A tool call an assistant message made (sent back in the conversation)."""
+
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessage(_Strict):
-    role: Literal["system", "developer", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
     name: str | None = None
+    tool_calls: list[ToolCall] | None = Field(None, description="assistant messages: the "
+                                              "tool calls it made")
+    tool_call_id: str | None = Field(None, description="tool messages: the call answered")
+
+    @model_validator(mode="after")
+    def _tool_fields(self) -> ChatMessage:
+        if self.tool_calls and self.role != "assistant":
+            raise ValueError("only assistant messages carry tool_calls")
+        if self.role == "tool" and not self.tool_call_id:
+            raise ValueError("a tool message needs the tool_call_id it answers")
+        if self.tool_call_id is not None and self.role != "tool":
+            raise ValueError("only tool messages carry a tool_call_id")
+        return self
 
     def text(self) -> str:
         if self.content is None:
@@ -53,6 +79,33 @@ class ResponseFormatJsonObject(_Strict):
 class ResponseFormatJsonSchema(_Strict):
     type: Literal["json_schema"]
     json_schema: JsonSchemaFormat
+
+
+class FunctionDefinition(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = Field(
+        None, description="the arguments' JSON schema (none: the function takes none)")
+    strict: bool | None = Field(None, description="accepted; with `tool_choice` "
+                                "`required` or a named function the arguments always follow "
+                                "the schema")
+
+
+class ToolDefinition(_Strict):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(_Strict):
+    name: str
+
+
+class NamedToolChoice(_Strict):
+    type: Literal["function"]
+    function: NamedFunction
+
+
+ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice
 
 
 ResponseFormat = Annotated[ResponseFormatText | ResponseFormatJsonObject
@@ -136,8 +189,17 @@ class _Sampling(_Strict):
 
 
 class ChatCompletionCreate(_Sampling):
-    HONOURED = frozenset({"logprobs", "top_logprobs"})
+    HONOURED = frozenset({"logprobs", "top_logprobs", "tools", "tool_choice",
+                          "parallel_tool_calls"})
     messages: list[ChatMessage] = Field(min_length=1)
+    tools: list[ToolDefinition] | None = Field(None, description="functions the model may "
+                                               "call")
+    tool_choice: ToolChoice | None = Field(
+        None, description="`auto` (the default with tools): the model decides; `none`: no "
+        "call; `required`: one call, its arguments following the function's schema; a named "
+        "function: a call of that one")
+    parallel_tool_calls: bool | None = Field(None, description="with `auto`: whether one "
+                                             "answer may make several calls (default true)")
     max_completion_tokens: int | None = Field(None, ge=1)
     response_format: ResponseFormat | None = None
     logprobs: bool | None = Field(None, description="each token's log probability")
@@ -150,6 +212,9 @@ class ChatCompletionCreate(_Sampling):
             raise ValueError("top_logprobs needs logprobs: true")
         return self
 
+    def tool_names(self) -> list[str]:
+        return [tool.function.name for tool in self.tools or ()]
+
     def requested_max_tokens(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
 
@@ -159,11 +224,12 @@ class CompletionCreate(_Sampling):
              | Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]) = Field(
         description="a text, a list of one text (one prompt per request: send a batch as "
         "separate requests), or token ids")
-    HONOURED = frozenset({"logprobs"})
+    HONOURED = frozenset({"logprobs", "echo"})
+    echo: bool | None = Field(None, description="put the prompt before the generated text "
+                              "(a text prompt, without logprobs)")
     logprobs: int | None = Field(None, ge=0, le=5, description="the log probabilities "
                                  "of each token and of this many most likely ones")
     # accepted so they can be refused by name (``UNSUPPORTED``)
-    echo: Any = None
     best_of: Any = None
     suffix: Any = None
 
@@ -200,9 +266,21 @@ class UsagePublic(BaseModel):
     total_tokens: int
 
 
+class FunctionCallPublic(BaseModel):
+    name: str
+    arguments: str
+
+
+class ToolCallPublic(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCallPublic
+
+
 class ChatMessagePublic(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
+    tool_calls: list[ToolCallPublic] | None = None
 
 
 class ChatChoice(BaseModel):
@@ -243,9 +321,25 @@ class Health(BaseModel):
     detail: str | None = None
 
 
+class FunctionCallDelta(BaseModel):
+    name: str | None = None
+    arguments: str | None = None
+
+
+class ToolCallDeltaPublic(BaseModel):
+    """A piece of a tool call: the first of each call has its ``id``, ``type`` and
+    ``function.name``; every piece's ``function.arguments`` is appended."""
+
+    index: int
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: FunctionCallDelta
+
+
 class ChatDelta(BaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[ToolCallDeltaPublic] | None = None
 
 
 class ChatChunkChoice(BaseModel):

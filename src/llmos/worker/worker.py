@@ -24,6 +24,7 @@ from llmos.bus.messages import (
     InferenceRequest,
     RequestEvent,
     TokenLogprob,
+    ToolCallDelta,
     Usage,
     decode,
     decode_or_ignore,
@@ -294,11 +295,25 @@ class Worker:
 
 
 def _joined(deltas: list[TextDelta]) -> dict[str, Any]:
-    """One reply chunk's text, and its tokens' logprobs when the request asked for them."""
+    """One reply chunk's text, its tokens' logprobs when the request asked for them, and
+    the pieces of tool calls (the pieces of one call that come in a row as one)."""
     fields: dict[str, Any] = {"text": "".join(d.text for d in deltas)}
     logprobs = [entry for d in deltas for entry in d.logprobs]
     if logprobs:
         fields["logprobs"] = [TokenLogprob.model_validate(e) for e in logprobs]
+    calls: list[ToolCallDelta] = []
+    for piece in (call for d in deltas for call in d.tool_calls):
+        function = piece.get("function") or {}
+        index = int(piece.get("index", 0))
+        arguments = str(function.get("arguments") or "")
+        if calls and calls[-1].index == index and not piece.get("id"):
+            last = calls[-1]
+            calls[-1] = last.model_copy(update={"arguments": last.arguments + arguments})
+        else:
+            calls.append(ToolCallDelta(index=index, id=piece.get("id"),
+                                       name=function.get("name"), arguments=arguments))
+    if calls:
+        fields["tool_calls"] = calls
     return fields
 
 

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable
-from typing import Any, Literal, TypeVar
+from typing import TypeVar
 
 from fastapi import Request, Response
 from fastapi.responses import JSONResponse
@@ -22,9 +22,8 @@ from llmos.bus.messages import ReplyChunk
 from llmos.errors import LLMOSError
 from llmos.gateway.answers import (
     ClientGone,
+    Shape,
     SseEncoder,
-    chat_logprobs,
-    completion_logprobs,
     error_json,
     last_chunk,
     unless_gone,
@@ -33,7 +32,6 @@ from llmos.gateway.dispatch import RequestHandle
 from llmos.gateway.errors import error_response, sse_error
 from llmos.gateway.sse import END, SseResponse
 
-Kind = Literal["chat", "completion"]
 T = TypeVar("T")
 
 
@@ -91,34 +89,22 @@ async def _each(handles: list[RequestHandle], request: Request,
     return chunks
 
 
-async def complete(handles: list[RequestHandle], request: Request, kind: Kind,
-                   model: str) -> Response:
+async def complete(handles: list[RequestHandle], request: Request, shape: Shape) -> Response:
     streams = [h.chunks() for h in handles]
     finals = await _each(handles, request, [last_chunk(c) for c in streams])
     if isinstance(finals, Response):
         return finals
-    rid = _request_id(handles)
-    created = int(time.time())
-    answer: dict[str, Any]
-    if kind == "chat":
-        answer = {"id": f"chatcmpl-{rid}", "object": "chat.completion", "created": created,
-                  "model": model, "choices": [
-                      {"index": i, "finish_reason": f.finish_reason,
-                       "logprobs": chat_logprobs(f.logprobs),
-                       "message": {"role": "assistant", "content": f.text}}
-                      for i, f in enumerate(finals)]}
-    else:
-        answer = {"id": f"cmpl-{rid}", "object": "text_completion", "created": created,
-                  "model": model, "choices": [
-                      {"index": i, "text": f.text,
-                       "logprobs": completion_logprobs(f.logprobs),
-                       "finish_reason": f.finish_reason} for i, f in enumerate(finals)]}
-    answer["usage"] = _usage(finals)
+    chat = shape.kind == "chat"
+    answer = {"id": f"{'chatcmpl' if chat else 'cmpl'}-{_request_id(handles)}",
+              "object": "chat.completion" if chat else "text_completion",
+              "created": int(time.time()), "model": shape.model,
+              "choices": [shape.choice(i, f) for i, f in enumerate(finals)],
+              "usage": _usage(finals)}
     attempt = max(h.attempt for h in handles)
     return JSONResponse(answer, headers={names.HEADER_ATTEMPT: str(attempt)})
 
 
-async def stream(handles: list[RequestHandle], request: Request, kind: Kind, model: str,
+async def stream(handles: list[RequestHandle], request: Request, shape: Shape,
                  include_usage: bool) -> Response:
     streams = [h.chunks() for h in handles]
     # the first chunk of every choice before answering: an error that comes before any
@@ -126,7 +112,8 @@ async def stream(handles: list[RequestHandle], request: Request, kind: Kind, mod
     firsts = await _each(handles, request, [anext(c) for c in streams])
     if isinstance(firsts, Response):
         return firsts
-    events = SseEncoder(kind, _request_id(handles), model)
+    events = SseEncoder(shape.kind, _request_id(handles), shape.model)
+    readers = [shape.reader() for _ in handles]
     merged: asyncio.Queue[tuple[int, ReplyChunk | LLMOSError]] = asyncio.Queue()
 
     async def pump(index: int, chunks: AsyncIterator[ReplyChunk], first: ReplyChunk) -> None:
@@ -144,8 +131,7 @@ async def stream(handles: list[RequestHandle], request: Request, kind: Kind, mod
                  for i, (c, f) in enumerate(zip(streams, firsts, strict=True))]
         finals: list[ReplyChunk] = []
         try:
-            piece = b"".join(events.event({"role": "assistant", "content": ""}, None, index=i)
-                             for i in range(len(handles))) if kind == "chat" else b""
+            piece = b"".join(shape.opening(events, i) for i in range(len(handles)))
             while len(finals) < len(handles):
                 index, chunk = await merged.get()
                 if isinstance(chunk, ClientGone):
@@ -156,14 +142,9 @@ async def stream(handles: list[RequestHandle], request: Request, kind: Kind, mod
                 if chunk.error is not None:
                     yield piece + events.error(chunk.error)
                     return
-                if chunk.text or chunk.logprobs:
-                    piece += events.event(chunk.text if kind == "completion"
-                                          else {"content": chunk.text}, None, index=index,
-                                          logprobs=chunk.logprobs)
+                piece += shape.events(events, chunk, readers[index], index)
                 if chunk.final:
                     finals.append(chunk)
-                    piece += events.event("" if kind == "completion" else {},
-                                          chunk.finish_reason, index=index)
                 if piece:
                     yield piece
                     piece = b""

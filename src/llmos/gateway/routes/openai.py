@@ -11,22 +11,20 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
 from llmos.bus import names
-from llmos.errors import BadRequest, LLMOSError, NoReplica, UnsupportedParameter
+from llmos.errors import LLMOSError, UnsupportedParameter
 from llmos.gateway.answers import (
     ClientGone,
+    Shape,
     SseEncoder,
-    chat_logprobs,
-    completion_logprobs,
-    error_json,
-    last_chunk,
+    final_or_error,
+    first_or_error,
     no_usage,
-    unless_gone,
 )
 from llmos.gateway.body import component_ref, openapi_body, parse_body
 from llmos.gateway.deps import StateDep
 from llmos.gateway.dispatch import RequestHandle
-from llmos.gateway.errors import error_response, sse_error
-from llmos.gateway.limits import check_request
+from llmos.gateway.errors import sse_error
+from llmos.gateway.intake import admit, chat_request
 from llmos.gateway.routes import choices
 from llmos.gateway.schemas import (
     ChatCompletion,
@@ -38,11 +36,9 @@ from llmos.gateway.schemas import (
     ErrorResponse,
     ModelList,
     ModelPublic,
-    ResponseFormatJsonObject,
-    ResponseFormatJsonSchema,
 )
 from llmos.gateway.sse import END, SseResponse
-from llmos.gateway.state import GatewayState, no_replica_message
+from llmos.gateway.state import GatewayState
 from llmos.observability import metrics
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -82,19 +78,8 @@ async def list_models(state: StateDep) -> ModelList:
              openapi_extra=openapi_body(ChatCompletionCreate))
 async def create_chat_completion(request: Request, state: StateDep) -> Response:
     body = await parse_body(request, ChatCompletionCreate)
-    engine_body: dict[str, Any] = {
-        "messages": [{"role": m.role if m.role != "developer" else "system",
-                      "content": m.text()} for m in body.messages],
-    }
-    if body.logprobs:
-        engine_body |= {"logprobs": True, "top_logprobs": body.top_logprobs or 0}
-    fmt = body.response_format
-    if isinstance(fmt, ResponseFormatJsonObject):
-        engine_body["response_format"] = {"type": "json_object"}
-    elif isinstance(fmt, ResponseFormatJsonSchema):
-        engine_body["response_format"] = {"type": "json_schema", "json_schema": {
-            "name": fmt.json_schema.name, "schema": fmt.json_schema.schema_}}
-    return await _run(state, request, "chat", body, body.requested_max_tokens(), engine_body)
+    engine_body, shape = chat_request(body)
+    return await _run(state, request, shape, body, body.requested_max_tokens(), engine_body)
 
 
 @router.post("/completions", response_model=Completion,
@@ -108,8 +93,17 @@ async def create_completion(request: Request, state: StateDep) -> Response:
     engine_body: dict[str, Any] = {"prompt": prompt}
     if body.logprobs is not None:
         engine_body["logprobs"] = body.logprobs
-    return await _run(state, request, "completion", body, body.requested_max_tokens(),
-                      engine_body)
+    echo = ""
+    if body.echo:
+        if not isinstance(prompt, str):
+            raise UnsupportedParameter("echo is supported with a text prompt, not token ids",
+                                       param="echo")
+        if body.logprobs is not None:
+            raise UnsupportedParameter("echo cannot be combined with logprobs (the prompt's "
+                                       "log probabilities are not computed)", param="echo")
+        echo = prompt
+    shape = Shape("completion", body.model, echo=echo)
+    return await _run(state, request, shape, body, body.requested_max_tokens(), engine_body)
 
 
 FAST_ROUTES = {
@@ -119,46 +113,28 @@ FAST_ROUTES = {
 """The hot endpoints, which the gateway's FastRoutes middleware calls directly."""
 
 
-async def _run(state: GatewayState, request: Request, kind: Literal["chat", "completion"],
+async def _run(state: GatewayState, request: Request, shape: Shape,
                body: ChatCompletionCreate | CompletionCreate, max_tokens: int | None,
                engine_body: dict[str, Any]) -> Response:
+    kind = shape.kind
     endpoint = "chat" if kind == "chat" else "completions"
     started = time.perf_counter()
-    check_request(body, state.settings.limits)
-    deployment = await state.catalog.get(body.model)
-    unsupported = body.unsupported()
-    if unsupported is not None:
-        raise UnsupportedParameter(
-            f"the parameter {unsupported!r} is not supported by this model's engine",
-            param=unsupported)
-    limits = state.engine_settings(deployment)
-    explicit = max_tokens is not None
-    if max_tokens is None:
-        max_tokens = limits.default_max_tokens
-    elif max_tokens > limits.max_tokens_limit:
-        raise BadRequest(f"max_tokens is {max_tokens} but this server allows at most "
-                         f"{limits.max_tokens_limit}", param="max_tokens")
-    if not await state.workers.wait_for_replica(deployment.name,
-                                                state.replica_wait_s(deployment)):
-        raise NoReplica(no_replica_message(deployment))
-    engine_body |= limits.sampling.given() | body.sampling()
-    engine_body["max_tokens"] = max_tokens
+    deployment, explicit = await admit(state, body, max_tokens, engine_body)
     request_id: str = request.scope["state"]["request_id"]
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     response: Response
     if body.n is not None and body.n > 1:
         handles = await _submit_choices(state, request_id, deployment.name, kind, engine_body,
                                         body, explicit, deployment.project, body.n)
-        response = await (choices.stream(handles, request, kind, body.model, include_usage)
-                          if body.stream else
-                          choices.complete(handles, request, kind, body.model))
+        response = await (choices.stream(handles, request, shape, include_usage)
+                          if body.stream else choices.complete(handles, request, shape))
     else:
         handle = await state.dispatcher.submit(
             request_id=request_id, deployment=deployment.name, kind=kind, body=engine_body,
             stream=body.stream, max_tokens_explicit=explicit, project=deployment.project,
             tier=body.tier())
-        response = await (_stream(handle, request, kind, body.model, include_usage)
-                          if body.stream else _complete(handle, request, kind, body.model))
+        response = await (_stream(handle, request, shape, include_usage)
+                          if body.stream else _complete(handle, request, shape))
     metrics.GATEWAY_REQUESTS.labels(endpoint, str(response.status_code)).inc()
     metrics.GATEWAY_LATENCY.labels(endpoint).observe(time.perf_counter() - started)
     return response
@@ -187,73 +163,39 @@ async def _submit_choices(state: GatewayState, request_id: str, deployment: str,
     return handles
 
 
-async def _complete(handle: RequestHandle, request: Request,
-                    kind: Literal["chat", "completion"], model: str) -> Response:
-    chunks = handle.chunks()
-    try:
-        final = await unless_gone(last_chunk(chunks), request)
-    except LLMOSError as exc:
-        return error_response(exc)
-    if final is None:
-        await chunks.aclose()
-        return Response(status_code=499)
-    if final.error is not None:
-        return error_json(final.error)
-    usage = final.usage.model_dump() if final.usage else no_usage()
-    rid = handle.request.request_id
-    created = int(time.time())
-    if kind == "chat":
-        answer: dict[str, Any] = {
-            "id": f"chatcmpl-{rid}", "object": "chat.completion", "created": created,
-            "model": model, "choices": [{"index": 0, "finish_reason": final.finish_reason,
-                                         "message": {"role": "assistant", "content": final.text},
-                                         "logprobs": chat_logprobs(final.logprobs)}],
-            "usage": usage}
-    else:
-        answer = {
-            "id": f"cmpl-{rid}", "object": "text_completion", "created": created,
-            "model": model, "choices": [{"index": 0, "text": final.text,
-                                         "logprobs": completion_logprobs(final.logprobs),
-                                         "finish_reason": final.finish_reason}],
-            "usage": usage}
+async def _complete(handle: RequestHandle, request: Request, shape: Shape) -> Response:
+    final = await final_or_error(handle.chunks(), request)
+    if isinstance(final, Response):
+        return final
+    chat = shape.kind == "chat"
+    answer = {"id": f"{'chatcmpl' if chat else 'cmpl'}-{handle.request.request_id}",
+              "object": "chat.completion" if chat else "text_completion",
+              "created": int(time.time()), "model": shape.model,
+              "choices": [shape.choice(0, final)],
+              "usage": final.usage.model_dump() if final.usage else no_usage()}
     return JSONResponse(answer, headers={names.HEADER_ATTEMPT: str(handle.attempt)})
 
 
-async def _stream(handle: RequestHandle, request: Request, kind: Literal["chat", "completion"],
-                  model: str, include_usage: bool) -> Response:
+async def _stream(handle: RequestHandle, request: Request, shape: Shape,
+                  include_usage: bool) -> Response:
     chunks = handle.chunks()
-    # Wait for the first chunk before answering, so an error that comes before any
-    # token (bad input, context too long) still gets its proper HTTP status.
-    try:
-        first = await unless_gone(anext(chunks), request)
-    except LLMOSError as exc:
-        await chunks.aclose()
-        return error_response(exc)
-    if first is None:
-        await chunks.aclose()
-        return Response(status_code=499)
-    if first.error is not None:
-        await chunks.aclose()
-        return error_json(first.error)
-    events = SseEncoder(kind, handle.request.request_id, model)
+    first = await first_or_error(chunks, request)
+    if isinstance(first, Response):
+        return first
+    events = SseEncoder(shape.kind, handle.request.request_id, shape.model)
+    reader = shape.reader()
 
     async def body() -> AsyncIterator[bytes]:
         # One piece per chunk (the events of one chunk go out in one write).
         try:
-            piece = (events.event({"role": "assistant", "content": ""}, None)
-                     if kind == "chat" else b"")
+            piece = shape.opening(events)
             chunk = first
             while True:
                 if chunk.error is not None:
                     yield piece + events.error(chunk.error)
                     return
-                if chunk.text or chunk.logprobs:
-                    piece += events.event(chunk.text if kind == "completion"
-                                          else {"content": chunk.text}, None,
-                                          logprobs=chunk.logprobs)
+                piece += shape.events(events, chunk, reader)
                 if chunk.final:
-                    piece += events.event("" if kind == "completion" else {},
-                                          chunk.finish_reason)
                     if include_usage:
                         piece += events.usage(chunk.usage.model_dump() if chunk.usage
                                               else no_usage())

@@ -1,0 +1,62 @@
+"""What every generation endpoint does before it queues a request: the checks, the
+deployment, the engine's body."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from llmos.errors import BadRequest, NoReplica, UnsupportedParameter
+from llmos.gateway import toolcalls
+from llmos.gateway.answers import PLAIN, Shape
+from llmos.gateway.limits import check_request
+from llmos.gateway.schemas import (
+    ChatCompletionCreate,
+    CompletionCreate,
+    ResponseFormatJsonObject,
+    ResponseFormatJsonSchema,
+)
+from llmos.gateway.state import GatewayState, no_replica_message
+from llmos.store import Deployment
+
+
+def chat_request(body: ChatCompletionCreate) -> tuple[dict[str, Any], Shape]:
+    """The engine's body for a chat request, and how its answer is read."""
+    engine_body: dict[str, Any] = {"messages": toolcalls.engine_messages(body)}
+    if body.logprobs:
+        engine_body |= {"logprobs": True, "top_logprobs": body.top_logprobs or 0}
+    fmt = body.response_format
+    if isinstance(fmt, ResponseFormatJsonObject):
+        engine_body["response_format"] = {"type": "json_object"}
+    elif isinstance(fmt, ResponseFormatJsonSchema):
+        engine_body["response_format"] = {"type": "json_schema", "json_schema": {
+            "name": fmt.json_schema.name, "schema": fmt.json_schema.schema_}}
+    tool_fields, mode = toolcalls.engine_fields(body)
+    engine_body |= tool_fields  # (a forced call's schema replaces any response_format)
+    return engine_body, Shape("chat", body.model, mode or PLAIN)
+
+
+async def admit(state: GatewayState, body: ChatCompletionCreate | CompletionCreate,
+                max_tokens: int | None, engine_body: dict[str, Any]) -> tuple[Deployment, bool]:
+    """Checks the request, finds its deployment and waits for a replica of it; completes
+    ``engine_body`` with the sampling parameters and max_tokens. Returns the deployment,
+    and whether max_tokens was the client's."""
+    check_request(body, state.settings.limits)
+    deployment = await state.catalog.get(body.model)
+    unsupported = body.unsupported()
+    if unsupported is not None:
+        raise UnsupportedParameter(
+            f"the parameter {unsupported!r} is not supported by this model's engine",
+            param=unsupported)
+    limits = state.engine_settings(deployment)
+    explicit = max_tokens is not None
+    if max_tokens is None:
+        max_tokens = limits.default_max_tokens
+    elif max_tokens > limits.max_tokens_limit:
+        raise BadRequest(f"max_tokens is {max_tokens} but this server allows at most "
+                         f"{limits.max_tokens_limit}", param="max_tokens")
+    if not await state.workers.wait_for_replica(deployment.name,
+                                                state.replica_wait_s(deployment)):
+        raise NoReplica(no_replica_message(deployment))
+    engine_body |= limits.sampling.given() | body.sampling()
+    engine_body["max_tokens"] = max_tokens
+    return deployment, explicit
