@@ -1,6 +1,7 @@
 """Column (b) of benchmarks/serving.py: llama.cpp's own HTTP server in its own process.
 
 Prints one JSON line with its address and API key, then serves until stdin closes.
+    _llamacpp_server.py MODEL SLOTS THREADS CTX POLL [CHAT_TEMPLATE_FILE]
 """
 
 from __future__ import annotations
@@ -25,6 +26,10 @@ def main() -> None:
     p.cache_ram_mib = 64
     p.n_predict = -1
     p.verbosity = 0
+    if len(sys.argv) > 6:  # a Jinja chat template, rendered by llama.cpp's own engine
+        p.use_jinja = True
+        with open(sys.argv[6], encoding="utf-8") as template:
+            p.chat_template = template.read()
     p.ui = False
     p.endpoint_metrics = True
     key = secrets.token_urlsafe(16)

@@ -1,7 +1,8 @@
 """OpenAI compatibility matrix: the same requests to llama.cpp's own server and to LLMOS.
 
-Both serve the default model (llama.cpp's server with the GGUF as it is; LLMOS with
-its defaults), and the official openai client sends each request to both. For each
+Both serve the default model with the same chat template (LLMOS's built-in Gemma one,
+which renders tools; the GGUF has none, and llama.cpp's ChatML fallback renders no
+tools), and the official openai client sends each request to both. For each
 feature the matrix says whether each answered (or the HTTP status and error code), and
 compares the answers' shapes: the JSON paths and value types of the answer (lists as
 ``[]``), so a field one has and the other lacks shows up by name. Values are not
@@ -33,7 +34,24 @@ HI = [{"role": "user", "content": "Hi"}]
 WEATHER = [{"type": "function", "function": {
     "name": "get_weather", "description": "the weather of a city",
     "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
-                   "required": ["city"]}}}]
+                   "required": ["city"], "additionalProperties": False}}}]
+FUNCTIONS = [{"type": "function", **WEATHER[0]["function"]}]
+ASK = [{"role": "user", "content": "Weather in Paris?"}]
+
+
+def _call(i: int, city: str) -> dict[str, Any]:
+    return {"id": f"call_{i}", "type": "function",
+            "function": {"name": "get_weather", "arguments": json.dumps({"city": city})}}
+
+
+# two earlier calls: enough for the small model to call again by itself (auto)
+FEW_SHOT: list[Any] = [
+    *[m for i, city in enumerate(("Rome", "Oslo")) for m in (
+        {"role": "user", "content": f"Weather in {city}?"},
+        {"role": "assistant", "content": None, "tool_calls": [_call(i, city)]},
+        {"role": "tool", "tool_call_id": f"call_{i}", "content": "sunny"},
+        {"role": "assistant", "content": "Sunny."})],
+    *ASK]
 SCHEMA = {"type": "object", "properties": {"answer": {"type": "string"}},
           "required": ["answer"]}
 
@@ -58,12 +76,22 @@ CASES: dict[str, Case] = {
     "chat, logprobs, stream": lambda c: list(c.chat.completions.create(
         model=MODEL, messages=HI, max_tokens=3, logprobs=True, top_logprobs=2,
         stream=True)),
-    "chat, tools (auto)": lambda c: c.chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": "Weather in Paris?"}],
-        max_tokens=32, tools=WEATHER),
+    "chat, tools (auto), a call": lambda c: c.chat.completions.create(
+        model=MODEL, messages=FEW_SHOT, max_tokens=24, tools=WEATHER, temperature=0,
+        parallel_tool_calls=False),
+    "chat, tools (auto), a call, stream": lambda c: list(c.chat.completions.create(
+        model=MODEL, messages=FEW_SHOT, max_tokens=24, tools=WEATHER, temperature=0,
+        parallel_tool_calls=False, stream=True)),
     "chat, tools (required)": lambda c: c.chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": "Weather in Paris?"}],
-        max_tokens=32, tools=WEATHER, tool_choice="required"),
+        model=MODEL, messages=ASK, max_tokens=32, tools=WEATHER, tool_choice="required"),
+    "chat, tools (required), stream": lambda c: list(c.chat.completions.create(
+        model=MODEL, messages=ASK, max_tokens=32, tools=WEATHER, tool_choice="required",
+        stream=True)),
+    "chat, tools (a named function)": lambda c: c.chat.completions.create(
+        model=MODEL, messages=ASK, max_tokens=32, tools=WEATHER,
+        tool_choice={"type": "function", "function": {"name": "get_weather"}}),
+    "chat, a tool result": lambda c: c.chat.completions.create(
+        model=MODEL, messages=FEW_SHOT[:3], max_tokens=4, tools=WEATHER, tool_choice="none"),
     "completion": lambda c: c.completions.create(model=MODEL, prompt="1, 2, 3,",
                                                  max_tokens=4),
     "completion, stream": lambda c: list(c.completions.create(
@@ -73,7 +101,16 @@ CASES: dict[str, Case] = {
     "completion, echo": lambda c: c.completions.create(
         model=MODEL, prompt="1, 2, 3,", max_tokens=3, echo=True),
     "responses": lambda c: c.responses.create(model=MODEL, input="Hi",
+                                              instructions="Be brief.",
                                               max_output_tokens=16),
+    "responses, stream": lambda c: list(c.responses.create(
+        model=MODEL, input="Hi", max_output_tokens=8, stream=True)),
+    "responses, function tool (required)": lambda c: c.responses.create(
+        model=MODEL, input=ASK, tools=FUNCTIONS, tool_choice="required",
+        max_output_tokens=32),
+    "responses, function tool, stream": lambda c: list(c.responses.create(
+        model=MODEL, input=ASK, tools=FUNCTIONS, tool_choice="required",
+        max_output_tokens=32, stream=True)),
 }
 
 
@@ -130,8 +167,9 @@ def main() -> None:
     model = Path(gemma.assemble())
     rows = []
     with tempfile.TemporaryDirectory() as home:
-        cpp_process, cpp = start_llamacpp(model, 4, 1, 2048, 0)
-        llmos_process, llmos = start_llmos(Path(home), 4, 1, 2048, 0, None)
+        template = ROOT / "src" / "llmos" / "registry" / "chat_templates" / "gemma.jinja"
+        cpp_process, cpp = start_llamacpp(model, 4, 1, 4096, 0, template)
+        llmos_process, llmos = start_llmos(Path(home), 4, 1, 4096, 0, None)
         try:
             key = cpp.headers["Authorization"].removeprefix("Bearer ")
             cpp_client = openai.OpenAI(base_url=f"{cpp.base}/v1", api_key=key, max_retries=0)

@@ -296,11 +296,12 @@ def free_port() -> int:
         return port
 
 
-def start_llamacpp(model: Path, slots: int, threads: int, ctx: int,
-                   poll: int) -> tuple[subprocess.Popen[str], OverHttp]:
+def start_llamacpp(model: Path, slots: int, threads: int, ctx: int, poll: int,
+                   chat_template: Path | None = None) -> tuple[subprocess.Popen[str], OverHttp]:
+    template = [str(chat_template)] if chat_template else []
     process = subprocess.Popen(
         [sys.executable, str(ROOT / "benchmarks" / "_llamacpp_server.py"), str(model),
-         str(slots), str(threads), str(ctx), str(poll)],
+         str(slots), str(threads), str(ctx), str(poll), *template],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert process.stdout is not None
     info = json.loads(process.stdout.readline())

@@ -112,6 +112,7 @@ class ResponseWriter:
         choice = body.tool_choice
         return {
             "id": self.id, "object": "response", "created_at": self.created_at,
+            "completed_at": int(time.time()) if status == "completed" else None,
             "status": status, "error": None,
             "incomplete_details": ({"reason": "max_output_tokens"} if status == "incomplete"
                                    else None),
