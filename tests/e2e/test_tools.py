@@ -90,7 +90,7 @@ def test_auto_calls_come_parsed_by_the_engine_streamed_and_not(client: openai.Op
     [call] = choice.message.tool_calls or []
     assert call.function.name == "get_weather"
     assert json.loads(call.function.arguments)["city"] == "Paris"
-    assert choice.finish_reason in ("tool_calls", "length")
+    assert choice.finish_reason == "tool_calls"  # (more calls after the first are left out)
     assert not choice.message.content
     with client.chat.completions.stream(
             model=MODEL, messages=_few_shot(), tools=TOOLS, max_tokens=40, temperature=0,

@@ -182,6 +182,9 @@ class CallReader:
         self.mode = mode
         self._forced = ForcedCall() if mode.forced else None
         self.called = False
+        self._dropped = False
+        """A call after the first came and was left out (no parallel calls): the answer
+        was complete before it, whatever ended the generation."""
 
     def read(self, chunk: ReplyChunk) -> tuple[str, list[ToolCallDelta]]:
         """The chunk's content text and call pieces (a forced answer has no content)."""
@@ -192,12 +195,16 @@ class CallReader:
             text = ""
         else:
             text = chunk.text
-            pieces = [p for p in chunk.tool_calls or () if self.mode.parallel or p.index == 0]
+            pieces = list(chunk.tool_calls or ())
+            if not self.mode.parallel:
+                kept = [p for p in pieces if p.index == 0]
+                self._dropped = self._dropped or len(kept) < len(pieces)
+                pieces = kept
         self.called = self.called or bool(pieces)
         return text, pieces
 
     def finish_reason(self, reason: str | None) -> str | None:
-        if self.called and reason in ("stop", "tool_calls"):
+        if self.called and (reason in ("stop", "tool_calls") or self._dropped):
             return "tool_calls"
         return reason
 
