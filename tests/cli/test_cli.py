@@ -29,9 +29,15 @@ def test_help_lists_the_commands() -> None:
 def test_version_without_a_server() -> None:
     url = f"http://127.0.0.1:{free_port()}"
     result = llmos("version", "--url", url)
-    assert result.returncode == 0
+    assert result.returncode == 2  # (a script can tell: no server)
     assert result.stdout.startswith("llmos ")
     assert "no server answers" in result.stderr
+
+
+def test_a_worker_on_the_in_process_bus_is_refused(tmp_path: Path) -> None:
+    result = llmos("worker", "--bus", "memory://", env={"LLMOS_HOME": str(tmp_path)})
+    assert result.returncode == 2
+    assert "reachable by nobody" in result.stderr
 
 
 def test_chat_without_a_server_says_how_to_start_one() -> None:

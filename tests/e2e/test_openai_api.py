@@ -313,3 +313,10 @@ def test_echo_puts_the_prompt_before_the_completion(client: openai.OpenAI) -> No
     streamed = client.completions.create(model=MODEL, prompt=COUNTING, max_tokens=4,
                                          temperature=0, echo=True, stream=True)
     assert "".join(c.choices[0].text for c in streamed if c.choices) == echoed.choices[0].text
+
+
+def test_a_model_is_retrieved_by_its_id(client: openai.OpenAI) -> None:
+    model = client.models.retrieve(MODEL)
+    assert (model.id, model.object) == (MODEL, "model")
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("no-such-model")

@@ -9,16 +9,25 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from llmos.cli.client import call_api, err, server_url
+from llmos.cli.output import (
+    Format,
+    JsonOption,
+    Listing,
+    OutputOption,
+    QuietOption,
+    chosen,
+    data,
+    show,
+    table,
+)
 
-out = Console()
+out = Console(soft_wrap=True)
 
 UrlOption = Annotated[str | None, typer.Option(
     "--url", help="server address (default: $LLMOS_URL or http://127.0.0.1:8000)")]
 ProjectOption = Annotated[str, typer.Option(help="project of the deployment")]
-JsonOption = Annotated[bool, typer.Option("--json", help="print the API's JSON")]
 
 deployments_app = typer.Typer(help="Deployments: list, show, scale, update, remove.",
                               no_args_is_help=True)
@@ -119,33 +128,33 @@ def deploy(name: Annotated[str, typer.Argument(help="deployment name (its model 
 
 
 @deployments_app.command("ls")
-def deployments_ls(project: ProjectOption = "default", as_json: JsonOption = False,
+def deployments_ls(project: ProjectOption = "default", output: OutputOption = None,
+                   as_json: JsonOption = False, quiet: QuietOption = False,
                    url: UrlOption = None) -> None:
     """Every deployment: replicas asked and ready, version, and why not placed."""
-    data = call_api("GET", server_url(url), "/api/deployments",
-                    params={"project": project})["data"]
-    if as_json:
-        out.print_json(data=data)
-        return
-    if not data:
+    fmt = chosen(output, as_json)
+    found = call_api("GET", server_url(url), "/api/deployments",
+                     params={"project": project})["data"]
+    if not found and fmt in ("table", "plain") and not quiet:
         err.print("no deployments")
         return
-    table = Table("NAME", "MODEL", "READY", "GEN", "STRATEGY", "MESSAGE")
-    for d in data:
-        table.add_row(d["name"], d["model_version"] or d["model"],
-                      f"{d['ready']}/{d['replicas']}", str(d["generation"]), d["strategy"],
-                      d["message"] or "")
-    out.print(table)
+    listing = Listing(("NAME", "MODEL", "READY", "GEN", "STRATEGY", "MESSAGE"))
+    for d in found:
+        listing.add(d["name"], d["model_version"] or d["model"],
+                    f"{d['ready']}/{d['replicas']}", str(d["generation"]), d["strategy"],
+                    d["message"] or "")
+    show(found, [listing], fmt, quiet)
 
 
 @deployments_app.command("show")
 def deployments_show(name: str, project: ProjectOption = "default",
-                     as_json: JsonOption = False, url: UrlOption = None) -> None:
+                     output: OutputOption = None, as_json: JsonOption = False,
+                     url: UrlOption = None) -> None:
     """A deployment, its replicas (node, state) and its last events."""
+    fmt = chosen(output, as_json)
     d = call_api("GET", server_url(url), f"/api/deployments/{name}",
                  params={"project": project})
-    if as_json:
-        out.print_json(data=d)
+    if data(d, fmt):
         return
     out.print(f"[bold]{d['name']}[/bold]  {d['model']} -> {d['model_version']}  "
               f"ready {d['ready']}/{d['replicas']}  generation {d['generation']}  "
@@ -156,12 +165,13 @@ def deployments_show(name: str, project: ProjectOption = "default",
         out.print(f"resources: {d['resources']}")
     if d["message"]:
         out.print(f"[yellow]{d['message']}[/yellow]")
-    table = Table("REPLICA", "NODE", "STATE", "GEN", "RSS", "RESTARTS")
+    replicas = Listing(("REPLICA", "NODE", "STATE", "GEN", "RSS", "RESTARTS"),
+                       title="replicas")
     for r in d["placed"] or []:
-        table.add_row(r["id"], r["node"], r["state"], str(r["generation"]),
-                      f"{r['rss'] / 2**20:.0f} MiB" if r["rss"] else "-", str(r["restarts"]))
-    out.print(table)
-    _print_events(d["events"] or [])
+        replicas.add(r["id"], r["node"], r["state"], str(r["generation"]),
+                     f"{r['rss'] / 2**20:.0f} MiB" if r["rss"] else "-", str(r["restarts"]))
+    table(replicas, fmt)
+    _print_events(d["events"] or [], fmt)
 
 
 @deployments_app.command("scale")
@@ -205,41 +215,41 @@ def deployments_rm(name: str, project: ProjectOption = "default",
 
 
 @nodes_app.command("ls")
-def nodes_ls(as_json: JsonOption = False, url: UrlOption = None) -> None:
+def nodes_ls(output: OutputOption = None, as_json: JsonOption = False,
+             quiet: QuietOption = False, url: UrlOption = None) -> None:
     """Every node: state, capacity, labels."""
-    data = call_api("GET", server_url(url), "/api/nodes")["data"]
-    if as_json:
-        out.print_json(data=data)
-        return
-    if not data:
+    fmt = chosen(output, as_json)
+    found = call_api("GET", server_url(url), "/api/nodes")["data"]
+    if not found and fmt in ("table", "plain") and not quiet:
         err.print("no nodes")
         return
-    table = Table("NODE", "STATE", "CPUS", "MEMORY", "LABELS", "SEEN")
-    for n in data:
+    listing = Listing(("NODE", "STATE", "CPUS", "MEMORY", "LABELS", "SEEN"))
+    for n in found:
         state = n["state"] + (" (cordoned)" if n["cordoned"] and n["state"] == "ready"
                               else "")
         cap = n["capacity"]
         labels = ",".join(f"{k}={v}" for k, v in n["labels"].items())
         seen = f"{max(0.0, time.time() - n['last_seen']):.0f}s ago" if n["last_seen"] else "-"
-        table.add_row(n["name"], state, f"{cap.get('cpu', 0):g}",
-                      f"{cap.get('memory', 0) / 2**30:.1f} GiB", labels, seen)
-    out.print(table)
+        listing.add(n["name"], state, f"{cap.get('cpu', 0):g}",
+                    f"{cap.get('memory', 0) / 2**30:.1f} GiB", labels, seen)
+    show(found, [listing], fmt, quiet)
 
 
 @nodes_app.command("show")
-def nodes_show(name: str, as_json: JsonOption = False, url: UrlOption = None) -> None:
+def nodes_show(name: str, output: OutputOption = None, as_json: JsonOption = False,
+               url: UrlOption = None) -> None:
     """A node, the replicas on it and its last events."""
+    fmt = chosen(output, as_json)
     n = call_api("GET", server_url(url), f"/api/nodes/{name}")
-    if as_json:
-        out.print_json(data=n)
+    if data(n, fmt):
         return
     out.print(f"[bold]{n['name']}[/bold]  {n['state']}"
               + ("  cordoned" if n["cordoned"] else "") + f"  {n['capacity']}  {n['labels']}")
-    table = Table("REPLICA", "DEPLOYMENT", "STATE", "GEN")
+    replicas = Listing(("REPLICA", "DEPLOYMENT", "STATE", "GEN"), title="replicas")
     for r in n["replicas"] or []:
-        table.add_row(r["id"], r["deployment"], r["state"], str(r["generation"]))
-    out.print(table)
-    _print_events(n["events"] or [])
+        replicas.add(r["id"], r["deployment"], r["state"], str(r["generation"]))
+    table(replicas, fmt)
+    _print_events(n["events"] or [], fmt)
 
 
 def _node_action(action: str, done: str) -> Any:
@@ -273,25 +283,24 @@ def rebalance(deployment: Annotated[str | None, typer.Argument(
 def events(deployment: Annotated[str | None, typer.Option(help="only this deployment")] = None,
            node: Annotated[str | None, typer.Option(help="only this node")] = None,
            limit: Annotated[int, typer.Option(min=1, max=1000)] = 50,
-           project: ProjectOption = "default", as_json: JsonOption = False,
-           url: UrlOption = None) -> None:
+           project: ProjectOption = "default", output: OutputOption = None,
+           as_json: JsonOption = False, url: UrlOption = None) -> None:
     """What the cluster did and decided, with reasons, oldest first."""
+    fmt = chosen(output, as_json)
     params: dict[str, Any] = {"project": project, "limit": limit}
     if deployment:
         params["deployment"] = deployment
     if node:
         params["node"] = node
-    data = call_api("GET", server_url(url), "/api/events", params=params)["data"]
-    if as_json:
-        out.print_json(data=data)
-        return
-    _print_events(data)
+    found = call_api("GET", server_url(url), "/api/events", params=params)["data"]
+    if not data(found, fmt):
+        _print_events(found, fmt)
 
 
-def _print_events(data: list[dict[str, Any]]) -> None:
-    if not data:
+def _print_events(found: list[dict[str, Any]], fmt: Format) -> None:
+    if not found:
         return
-    table = Table("AGE", "KIND", "MESSAGE")
-    for e in data:
-        table.add_row(f"{max(0.0, time.time() - e['at']):.0f}s", e["kind"], e["message"])
-    out.print(table)
+    listing = Listing(("AGE", "KIND", "MESSAGE"), title="events")
+    for e in found:
+        listing.add(f"{max(0.0, time.time() - e['at']):.0f}s", e["kind"], e["message"])
+    table(listing, fmt)

@@ -18,6 +18,7 @@ from llmos import __version__
 from llmos.cli.client import api_error, call_api, err, no_server, server_url
 from llmos.cli.cluster import deploy, deployments_app, events, nodes_app, rebalance
 from llmos.cli.models import models_app
+from llmos.cli.output import JsonOption, Listing, OutputOption, QuietOption, chosen, show
 from llmos.errors import LLMOSError
 
 if TYPE_CHECKING:
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
 
 app = typer.Typer(help="LLMOS: an operating system for large language models.",
                   no_args_is_help=True, add_completion=False)
-out = Console()
+out = Console(soft_wrap=True)
 
 UrlOption = Annotated[str | None, typer.Option(
     "--url", help="server address (default: $LLMOS_URL or http://127.0.0.1:8000)")]
@@ -134,6 +135,13 @@ def worker_command(
     """Run one model replica in this process, consuming its deployment's queue on the bus.
     SIGTERM drains it: no new requests, those in flight finish, then it exits."""
     from llmos.server import run_worker
+
+    if bus.startswith("memory:"):
+        err.print("[red]A worker on memory:// is reachable by nobody:[/red] the in-process "
+                  "bus lives inside one process. Give the bus your gateways use "
+                  "(amqp://, nats://, redis://, kafka://), or run [bold]llmos serve[/bold], "
+                  "which has its own worker.")
+        raise typer.Exit(code=2)
 
     given: dict[str, Any] = {"bus_url": bus, "home": home, "config": config,
                              "storage_url": storage}
@@ -276,10 +284,11 @@ def version(url: UrlOption = None) -> None:
     try:
         response = httpx.get(f"{base}/api/version", timeout=3)
     except httpx.HTTPError:
-        err.print(f"(no server answers at {base})")
-        return
-    if response.status_code == 200:
-        out.print(f"server {base}: llmos {response.json().get('version')}")
+        err.print(f"no server answers at {base}")
+        raise typer.Exit(code=2) from None
+    if response.status_code != 200:
+        raise api_error(response)
+    out.print(f"server {base}: llmos {response.json().get('version')}")
 
 
 workers_app = typer.Typer(help="Worker processes: list them, drain or resume one.",
@@ -294,20 +303,20 @@ app.command("rebalance")(rebalance)
 
 
 @workers_app.command("ls")
-def workers_ls(url: UrlOption = None) -> None:
+def workers_ls(output: OutputOption = None, as_json: JsonOption = False,
+               quiet: QuietOption = False, url: UrlOption = None) -> None:
     """The worker processes that sent a heartbeat within two intervals."""
-    from rich.table import Table
-
+    fmt = chosen(output, as_json)
     workers = call_api("GET", server_url(url), "/api/workers")["data"]
-    if not workers:
+    if not workers and fmt in ("table", "plain") and not quiet:
         err.print("no live workers")
         return
-    table = Table("ID", "DEPLOYMENT", "HOST", "SLOTS", "BUSY", "STATE", "SEEN")
+    listing = Listing(("ID", "DEPLOYMENT", "HOST", "SLOTS", "BUSY", "STATE", "SEEN"))
     for w in workers:
         seen = max(0.0, time.time() - w["last_heartbeat"])
-        table.add_row(w["id"], w["deployment"], w["host"], str(w["slots"]),
-                      str(w["busy_slots"]), w["state"], f"{seen:.0f}s ago")
-    out.print(table)
+        listing.add(w["id"], w["deployment"], w["host"], str(w["slots"]),
+                    str(w["busy_slots"]), w["state"], f"{seen:.0f}s ago")
+    show(workers, [listing], fmt, quiet)
 
 
 @workers_app.command("drain")

@@ -22,13 +22,22 @@ from rich.progress import (
     TimeRemainingColumn,
     TransferSpeedColumn,
 )
-from rich.table import Table
 
 from llmos.cli.client import api_error, call_api, err, no_server, server_url
+from llmos.cli.output import (
+    JsonOption,
+    Listing,
+    OutputOption,
+    QuietOption,
+    chosen,
+    data,
+    show,
+    table,
+)
 
 models_app = typer.Typer(help="Model registry: import, list, tag, verify, delete.",
                          no_args_is_help=True)
-out = Console()
+out = Console(soft_wrap=True)  # (long lines are the terminal's to wrap: scripts read them whole)
 
 UrlOption = Annotated[str | None, typer.Option(
     "--url", help="server address (default: $LLMOS_URL or http://127.0.0.1:8000)")]
@@ -197,27 +206,30 @@ def _report(version: dict[str, Any], took: float) -> None:
 # reading -------------------------------------------------------------------------------
 
 @models_app.command("ls")
-def list_models(project: ProjectOption = "default", url: UrlOption = None) -> None:
-    """Every version in the project."""
+def list_models(project: ProjectOption = "default", output: OutputOption = None,
+                as_json: JsonOption = False, quiet: QuietOption = False,
+                url: UrlOption = None) -> None:
+    """Every version in the project (``-q``: their references, ``name@N``)."""
+    fmt = chosen(output, as_json)
     versions = call_api("GET", server_url(url), "/api/models",
                         params={"project": project})["data"]
-    if not versions:
+    if not versions and fmt in ("table", "plain") and not quiet:
         err.print(f"no models in project {project!r}; add one with `llmos models import`")
         return
-    table = Table("MODEL", "TAGS", "SIZE", "WEIGHTS", "CREATED")
+    listing = Listing(("MODEL", "TAGS", "SIZE", "WEIGHTS", "CREATED"))
     for v in versions:
         meta = v["metadata"]
         weights = " ".join(x for x in (meta.get("architecture"), meta.get("quantization"),
                                        human_count(meta.get("parameter_count", 0))) if x)
-        table.add_row(v["ref"], ",".join(v["tags"]), human_size(v["size"]), weights,
-                      datetime.fromtimestamp(v["created_at"]).strftime("%Y-%m-%d %H:%M"))
-    out.print(table)
+        listing.add(v["ref"], ",".join(v["tags"]), human_size(v["size"]), weights,
+                    datetime.fromtimestamp(v["created_at"]).strftime("%Y-%m-%d %H:%M"))
+    show(versions, [listing], fmt, quiet)
 
 
 @models_app.command("show")
 def show_model(ref: Annotated[str, typer.Argument(help="name, name:tag, name@N, name@sha256:…")],
                project: ProjectOption = "default", url: UrlOption = None,
-               as_json: Annotated[bool, typer.Option("--json", help="raw JSON")] = False,
+               output: OutputOption = None, as_json: JsonOption = False,
                slots: Annotated[int | None, typer.Option(
                    help="estimate memory for this many slots")] = None,
                ctx_size: Annotated[int | None, typer.Option(
@@ -235,8 +247,8 @@ def show_model(ref: Annotated[str, typer.Argument(help="name, name:tag, name@N, 
     if asked:
         v["estimate"] = call_api("GET", base, f"/api/models/{_path(v['ref'])}/estimate",
                                  params={"project": project, **asked})
-    if as_json:
-        out.print_json(json.dumps(lineage))
+    fmt = chosen(output, as_json)
+    if data(lineage, fmt):
         return
     out.print(f"[bold]{v['ref']}[/bold]  tags: {', '.join(v['tags']) or 'none'}")
     created = datetime.fromtimestamp(v["created_at"]).isoformat(timespec="seconds")
@@ -253,18 +265,18 @@ def show_model(ref: Annotated[str, typer.Argument(help="name, name:tag, name@N, 
                   f"({sources.get(template['source'], template['source'])})")
         if template.get("warning"):
             out.print(f"[yellow]{template['warning']}[/yellow]")
-    files = Table("FILE", "TYPE", "SIZE", "DIGEST", title="files")
+    files = Listing(("FILE", "TYPE", "SIZE", "DIGEST"), title="files")
     for b in v["blobs"]:
-        files.add_row(b["filename"], b["media_type"], human_size(b["size"]), b["digest"][:19])
-    out.print(files)
+        files.add(b["filename"], b["media_type"], human_size(b["size"]), b["digest"])
+    table(files, fmt)
     if v["metadata"]:
-        meta = Table("KEY", "VALUE", title="metadata")
+        meta = Listing(("KEY", "VALUE"), title="metadata")
         for key, value in v["metadata"].items():
-            meta.add_row(key, str(value))
-        out.print(meta)
+            meta.add(key, str(value))
+        table(meta, fmt)
     estimate = v.get("estimate")
     if estimate:
-        table = Table("PART", "SIZE", title="memory of one replica (" + ", ".join(
+        memory = Listing(("PART", "SIZE"), title="memory of one replica (" + ", ".join(
             f"{k}={estimate[k]}" for k in ("slots", "ctx_size", "kv_type") if k in estimate)
             + ")")
         notes = {"loaded": "what to find room for", "prompt_cache": "grows with use, to",
@@ -273,8 +285,8 @@ def show_model(ref: Annotated[str, typer.Argument(help="name, name:tag, name@N, 
             if key.endswith("_bytes"):
                 part = key.removesuffix("_bytes")
                 label = f"{part} ({notes[part]})" if part in notes else part
-                table.add_row(label, human_size(value))
-        out.print(table)
+                memory.add(label, human_size(value))
+        table(memory, fmt)
     for title, key in (("ancestors", "ancestors"), ("descendants", "descendants")):
         if lineage[key]:
             out.print(f"{title}: " + ", ".join(

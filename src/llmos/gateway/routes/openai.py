@@ -73,6 +73,13 @@ async def list_models(state: StateDep) -> ModelList:
     ])
 
 
+@router.get("/models/{model_id:path}", response_model=ModelPublic)
+async def retrieve_model(model_id: str, state: StateDep) -> ModelPublic:
+    """One model id (a deployment's name or alias), as ``client.models.retrieve`` reads it."""
+    d = await state.catalog.get(model_id)
+    return ModelPublic(id=model_id, created=int(d.created_at.timestamp()), owned_by=d.project)
+
+
 @router.post("/chat/completions", response_model=ChatCompletion,
              responses={200: {"content": _events(ChatCompletionChunk)}},
              openapi_extra=openapi_body(ChatCompletionCreate))
