@@ -173,7 +173,9 @@ class Settings(BaseSettings):
         "start a request and to hand over each token, so a burst of requests reaches the "
         "engine within a few milliseconds instead of one switch interval per request")
     log_level: str = "INFO"
-    log_json: bool = True
+    log_json: bool | None = Field(None, description="logs on stderr as JSON lines (true), "
+                                  "as text (false), or text on a terminal and JSON "
+                                  "otherwise (unset); the log file is always JSON")
     config: Path | None = Field(None, description="TOML file with these settings")
 
     @classmethod

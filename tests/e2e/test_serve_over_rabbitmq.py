@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Iterator
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -13,7 +15,13 @@ import pytest
 
 from llmos.bus import names
 from tests.bus.test_rabbitmq import AMQP_URL, reset_queue
-from tests.conftest import RunningServer, require_service, start_server, stop_server
+from tests.conftest import (
+    RunningServer,
+    require_service,
+    start_server,
+    stop_server,
+    wait_until,
+)
 
 MODEL = "gemma-3-270m"
 
@@ -65,3 +73,40 @@ def test_disconnect_frees_the_slot_through_rabbitmq(amqp_server: RunningServer) 
     while amqp_server.metric("llmos_worker_busy_slots") > 0:
         assert time.monotonic() - started < 3, "the slot was not freed"
         time.sleep(0.05)
+
+
+def test_a_request_has_a_log_line_at_the_gateway_and_at_the_worker(
+        amqp_server: RunningServer) -> None:
+    request_id = f"find-me-{time.monotonic_ns()}"
+    response = httpx.post(f"{amqp_server.api}/completions", timeout=30,
+                          headers={"x-request-id": request_id},
+                          json={"model": MODEL, "prompt": "1, 2,", "max_tokens": 3})
+    assert response.status_code == 200
+    refused = httpx.post(f"{amqp_server.api}/completions", timeout=30,
+                         headers={"x-request-id": f"{request_id}-bad"},
+                         json={"model": MODEL, "prompt": "x", "max_tokens": 0})
+    assert refused.status_code == 400
+    log_file = amqp_server.home / "logs" / "llmos.log"
+
+    def lines() -> dict[str, list[dict[str, Any]]]:
+        found: dict[str, list[dict[str, Any]]] = {}
+        for line in log_file.read_text().splitlines():
+            entry = json.loads(line)
+            if entry.get("event") == "request" and str(entry.get("request_id", "")
+                                                       ).startswith(request_id):
+                found.setdefault(entry["request_id"], []).append(entry)
+        return found
+
+    found = wait_until(lambda: (lambda f: f if len(f.get(request_id, [])) == 2
+                                and f.get(f"{request_id}-bad") else None)(lines()), 10,
+                       what="the request's log lines")
+    assert isinstance(found, dict)
+    by_logger = {e["logger"]: e for e in found[request_id]}
+    gateway, worker = by_logger["llmos.gateway.requests"], by_logger["llmos.worker.worker"]
+    assert (gateway["status"], gateway["deployment"], gateway["completion_tokens"]) == (
+        200, MODEL, 3)
+    assert gateway["duration_s"] >= gateway["first_byte_s"] > 0
+    assert (worker["outcome"], worker["completion_tokens"]) == ("ok", 3)
+    assert worker["worker"] and worker["queue_wait_s"] is not None
+    [bad] = found[f"{request_id}-bad"]  # a 400 has its line too
+    assert bad["status"] == 400

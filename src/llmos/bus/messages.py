@@ -37,6 +37,8 @@ class InferenceRequest(_Message):
     deadline: float
     """Unix time after which nobody waits for the answer."""
     project: str = "default"
+    queued_at: float = 0.0
+    """Unix time the gateway put it on the bus (0: not said)."""
 
 
 class Usage(BaseModel):

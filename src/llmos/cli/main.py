@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import sys
 import time
 from collections.abc import Callable, Coroutine
@@ -15,7 +14,7 @@ import typer
 from rich.console import Console
 
 from llmos import __version__
-from llmos.cli.client import api_error, call_api, err, no_server, server_url
+from llmos.cli.client import api_error, call_api, err, server_url
 from llmos.cli.cluster import deploy, deployments_app, events, nodes_app, rebalance
 from llmos.cli.models import models_app
 from llmos.cli.output import JsonOption, Listing, OutputOption, QuietOption, chosen, show
@@ -231,49 +230,11 @@ def chat(
     system: Annotated[str | None, typer.Option(help="system prompt")] = None,
     max_tokens: Annotated[int, typer.Option(help="tokens per answer")] = 256,
 ) -> None:
-    """Chat with a model interactively; answers stream as they are generated."""
-    base = server_url(url)
-    messages: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
-    err.print(f"Chatting with [bold]{model}[/bold] at {base}. Ctrl-D or /exit to leave.")
-    with httpx.Client(base_url=base, timeout=httpx.Timeout(600, connect=5)) as client:
-        while True:
-            try:
-                line = input("> ")
-            except (EOFError, KeyboardInterrupt):
-                out.print()
-                return
-            if line.strip() in {"/exit", "/quit"}:
-                return
-            if not line.strip():
-                continue
-            messages.append({"role": "user", "content": line})
-            answer = _stream_chat(client, base, {"model": model, "messages": messages,
-                                                 "max_tokens": max_tokens, "stream": True})
-            messages.append({"role": "assistant", "content": answer})
+    """Chat with a model interactively; answers stream as they are generated. /help
+    inside lists the commands; Ctrl-C stops an answer, Ctrl-D leaves."""
+    from llmos.cli.chat import run
 
-
-def _stream_chat(client: httpx.Client, base: str, body: dict[str, Any]) -> str:
-    parts: list[str] = []
-    try:
-        with client.stream("POST", "/v1/chat/completions", json=body) as response:
-            if response.status_code != 200:
-                response.read()
-                raise api_error(response)
-            for line in response.iter_lines():
-                if not line.startswith("data: ") or line == "data: [DONE]":
-                    continue
-                event = json.loads(line[6:])
-                if "error" in event:
-                    err.print(f"\n[red]error:[/red] {event['error']['message']}")
-                    break
-                for choice in event.get("choices", []):
-                    text = choice.get("delta", {}).get("content") or ""
-                    parts.append(text)
-                    out.print(text, end="", markup=False, highlight=False)
-    except httpx.ConnectError:
-        raise no_server(base) from None
-    out.print()
-    return "".join(parts)
+    run(server_url(url), model, system, max_tokens, out)
 
 
 @app.command()

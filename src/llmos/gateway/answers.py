@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse
 from llmos.bus.messages import ErrorInfo, ReplyChunk, TokenLogprob
 from llmos.errors import LLMOSError
 from llmos.gateway.errors import error_body, error_response
+from llmos.gateway.middleware import note
 from llmos.gateway.toolcalls import CallReader, ToolMode, assembled, delta_json
 
 T = TypeVar("T")
@@ -113,7 +114,15 @@ async def final_or_error(chunks: AsyncGenerator[ReplyChunk, None], request: Requ
         return Response(status_code=499)
     if final.error is not None:
         return error_json(final.error)
+    note_usage(request, final)
     return final
+
+
+def note_usage(request: Request, final: ReplyChunk) -> None:
+    """The answer's tokens, for the request's log line."""
+    if final.usage is not None:
+        note(request, prompt_tokens=final.usage.prompt_tokens,
+             completion_tokens=final.usage.completion_tokens)
 
 
 async def first_or_error(chunks: AsyncGenerator[ReplyChunk, None], request: Request

@@ -145,7 +145,7 @@ class Dispatcher:
         request = InferenceRequest(
             request_id=request_id, deployment=deployment, kind=kind, body=body, stream=stream,
             max_tokens_explicit=max_tokens_explicit, reply_to=self.reply_to,
-            deadline=time.time() + self.timeout_s, project=project)
+            deadline=time.time() + self.timeout_s, project=project, queued_at=time.time())
         handle = RequestHandle(self, request)
         self._handles[request_id] = handle
         queue = names.infer_queue(deployment, tier)

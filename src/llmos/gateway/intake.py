@@ -5,10 +5,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from fastapi import Request
+
 from llmos.errors import BadRequest, NoReplica, UnsupportedParameter
 from llmos.gateway import toolcalls
 from llmos.gateway.answers import PLAIN, Shape
 from llmos.gateway.limits import check_request
+from llmos.gateway.middleware import note
 from llmos.gateway.schemas import (
     ChatCompletionCreate,
     CompletionCreate,
@@ -35,13 +38,15 @@ def chat_request(body: ChatCompletionCreate) -> tuple[dict[str, Any], Shape]:
     return engine_body, Shape("chat", body.model, mode or PLAIN)
 
 
-async def admit(state: GatewayState, body: ChatCompletionCreate | CompletionCreate,
-                max_tokens: int | None, engine_body: dict[str, Any]) -> tuple[Deployment, bool]:
+async def admit(state: GatewayState, request: Request,
+                body: ChatCompletionCreate | CompletionCreate, max_tokens: int | None,
+                engine_body: dict[str, Any]) -> tuple[Deployment, bool]:
     """Checks the request, finds its deployment and waits for a replica of it; completes
     ``engine_body`` with the sampling parameters and max_tokens. Returns the deployment,
     and whether max_tokens was the client's."""
     check_request(body, state.settings.limits)
     deployment = await state.catalog.get(body.model)
+    note(request, deployment=deployment.name, project=deployment.project)
     unsupported = body.unsupported()
     if unsupported is not None:
         raise UnsupportedParameter(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,6 +24,8 @@ class Replies:
         self._seq = itertools.count()
         self.usage: Usage | None = None
         """The usage the final chunk reported, once it is sent."""
+        self.first_text_at: float | None = None
+        """When (monotonic) the first chunk with text went out."""
         self._headers: Mapping[str, str] = {names.HEADER_REQUEST_ID: request.request_id}
 
     async def chunk(self, **fields: Any) -> None:
@@ -30,6 +33,8 @@ class Replies:
                              seq=next(self._seq), **fields)
         if message.usage is not None:
             self.usage = message.usage
+        if self.first_text_at is None and message.text:
+            self.first_text_at = time.monotonic()
         try:
             # The final chunk waits for the broker's confirm: the request is acked only
             # once its answer is safely with the broker.

@@ -194,6 +194,7 @@ class Worker:
             await delivery.ack()
             return
         started = time.monotonic()
+        queued_s = max(0.0, time.time() - request.queued_at) if request.queued_at else None
         cancel = self._cancels_book.track(request.request_id)
         publish = Replies(self.bus, request, delivery.delivery_count)
         try:
@@ -230,6 +231,17 @@ class Worker:
             await delivery.ack()
         metrics.WORKER_REQUESTS.labels(self.deployment, outcome).inc()
         usage = publish.usage or Usage()
+        took = time.monotonic() - started
+        log.info("request %s: %s in %.3f s", request.request_id, outcome, took, extra={
+            "event": "request", "request_id": request.request_id, "fields": {
+                "deployment": self.deployment, "project": request.project,
+                "worker": self.worker_id, "attempt": delivery.delivery_count,
+                "outcome": outcome, "prompt_tokens": usage.prompt_tokens,
+                "completion_tokens": usage.completion_tokens,
+                "queue_wait_s": round(queued_s, 4) if queued_s is not None else None,
+                "first_token_s": (round(publish.first_text_at - started, 4)
+                                  if publish.first_text_at else None),
+                "duration_s": round(took, 4)}})
         self._events.offer(encode(RequestEvent(
             request_id=request.request_id, deployment=self.deployment,
             worker_id=self.worker_id, outcome=outcome, prompt_tokens=usage.prompt_tokens,

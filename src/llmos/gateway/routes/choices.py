@@ -30,14 +30,17 @@ from llmos.gateway.answers import (
 )
 from llmos.gateway.dispatch import RequestHandle
 from llmos.gateway.errors import error_response, sse_error
+from llmos.gateway.middleware import note
 from llmos.gateway.sse import END, SseResponse
 
 T = TypeVar("T")
 
 
-def _usage(finals: list[ReplyChunk]) -> dict[str, int]:
+def _usage(finals: list[ReplyChunk], request: Request) -> dict[str, int]:
+    """Usage of every choice (the prompt once), also noted for the request's log line."""
     prompt = max((f.usage.prompt_tokens for f in finals if f.usage), default=0)
     completion = sum(f.usage.completion_tokens for f in finals if f.usage)
+    note(request, prompt_tokens=prompt, completion_tokens=completion, choices=len(finals))
     return {"prompt_tokens": prompt, "completion_tokens": completion,
             "total_tokens": prompt + completion}
 
@@ -99,7 +102,7 @@ async def complete(handles: list[RequestHandle], request: Request, shape: Shape)
               "object": "chat.completion" if chat else "text_completion",
               "created": int(time.time()), "model": shape.model,
               "choices": [shape.choice(i, f) for i, f in enumerate(finals)],
-              "usage": _usage(finals)}
+              "usage": _usage(finals, request)}
     attempt = max(h.attempt for h in handles)
     return JSONResponse(answer, headers={names.HEADER_ATTEMPT: str(attempt)})
 
@@ -148,8 +151,9 @@ async def stream(handles: list[RequestHandle], request: Request, shape: Shape,
                 if piece:
                     yield piece
                     piece = b""
+            usage = _usage(finals, request)
             if include_usage:
-                piece += events.usage(_usage(finals))
+                piece += events.usage(usage)
             yield piece + END
         finally:
             for task in pumps:

@@ -19,6 +19,7 @@ from llmos.gateway.answers import (
     final_or_error,
     first_or_error,
     no_usage,
+    note_usage,
 )
 from llmos.gateway.body import component_ref, openapi_body, parse_body
 from llmos.gateway.deps import StateDep
@@ -126,7 +127,7 @@ async def _run(state: GatewayState, request: Request, shape: Shape,
     kind = shape.kind
     endpoint = "chat" if kind == "chat" else "completions"
     started = time.perf_counter()
-    deployment, explicit = await admit(state, body, max_tokens, engine_body)
+    deployment, explicit = await admit(state, request, body, max_tokens, engine_body)
     request_id: str = request.scope["state"]["request_id"]
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     response: Response
@@ -203,6 +204,7 @@ async def _stream(handle: RequestHandle, request: Request, shape: Shape,
                     return
                 piece += shape.events(events, chunk, reader)
                 if chunk.final:
+                    note_usage(request, chunk)
                     if include_usage:
                         piece += events.usage(chunk.usage.model_dump() if chunk.usage
                                               else no_usage())

@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from llmos.bus import names
 from llmos.bus.messages import ErrorInfo, ReplyChunk
 from llmos.errors import LLMOSError, UnsupportedParameter
-from llmos.gateway.answers import ClientGone, final_or_error, first_or_error
+from llmos.gateway.answers import ClientGone, final_or_error, first_or_error, note_usage
 from llmos.gateway.body import openapi_body, parse_body
 from llmos.gateway.deps import StateDep
 from llmos.gateway.intake import admit, chat_request
@@ -45,7 +45,8 @@ async def create_response(request: Request, state: StateDep) -> Response:
                                    param=unsupported)
     chat = to_chat(body)
     engine_body, shape = chat_request(chat)
-    deployment, explicit = await admit(state, chat, chat.requested_max_tokens(), engine_body)
+    deployment, explicit = await admit(state, request, chat, chat.requested_max_tokens(),
+                                       engine_body)
     request_id: str = request.scope["state"]["request_id"]
     handle = await state.dispatcher.submit(
         request_id=request_id, deployment=deployment.name, kind="chat", body=engine_body,
@@ -70,7 +71,7 @@ async def create_response(request: Request, state: StateDep) -> Response:
             response = first
         else:
             response = SseResponse(
-                _events(writer, first, chunks), headers=headers,
+                _events(writer, first, chunks, request), headers=headers,
                 on_disconnect=lambda: handle.fail(ClientGone("the client went away")))
     metrics.GATEWAY_REQUESTS.labels("responses", str(response.status_code)).inc()
     metrics.GATEWAY_LATENCY.labels("responses").observe(time.perf_counter() - started)
@@ -78,7 +79,8 @@ async def create_response(request: Request, state: StateDep) -> Response:
 
 
 async def _events(writer: ResponseWriter, first: ReplyChunk,
-                  chunks: AsyncGenerator[ReplyChunk, None]) -> AsyncIterator[bytes]:
+                  chunks: AsyncGenerator[ReplyChunk, None],
+                  request: Request) -> AsyncIterator[bytes]:
     try:
         piece = b"".join(sse(e) for e in writer.opening())
         chunk = first
@@ -88,6 +90,7 @@ async def _events(writer: ResponseWriter, first: ReplyChunk,
                 return
             piece += b"".join(sse(e) for e in writer.feed(chunk))
             if chunk.final:
+                note_usage(request, chunk)
                 yield piece
                 return
             if piece:
