@@ -98,3 +98,28 @@ def test_serve_takes_host_and_port_from_the_environment(tmp_path: Path) -> None:
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert "refusing to listen on 0.0.0.0" in result.stderr  # the env's host, not a default
+
+
+def test_ps_says_what_runs_where(llmos_server: RunningServer) -> None:
+    import json
+
+    url = ("--url", llmos_server.url)
+    [row] = json.loads(llmos("ps", "-o", "json", *url).stdout)
+    assert (row["deployment"], row["slots"], row["state"]) == ("gemma-3-270m", 16, "ready")
+    assert row["busy_slots"] == 0 and row["node"] and row["started_at"]
+    plain = llmos("ps", *url).stdout.splitlines()
+    assert plain[0].split()[:3] == ["DEPLOYMENT", "MODEL", "REPLICA"]
+    assert llmos("ps", "-q", *url).stdout.split() == [row["replica"]]
+
+
+def test_run_answers_one_prompt_or_names_what_is_served(llmos_server: RunningServer) -> None:
+    url = ("--url", llmos_server.url)
+    answered = llmos("run", "gemma-3-270m", "Count: 1, 2, 3,", "--max-tokens", "4", *url)
+    assert answered.returncode == 0, answered.stderr
+    assert answered.stdout.strip()
+    unknown = llmos("run", "nope", "hi", *url)
+    assert unknown.returncode == 1 and "gemma-3-270m" in unknown.stderr
+
+
+def test_shell_completion_is_offered() -> None:
+    assert "--install-completion" in llmos("--help").stdout

@@ -35,6 +35,9 @@ def test_the_embedded_worker_is_listed(llmos_server: RunningServer) -> None:
     assert worker["slots"] == 16
     assert worker["state"] == "serving"
     assert time.time() - worker["last_heartbeat"] < 11  # two intervals of 5 s, and slack
+    assert worker["pid"] == llmos_server.process.pid  # (embedded: the server's process)
+    assert worker["version"] and 0 < worker["started_at"] <= time.time()
+    assert worker["engine"]["slots"] == 16 and worker["engine"]["model_file"].endswith(".gguf")
 
 
 def test_a_drained_sole_worker_fails_requests_fast_until_resume(
@@ -43,7 +46,7 @@ def test_a_drained_sole_worker_fails_requests_fast_until_resume(
     response = httpx.post(f"{llmos_server.url}/api/workers/{worker['id']}/drain", timeout=5)
     assert response.status_code == 202
     try:
-        wait_for_state(llmos_server, worker["id"], "draining")
+        wait_for_state(llmos_server, worker["id"], "drained")  # (idle: nothing to finish)
         started = time.monotonic()
         with openai.OpenAI(base_url=llmos_server.api, api_key="unused", max_retries=0,
                            timeout=30) as client, pytest.raises(openai.APIStatusError) as info:
@@ -81,9 +84,13 @@ def test_cli_lists_drains_and_resumes(llmos_server: RunningServer) -> None:
     listed = llmos("workers", "ls", "--url", llmos_server.url)
     assert listed.returncode == 0, listed.stderr
     assert worker["id"] in listed.stdout and "serving" in listed.stdout
-    drained = llmos("workers", "drain", worker["id"], "--url", llmos_server.url)
+    prefix = worker["id"][:5]  # ids may be abbreviated
+    drained = llmos("workers", "drain", prefix, "--wait", "--url", llmos_server.url)
     assert drained.returncode == 0, drained.stderr
-    resumed = llmos("workers", "resume", worker["id"], "--url", llmos_server.url)
+    assert f"{worker['id']} drained" in drained.stdout
+    shown = llmos("workers", "show", prefix, "--url", llmos_server.url)
+    assert shown.returncode == 0 and "drained" in shown.stdout and "slots" in shown.stdout
+    resumed = llmos("workers", "resume", prefix, "--url", llmos_server.url)
     assert resumed.returncode == 0, resumed.stderr
     wait_for_state(llmos_server, worker["id"], "serving")
     missing = llmos("workers", "drain", "nobody", "--url", llmos_server.url)

@@ -240,11 +240,14 @@ async def test_drain_finishes_what_runs_and_takes_nothing_new_until_resumed(
     assert chunks[-1].error is None
     await asyncio.sleep(0.3)
     assert not waiting.done() and worker.busy_slots == 0  # the new one waits in the queue
+    assert beats[-1].draining and beats[-1].busy == 0  # drained: said at once, not a minute on
     await _command(bus, worker, "resume")
     assert not worker.draining
     chunks = await asyncio.wait_for(waiting, 30)
     assert chunks[-1].error is None
     await worker.stop()
+    assert beats[-1].leaving  # its goodbye
+    assert beats[-1].pid and beats[-1].version and beats[-1].engine["slots"] == worker.slots
 
 
 @pytest.mark.asyncio

@@ -114,6 +114,16 @@ class Heartbeat(_Message):
     draining: bool = False
     sent_at: float
     interval_s: float
+    pid: int = 0
+    home: str | None = None
+    """The state directory of its process, when it has its own."""
+    version: str = ""
+    """The LLMOS version it runs."""
+    started_at: float = 0.0
+    engine: dict[str, Any] = {}
+    """Its engine's settings: model file, slots, context, threads, …"""
+    leaving: bool = False
+    """Its last heartbeat: it has stopped (a goodbye, so it leaves lists at once)."""
 
     @property
     def expires_at(self) -> float:

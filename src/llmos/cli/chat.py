@@ -145,7 +145,7 @@ def answer(client: httpx.Client, base: str, session: Session, out: Console) -> N
     dropped = 0
     while True:
         try:
-            text = _stream(client, session.body(), out)
+            text = stream_answer(client, session.body(), out)
         except ContextFull as full:
             if not session.drop_oldest_turn():
                 session.turns.pop()
@@ -160,11 +160,12 @@ def answer(client: httpx.Client, base: str, session: Session, out: Console) -> N
         return
 
 
-class ContextFull(Exception):
+class ContextFull(ChatError):
     """The server answered ``context_length_exceeded``."""
 
 
-def _stream(client: httpx.Client, body: dict[str, Any], out: Console) -> str:
+def stream_answer(client: httpx.Client, body: dict[str, Any], out: Console) -> str:
+    """Streams one answer to ``out``; returns its text (what came, if stopped)."""
     parts: list[str] = []
     try:
         with client.stream("POST", "/v1/chat/completions", json=body) as response:

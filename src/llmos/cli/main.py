@@ -17,14 +17,25 @@ from llmos import __version__
 from llmos.cli.client import api_error, call_api, err, server_url
 from llmos.cli.cluster import deploy, deployments_app, events, nodes_app, rebalance
 from llmos.cli.models import models_app
-from llmos.cli.output import JsonOption, Listing, OutputOption, QuietOption, chosen, show
+from llmos.cli.output import (
+    JsonOption,
+    Listing,
+    OutputOption,
+    QuietOption,
+    age,
+    chosen,
+    data,
+    show,
+    table,
+)
+from llmos.cli.running import ps, run
 from llmos.errors import LLMOSError
 
 if TYPE_CHECKING:
     from llmos.settings import Settings
 
 app = typer.Typer(help="LLMOS: an operating system for large language models.",
-                  no_args_is_help=True, add_completion=False)
+                  no_args_is_help=True)
 out = Console(soft_wrap=True)
 
 UrlOption = Annotated[str | None, typer.Option(
@@ -259,6 +270,8 @@ app.add_typer(models_app, name="models")
 app.add_typer(deployments_app, name="deployments")
 app.add_typer(nodes_app, name="nodes")
 app.command("deploy")(deploy)
+app.command("ps")(ps)
+app.command("run")(run)
 app.command("events")(events)
 app.command("rebalance")(rebalance)
 
@@ -272,28 +285,76 @@ def workers_ls(output: OutputOption = None, as_json: JsonOption = False,
     if not workers and fmt in ("table", "plain") and not quiet:
         err.print("no live workers")
         return
-    listing = Listing(("ID", "DEPLOYMENT", "HOST", "SLOTS", "BUSY", "STATE", "SEEN"))
+    listing = Listing(("ID", "DEPLOYMENT", "HOST", "PID", "SLOTS", "BUSY", "STATE", "UP",
+                       "SEEN"))
+    now = time.time()
     for w in workers:
-        seen = max(0.0, time.time() - w["last_heartbeat"])
-        listing.add(w["id"], w["deployment"], w["host"], str(w["slots"]),
-                    str(w["busy_slots"]), w["state"], f"{seen:.0f}s ago")
+        listing.add(w["id"], w["deployment"], w["host"], str(w["pid"] or "-"),
+                    str(w["slots"]), str(w["busy_slots"]), w["state"],
+                    age(now - w["started_at"]) if w["started_at"] else "-",
+                    f"{age(now - w['last_heartbeat'])} ago")
     show(workers, [listing], fmt, quiet)
 
 
+@workers_app.command("show")
+def workers_show(worker_id: Annotated[str, typer.Argument(
+                     help="worker id, or the start of one")],
+                 output: OutputOption = None, as_json: JsonOption = False,
+                 url: UrlOption = None) -> None:
+    """One worker: its process (PID, state directory, version, up since) and engine."""
+    fmt = chosen(output, as_json)
+    w = call_api("GET", server_url(url), f"/api/workers/{worker_id}")
+    if data(w, fmt):
+        return
+    started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(w["started_at"]))
+    out.print(f"[bold]{w['id']}[/bold]  {w['deployment']}  {w['state']}  "
+              f"{w['busy_slots']}/{w['slots']} slots busy")
+    out.print(f"process {w['pid']} on {w['host']}, llmos {w['version'] or '?'}, up since "
+              f"{started}, state directory {w['home'] or '(its server or agent)'}")
+    engine = Listing(("SETTING", "VALUE"), title="engine")
+    for key, value in w["engine"].items():
+        engine.add(key, str(value))
+    table(engine, fmt)
+
+
 @workers_app.command("drain")
-def workers_drain(worker_id: Annotated[str, typer.Argument(help="worker id (see ls)")],
+def workers_drain(worker_id: Annotated[str, typer.Argument(
+                      help="worker id, or the start of one (see ls)")],
+                  wait: Annotated[bool, typer.Option(
+                      "--wait", help="return once it holds no request (drained)")] = False,
+                  timeout: Annotated[float, typer.Option(
+                      help="with --wait: give up after this many seconds")] = 600,
                   url: UrlOption = None) -> None:
     """Stop a worker taking new requests; those in flight finish."""
-    call_api("POST", server_url(url), f"/api/workers/{worker_id}/drain")
-    out.print(f"draining {worker_id}")
+    base = server_url(url)
+    accepted = call_api("POST", base, f"/api/workers/{worker_id}/drain")
+    full_id = accepted["worker_id"]
+    out.print(f"draining {full_id}")
+    if not wait:
+        return
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            w = call_api("GET", base, f"/api/workers/{full_id}")
+        except typer.Exit:  # (gone: it stopped, so it holds nothing)
+            out.print(f"{full_id} is gone")
+            return
+        if w["state"] == "drained":
+            out.print(f"{full_id} drained: it holds no request")
+            return
+        if time.monotonic() > deadline:
+            err.print(f"{full_id} still holds {w['busy_slots']} request(s) after {timeout:g} s")
+            raise typer.Exit(code=1)
+        time.sleep(0.5)
 
 
 @workers_app.command("resume")
-def workers_resume(worker_id: Annotated[str, typer.Argument(help="worker id (see ls)")],
+def workers_resume(worker_id: Annotated[str, typer.Argument(
+                       help="worker id, or the start of one (see ls)")],
                    url: UrlOption = None) -> None:
     """Let a drained worker take requests again."""
-    call_api("POST", server_url(url), f"/api/workers/{worker_id}/resume")
-    out.print(f"resumed {worker_id}")
+    accepted = call_api("POST", server_url(url), f"/api/workers/{worker_id}/resume")
+    out.print(f"resumed {accepted['worker_id']}")
 
 
 def main() -> None:

@@ -57,6 +57,15 @@ class Listing:
         self.ids.append(id if id is not None else cells[0])
 
 
+def age(seconds: float) -> str:
+    """``42s``, ``5m``, ``3h``, ``2d``."""
+    seconds = max(0.0, seconds)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f}{unit}"
+    return f"{seconds:.0f}s"
+
+
 def data(value: Any, fmt: Format) -> bool:
     """Prints ``value`` as JSON or YAML when that is the format; True if it did."""
     if fmt == "json":

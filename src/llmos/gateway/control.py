@@ -21,7 +21,7 @@ from llmos.bus.messages import (
     decode_or_ignore,
     encode,
 )
-from llmos.errors import BusError, NotFound, Unavailable
+from llmos.errors import BadRequest, BusError, NotFound, Unavailable
 from llmos.gateway.directory import WorkerDirectory
 from llmos.observability import metrics
 
@@ -86,13 +86,23 @@ class WorkerControl:
     def workers(self) -> list[Heartbeat]:
         return self.directory.live(time.time())
 
-    async def command(self, worker_id: str, action: Literal["drain", "resume"]) -> Command:
-        """Send ``action`` to the running process of ``worker_id``; void after two beats."""
-        now = time.time()
-        worker = self.directory.get(worker_id, now)
-        if worker is None:
+    def worker(self, worker_id: str) -> Heartbeat:
+        """The live worker ``worker_id`` names (its id, or a prefix of only its id)."""
+        found = self.directory.find(worker_id, time.time())
+        if not found:
             known = ", ".join(h.worker_id for h in self.workers()) or "none"
             raise WorkerNotFound(f"no live worker {worker_id!r}; live workers: {known}")
+        if len(found) > 1:
+            raise BadRequest(f"{worker_id!r} is the start of several workers' ids: "
+                             + ", ".join(h.worker_id for h in found), param="worker_id")
+        return found[0]
+
+    async def command(self, worker_id: str, action: Literal["drain", "resume"]) -> Command:
+        """Send ``action`` to the running process of ``worker_id`` (or of the one worker
+        whose id starts so); void after two beats."""
+        now = time.time()
+        worker = self.worker(worker_id)
+        worker_id = worker.worker_id
         ttl_s = 2 * worker.interval_s
         command = Command(worker_id=worker_id, epoch=worker.epoch, action=action,
                           issued_at=now, expires_at=now + ttl_s)

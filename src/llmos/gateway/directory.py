@@ -16,6 +16,10 @@ class WorkerDirectory:
 
     def observe(self, heartbeat: Heartbeat) -> None:
         known = self._latest.get(heartbeat.worker_id)
+        if heartbeat.leaving:  # its goodbye: gone at once, not two intervals later
+            if known is not None and known.epoch == heartbeat.epoch:
+                del self._latest[heartbeat.worker_id]
+            return
         if (known is None or known.epoch != heartbeat.epoch
                 or heartbeat.sent_at >= known.sent_at):
             self._latest[heartbeat.worker_id] = heartbeat
@@ -26,6 +30,12 @@ class WorkerDirectory:
             if heartbeat.expires_at < now:
                 del self._latest[worker_id]
         return sorted(self._latest.values(), key=lambda h: (h.deployment, h.worker_id))
+
+    def find(self, prefix: str, now: float) -> list[Heartbeat]:
+        """The live workers whose id is ``prefix`` or starts with it (an exact id first)."""
+        live = self.live(now)
+        exact = [h for h in live if h.worker_id == prefix]
+        return exact or [h for h in live if h.worker_id.startswith(prefix)]
 
     def get(self, worker_id: str, now: float) -> Heartbeat | None:
         heartbeat = self._latest.get(worker_id)

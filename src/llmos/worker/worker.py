@@ -8,7 +8,9 @@ dies mid-request leaves the message to be redelivered to another replica.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import socket
 import threading
 import time
@@ -16,6 +18,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 
+from llmos import __version__
 from llmos.bus import Bus, Delivery, Subscription, TopicMessage, names
 from llmos.bus.messages import (
     Cancel,
@@ -48,7 +51,7 @@ log = logging.getLogger(__name__)
 
 class Worker:
     def __init__(self, bus: Bus, engine: Engine, deployment: str, *,
-                 worker_id: str | None = None,
+                 worker_id: str | None = None, home: str | None = None,
                  heartbeat_interval_s: float = names.HEARTBEAT_INTERVAL_S) -> None:
         self.bus = bus
         self.engine = engine
@@ -57,6 +60,9 @@ class Worker:
         self.epoch = uuid.uuid4().hex[:12]
         """This start of the worker: commands for an earlier one are not for us."""
         self.heartbeat_interval_s = heartbeat_interval_s
+        self.home = home
+        self.started_at = time.time()
+        self._leaving = False
         self.draining = False
         self._paused: list[Subscription] = []
         self._presence = Presence(bus, self.worker_id, self.epoch, heartbeat_interval_s,
@@ -123,6 +129,9 @@ class Worker:
         deadline = time.monotonic() + timeout_s
         while self._cancels_book and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
+        self._leaving = True
+        with contextlib.suppress(BusError):
+            await self._presence.send()  # goodbye: it leaves the lists at once
         await self._presence.stop()
         await self._events.stop()
         for sub in (*self._requests, self._cancels, *self._paused):
@@ -156,10 +165,17 @@ class Worker:
         await self._presence.send()
 
     def heartbeat(self) -> Heartbeat:
+        config = self.engine.config
         return Heartbeat(worker_id=self.worker_id, epoch=self.epoch,
                          deployment=self.deployment, host=socket.gethostname(),
                          slots=self.slots, busy=self.busy_slots, draining=self.draining,
-                         sent_at=time.time(), interval_s=self.heartbeat_interval_s)
+                         sent_at=time.time(), interval_s=self.heartbeat_interval_s,
+                         pid=os.getpid(), home=self.home, version=__version__,
+                         started_at=self.started_at, leaving=self._leaving,
+                         engine={"model_file": config.model_path.name, "slots": config.slots,
+                                 "ctx_size": config.ctx_size, "threads": config.threads,
+                                 "batch_size": config.batch_size,
+                                 "kv_unified": config.kv_unified})
 
     async def _command(self, action: Literal["drain", "resume"]) -> None:
         if action == "drain":
@@ -242,6 +258,9 @@ class Worker:
                 "first_token_s": (round(publish.first_text_at - started, 4)
                                   if publish.first_text_at else None),
                 "duration_s": round(took, 4)}})
+        if self.draining and self.busy_slots == 0:
+            with contextlib.suppress(BusError):
+                await self._presence.send()  # drained: say so now, not at the next beat
         self._events.offer(encode(RequestEvent(
             request_id=request.request_id, deployment=self.deployment,
             worker_id=self.worker_id, outcome=outcome, prompt_tokens=usage.prompt_tokens,

@@ -20,9 +20,18 @@ class WorkerPublic(BaseModel):
     host: str
     slots: int
     busy_slots: int
-    state: Literal["serving", "draining"]
+    state: Literal["serving", "draining", "drained"]
+    """``drained``: draining, and nothing left on its engine."""
     last_heartbeat: float
     """Unix time of the worker's latest heartbeat."""
+    pid: int
+    home: str | None
+    """The state directory of its process (none: it runs inside a server or agent)."""
+    version: str
+    started_at: float
+    """Unix time its process started serving."""
+    engine: dict[str, Any]
+    """Its engine's settings: model file, slots, context size, threads, …"""
 
 
 class WorkerList(BaseModel):
@@ -36,9 +45,12 @@ class CommandAccepted(BaseModel):
 
 
 def _public(h: Heartbeat) -> WorkerPublic:
+    state: Literal["serving", "draining", "drained"] = (
+        "serving" if not h.draining else "drained" if h.busy == 0 else "draining")
     return WorkerPublic(id=h.worker_id, deployment=h.deployment, host=h.host, slots=h.slots,
-                        busy_slots=h.busy, state="draining" if h.draining else "serving",
-                        last_heartbeat=h.sent_at)
+                        busy_slots=h.busy, state=state, last_heartbeat=h.sent_at, pid=h.pid,
+                        home=h.home, version=h.version, started_at=h.started_at,
+                        engine=h.engine)
 
 
 @router.get("", response_model=WorkerList)
@@ -48,15 +60,24 @@ async def list_workers(state: StateDep) -> WorkerList:
 
 
 _NOT_FOUND: dict[int | str, dict[str, Any]] = {
-    404: {"model": ErrorResponse, "description": "no live worker with this id"}}
+    404: {"model": ErrorResponse, "description": "no live worker with this id"},
+    400: {"model": ErrorResponse, "description": "the id is the start of several workers'"}}
+
+
+@router.get("/{worker_id}", response_model=WorkerPublic, responses=_NOT_FOUND)
+async def get_worker(worker_id: str, state: StateDep) -> WorkerPublic:
+    """One live worker, by its id or the start of it (unique)."""
+    return _public(state.workers.worker(worker_id))
 
 
 @router.post("/{worker_id}/drain", response_model=CommandAccepted, status_code=202,
              responses=_NOT_FOUND)
 async def drain_worker(worker_id: str, state: StateDep) -> CommandAccepted:
-    """The worker takes no new requests; those in flight finish."""
+    """The worker takes no new requests; those in flight finish (it is ``drained`` when
+    none is left). The id may be abbreviated to a unique prefix."""
     command = await state.workers.command(worker_id, "drain")
-    return CommandAccepted(worker_id=worker_id, action="drain", expires_at=command.expires_at)
+    return CommandAccepted(worker_id=command.worker_id, action="drain",
+                           expires_at=command.expires_at)
 
 
 @router.post("/{worker_id}/resume", response_model=CommandAccepted, status_code=202,
@@ -64,4 +85,5 @@ async def drain_worker(worker_id: str, state: StateDep) -> CommandAccepted:
 async def resume_worker(worker_id: str, state: StateDep) -> CommandAccepted:
     """A drained worker takes requests again."""
     command = await state.workers.command(worker_id, "resume")
-    return CommandAccepted(worker_id=worker_id, action="resume", expires_at=command.expires_at)
+    return CommandAccepted(worker_id=command.worker_id, action="resume",
+                           expires_at=command.expires_at)
