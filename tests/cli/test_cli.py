@@ -106,7 +106,8 @@ def test_ps_says_what_runs_where(llmos_server: RunningServer) -> None:
     url = ("--url", llmos_server.url)
     [row] = json.loads(llmos("ps", "-o", "json", *url).stdout)
     assert (row["deployment"], row["slots"], row["state"]) == ("gemma-3-270m", 16, "ready")
-    assert row["busy_slots"] == 0 and row["node"] and row["started_at"]
+    # (busy as of the worker's last heartbeat: other tests share this server)
+    assert 0 <= row["busy_slots"] <= 16 and row["node"] and row["started_at"]
     plain = llmos("ps", *url).stdout.splitlines()
     assert plain[0].split()[:3] == ["DEPLOYMENT", "MODEL", "REPLICA"]
     assert llmos("ps", "-q", *url).stdout.split() == [row["replica"]]

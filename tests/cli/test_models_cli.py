@@ -82,6 +82,7 @@ def test_reimporting_the_default_model_stores_nothing(
                    "--name", "gemma-3-270m", "--url", llmos_server.url, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "unchanged" in result.stdout and "gemma-3-270m@1" in result.stdout
+    assert "0 B sent" in result.stdout  # hashed here, found there: no upload
 
 
 def test_a_corrupt_file_is_refused_before_upload(llmos_server: RunningServer,
