@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Annotated, Any
 
 import httpx
 import typer
 from rich.console import Console
 
 DEFAULT_URL = "http://127.0.0.1:8000"
+UrlOption = Annotated[str | None, typer.Option(
+    "--url", help=f"server address (default: $LLMOS_URL or {DEFAULT_URL})")]
+"""Every command that talks to a server takes it so."""
 err = Console(stderr=True)
 
 

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from llmos.cli.client import call_api, err, server_url
+from llmos.cli.client import UrlOption, call_api, err, server_url
 from llmos.cli.output import (
     Format,
     JsonOption,
@@ -25,8 +25,6 @@ from llmos.cli.output import (
 
 out = Console(soft_wrap=True)
 
-UrlOption = Annotated[str | None, typer.Option(
-    "--url", help="server address (default: $LLMOS_URL or http://127.0.0.1:8000)")]
 ProjectOption = Annotated[str, typer.Option(help="project of the deployment")]
 
 deployments_app = typer.Typer(help="Deployments: list, show, scale, update, remove.",

@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 
 from llmos import __version__
-from llmos.cli.client import api_error, call_api, err, server_url
+from llmos.cli.client import UrlOption, api_error, call_api, err, server_url
 from llmos.cli.cluster import deploy, deployments_app, events, nodes_app, rebalance
 from llmos.cli.models import models_app
 from llmos.cli.output import (
@@ -38,8 +38,6 @@ app = typer.Typer(help="LLMOS: an operating system for large language models.",
                   no_args_is_help=True)
 out = Console(soft_wrap=True)
 
-UrlOption = Annotated[str | None, typer.Option(
-    "--url", help="server address (default: $LLMOS_URL or http://127.0.0.1:8000)")]
 
 
 @app.command()

@@ -24,7 +24,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from llmos.cli.client import api_error, call_api, err, no_server, server_url
+from llmos.cli.client import UrlOption, api_error, call_api, err, no_server, server_url
 from llmos.cli.output import (
     JsonOption,
     Listing,
@@ -40,8 +40,6 @@ models_app = typer.Typer(help="Model registry: import, list, tag, verify, delete
                          no_args_is_help=True)
 out = Console(soft_wrap=True)  # (long lines are the terminal's to wrap: scripts read them whole)
 
-UrlOption = Annotated[str | None, typer.Option(
-    "--url", help="server address (default: $LLMOS_URL or http://127.0.0.1:8000)")]
 ProjectOption = Annotated[str, typer.Option(help="project of the repositories")]
 _CHUNK = 8 << 20
 

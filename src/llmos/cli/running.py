@@ -12,7 +12,7 @@ from rich.console import Console
 
 from llmos.cli.chat import ChatError, Session, check_model, stream_answer
 from llmos.cli.chat import run as run_chat
-from llmos.cli.client import call_api, err, server_url
+from llmos.cli.client import UrlOption, call_api, err, server_url
 from llmos.cli.output import (
     JsonOption,
     Listing,
@@ -25,8 +25,6 @@ from llmos.cli.output import (
 
 out = Console(soft_wrap=True)
 
-UrlOption = Annotated[str | None, typer.Option(
-    "--url", help="server address (default: $LLMOS_URL or http://127.0.0.1:8000)")]
 
 
 def running(base: str, project: str) -> list[dict[str, Any]]:

@@ -39,6 +39,15 @@ class Shape:
         """A choice's reader of text and calls (chat only)."""
         return self.tools.reader() if self.kind == "chat" else None
 
+    def answer(self, request_id: str, finals: list[ReplyChunk],
+               usage: dict[str, int]) -> dict[str, Any]:
+        """A whole non-streamed answer: its choices from their final chunks."""
+        chat = self.kind == "chat"
+        return {"id": f"{'chatcmpl' if chat else 'cmpl'}-{request_id}",
+                "object": "chat.completion" if chat else "text_completion",
+                "created": int(time.time()), "model": self.model,
+                "choices": [self.choice(i, f) for i, f in enumerate(finals)], "usage": usage}
+
     def choice(self, index: int, final: ReplyChunk) -> dict[str, Any]:
         """A whole choice of a non-streamed answer, from its final chunk."""
         reader = self.reader()

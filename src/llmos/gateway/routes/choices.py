@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import AsyncIterator, Awaitable
 from typing import TypeVar
 
@@ -97,12 +96,7 @@ async def complete(handles: list[RequestHandle], request: Request, shape: Shape)
     finals = await _each(handles, request, [last_chunk(c) for c in streams])
     if isinstance(finals, Response):
         return finals
-    chat = shape.kind == "chat"
-    answer = {"id": f"{'chatcmpl' if chat else 'cmpl'}-{_request_id(handles)}",
-              "object": "chat.completion" if chat else "text_completion",
-              "created": int(time.time()), "model": shape.model,
-              "choices": [shape.choice(i, f) for i, f in enumerate(finals)],
-              "usage": _usage(finals, request)}
+    answer = shape.answer(_request_id(handles), finals, _usage(finals, request))
     attempt = max(h.attempt for h in handles)
     return JSONResponse(answer, headers={names.HEADER_ATTEMPT: str(attempt)})
 

@@ -175,12 +175,8 @@ async def _complete(handle: RequestHandle, request: Request, shape: Shape) -> Re
     final = await final_or_error(handle.chunks(), request)
     if isinstance(final, Response):
         return final
-    chat = shape.kind == "chat"
-    answer = {"id": f"{'chatcmpl' if chat else 'cmpl'}-{handle.request.request_id}",
-              "object": "chat.completion" if chat else "text_completion",
-              "created": int(time.time()), "model": shape.model,
-              "choices": [shape.choice(0, final)],
-              "usage": final.usage.model_dump() if final.usage else no_usage()}
+    answer = shape.answer(handle.request.request_id, [final],
+                          final.usage.model_dump() if final.usage else no_usage())
     return JSONResponse(answer, headers={names.HEADER_ATTEMPT: str(handle.attempt)})
 
 
