@@ -70,7 +70,7 @@ async def serve(settings: Settings, *, deploy_default: bool = True) -> None:
     agent = NodeAgent(bus, settings.node_name, InProcessRunner(bus, registry, settings.engine),
                       detect())
     controller = Controller(store, registry, bus, settings.engine)
-    app = create_app(settings, bus, store, registry)
+    app = create_app(settings, bus, store, registry, control_plane=not deploy_default)
     server = _server_class()(uvicorn.Config(
         app, host=settings.host, port=settings.port, log_config=None, access_log=False,
         http=JsonErrorsHttpToolsProtocol,

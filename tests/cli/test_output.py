@@ -32,7 +32,7 @@ def test_the_default_follows_where_stdout_goes() -> None:
 
 @pytest.mark.parametrize("command", [
     ("models", "ls"), ("deployments", "ls"), ("nodes", "ls"), ("workers", "ls"), ("events",),
-    ("models", "show", MODEL), ("deployments", "show", MODEL),
+    ("models", "show", MODEL), ("deployments", "show", MODEL), ("ps",), ("logs",),
 ])
 def test_every_listing_and_show_speaks_json_and_yaml(llmos_server: RunningServer,
                                                      command: tuple[str, ...]) -> None:

@@ -205,7 +205,8 @@ class Assignment(_Message):
 
 
 class RequestEvent(_Message):
-    """Telemetry: a worker finished (or gave up) a request."""
+    """Telemetry: a worker finished a request (its log line's fields, for the gateways'
+    metrics and logs)."""
 
     request_id: str
     deployment: str
@@ -215,6 +216,22 @@ class RequestEvent(_Message):
     completion_tokens: int = 0
     duration_s: float
     at: float
+    project: str = "default"
+    attempt: int = 1
+    queue_wait_s: float | None = None
+    first_token_s: float | None = None
+    host: str = ""
+    pid: int = 0
+    """The worker's process: a gateway in the same one has logged the line already."""
+
+    def log_fields(self) -> dict[str, Any]:
+        """The fields of the request's log line at the worker (and at the gateways)."""
+        return {"deployment": self.deployment, "project": self.project,
+                "worker": self.worker_id, "attempt": self.attempt, "outcome": self.outcome,
+                "prompt_tokens": self.prompt_tokens,
+                "completion_tokens": self.completion_tokens,
+                "queue_wait_s": self.queue_wait_s, "first_token_s": self.first_token_s,
+                "duration_s": self.duration_s}
 
 
 class LogEvent(_Message):

@@ -21,7 +21,7 @@ import httpx
 import typer
 from rich.console import Console
 
-from llmos.cli.client import api_error, err, no_server
+from llmos.cli.client import api_error, err, http_client, no_server
 
 HELP = """commands (never sent to the model):
   /help                 this list
@@ -210,7 +210,7 @@ def run(base: str, model: str, system: str | None, max_tokens: int | None,
         out: Console) -> None:
     session = Session(model, system, settings={"max_tokens": max_tokens} if max_tokens
                       else {})
-    with httpx.Client(base_url=base, timeout=httpx.Timeout(600, connect=5)) as client:
+    with http_client(base) as client:
         try:
             check_model(client, base, model)
         except ChatError as exc:

@@ -14,8 +14,18 @@ import typer
 from rich.console import Console
 
 from llmos import __version__
-from llmos.cli.client import UrlOption, api_error, call_api, err, server_url
+from llmos.cli.client import (
+    UrlOption,
+    api_error,
+    auth_headers,
+    call_api,
+    chosen_profile,
+    err,
+    server_url,
+)
 from llmos.cli.cluster import deploy, deployments_app, events, nodes_app, rebalance
+from llmos.cli.config import config_app
+from llmos.cli.logs import logs
 from llmos.cli.models import models_app
 from llmos.cli.output import (
     JsonOption,
@@ -37,6 +47,14 @@ if TYPE_CHECKING:
 app = typer.Typer(help="LLMOS: an operating system for large language models.",
                   no_args_is_help=True)
 out = Console(soft_wrap=True)
+
+
+@app.callback()
+def root(profile: Annotated[str | None, typer.Option(
+        envvar="LLMOS_PROFILE", help="the client profile to use (see llmos config)")
+         ] = None) -> None:
+    """LLMOS: an operating system for large language models."""
+    chosen_profile.profile = profile
 
 
 
@@ -252,7 +270,7 @@ def version(url: UrlOption = None) -> None:
     out.print(f"llmos {__version__}")
     base = server_url(url)
     try:
-        response = httpx.get(f"{base}/api/version", timeout=3)
+        response = httpx.get(f"{base}/api/version", headers=auth_headers(), timeout=3)
     except httpx.HTTPError:
         err.print(f"no server answers at {base}")
         raise typer.Exit(code=2) from None
@@ -267,6 +285,8 @@ app.add_typer(workers_app, name="workers")
 app.add_typer(models_app, name="models")
 app.add_typer(deployments_app, name="deployments")
 app.add_typer(nodes_app, name="nodes")
+app.add_typer(config_app, name="config")
+app.command("logs")(logs)
 app.command("deploy")(deploy)
 app.command("ps")(ps)
 app.command("run")(run)

@@ -24,7 +24,16 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from llmos.cli.client import UrlOption, api_error, call_api, err, no_server, server_url
+from llmos.cli.client import (
+    UrlOption,
+    api_error,
+    auth_headers,
+    call_api,
+    err,
+    http_client,
+    no_server,
+    server_url,
+)
 from llmos.cli.output import (
     JsonOption,
     Listing,
@@ -171,7 +180,7 @@ def import_model(
         return
     base = server_url(url)
     try:
-        with httpx.Client(base_url=base, timeout=httpx.Timeout(600, connect=5)) as client, \
+        with http_client(base) as client, \
                 _progress() as progress:
             stored = [(f.name, _upload(client, f, progress)) for f in files]
             response = client.post(
@@ -367,6 +376,7 @@ def verify_models(
     result: dict[str, Any] = {}
     try:
         with httpx.stream("POST", f"{base}/api/registry/verify", params=params,
+                          headers=auth_headers(),
                           timeout=httpx.Timeout(3600, connect=5)) as response, \
                 _progress() as progress:
             if response.status_code >= 400:
@@ -401,8 +411,8 @@ def _copy(source_url: str, target_url: str, ref: str, project: str) -> None:
     tasks: dict[str, Any] = {}
     started = time.monotonic()
     try:
-        with httpx.Client(base_url=source_url, timeout=timeout) as source, \
-                httpx.Client(base_url=target_url, timeout=timeout) as target, \
+        with http_client(source_url, timeout) as source, \
+                http_client(target_url, timeout) as target, \
                 _progress() as progress:
 
             def show(filename: str, done: int, total: int) -> None:

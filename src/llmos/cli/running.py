@@ -6,13 +6,12 @@ from __future__ import annotations
 import time
 from typing import Annotated, Any
 
-import httpx
 import typer
 from rich.console import Console
 
 from llmos.cli.chat import ChatError, Session, check_model, stream_answer
 from llmos.cli.chat import run as run_chat
-from llmos.cli.client import UrlOption, call_api, err, server_url
+from llmos.cli.client import UrlOption, call_api, err, http_client, server_url
 from llmos.cli.output import (
     JsonOption,
     Listing,
@@ -77,7 +76,7 @@ def run(model: Annotated[str, typer.Argument(help="model id (see llmos ps)")],
         return
     session = Session(model, system, settings={"max_tokens": max_tokens})
     session.turns.append({"role": "user", "content": prompt})
-    with httpx.Client(base_url=base, timeout=httpx.Timeout(600, connect=5)) as client:
+    with http_client(base) as client:
         try:
             check_model(client, base, model)
             stream_answer(client, session.body(), out)

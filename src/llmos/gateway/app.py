@@ -22,7 +22,7 @@ from llmos.gateway.fastpath import FastRoutes
 from llmos.gateway.guard import BrowserGuard
 from llmos.gateway.health import probe_until_ready
 from llmos.gateway.middleware import RequestIdMiddleware
-from llmos.gateway.routes import cluster, health, models, openai, responses, workers
+from llmos.gateway.routes import cluster, health, logs, models, openai, responses, workers
 from llmos.gateway.state import GatewayState
 from llmos.gateway.stranded import fail_stranded
 from llmos.registry import LocalRegistry
@@ -31,9 +31,13 @@ from llmos.store import Store
 
 
 def create_app(settings: Settings, bus: Bus, store: Store,
-               registry: LocalRegistry | None = None) -> FastAPI:
-    """Build the API app; the bus must be connected before the app starts."""
+               registry: LocalRegistry | None = None, *,
+               control_plane: bool = False) -> FastAPI:
+    """Build the API app; the bus must be connected before the app starts. A control
+    plane is ready once it is up; otherwise the default model's first answer makes it
+    ready."""
     state = GatewayState(
+        probe_model=None if control_plane else settings.default_model,
         registry=registry or LocalRegistry(settings.models_dir),
         settings=settings,
         dispatcher=Dispatcher(bus, timeout_s=settings.request_timeout_s),
@@ -77,6 +81,7 @@ def create_app(settings: Settings, bus: Bus, store: Store,
     app.include_router(responses.router)
     app.include_router(health.router)
     app.include_router(workers.router)
+    app.include_router(logs.router)
     app.include_router(models.router)
     app.include_router(cluster.router)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]

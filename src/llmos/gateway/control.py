@@ -2,13 +2,17 @@
 
 It follows their heartbeats (who is alive), their request telemetry (the
 ``llmos_fleet_*`` metrics, counting every worker on the bus, in any process) and
-their warnings and errors (logged here under ``llmos.fleet`` with the worker id).
+their warnings and errors and the line each logs per request (logged here under
+``llmos.fleet`` with the worker id, so this gateway's log holds the whole story of
+the requests it served).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 import time
 from typing import Literal
 
@@ -27,6 +31,7 @@ from llmos.observability import metrics
 
 log = logging.getLogger(__name__)
 fleet_log = logging.getLogger("llmos.fleet")
+HOST = socket.gethostname()
 
 
 class WorkerNotFound(NotFound):
@@ -119,6 +124,13 @@ class WorkerControl:
         metrics.FLEET_REQUESTS.labels(event.deployment, event.outcome).inc()
         if event.completion_tokens:
             metrics.FLEET_TOKENS.labels(event.deployment).inc(event.completion_tokens)
+        if (event.pid, event.host) != (os.getpid(), HOST):
+            # The worker's own line, for this gateway's log (where ``llmos logs`` looks);
+            # a worker in this process has written it there already.
+            fleet_log.info("worker %s: request %s: %s in %.3f s", event.worker_id,
+                           event.request_id, event.outcome, event.duration_s,
+                           extra={"event": "request", "request_id": event.request_id,
+                                  "fields": event.log_fields()})
 
     async def _on_log_event(self, message: TopicMessage) -> None:
         event = decode_or_ignore(LogEvent, message.body)

@@ -319,6 +319,9 @@ class Health(BaseModel):
     status: str
     version: str
     detail: str | None = None
+    served: dict[str, list[str]] | None = None
+    """(``/readyz``) each deployment ``/v1/models`` lists: the ids of the live workers
+    taking its requests (``/api/workers``)."""
 
 
 class FunctionCallDelta(BaseModel):

@@ -19,8 +19,11 @@ class GatewayState:
     catalog: Catalog
     workers: WorkerControl
     registry: LocalRegistry
+    probe_model: str | None = None
+    """The model whose first answer makes this gateway ready (none: a control plane)."""
     ready: bool = False
-    ready_detail: str = "the default model has not answered yet"
+    probe_error: str | None = None
+    """The error a worker last answered the readiness probe with."""
     verified_blobs: dict[str, tuple[int, int, int]] = field(default_factory=dict)
     """Blobs hashed since this process started, with the (inode, size, mtime) seen then."""
     _engine_settings: dict[tuple[str, str, str], EngineSettings] = field(default_factory=dict)

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
+import logging.handlers
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from llmos.observability.context import request_id_var
+
+LOG_FILE = "llmos.log"
+ROTATE_BYTES = 64 * 1024 * 1024
+KEEP_FILES = 3
+"""The log file turns over at 64 MiB; the three before it are kept (``llmos.log.1``
+the newest)."""
+LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
 class JsonFormatter(logging.Formatter):
@@ -64,7 +74,8 @@ def configure_logging(level: str = "INFO", *, json_logs: bool | None = None,
     handlers: list[logging.Handler] = [stderr]
     if log_dir is not None:
         log_dir.mkdir(parents=True, exist_ok=True)
-        file = logging.FileHandler(log_dir / "llmos.log")
+        file = logging.handlers.RotatingFileHandler(
+            log_dir / LOG_FILE, maxBytes=ROTATE_BYTES, backupCount=KEEP_FILES)
         file.setFormatter(JsonFormatter())
         handlers.append(file)
     root = logging.getLogger()
@@ -75,3 +86,43 @@ def configure_logging(level: str = "INFO", *, json_logs: bool | None = None,
     root.setLevel(level.upper())
     for noisy in ("uvicorn.access", "alembic", "aio_pika", "aiormq"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def search(log_dir: Path, *, request_id: str | None = None, level: str | None = None,
+           since: float | None = None, limit: int = 100) -> list[dict[str, Any]]:
+    """The last ``limit`` lines of the log file in ``log_dir`` (and the files it turned
+    over into) that match: the request id, a level at least ``level``, written at or
+    after the Unix time ``since``. Oldest first."""
+    floor = LEVELS.index(level) if level else 0
+    after = None
+    if since is not None:
+        after = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(since))
+    found: collections.deque[dict[str, Any]] = collections.deque(maxlen=limit)
+    files = [log_dir / f"{LOG_FILE}.{n}" for n in range(KEEP_FILES, 0, -1)]
+    for path in [*files, log_dir / LOG_FILE]:
+        try:
+            lines = path.open(encoding="utf-8", errors="replace")
+        except FileNotFoundError:
+            continue
+        with lines:
+            for line in lines:
+                if request_id and request_id not in line:
+                    continue  # (most lines: no parse)
+                try:
+                    entry = json.loads(line)
+                except ValueError:
+                    continue
+                if not isinstance(entry, dict):
+                    continue
+                if request_id and entry.get("request_id") != request_id:
+                    continue
+                if after and str(entry.get("ts", "")) < after:
+                    continue
+                if floor and _rank(entry.get("level")) < floor:
+                    continue
+                found.append(entry)
+    return list(found)
+
+
+def _rank(level: object) -> int:
+    return LEVELS.index(level) if level in LEVELS else len(LEVELS)

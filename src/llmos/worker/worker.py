@@ -61,6 +61,7 @@ class Worker:
         """This start of the worker: commands for an earlier one are not for us."""
         self.heartbeat_interval_s = heartbeat_interval_s
         self.home = home
+        self.host = socket.gethostname()
         self.started_at = time.time()
         self._leaving = False
         self.draining = False
@@ -167,7 +168,7 @@ class Worker:
     def heartbeat(self) -> Heartbeat:
         config = self.engine.config
         return Heartbeat(worker_id=self.worker_id, epoch=self.epoch,
-                         deployment=self.deployment, host=socket.gethostname(),
+                         deployment=self.deployment, host=self.host,
                          slots=self.slots, busy=self.busy_slots, draining=self.draining,
                          sent_at=time.time(), interval_s=self.heartbeat_interval_s,
                          pid=os.getpid(), home=self.home, version=__version__,
@@ -248,24 +249,22 @@ class Worker:
         metrics.WORKER_REQUESTS.labels(self.deployment, outcome).inc()
         usage = publish.usage or Usage()
         took = time.monotonic() - started
+        event = RequestEvent(
+            request_id=request.request_id, deployment=self.deployment,
+            worker_id=self.worker_id, outcome=outcome, prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens, duration_s=round(took, 4),
+            at=time.time(), project=request.project, attempt=delivery.delivery_count,
+            queue_wait_s=round(queued_s, 4) if queued_s is not None else None,
+            first_token_s=(round(publish.first_text_at - started, 4)
+                           if publish.first_text_at else None),
+            host=self.host, pid=os.getpid())
         log.info("request %s: %s in %.3f s", request.request_id, outcome, took, extra={
-            "event": "request", "request_id": request.request_id, "fields": {
-                "deployment": self.deployment, "project": request.project,
-                "worker": self.worker_id, "attempt": delivery.delivery_count,
-                "outcome": outcome, "prompt_tokens": usage.prompt_tokens,
-                "completion_tokens": usage.completion_tokens,
-                "queue_wait_s": round(queued_s, 4) if queued_s is not None else None,
-                "first_token_s": (round(publish.first_text_at - started, 4)
-                                  if publish.first_text_at else None),
-                "duration_s": round(took, 4)}})
+            "event": "request", "request_id": request.request_id,
+            "fields": event.log_fields()})
         if self.draining and self.busy_slots == 0:
             with contextlib.suppress(BusError):
                 await self._presence.send()  # drained: say so now, not at the next beat
-        self._events.offer(encode(RequestEvent(
-            request_id=request.request_id, deployment=self.deployment,
-            worker_id=self.worker_id, outcome=outcome, prompt_tokens=usage.prompt_tokens,
-            completion_tokens=usage.completion_tokens,
-            duration_s=time.monotonic() - started, at=time.time())))
+        self._events.offer(encode(event))
 
     async def _serve(self, request: InferenceRequest, publish: Replies,
                      cancel: threading.Event) -> str:

@@ -8,6 +8,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from llmos import __version__
 from llmos.gateway.deps import StateDep
+from llmos.gateway.health import readiness, served
 from llmos.gateway.schemas import Health
 from llmos.gateway.state import GatewayState
 from llmos.observability.metrics import REGISTRY
@@ -25,14 +26,12 @@ async def healthz() -> Health:
             responses={503: {"model": Health, "description": "not ready yet"}})
 async def readyz(state: StateDep) -> Response:
     """200 once the default model has answered a request through the bus, while a live,
-    undrained replica of it takes requests."""
-    model = state.settings.default_model
-    ready = state.ready and state.workers.serving(model)
-    detail = (state.ready_detail if not state.ready or ready else
-              f"no replica of {model} takes requests now (none is live, or all are drained)")
-    body = Health(status="ready" if ready else "starting" if not state.ready else "unavailable",
-                  version=__version__, detail=detail)
-    return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
+    undrained replica of it takes requests (a control plane: once it is up). ``served``
+    names each deployment ``/v1/models`` lists and the workers taking its requests."""
+    serving = await served(state)
+    status, detail = readiness(state, serving)
+    body = Health(status=status, version=__version__, detail=detail, served=serving)
+    return JSONResponse(body.model_dump(), status_code=200 if status == "ready" else 503)
 
 
 @router.get("/api/version", response_model=Health, tags=["management"])
