@@ -52,6 +52,14 @@ class DigestMismatch(BadRequest):
     code = "digest_mismatch"
 
 
+class Unauthorized(LLMOSError):
+    """No API key where one is needed, or one that is wrong, revoked or expired."""
+
+    status = 401
+    type = "invalid_request_error"
+    code = "invalid_api_key"
+
+
 class Forbidden(LLMOSError):
     status = 403
     type = "invalid_request_error"

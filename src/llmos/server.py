@@ -9,10 +9,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import ipaddress
 import logging
 import os
 import socket
+import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -21,28 +21,52 @@ from llmos.settings import Settings
 
 if TYPE_CHECKING:
     from llmos.registry import LocalRegistry, ModelVersion
+    from llmos.store import Store
 
 log = logging.getLogger(__name__)
 
 
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def check_bind(settings: Settings) -> None:
-    if not is_loopback(settings.host) and not settings.insecure:
+def check_bind(settings: Settings, *, keys_exist: bool) -> None:
+    if settings.keys_always_required and not keys_exist:
         raise ConfigError(
-            f"refusing to listen on {settings.host}: LLMOS has no authentication yet, so "
-            "anyone who can reach this address could use it. Bind 127.0.0.1, or pass "
-            "--insecure if this network is trusted.")
+            f"refusing to listen on {settings.host} with no API key: every request there "
+            "needs one, and none exists yet. Pass --init-admin-key to make the first "
+            "(an admin key, written to the state directory), or --insecure to run open "
+            "on a network you trust.")
 
 
-async def serve(settings: Settings, *, deploy_default: bool = True) -> None:
+def init_admin_key(settings: Settings, store: Store) -> None:
+    """``--init-admin-key``: an admin key, unless a live one exists; its token goes to
+    ``admin.key`` in the state directory (mode 0600) and nowhere else."""
+    from llmos.auth.roles import Role
+
+    now = time.time()
+    live = [k for k in store.keys.list() if k.role == Role.admin.name and k.revoked_at is None
+            and (k.expires_at is None or k.expires_at > now)]
+    path = settings.home / "admin.key"
+    if live:
+        log.info("an admin key exists (%s); --init-admin-key made none", live[0].id)
+        return
+    row, token = store.keys.create("admin", Role.admin, "default", now=now)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as file:
+        file.write(token + "\n")
+    log.warning("made admin key %s; its token is in %s (shown nowhere else): "
+                "export LLMOS_API_KEY=$(cat %s)", row.id, path, path)
+
+
+def say_how_it_is_guarded(settings: Settings, keys_exist: bool) -> None:
+    where = f"{settings.host}:{settings.port}"
+    if keys_exist or settings.keys_always_required:
+        log.info("every request to %s needs an API key (but /healthz and /readyz)", where)
+    else:
+        log.warning("running open on %s: no API key exists, so anyone who reaches this "
+                    "address may use everything. `llmos keys create NAME --role admin` "
+                    "makes one; from then on every request needs a key.", where)
+
+
+async def serve(settings: Settings, *, deploy_default: bool = True,
+                init_key: bool = False) -> None:
     import uvicorn
 
     from llmos.agent.capacity import detect
@@ -57,12 +81,16 @@ async def serve(settings: Settings, *, deploy_default: bool = True) -> None:
     from llmos.registry.defaults import DEFAULT_MODEL_NAME, ensure_default_model, open_registry
     from llmos.store import Store
 
-    check_bind(settings)
     settings.home.mkdir(parents=True, exist_ok=True)
     configure_logging(settings.log_level, json_logs=settings.log_json,
                       log_dir=settings.logs_dir)
     store = Store(settings.db_url)
     await asyncio.to_thread(store.migrate)
+    if init_key:
+        await asyncio.to_thread(init_admin_key, settings, store)
+    keys_exist = (await asyncio.to_thread(store.keys.stamp))[0] > 0
+    check_bind(settings, keys_exist=keys_exist)
+    say_how_it_is_guarded(settings, keys_exist)
     registry = open_registry(settings)
     bus = open_bus(settings.bus_url)
     await bus.connect()
@@ -242,7 +270,8 @@ async def run_agent(settings: Settings, *, labels: dict[str, str], cpus: float |
         from llmos.agent.cache import NodeCache
         from llmos.registry.local import LocalRegistry
 
-        cache = NodeCache(LocalRegistry(settings.models_dir), control)
+        key = settings.api_key.get_secret_value() if settings.api_key else None
+        cache = NodeCache(LocalRegistry(settings.models_dir), control, api_key=key)
     runner = ProcessRunner(bus, settings, cache=cache)
     await runner.open()
     agent = NodeAgent(bus, settings.node_name, runner, detect(cpus, memory), labels=labels)
@@ -259,8 +288,8 @@ async def run_agent(settings: Settings, *, labels: dict[str, str], cpus: float |
         await bus.close()
 
 
-async def run_control(settings: Settings) -> None:
+async def run_control(settings: Settings, *, init_key: bool = False) -> None:
     """``llmos control``: the control plane (API, registry, controller) without a node of
     its own. Several may run: one controller is active (the lease holder)."""
     settings = settings.model_copy(update={"embedded_worker": False})
-    await serve(settings, deploy_default=False)
+    await serve(settings, deploy_default=False, init_key=init_key)

@@ -6,12 +6,20 @@ variables, the config file (``--config`` or ``LLMOS_CONFIG``), defaults.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -142,7 +150,9 @@ class Settings(BaseSettings):
     home: Path = Field(default_factory=lambda: Path.home() / ".llmos")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
-    insecure: bool = False
+    insecure: bool = Field(
+        False, description="on a non-loopback address, run open (no API key needed) while "
+        "no key exists; only on a network you trust")
     allowed_hosts: list[str] = Field(
         default_factory=list, description="host names the server answers to besides "
         "loopback names, IP addresses and the bind address ('*': any; a DNS-rebinding page "
@@ -153,6 +163,9 @@ class Settings(BaseSettings):
     limits: RequestLimits = Field(default_factory=lambda: RequestLimits())
     bus_url: str = "memory://"
     database_url: str | None = None
+    api_key: SecretStr | None = Field(
+        None, description="the API key a node (llmos agent) sends to the control plane "
+        "it pulls models from ($LLMOS_API_KEY; an admin's key: it pulls every project's)")
     storage_url: str | None = Field(
         None, description="where the registry keeps manifests and blobs: s3://, az://, gs://, "
         "file:// (default: the local store under home/models, no object storage)")
@@ -216,6 +229,12 @@ class Settings(BaseSettings):
         return self.home / "models"
 
     @property
+    def keys_always_required(self) -> bool:
+        """Requests need an API key even before one exists: the server listens beyond
+        loopback and was not told the network is trusted (``insecure``)."""
+        return not is_loopback(self.host) and not self.insecure
+
+    @property
     def logs_dir(self) -> Path:
         return self.home / "logs"
 
@@ -230,3 +249,12 @@ def _config_path(init_settings: PydanticBaseSettingsSource) -> Path | None:
 
         raise ConfigError(f"config file {path} does not exist")
     return path
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

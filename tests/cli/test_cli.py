@@ -48,11 +48,12 @@ def test_chat_without_a_server_says_how_to_start_one() -> None:
     assert "llmos serve" in result.stderr
 
 
-def test_non_loopback_bind_is_refused_without_insecure() -> None:
-    result = llmos("serve", "--host", "0.0.0.0", "--port", str(free_port()), timeout=30)
+def test_non_loopback_bind_is_refused_without_a_key_or_insecure(tmp_path: Path) -> None:
+    result = llmos("serve", "--host", "0.0.0.0", "--port", str(free_port()), timeout=30,
+                   env={"LLMOS_HOME": str(tmp_path)})
     assert result.returncode == 2
     assert "refusing to listen on 0.0.0.0" in result.stderr
-    assert "--insecure" in result.stderr
+    assert "--insecure" in result.stderr and "--init-admin-key" in result.stderr
 
 
 def test_chat_streams_an_answer(llmos_server: RunningServer) -> None:

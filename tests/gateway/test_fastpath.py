@@ -14,6 +14,7 @@ from starlette.types import Receive, Scope, Send
 from llmos.bus.memory import MemoryBus
 from llmos.errors import BadRequest, LLMOSError
 from llmos.gateway.app import create_app
+from llmos.gateway.auth import requires
 from llmos.gateway.fastpath import FastRoutes
 from llmos.gateway.routes import health, openai
 from llmos.settings import Settings
@@ -24,14 +25,17 @@ async def inner_app(scope: Scope, receive: Receive, send: Send) -> None:
     await PlainTextResponse("inner")(scope, receive, send)
 
 
+@requires(None)
 async def fast(request: Request, state: Any) -> Response:
     return PlainTextResponse(f"fast {state}")
 
 
+@requires(None)
 async def fails(request: Request, state: Any) -> Response:
     raise BadRequest("no good", param="x")
 
 
+@requires(None)
 async def breaks(request: Request, state: Any) -> Response:
     raise KeyError("oops")
 

@@ -30,9 +30,11 @@ _CHUNK = 8 << 20
 
 
 class NodeCache:
-    def __init__(self, registry: LocalRegistry, control: str | None) -> None:
+    def __init__(self, registry: LocalRegistry, control: str | None,
+                 api_key: str | None = None) -> None:
         self.registry = registry
         self.control = control.rstrip("/") if control else None
+        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.resolved: dict[str, str] = {}
         """The control plane's reference -> the node's, for versions held here."""
 
@@ -81,7 +83,8 @@ class NodeCache:
     def _manifest(self, ref: str, project: str) -> dict[str, Any]:
         try:
             response = httpx.get(f"{self.control}/api/models/{quote(ref, safe='/:@')}",
-                                 params={"project": project}, timeout=30)
+                                 params={"project": project}, headers=self._headers,
+                                 timeout=30)
         except httpx.HTTPError as exc:
             raise RegistryError(f"the control plane at {self.control} does not answer: "
                                 f"{exc}") from exc
@@ -92,7 +95,8 @@ class NodeCache:
         return body
 
     def _download(self, digest: str) -> Iterator[bytes]:
-        with httpx.stream("GET", f"{self.control}/api/blobs/{digest}", timeout=60) as r:
+        with httpx.stream("GET", f"{self.control}/api/blobs/{digest}",
+                          headers=self._headers, timeout=60) as r:
             if r.status_code != 200:
                 raise RegistryError(f"could not pull blob {digest}: {r.status_code}")
             yield from r.iter_bytes(_CHUNK)

@@ -24,6 +24,8 @@ err = Console(stderr=True)
 class _Chosen:
     profile: str | None = None
     """``llmos --profile NAME`` (or $LLMOS_PROFILE)."""
+    api_key: str | None = None
+    """``llmos --api-key KEY``."""
 
 
 chosen_profile = _Chosen()
@@ -44,8 +46,10 @@ def server_url(url: str | None) -> str:
 
 
 def auth_headers() -> dict[str, str]:
-    """``Authorization: Bearer …`` from $LLMOS_API_KEY or the profile, if either has one."""
-    key = os.environ.get("LLMOS_API_KEY") or _profile().get("api_key")
+    """``Authorization: Bearer …`` from --api-key, $LLMOS_API_KEY or the profile, if one
+    has a key."""
+    key = (chosen_profile.api_key or os.environ.get("LLMOS_API_KEY")
+           or _profile().get("api_key"))
     return {"Authorization": f"Bearer {key}"} if key else {}
 
 

@@ -17,12 +17,12 @@ _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _SHOWN_ABOVE = {"ts", "level", "logger", "msg", "exc"}
 
 
-def parse_span(text: str) -> float:
+def parse_span(text: str, option: str = "'--since'") -> float:
     """``30s``, ``10m``, ``2h``, ``1d`` in seconds."""
     match = _SPAN.match(text.strip())
     if not match:
         raise typer.BadParameter(f"{text!r} is not a span such as 30s, 10m, 2h or 1d",
-                                 param_hint="'--since'")
+                                 param_hint=option)
     return float(match.group(1)) * _SECONDS[match.group(2)]
 
 

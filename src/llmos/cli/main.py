@@ -25,6 +25,7 @@ from llmos.cli.client import (
 )
 from llmos.cli.cluster import deploy, deployments_app, events, nodes_app, rebalance
 from llmos.cli.config import config_app
+from llmos.cli.keys import keys_app, whoami
 from llmos.cli.logs import logs
 from llmos.cli.models import models_app
 from llmos.cli.output import (
@@ -51,11 +52,14 @@ out = Console(soft_wrap=True)
 
 @app.callback()
 def root(profile: Annotated[str | None, typer.Option(
-        envvar="LLMOS_PROFILE", help="the client profile to use (see llmos config)")
+             envvar="LLMOS_PROFILE", help="the client profile to use (see llmos config)")
+         ] = None,
+         api_key: Annotated[str | None, typer.Option(
+             help="the API key to send (default: $LLMOS_API_KEY, or the profile's)")
          ] = None) -> None:
     """LLMOS: an operating system for large language models."""
     chosen_profile.profile = profile
-
+    chosen_profile.api_key = api_key
 
 
 @app.command()
@@ -74,7 +78,11 @@ def serve(
     threads: Annotated[int | None, typer.Option(help="engine threads")] = None,
     ctx_size: Annotated[int | None, typer.Option(help="total context, split by slots")] = None,
     insecure: Annotated[bool, typer.Option(
-        help="allow a non-loopback address without authentication")] = False,
+        help="on a non-loopback address, run open while no API key exists (a trusted "
+             "network only)")] = False,
+    init_admin_key: Annotated[bool, typer.Option(
+        help="make an admin API key unless a live one exists; its token goes to "
+             "admin.key in the state directory")] = False,
     worker: Annotated[bool, typer.Option(
         help="run the default model's replica here (--no-worker: `llmos worker` "
              "processes serve it over the bus)")] = True,
@@ -97,7 +105,8 @@ def serve(
     if not worker:
         given["embedded_worker"] = False
     engine = {"slots": slots, "threads": threads, "ctx_size": ctx_size}
-    _run_with_settings(given, engine, run_server)
+    _run_with_settings(given, engine,
+                       lambda settings: run_server(settings, init_key=init_admin_key))
 
 
 def _run_with_settings(given: dict[str, Any], engine: dict[str, Any],
@@ -190,7 +199,11 @@ def control_command(
     home: Annotated[Path | None, typer.Option(help="state directory ($LLMOS_HOME)")] = None,
     config: Annotated[Path | None, typer.Option(help="TOML settings file")] = None,
     insecure: Annotated[bool, typer.Option(
-        help="allow a non-loopback address without authentication")] = False,
+        help="on a non-loopback address, run open while no API key exists (a trusted "
+             "network only)")] = False,
+    init_admin_key: Annotated[bool, typer.Option(
+        help="make an admin API key unless a live one exists; its token goes to "
+             "admin.key in the state directory")] = False,
 ) -> None:
     """Run a control plane: the OpenAI and management APIs, the registry and the
     controller, with no node of its own. Run several behind a load balancer: one
@@ -201,7 +214,8 @@ def control_command(
                              "host": host, "port": port, "home": home, "config": config}
     if insecure:
         given["insecure"] = True
-    _run_with_settings(given, {}, run_control)
+    _run_with_settings(given, {}, lambda settings: run_control(settings,
+                                                                 init_key=init_admin_key))
 
 
 @app.command("agent")
@@ -286,6 +300,8 @@ app.add_typer(models_app, name="models")
 app.add_typer(deployments_app, name="deployments")
 app.add_typer(nodes_app, name="nodes")
 app.add_typer(config_app, name="config")
+app.add_typer(keys_app, name="keys")
+app.command("whoami")(whoami)
 app.command("logs")(logs)
 app.command("deploy")(deploy)
 app.command("ps")(ps)

@@ -7,12 +7,13 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 
 from llmos import __version__
 from llmos.bus import Bus
+from llmos.gateway.auth import Authenticate, KeyBook, authorize
 from llmos.gateway.body import component_schemas
 from llmos.gateway.catalog import Catalog
 from llmos.gateway.control import WorkerControl
@@ -22,12 +23,25 @@ from llmos.gateway.fastpath import FastRoutes
 from llmos.gateway.guard import BrowserGuard
 from llmos.gateway.health import probe_until_ready
 from llmos.gateway.middleware import RequestIdMiddleware
-from llmos.gateway.routes import cluster, health, logs, models, openai, responses, workers
+from llmos.gateway.routes import (
+    cluster,
+    health,
+    keys,
+    logs,
+    models,
+    openai,
+    responses,
+    workers,
+)
 from llmos.gateway.state import GatewayState
 from llmos.gateway.stranded import fail_stranded
 from llmos.registry import LocalRegistry
 from llmos.settings import Settings
 from llmos.store import Store
+
+ROUTERS = (openai.router, responses.router, health.router, workers.router, logs.router,
+           keys.router, models.router, cluster.router)
+"""Every route of the API (each declares the role it needs: gateway/auth.py)."""
 
 
 def create_app(settings: Settings, bus: Bus, store: Store,
@@ -37,6 +51,7 @@ def create_app(settings: Settings, bus: Bus, store: Store,
     plane is ready once it is up; otherwise the default model's first answer makes it
     ready."""
     state = GatewayState(
+        keys=KeyBook(store, required_without_keys=settings.keys_always_required),
         probe_model=None if control_plane else settings.default_model,
         registry=registry or LocalRegistry(settings.models_dir),
         settings=settings,
@@ -47,9 +62,11 @@ def create_app(settings: Settings, bus: Bus, store: Store,
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await asyncio.to_thread(state.keys.refresh)
         await state.dispatcher.start()
         await state.workers.start()
         tasks = [asyncio.create_task(probe_until_ready(state), name="readiness-probe"),
+                 asyncio.create_task(state.keys.follow(), name="api-keys"),
                  asyncio.create_task(fail_stranded(state), name="stranded-requests")]
         try:
             yield
@@ -63,6 +80,7 @@ def create_app(settings: Settings, bus: Bus, store: Store,
             await state.catalog.close()
 
     app = FastAPI(title="LLMOS", version=__version__, lifespan=lifespan,
+                  dependencies=[Depends(authorize)],
                   description="OpenAI-compatible inference and management API of LLMOS.")
     app.state.gateway = state
     install_error_handlers(app)
@@ -76,14 +94,10 @@ def create_app(settings: Settings, bus: Bus, store: Store,
                        allowed_hosts=settings.allowed_hosts,
                        cors_origins=settings.cors_origins,
                        max_body_bytes=settings.limits.max_body_bytes)
+    app.add_middleware(Authenticate, book=state.keys)
     app.add_middleware(RequestIdMiddleware)  # (the outer one: the fast routes need its id)
-    app.include_router(openai.router)
-    app.include_router(responses.router)
-    app.include_router(health.router)
-    app.include_router(workers.router)
-    app.include_router(logs.router)
-    app.include_router(models.router)
-    app.include_router(cluster.router)
+    for router in ROUTERS:
+        app.include_router(router)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 
@@ -91,8 +105,11 @@ def create_app(settings: Settings, bus: Bus, store: Store,
 _ERROR = {"$ref": "#/components/schemas/ErrorResponse"}
 _EVERY_OPERATION = {
     "400": "invalid request (a parameter, the body, or not valid HTTP)",
-    "403": "refused: sent to a host name that is not the server's (allowed_hosts), or from "
-           "a web page of another origin (cors_origins)",
+    "401": "no API key where the server needs one, or one that is malformed, unknown, "
+           "revoked or expired",
+    "403": "refused: the key's role is too small for this, the request was sent to a host "
+           "name that is not the server's (allowed_hosts), or from a web page of another "
+           "origin (cors_origins)",
     "500": "internal error",
 }
 _WITH_BODY = {"413": "the body is larger than limits.max_body_bytes",

@@ -18,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from llmos.gateway.auth import check
 from llmos.gateway.state import GatewayState
 
 Endpoint = Callable[[Request, GatewayState], Awaitable[Response]]
@@ -41,6 +42,7 @@ class FastRoutes:
             return
         request = Request(scope, receive)
         try:
+            check(scope, endpoint)
             response = await endpoint(request, self.state)
         except Exception as exc:
             response = await self._handler(exc)(request, exc)

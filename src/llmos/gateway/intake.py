@@ -10,6 +10,7 @@ from fastapi import Request
 from llmos.errors import BadRequest, NoReplica, UnsupportedParameter
 from llmos.gateway import toolcalls
 from llmos.gateway.answers import PLAIN, Shape
+from llmos.gateway.auth import inference_project
 from llmos.gateway.limits import check_request
 from llmos.gateway.middleware import note
 from llmos.gateway.schemas import (
@@ -45,7 +46,7 @@ async def admit(state: GatewayState, request: Request,
     ``engine_body`` with the sampling parameters and max_tokens. Returns the deployment,
     and whether max_tokens was the client's."""
     check_request(body, state.settings.limits)
-    deployment = await state.catalog.get(body.model)
+    deployment = await state.catalog.get(body.model, inference_project(request.scope))
     note(request, deployment=deployment.name, project=deployment.project)
     unsupported = body.unsupported()
     if unsupported is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from llmos.gateway.auth import KeyBook
 from llmos.gateway.catalog import Catalog
 from llmos.gateway.control import WorkerControl
 from llmos.gateway.dispatch import Dispatcher
@@ -15,6 +16,7 @@ from llmos.store import Deployment
 @dataclass
 class GatewayState:
     settings: Settings
+    keys: KeyBook
     dispatcher: Dispatcher
     catalog: Catalog
     workers: WorkerControl

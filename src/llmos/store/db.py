@@ -10,6 +10,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from llmos.store.cluster import Events, Leases, Nodes, Replicas
+from llmos.store.keys import Keys
 from llmos.store.tables import Deployment
 
 MIGRATIONS = Path(__file__).with_name("migrations")
@@ -27,6 +28,7 @@ class Store:
         self.replicas = Replicas(self._sessions)
         self.events = Events(self._sessions)
         self.leases = Leases(self._sessions)
+        self.keys = Keys(self._sessions)
 
     def migrate(self) -> None:
         """Bring the schema to the newest migration (idempotent)."""

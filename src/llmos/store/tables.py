@@ -123,3 +123,21 @@ class Lease(Base):
     holder: Mapped[str] = mapped_column(String(128), nullable=False)
     term: Mapped[int] = mapped_column(Integer, default=1, nullable=False)
     expires_at: Mapped[float] = mapped_column(Float, nullable=False)
+
+
+class ApiKey(Base):
+    """An API key: who holds it (its name), what it may do (role, project) and until
+    when. Only the SHA-256 of its secret is kept."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), nullable=False)
+    role: Mapped[str] = mapped_column(String(16), nullable=False)
+    project: Mapped[str] = mapped_column(String(64), default="default", nullable=False)
+    secret_sha256: Mapped[str] = mapped_column(String(64), nullable=False)
+    created_at: Mapped[float] = mapped_column(Float, nullable=False)
+    expires_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    revoked_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    changed_at: Mapped[float] = mapped_column(Float, nullable=False, index=True)
+    """Made or revoked: gateways reload their keys when the newest of these moves."""

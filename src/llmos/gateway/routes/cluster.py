@@ -15,12 +15,13 @@ from fastapi import APIRouter, Path, Query, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from llmos import deployments as ops
+from llmos.auth.roles import Role
 from llmos.bus import names
 from llmos.errors import BusError, NotFound
+from llmos.gateway.auth import PrincipalDep, ProjectDep, requires
 from llmos.gateway.deps import StateDep
 from llmos.gateway.schemas import ErrorResponse
 from llmos.gateway.state import GatewayState
-from llmos.registry.local import PROJECT_PATTERN
 from llmos.registry.refs import REF_PATTERN
 from llmos.settings import EngineSettings
 from llmos.store import Deployment, Store
@@ -32,8 +33,6 @@ DEPLOYMENT_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,62}$"
 NODE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 LABEL_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$"
 
-ProjectQuery = Annotated[str, Query(description="the project the deployment belongs to",
-                                    pattern=PROJECT_PATTERN)]
 DeploymentPath = Annotated[str, Path(pattern=DEPLOYMENT_PATTERN,
                                      description="the deployment (its OpenAI model id)")]
 NodePath = Annotated[str, Path(pattern=NODE_PATTERN)]
@@ -240,7 +239,8 @@ async def _changed(state: GatewayState) -> None:
 
 
 @router.get("/api/deployments", response_model=DeploymentList, responses=_ERRORS)
-async def list_deployments(state: StateDep, project: ProjectQuery = "default"
+@requires(Role.user)
+async def list_deployments(state: StateDep, project: ProjectDep
                            ) -> DeploymentList:
     """Every deployment of the project, with how many replicas it asks for and has ready."""
     store = _store(state)
@@ -251,8 +251,9 @@ async def list_deployments(state: StateDep, project: ProjectQuery = "default"
 
 @router.post("/api/deployments", response_model=DeploymentPublic, status_code=201,
              responses=_ERRORS)
+@requires(Role.operator)
 async def create_deployment(body: NewDeployment, state: StateDep,
-                            project: ProjectQuery = "default") -> DeploymentPublic:
+                            project: ProjectDep) -> DeploymentPublic:
     """Deploy a model: its reference is resolved now to a version, pinned while it runs;
     the controller places its replicas."""
     store = _store(state)
@@ -263,8 +264,9 @@ async def create_deployment(body: NewDeployment, state: StateDep,
 
 
 @router.get("/api/deployments/{name}", response_model=DeploymentPublic, responses=_ERRORS)
+@requires(Role.user)
 async def show_deployment(name: DeploymentPath, state: StateDep,
-                          project: ProjectQuery = "default",
+                          project: ProjectDep,
                           events: Annotated[int, Query(ge=0, le=1000,
                                                        description="last events")] = 20
                           ) -> DeploymentPublic:
@@ -278,8 +280,9 @@ async def show_deployment(name: DeploymentPath, state: StateDep,
 
 
 @router.patch("/api/deployments/{name}", response_model=DeploymentPublic, responses=_ERRORS)
+@requires(Role.operator)
 async def update_deployment(name: DeploymentPath, body: DeploymentChange, state: StateDep,
-                            project: ProjectQuery = "default") -> DeploymentPublic:
+                            project: ProjectDep) -> DeploymentPublic:
     """Scale it, or change its version, settings or resources: a change its replicas must
     be replaced for rolls them one at a time (a new one ready before an old one drains)."""
     store = _store(state)
@@ -292,8 +295,9 @@ async def update_deployment(name: DeploymentPath, body: DeploymentChange, state:
 
 @router.delete("/api/deployments/{name}", status_code=204, responses=_ERRORS,
                response_class=Response)
+@requires(Role.operator)
 async def delete_deployment(name: DeploymentPath, state: StateDep,
-                            project: ProjectQuery = "default") -> Response:
+                            project: ProjectDep) -> Response:
     """Remove it: its replicas drain and stop, its version is unpinned."""
     await asyncio.to_thread(ops.delete, _store(state), state.registry, name, project=project)
     await _changed(state)
@@ -307,7 +311,8 @@ class Rebalancing(BaseModel):
 
 
 @router.post("/api/rebalance", response_model=Rebalancing, status_code=202, responses=_ERRORS)
-async def rebalance(state: StateDep, project: ProjectQuery = "default",
+@requires(Role.operator)
+async def rebalance(state: StateDep, project: ProjectDep,
                     deployment: Annotated[str | None, Query(
                         pattern=DEPLOYMENT_PATTERN, description="only this one")] = None
                     ) -> Rebalancing:
@@ -342,6 +347,7 @@ async def _get_node(store: Store, name: str) -> Node:
 
 
 @router.get("/api/nodes", response_model=NodeList, responses=_ERRORS)
+@requires(Role.admin)
 async def list_nodes(state: StateDep) -> NodeList:
     """Every node an agent registered, with its state and capacity."""
     rows = await asyncio.to_thread(_store(state).nodes.list)
@@ -349,6 +355,7 @@ async def list_nodes(state: StateDep) -> NodeList:
 
 
 @router.get("/api/nodes/{name}", response_model=NodePublic, responses=_ERRORS)
+@requires(Role.admin)
 async def show_node(name: NodePath, state: StateDep) -> NodePublic:
     """A node with the replicas placed on it and its last events."""
     store = _store(state)
@@ -373,18 +380,21 @@ async def _set_node(gateway: GatewayState, name: str, action: str, **changes: An
 
 
 @router.post("/api/nodes/{name}/cordon", response_model=NodePublic, responses=_ERRORS)
+@requires(Role.admin)
 async def cordon_node(name: NodePath, state: StateDep) -> NodePublic:
     """No new replicas go to the node; those on it stay."""
     return await _set_node(state, name, "cordon", cordoned=True)
 
 
 @router.post("/api/nodes/{name}/uncordon", response_model=NodePublic, responses=_ERRORS)
+@requires(Role.admin)
 async def uncordon_node(name: NodePath, state: StateDep) -> NodePublic:
     """The node takes new replicas again (and stops draining)."""
     return await _set_node(state, name, "uncordon", cordoned=False, state="ready")
 
 
 @router.post("/api/nodes/{name}/drain", response_model=NodePublic, responses=_ERRORS)
+@requires(Role.admin)
 async def drain_node(name: NodePath, state: StateDep) -> NodePublic:
     """Cordon the node and move its replicas elsewhere, one at a time: each is replaced
     by a ready one on another node before it drains."""
@@ -395,13 +405,16 @@ async def drain_node(name: NodePath, state: StateDep) -> NodePublic:
 
 
 @router.get("/api/events", response_model=EventList, responses=_ERRORS)
-async def list_events(state: StateDep, project: ProjectQuery = "default",
+@requires(Role.operator)
+async def list_events(state: StateDep, project: ProjectDep, principal: PrincipalDep,
                       deployment: Annotated[str | None, Query(pattern=DEPLOYMENT_PATTERN)
                                             ] = None,
                       node: Annotated[str | None, Query(pattern=NODE_PATTERN)] = None,
                       limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> EventList:
     """What changed and what was decided, with reasons, oldest first (both filters:
-    the events of that deployment on that node)."""
+    the events of that deployment on that node). A node's events span projects: an
+    admin's key sees them all, any other its own project's."""
+    every = node is not None and principal.role is Role.admin
     rows = await asyncio.to_thread(_store(state).events.list, deployment=deployment,
-                                   node=node, project=None if node else project, limit=limit)
+                                   node=node, project=None if every else project, limit=limit)
     return EventList(data=[_event(e) for e in rows])

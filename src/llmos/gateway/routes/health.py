@@ -7,6 +7,8 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from llmos import __version__
+from llmos.auth.roles import Principal, Role
+from llmos.gateway.auth import requires
 from llmos.gateway.deps import StateDep
 from llmos.gateway.health import readiness, served
 from llmos.gateway.schemas import Health
@@ -17,6 +19,7 @@ router = APIRouter()
 
 
 @router.get("/healthz", response_model=Health, tags=["health"])
+@requires(None)
 async def healthz() -> Health:
     """The process is alive."""
     return Health(status="ok", version=__version__)
@@ -24,26 +27,35 @@ async def healthz() -> Health:
 
 @router.get("/readyz", response_model=Health, tags=["health"],
             responses={503: {"model": Health, "description": "not ready yet"}})
-async def readyz(state: StateDep) -> Response:
+@requires(None)
+async def readyz(request: Request, state: StateDep) -> Response:
     """200 once the default model has answered a request through the bus, while a live,
     undrained replica of it takes requests (a control plane: once it is up). ``served``
-    names each deployment ``/v1/models`` lists and the workers taking its requests."""
+    names each deployment ``/v1/models`` lists and the workers taking its requests;
+    ``detail`` and ``served`` are for admins (anyone while the server runs open)."""
     serving = await served(state)
     status, detail = readiness(state, serving)
-    body = Health(status=status, version=__version__, detail=detail, served=serving)
+    principal: Principal | None = request.scope.get("state", {}).get("principal")
+    if principal is not None and principal.role is Role.admin:
+        body = Health(status=status, version=__version__, detail=detail, served=serving)
+    else:
+        body = Health(status=status, version=__version__)
     return JSONResponse(body.model_dump(), status_code=200 if status == "ready" else 503)
 
 
 @router.get("/api/version", response_model=Health, tags=["management"])
+@requires(None)
 async def version() -> Health:
     return Health(status="ok", version=__version__)
 
 
 @router.get("/metrics", include_in_schema=False)
+@requires(Role.admin)
 async def prometheus_metrics() -> Response:
     return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
 
+@requires(Role.admin)
 async def _fast_metrics(request: Request, state: GatewayState) -> Response:
     return await prometheus_metrics()
 

@@ -9,6 +9,8 @@ from typing import Any, Literal
 from fastapi import APIRouter, Query
 from pydantic import BaseModel
 
+from llmos.auth.roles import Role
+from llmos.gateway.auth import requires
 from llmos.gateway.deps import StateDep
 from llmos.observability.logs import search
 
@@ -22,6 +24,7 @@ class LogList(BaseModel):
 
 
 @router.get("", response_model=LogList)
+@requires(Role.admin)
 async def list_logs(
         state: StateDep,
         request_id: str | None = Query(None, max_length=200,

@@ -20,7 +20,9 @@ from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import FileResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from llmos.auth.roles import Role
 from llmos.errors import BadRequest, LLMOSError, NotFound, RegistryError
+from llmos.gateway.auth import ProjectDep, requires
 from llmos.gateway.deps import StateDep
 from llmos.gateway.guard import has_body
 from llmos.gateway.routing import only_specific
@@ -29,7 +31,6 @@ from llmos.registry import LocalRegistry, ModelVersion, templates, upkeep
 from llmos.registry.blobs import CHUNK, BlobCorrupt, Stored, hash_file
 from llmos.registry.estimate import KV_TYPES
 from llmos.registry.lineage import lineage as find_lineage
-from llmos.registry.local import PROJECT_PATTERN
 from llmos.registry.manifest import RELATIONS
 from llmos.registry.metadata import FILENAME_RE
 from llmos.registry.refs import DIGEST_PATTERN, NAME_PATTERN, REF_PATTERN, TAG_PATTERN
@@ -38,8 +39,6 @@ from llmos.registry.uploads import UPLOAD_ID_PATTERN
 router = APIRouter(tags=["models"])
 T = TypeVar("T")
 
-ProjectQuery = Annotated[str, Query(description="the project the repository belongs to",
-                                    pattern=PROJECT_PATTERN)]
 RefPath = Annotated[str, Path(pattern=REF_PATTERN, description="name, name:tag, name@N or "
                               "name@sha256:<hex> (a blob of the version)")]
 NamePath = Annotated[str, Path(pattern=NAME_PATTERN, description="[namespace/]name")]
@@ -160,7 +159,8 @@ def _registry(state: Any) -> LocalRegistry:
 # versions ------------------------------------------------------------------------------
 
 @router.get("/api/models", response_model=VersionList, responses=_ERRORS)
-async def list_models(state: StateDep, project: ProjectQuery = "default") -> VersionList:
+@requires(Role.user)
+async def list_models(state: StateDep, project: ProjectDep) -> VersionList:
     """Every version of every repository in the project, by name then version."""
     versions = await asyncio.to_thread(_registry(state).list, project=project)
     return VersionList(data=[public(v) for v in versions])
@@ -168,8 +168,9 @@ async def list_models(state: StateDep, project: ProjectQuery = "default") -> Ver
 
 @router.post("/api/models/{name:path}/versions", response_model=VersionCreated,
              status_code=201, responses=_ERRORS)
+@requires(Role.operator)
 async def create_version(name: NamePath, body: NewVersion, state: StateDep,
-                         project: ProjectQuery = "default") -> VersionCreated:
+                         project: ProjectDep) -> VersionCreated:
     """A new version of ``name`` made of blobs already uploaded (``POST /api/blobs``)."""
     imported = await asyncio.to_thread(
         _registry(state).create_version, name, [(f.filename, f.digest) for f in body.files],
@@ -180,7 +181,8 @@ async def create_version(name: NamePath, body: NewVersion, state: StateDep,
 
 
 @router.get("/api/models/{ref:path}/lineage", response_model=Lineage, responses=_ERRORS)
-async def lineage(ref: RefPath, state: StateDep, project: ProjectQuery = "default") -> Lineage:
+@requires(Role.user)
+async def lineage(ref: RefPath, state: StateDep, project: ProjectDep) -> Lineage:
     """Where a version came from (``derived_from``, followed up) and what was made from it."""
     registry = _registry(state)
     version = await asyncio.to_thread(registry.get, ref, project=project)
@@ -191,8 +193,9 @@ async def lineage(ref: RefPath, state: StateDep, project: ProjectQuery = "defaul
 
 @router.get("/api/models/{ref:path}/estimate", response_model=dict[str, Any],
             responses=_ERRORS)
+@requires(Role.user)
 async def estimate(
-    ref: RefPath, state: StateDep, project: ProjectQuery = "default",
+    ref: RefPath, state: StateDep, project: ProjectDep,
     slots: Annotated[int | None, Query(ge=1, le=256, description="parallel slots")] = None,
     ctx_size: Annotated[int | None, Query(ge=0, description="total context (0: the "
                                                             "model's own)")] = None,
@@ -226,8 +229,9 @@ async def estimate(
 
 @router.put("/api/models/{ref:path}/tags/{tag}", response_model=VersionPublic,
             responses=_ERRORS)
+@requires(Role.operator)
 async def tag_version(ref: RefPath, tag: TagPath, state: StateDep,
-                      project: ProjectQuery = "default") -> VersionPublic:
+                      project: ProjectDep) -> VersionPublic:
     """Point ``tag`` at the version ``ref`` names; a tag elsewhere in the repository moves."""
     version = await asyncio.to_thread(_registry(state).tag, ref, tag, project=project)
     return public(version)
@@ -235,8 +239,9 @@ async def tag_version(ref: RefPath, tag: TagPath, state: StateDep,
 
 @router.delete("/api/models/{ref:path}/tags/{tag}", response_model=VersionPublic,
                responses=_ERRORS)
+@requires(Role.operator)
 async def untag_version(ref: NamePath, tag: TagPath, state: StateDep,
-                        project: ProjectQuery = "default") -> VersionPublic:
+                        project: ProjectDep) -> VersionPublic:
     """Remove a tag (``ref`` is the repository's name); the version it named stays."""
     version = await asyncio.to_thread(_registry(state).untag, f"{ref}:{tag}",
                                       project=project)
@@ -244,8 +249,9 @@ async def untag_version(ref: NamePath, tag: TagPath, state: StateDep,
 
 
 @router.get("/api/models/{ref:path}", response_model=VersionPublic, responses=_ERRORS)
+@requires(Role.user)
 async def show_model(ref: RefPath, request: Request, state: StateDep,
-                     project: ProjectQuery = "default") -> VersionPublic:
+                     project: ProjectDep) -> VersionPublic:
     """One version: ``name`` (its ``latest``), ``name:tag``, ``name@3`` or ``name@sha256:…``."""
     only_specific(request)
     return public(await asyncio.to_thread(_registry(state).get, ref, project=project))
@@ -253,8 +259,9 @@ async def show_model(ref: RefPath, request: Request, state: StateDep,
 
 @router.delete("/api/models/{ref:path}", response_model=VersionPublic, responses={
     **_ERRORS, 409: {"model": ErrorResponse, "description": "a deployment uses the version"}})
+@requires(Role.operator)
 async def delete_version(ref: RefPath, request: Request, state: StateDep,
-                         project: ProjectQuery = "default") -> VersionPublic:
+                         project: ProjectDep) -> VersionPublic:
     """Delete one version and its tags; its blobs go at the next ``gc`` if unshared. A
     version a deployment is pinned to is refused (409), whatever name it is given by."""
     only_specific(request)
@@ -270,6 +277,7 @@ _STOP = object()
     **_ERRORS, 507: {"model": ErrorResponse, "description": "the store is out of disk space"}},
     openapi_extra={"requestBody": {"required": True, "content": {
         "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}})
+@requires(Role.operator)
 async def upload_blob(request: Request, state: StateDep,
                       filename: Annotated[str | None, Query(
                           description="the file's name: a *.gguf has its header checked",
@@ -336,6 +344,7 @@ async def _put(chunks: queue.Queue[Any], item: Any, writer: asyncio.Task[Any]) -
 
 
 @router.head("/api/blobs/{digest:path}", responses=_ERRORS)
+@requires(Role.user)
 async def blob_exists(digest: DigestPath, state: StateDep) -> Response:
     """200 with the size when the store has the blob: an upload of it can be skipped."""
     size = await asyncio.to_thread(_registry(state).blob_size, digest)
@@ -348,6 +357,7 @@ async def blob_exists(digest: DigestPath, state: StateDep) -> Response:
 @router.get("/api/blobs/{digest:path}", response_class=FileResponse, responses={
     **_ERRORS, 200: {"content": {"application/octet-stream": {}},
                      "description": "the content; a Range header gets 206 and that part"}})
+@requires(Role.user)
 async def download_blob(digest: DigestPath, state: StateDep) -> FileResponse:
     """A blob's content, whole or by ``Range``; checked against its digest first."""
     registry = _registry(state)
@@ -393,6 +403,7 @@ def _upload(upload: Any) -> UploadPublic:
 
 
 @router.post("/api/uploads", response_model=UploadPublic, status_code=201, responses=_ERRORS)
+@requires(Role.operator)
 async def open_upload(body: NewUpload, state: StateDep) -> UploadPublic:
     """A session to send one blob in as many requests as it takes; an unfinished session
     for the same digest is returned instead of a new one, at its offset (resume)."""
@@ -402,6 +413,7 @@ async def open_upload(body: NewUpload, state: StateDep) -> UploadPublic:
 
 
 @router.get("/api/uploads/{upload_id}", response_model=UploadPublic, responses=_ERRORS)
+@requires(Role.operator)
 async def get_upload(upload_id: UploadIdPath, state: StateDep) -> UploadPublic:
     return _upload(await asyncio.to_thread(_registry(state).uploads.get, upload_id))
 
@@ -410,6 +422,7 @@ async def get_upload(upload_id: UploadIdPath, state: StateDep) -> UploadPublic:
     **_ERRORS, 409: {"model": ErrorResponse, "description": "offset is not the session's"}},
     openapi_extra={"requestBody": {"required": True, "content": {
         "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}})
+@requires(Role.operator)
 async def append_upload(upload_id: UploadIdPath, request: Request, state: StateDep,
                         offset: Annotated[int, Query(ge=0, description="where the body goes: "
                                                      "the session's offset")]) -> UploadPublic:
@@ -425,6 +438,7 @@ async def append_upload(upload_id: UploadIdPath, request: Request, state: StateD
 @router.post("/api/uploads/{upload_id}/finish", response_model=BlobStored, responses={
     **_ERRORS, 409: {"model": ErrorResponse, "description": "the session has not all the "
                      "bytes yet"}})
+@requires(Role.operator)
 async def finish_upload(upload_id: UploadIdPath, state: StateDep) -> BlobStored:
     """Check the digest (and a GGUF header) and make the blob visible; a mismatch keeps
     nothing."""
@@ -433,6 +447,7 @@ async def finish_upload(upload_id: UploadIdPath, state: StateDep) -> BlobStored:
 
 
 @router.delete("/api/uploads/{upload_id}", status_code=204, responses=_ERRORS)
+@requires(Role.operator)
 async def cancel_upload(upload_id: UploadIdPath, state: StateDep) -> Response:
     await asyncio.to_thread(_registry(state).uploads.cancel, upload_id)
     return Response(status_code=204)
@@ -441,6 +456,7 @@ async def cancel_upload(upload_id: UploadIdPath, state: StateDep) -> Response:
 # upkeep --------------------------------------------------------------------------------
 
 @router.post("/api/registry/gc", response_model=GcResult, tags=["models"])
+@requires(Role.admin)
 async def collect_garbage(state: StateDep, grace_s: Annotated[float, Query(
         ge=0, description="keep unnamed blobs younger than this (uploads in progress)")
         ] = 3600.0) -> GcResult:
@@ -453,10 +469,10 @@ async def collect_garbage(state: StateDep, grace_s: Annotated[float, Query(
 @router.post("/api/registry/verify", responses={**_ERRORS, 200: {
     "content": {"application/x-ndjson": {}},
     "description": 'lines of {"checked", "total"} bytes, then {"problems": [...]}'}})
-async def verify(state: StateDep, ref: Annotated[str | None, Query(
+@requires(Role.operator)
+async def verify(state: StateDep, project: ProjectDep, ref: Annotated[str | None, Query(
         description="one version (default: every version in the store)",
-        pattern=REF_PATTERN)] = None,
-                 project: ProjectQuery = "default") -> StreamingResponse:
+        pattern=REF_PATTERN)] = None) -> StreamingResponse:
     """Re-hash blobs against their digests; the answer streams progress, then problems."""
     registry = _registry(state)
     total = await asyncio.to_thread(upkeep.verify_bytes, registry, ref, project=project)

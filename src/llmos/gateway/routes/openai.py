@@ -10,6 +10,7 @@ from typing import Any, Literal, TypeVar
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
+from llmos.auth.roles import Role
 from llmos.bus import names
 from llmos.errors import LLMOSError, UnsupportedParameter
 from llmos.gateway.answers import (
@@ -21,6 +22,7 @@ from llmos.gateway.answers import (
     no_usage,
     note_usage,
 )
+from llmos.gateway.auth import inference_project, requires
 from llmos.gateway.body import component_ref, openapi_body, parse_body
 from llmos.gateway.deps import StateDep
 from llmos.gateway.dispatch import RequestHandle
@@ -66,8 +68,10 @@ router = APIRouter(prefix="/v1", tags=["openai"], responses=_ERRORS)
 
 
 @router.get("/models", response_model=ModelList)
-async def list_models(state: StateDep) -> ModelList:
-    deployments = await state.catalog.deployments()
+@requires(Role.user)
+async def list_models(request: Request, state: StateDep) -> ModelList:
+    """The model ids of the project's deployments (names and aliases)."""
+    deployments = await state.catalog.deployments(inference_project(request.scope))
     return ModelList(data=[
         ModelPublic(id=model_id, created=int(d.created_at.timestamp()), owned_by=d.project)
         for d in deployments for model_id in (d.name, *(d.aliases or []))
@@ -75,15 +79,17 @@ async def list_models(state: StateDep) -> ModelList:
 
 
 @router.get("/models/{model_id:path}", response_model=ModelPublic)
-async def retrieve_model(model_id: str, state: StateDep) -> ModelPublic:
+@requires(Role.user)
+async def retrieve_model(model_id: str, request: Request, state: StateDep) -> ModelPublic:
     """One model id (a deployment's name or alias), as ``client.models.retrieve`` reads it."""
-    d = await state.catalog.get(model_id)
+    d = await state.catalog.get(model_id, inference_project(request.scope))
     return ModelPublic(id=model_id, created=int(d.created_at.timestamp()), owned_by=d.project)
 
 
 @router.post("/chat/completions", response_model=ChatCompletion,
              responses={200: {"content": _events(ChatCompletionChunk)}},
              openapi_extra=openapi_body(ChatCompletionCreate))
+@requires(Role.user)
 async def create_chat_completion(request: Request, state: StateDep) -> Response:
     body = await parse_body(request, ChatCompletionCreate)
     engine_body, shape = chat_request(body)
@@ -93,6 +99,7 @@ async def create_chat_completion(request: Request, state: StateDep) -> Response:
 @router.post("/completions", response_model=Completion,
              responses={200: {"content": _events(CompletionChunk)}},
              openapi_extra=openapi_body(CompletionCreate))
+@requires(Role.user)
 async def create_completion(request: Request, state: StateDep) -> Response:
     body = await parse_body(request, CompletionCreate)
     prompt: Any = body.prompt

@@ -8,10 +8,12 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
+from llmos.auth.roles import Role
 from llmos.bus import names
 from llmos.bus.messages import ErrorInfo, ReplyChunk
 from llmos.errors import LLMOSError, UnsupportedParameter
 from llmos.gateway.answers import ClientGone, final_or_error, first_or_error, note_usage
+from llmos.gateway.auth import requires
 from llmos.gateway.body import openapi_body, parse_body
 from llmos.gateway.deps import StateDep
 from llmos.gateway.intake import admit, chat_request
@@ -34,6 +36,7 @@ router = APIRouter(prefix="/v1", tags=["openai"], responses={
                    "`response.output_text.delta`, …, `response.completed`)",
     "content": {"application/json": {"schema": {"type": "object"}},
                 "text/event-stream": {"schema": {"type": "string"}}}}})
+@requires(Role.user)
 async def create_response(request: Request, state: StateDep) -> Response:
     started = time.perf_counter()
     body = await parse_body(request, ResponseCreate)

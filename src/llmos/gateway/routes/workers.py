@@ -7,7 +7,9 @@ from typing import Any, Literal
 from fastapi import APIRouter
 from pydantic import BaseModel
 
+from llmos.auth.roles import Role
 from llmos.bus.messages import Heartbeat
+from llmos.gateway.auth import requires
 from llmos.gateway.deps import StateDep
 from llmos.gateway.schemas import ErrorResponse
 
@@ -54,6 +56,7 @@ def _public(h: Heartbeat) -> WorkerPublic:
 
 
 @router.get("", response_model=WorkerList)
+@requires(Role.admin)
 async def list_workers(state: StateDep) -> WorkerList:
     """Worker processes heard from within two heartbeat intervals."""
     return WorkerList(data=[_public(h) for h in state.workers.workers()])
@@ -65,6 +68,7 @@ _NOT_FOUND: dict[int | str, dict[str, Any]] = {
 
 
 @router.get("/{worker_id}", response_model=WorkerPublic, responses=_NOT_FOUND)
+@requires(Role.admin)
 async def get_worker(worker_id: str, state: StateDep) -> WorkerPublic:
     """One live worker, by its id or the start of it (unique)."""
     return _public(state.workers.worker(worker_id))
@@ -72,6 +76,7 @@ async def get_worker(worker_id: str, state: StateDep) -> WorkerPublic:
 
 @router.post("/{worker_id}/drain", response_model=CommandAccepted, status_code=202,
              responses=_NOT_FOUND)
+@requires(Role.admin)
 async def drain_worker(worker_id: str, state: StateDep) -> CommandAccepted:
     """The worker takes no new requests; those in flight finish (it is ``drained`` when
     none is left). The id may be abbreviated to a unique prefix."""
@@ -82,6 +87,7 @@ async def drain_worker(worker_id: str, state: StateDep) -> CommandAccepted:
 
 @router.post("/{worker_id}/resume", response_model=CommandAccepted, status_code=202,
              responses=_NOT_FOUND)
+@requires(Role.admin)
 async def resume_worker(worker_id: str, state: StateDep) -> CommandAccepted:
     """A drained worker takes requests again."""
     command = await state.workers.command(worker_id, "resume")

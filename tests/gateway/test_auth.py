@@ -1,0 +1,310 @@
+"""API keys, roles and projects at the gateway.
+
+The authorization matrix is generated from the app's route table: every route must
+declare the least role it needs, and for every route a request with no key, a
+malformed, revoked or expired key, a key whose role is too small and (where the
+route works in a project) a key of another project is refused as it should be.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import pytest_asyncio
+from fastapi import FastAPI
+from fastapi.routing import APIRoute
+
+from llmos.auth.roles import Role
+from llmos.bus.memory import MemoryBus
+from llmos.gateway.app import ROUTERS, create_app
+from llmos.gateway.auth import UNDECLARED, declared, scoped_project
+from llmos.gateway.routes import health, openai
+from llmos.settings import Settings
+from llmos.store import Store
+
+
+@dataclass
+class Keys:
+    admin: str
+    operator: str  # project a
+    user: str  # project a
+    revoked: str
+    expired: str
+
+
+def make_keys(store: Store) -> Keys:
+    now = time.time()
+    made = {name: store.keys.create(name, role, project, now=now,
+                                    expires_at=now - 1 if name == "expired" else None)[1]
+            for name, role, project in (("admin", Role.admin, "default"),
+                                        ("operator", Role.operator, "a"),
+                                        ("user", Role.user, "a"),
+                                        ("revoked", Role.admin, "default"),
+                                        ("expired", Role.admin, "default"))}
+    revoked = next(k for k in store.keys.list() if k.name == "revoked")
+    store.keys.revoke(revoked.id, now)
+    return Keys(**made)
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {token}"}
+
+
+@pytest_asyncio.fixture
+async def served(tmp_path: Path) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient, Keys]]:
+    settings = Settings(home=tmp_path, limits={"no_replica_wait_s": 0.2})
+    store = Store(settings.db_url)
+    store.migrate()
+    store.upsert_deployment("model-a", "m", project="a")
+    store.upsert_deployment("model-b", "m", project="b")
+    keys = make_keys(store)
+    bus = MemoryBus()
+    await bus.connect()
+    app = create_app(settings, bus, store)
+    async with app.router.lifespan_context(app), httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://localhost",
+            timeout=30) as client:
+        yield app, client, keys
+    await bus.close()
+    store.close()
+
+
+def _scoped(route: APIRoute) -> bool:
+    """Whether the route works in a project (takes the ``project`` dependency)."""
+    pending = list(route.dependant.dependencies)
+    while pending:
+        dependency = pending.pop()
+        if dependency.call is scoped_project:
+            return True
+        pending.extend(dependency.dependencies)
+    return False
+
+
+_SAMPLES = {"key_id": "0123456789ab", "digest": "sha256:" + "0" * 64,
+            "upload_id": "0" * 32}
+
+
+def _path(route: APIRoute) -> str:
+    return re.sub(r"\{(\w+)(:path)?\}", lambda m: _SAMPLES.get(m.group(1), "x"), route.path)
+
+
+def routes(app: FastAPI) -> list[tuple[str, APIRoute]]:
+    """Every (method, route) of the app's routers; the app's OpenAPI operations are
+    checked to be exactly these, so none escapes."""
+    found = [(method, route) for router in ROUTERS for route in router.routes
+             if isinstance(route, APIRoute) for method in sorted(route.methods or ())]
+    operations = {(m.upper(), path) for path, ops in app.openapi()["paths"].items()
+                  for m in ops}
+    assert {(m, r.path.replace(":path}", "}")) for m, r in found
+            if r.include_in_schema} == operations
+    return found
+
+
+POLICY: dict[tuple[str, str], tuple[Role | None, bool]] = {
+    ("GET", "/v1/models"): (Role.user, False),
+    ("GET", "/v1/models/{model_id:path}"): (Role.user, False),
+    ("POST", "/v1/chat/completions"): (Role.user, False),
+    ("POST", "/v1/completions"): (Role.user, False),
+    ("POST", "/v1/responses"): (Role.user, False),
+    ("GET", "/healthz"): (None, False),
+    ("GET", "/readyz"): (None, False),
+    ("GET", "/api/version"): (None, False),
+    ("GET", "/metrics"): (Role.admin, False),
+    ("GET", "/api/workers"): (Role.admin, False),
+    ("GET", "/api/workers/{worker_id}"): (Role.admin, False),
+    ("POST", "/api/workers/{worker_id}/drain"): (Role.admin, False),
+    ("POST", "/api/workers/{worker_id}/resume"): (Role.admin, False),
+    ("GET", "/api/logs"): (Role.admin, False),
+    ("POST", "/api/keys"): (Role.admin, False),
+    ("GET", "/api/keys"): (Role.admin, False),
+    ("DELETE", "/api/keys/{key_id}"): (Role.admin, False),
+    ("GET", "/api/whoami"): (Role.user, False),
+    ("GET", "/api/models"): (Role.user, True),
+    ("POST", "/api/models/{name:path}/versions"): (Role.operator, True),
+    ("GET", "/api/models/{ref:path}/lineage"): (Role.user, True),
+    ("GET", "/api/models/{ref:path}/estimate"): (Role.user, True),
+    ("PUT", "/api/models/{ref:path}/tags/{tag}"): (Role.operator, True),
+    ("DELETE", "/api/models/{ref:path}/tags/{tag}"): (Role.operator, True),
+    ("GET", "/api/models/{ref:path}"): (Role.user, True),
+    ("DELETE", "/api/models/{ref:path}"): (Role.operator, True),
+    ("POST", "/api/blobs"): (Role.operator, False),
+    ("HEAD", "/api/blobs/{digest:path}"): (Role.user, False),
+    ("GET", "/api/blobs/{digest:path}"): (Role.user, False),
+    ("POST", "/api/uploads"): (Role.operator, False),
+    ("GET", "/api/uploads/{upload_id}"): (Role.operator, False),
+    ("PATCH", "/api/uploads/{upload_id}"): (Role.operator, False),
+    ("POST", "/api/uploads/{upload_id}/finish"): (Role.operator, False),
+    ("DELETE", "/api/uploads/{upload_id}"): (Role.operator, False),
+    ("POST", "/api/registry/gc"): (Role.admin, False),
+    ("POST", "/api/registry/verify"): (Role.operator, True),
+    ("GET", "/api/deployments"): (Role.user, True),
+    ("POST", "/api/deployments"): (Role.operator, True),
+    ("GET", "/api/deployments/{name}"): (Role.user, True),
+    ("PATCH", "/api/deployments/{name}"): (Role.operator, True),
+    ("DELETE", "/api/deployments/{name}"): (Role.operator, True),
+    ("POST", "/api/rebalance"): (Role.operator, True),
+    ("GET", "/api/nodes"): (Role.admin, False),
+    ("GET", "/api/nodes/{name}"): (Role.admin, False),
+    ("POST", "/api/nodes/{name}/cordon"): (Role.admin, False),
+    ("POST", "/api/nodes/{name}/uncordon"): (Role.admin, False),
+    ("POST", "/api/nodes/{name}/drain"): (Role.admin, False),
+    ("GET", "/api/events"): (Role.operator, True),
+}
+"""Each route: the least role it needs (None: anyone), and whether it works in a
+project (a key sees only its own). A change here is a change of who may do what."""
+
+
+def test_every_route_declares_the_role_it_needs(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path)
+    app = create_app(settings, MemoryBus(), Store(settings.db_url))
+    undeclared = [f"{m} {r.path}" for m, r in routes(app) if declared(r.endpoint) is UNDECLARED]
+    fast = [f"{m} {p}" for (m, p), endpoint in (openai.FAST_ROUTES | health.FAST_ROUTES).items()
+            if declared(endpoint) is UNDECLARED]
+    assert not undeclared and not fast, f"routes with no declared role: {undeclared + fast}"
+    assert {(m, r.path): (declared(r.endpoint), _scoped(r))
+            for m, r in routes(app)} == POLICY
+
+
+@pytest.mark.asyncio
+async def test_the_authorization_matrix(
+        served: tuple[FastAPI, httpx.AsyncClient, Keys]) -> None:
+    app, client, keys = served
+    by_role = {Role.user: keys.user, Role.operator: keys.operator, Role.admin: keys.admin}
+    failures: list[str] = []
+
+    async def expect(method: str, path: str, headers: dict[str, str], wanted: set[int],
+                     what: str, params: dict[str, str] | None = None) -> None:
+        body: Any = {} if method in ("POST", "PUT", "PATCH") else None
+        response = await client.request(method, path, headers=headers, params=params,
+                                        json=body)
+        if response.status_code not in wanted:
+            failures.append(f"{method} {path} {what}: {response.status_code} "
+                            f"{response.text[:120]}")
+
+    checked = 0
+    for method, route in routes(app):
+        needed = declared(route.endpoint)
+        if needed is None:
+            continue
+        assert isinstance(needed, Role)
+        path = _path(route)
+        checked += 1
+        await expect(method, path, {}, {401}, "with no key")
+        await expect(method, path, {"authorization": "Bearer nonsense"}, {401}, "malformed")
+        await expect(method, path, {"authorization": "Basic dTpw"}, {401}, "not a bearer")
+        await expect(method, path, bearer(keys.revoked), {401}, "revoked")
+        await expect(method, path, bearer(keys.expired), {401}, "expired")
+        for role, token in by_role.items():
+            if role < needed:
+                await expect(method, path, bearer(token), {403}, f"as {role.name}")
+        allowed = {s for s in range(200, 600)} - {401, 403}
+        await expect(method, path, bearer(by_role[needed]), allowed, f"as {needed.name}")
+        if _scoped(route) and needed < Role.admin:
+            await expect(method, path, bearer(by_role[needed]), {404},
+                         "for another project", params={"project": "b"})
+    assert checked > 40
+    assert not failures, "\n".join(failures)
+
+
+@pytest.mark.asyncio
+async def test_a_key_sees_only_its_own_project(
+        served: tuple[FastAPI, httpx.AsyncClient, Keys]) -> None:
+    _, client, keys = served
+    mine = await client.get("/api/deployments", headers=bearer(keys.operator))
+    assert [d["name"] for d in mine.json()["data"]] == ["model-a"]
+    other = await client.get("/api/deployments/model-b", headers=bearer(keys.operator),
+                             params={"project": "b"})
+    assert other.status_code == 404  # never a 403 that says it exists
+    models = await client.get("/v1/models", headers=bearer(keys.user))
+    assert [m["id"] for m in models.json()["data"]] == ["model-a"]
+    for headers in ({}, {"openai-project": "b"}):
+        answer = await client.post("/v1/completions", headers=bearer(keys.user) | headers,
+                                   json={"model": "model-b", "prompt": "x", "max_tokens": 1})
+        assert answer.status_code == 404
+    assert (await client.get("/api/deployments/model-b", headers=bearer(keys.admin),
+                             params={"project": "b"})).status_code == 200
+    admins = await client.get("/v1/models", headers=bearer(keys.admin) | {
+        "openai-project": "b"})
+    assert [m["id"] for m in admins.json()["data"]] == ["model-b"]
+    me = await client.get("/api/whoami", headers=bearer(keys.user))
+    assert me.json() | {"key_id": None} == {"key_id": None, "name": "user", "role": "user",
+                                            "project": "a"}
+
+
+@pytest.mark.asyncio
+async def test_open_until_the_first_key_then_keys_everywhere(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path)
+    store = Store(settings.db_url)
+    store.migrate()
+    bus = MemoryBus()
+    await bus.connect()
+    app = create_app(settings, bus, store)
+    async with app.router.lifespan_context(app), httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://localhost") as client:
+        assert (await client.get("/api/deployments")).status_code == 200  # open
+        assert (await client.get("/api/whoami")).json()["key_id"] is None
+        made = await client.post("/api/keys", json={"name": "first", "role": "admin"})
+        assert made.status_code == 201
+        token = made.json()["key"]
+        assert token.startswith("llmos-") and len(token) >= 6 + 12 + 1 + 43
+        assert (await client.get("/api/deployments")).status_code == 401
+        assert (await client.get("/api/deployments",
+                                 headers=bearer(token))).status_code == 200
+        listed = await client.get("/api/keys", headers=bearer(token))
+        assert [k["name"] for k in listed.json()["data"]] == ["first"]
+        assert token not in listed.text and "key" not in listed.json()["data"][0]
+        [row] = store.keys.list()
+        assert row.secret_sha256 != token and token.split(".")[1] not in row.secret_sha256
+    await bus.close()
+    store.close()
+
+
+@pytest.mark.asyncio
+async def test_beyond_loopback_keys_are_needed_before_any_exists(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path, host="0.0.0.0")
+    store = Store(settings.db_url)
+    store.migrate()
+    bus = MemoryBus()
+    await bus.connect()
+    app = create_app(settings, bus, store)
+    async with app.router.lifespan_context(app), httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://localhost") as client:
+        assert (await client.get("/api/deployments")).status_code == 401
+        assert (await client.get("/healthz")).status_code == 200
+    store.close()
+
+
+@pytest.mark.asyncio
+async def test_a_revoked_key_stops_working_on_every_gateway_within_a_second(
+        tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path)
+    store = Store(settings.db_url)
+    store.migrate()
+    row, token = store.keys.create("k", Role.admin, "default", now=time.time())
+    buses = [MemoryBus(), MemoryBus()]
+    for bus in buses:
+        await bus.connect()
+    apps = [create_app(settings, bus, Store(settings.db_url)) for bus in buses]
+    async with apps[0].router.lifespan_context(apps[0]), \
+            apps[1].router.lifespan_context(apps[1]):
+        first, second = (httpx.AsyncClient(transport=httpx.ASGITransport(app=a),
+                                           base_url="http://localhost") for a in apps)
+        assert (await second.get("/api/whoami", headers=bearer(token))).status_code == 200
+        revoked = await first.delete(f"/api/keys/{row.id}", headers=bearer(token))
+        assert revoked.status_code == 200 and revoked.json()["state"] == "revoked"
+        started = time.monotonic()
+        assert (await first.get("/api/whoami", headers=bearer(token))).status_code == 401
+        while (await second.get("/api/whoami", headers=bearer(token))).status_code != 401:
+            assert time.monotonic() - started < 1.0, "the other gateway still takes the key"
+            await asyncio.sleep(0.02)
+        await first.aclose()
+        await second.aclose()
+    store.close()
