@@ -102,6 +102,7 @@ async def serve(settings: Settings, *, deploy_default: bool = True,
     server = _server_class()(uvicorn.Config(
         app, host=settings.host, port=settings.port, log_config=None, access_log=False,
         http=JsonErrorsHttpToolsProtocol,
+        ssl_certfile=settings.tls_cert, ssl_keyfile=settings.tls_key,
         lifespan="on", timeout_graceful_shutdown=5))
     serving = asyncio.create_task(server.serve(), name="uvicorn")
     reconciling: asyncio.Task[None] | None = None

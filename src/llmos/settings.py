@@ -157,6 +157,9 @@ class Settings(BaseSettings):
         default_factory=list, description="host names the server answers to besides "
         "loopback names, IP addresses and the bind address ('*': any; a DNS-rebinding page "
         "sends its own name)")
+    tls_cert: Path | None = Field(None, description="the gateway's TLS certificate (PEM, "
+                                  "with its chain): it serves https")
+    tls_key: Path | None = Field(None, description="the private key of tls_cert (PEM)")
     cors_origins: list[str] = Field(
         default_factory=list, description="origins (scheme://host:port) whose pages may call "
         "the API from a browser ('*': any); every other cross-origin request is refused")
@@ -227,6 +230,12 @@ class Settings(BaseSettings):
     @property
     def models_dir(self) -> Path:
         return self.home / "models"
+
+    @model_validator(mode="after")
+    def _tls_in_pairs(self) -> Settings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together: give both, or neither")
+        return self
 
     @property
     def keys_always_required(self) -> bool:

@@ -1,5 +1,7 @@
-"""schemathesis against the OpenAPI schema of a throwaway `llmos serve`: every check on,
-response conformance included, bounded in examples; zero failures.
+"""schemathesis against the OpenAPI schema of a throwaway `llmos serve` that needs keys,
+sent an admin's: every check on, response conformance included, bounded in examples;
+zero failures. (``ignored_auth`` sends each operation that declares security with no
+key, and with a bad one, and expects the 401.)
 
 (``schemathesis.toml`` beside this file says which operations may also answer a
 schema-valid request with a 400, and why.)
@@ -24,7 +26,7 @@ CONFIG = Path(__file__).with_name("schemathesis.toml")
 def throwaway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     server = start_server(tmp_path_factory.mktemp("schemathesis-home"), extra_env={
         "LLMOS_ENGINE__SLOTS": "8", "LLMOS_ENGINE__MAX_TOKENS_LIMIT": "16",
-        "LLMOS_ENGINE__DEFAULT_MAX_TOKENS": "8"})
+        "LLMOS_ENGINE__DEFAULT_MAX_TOKENS": "8"}, args=["--init-admin-key"])
     try:
         yield server
     finally:
@@ -35,8 +37,10 @@ def throwaway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServe
 def test_every_operation_conforms_to_the_schema(throwaway: RunningServer,
                                                 tmp_path: Path) -> None:
     st = shutil.which("st", path=str(Path(sys.executable).parent)) or "st"
+    key = (throwaway.home / "admin.key").read_text().strip()
     done = subprocess.run(
         [st, "--config-file", str(CONFIG), "run", f"{throwaway.url}/openapi.json",
+         "--header", f"Authorization: Bearer {key}",
          "--checks", "all", "--max-examples", "20", "--generation-deterministic",
          "--phases", "examples,coverage,fuzzing",
          "--request-timeout", "60"],

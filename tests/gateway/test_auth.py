@@ -127,6 +127,7 @@ POLICY: dict[tuple[str, str], tuple[Role | None, bool]] = {
     ("GET", "/api/keys"): (Role.admin, False),
     ("DELETE", "/api/keys/{key_id}"): (Role.admin, False),
     ("GET", "/api/whoami"): (Role.user, False),
+    ("GET", "/api/audit"): (Role.admin, False),
     ("GET", "/api/models"): (Role.user, True),
     ("POST", "/api/models/{name:path}/versions"): (Role.operator, True),
     ("GET", "/api/models/{ref:path}/lineage"): (Role.user, True),
@@ -308,3 +309,40 @@ async def test_a_revoked_key_stops_working_on_every_gateway_within_a_second(
         await first.aclose()
         await second.aclose()
     store.close()
+
+
+@pytest.mark.asyncio
+async def test_management_actions_and_refusals_are_audited(
+        served: tuple[FastAPI, httpx.AsyncClient, Keys]) -> None:
+    _, client, keys = served
+    made = await client.post("/api/deployments", headers=bearer(keys.operator), json={
+        "name": "audited", "model": "m"})
+    refused = await client.delete("/api/deployments/model-a", headers=bearer(keys.user))
+    assert refused.status_code == 403
+    stranger = keys.revoked  # a revoked key: 401, its id kept
+    assert (await client.post("/api/rebalance", headers=bearer(stranger))).status_code == 401
+    assert (await client.get("/api/deployments", headers=bearer(keys.user))).status_code == 200
+
+    async def entries() -> list[dict[str, Any]]:
+        answer = await client.get("/api/audit", headers=bearer(keys.admin))
+        data: list[dict[str, Any]] = answer.json()["data"]
+        return data
+
+    deadline = time.monotonic() + 5
+    while len(found := await entries()) < 3:
+        assert time.monotonic() < deadline, found
+        await asyncio.sleep(0.05)
+    by_action = {(e["method"], e["action"]): e for e in found}
+    create = by_action[("POST", "create_deployment")]
+    assert (create["key_name"], create["role"], create["project"], create["status"]) == (
+        "operator", "operator", "a", made.status_code)
+    assert create["client"] and create["request_id"] == made.headers["x-request-id"]
+    denied = by_action[("DELETE", "delete_deployment")]
+    assert (denied["key_name"], denied["status"]) == ("user", 403)
+    unknown = next(e for e in found if e["status"] == 401)
+    assert unknown["key_id"] == stranger.split(".")[0].removeprefix("llmos-")
+    assert unknown["key_name"] is None and unknown["path"] == "/api/rebalance"
+    assert not any(e["method"] == "GET" and e["status"] == 200 for e in found)  # reads: no
+    failed = await client.get("/api/audit", headers=bearer(keys.admin),
+                              params={"failed": "true", "key_id": unknown["key_id"]})
+    assert [e["status"] for e in failed.json()["data"]] == [401]

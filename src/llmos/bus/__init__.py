@@ -15,6 +15,7 @@ BACKENDS: dict[str, str] = {
     "amqp": "llmos.bus.rabbitmq:RabbitMQBus",
     "amqps": "llmos.bus.rabbitmq:RabbitMQBus",
     "redis": "llmos.bus.redis_streams:RedisBus",
+    "rediss": "llmos.bus.redis_streams:RedisBus",
     "nats": "llmos.bus.nats_jetstream:NatsBus",
     "kafka": "llmos.bus.kafka:KafkaBus",
 }

@@ -59,6 +59,7 @@ from llmos.bus.base import (
     QueueOptions,
     Subscription,
     TopicHandler,
+    safe_url,
 )
 from llmos.bus.envelope import Running, hand_unacked, is_expired, public, with_expiry
 from llmos.errors import BusError, ConfigError, QueueFull
@@ -540,10 +541,13 @@ class KafkaBus(Bus):
             self.session_timeout_ms = int(query.get("session_timeout_ms", 10000))
             self.fetch_max_wait_ms = int(query.get("fetch_max_wait_ms", 100))
         except ValueError as exc:
-            raise ConfigError(f"bus URL {url}: partitions, session_timeout_ms and "
+            raise ConfigError(f"bus URL {safe_url(url)}: partitions, session_timeout_ms and "
                               "fetch_max_wait_ms must be whole numbers") from exc
         if not parts.netloc:
-            raise ConfigError(f"bus URL {url} names no broker (kafka://host:9092)")
+            raise ConfigError(f"bus URL {safe_url(url)} names no broker (kafka://host:9092)")
+        if "@" in parts.netloc:
+            raise ConfigError(f"bus URL {safe_url(url)}: credentials in a kafka:// URL (SASL) "
+                              "are not supported yet; use a broker that needs none")
         self.client_options: dict[str, Any] = {"bootstrap_servers": parts.netloc.split(",")}
         self._producer: Any = None
         self._admin: Any = None
@@ -560,7 +564,7 @@ class KafkaBus(Bus):
     @property
     def producer(self) -> Any:
         if self._producer is None:
-            raise BusError(f"bus {self.url} is not connected")
+            raise BusError(f"bus {safe_url(self.url)} is not connected")
         return self._producer
 
     async def connect(self) -> None:
@@ -577,7 +581,7 @@ class KafkaBus(Bus):
             self._topics = set(await self._admin.list_topics())
         except Exception as exc:
             await self.close()
-            raise BusError(f"cannot connect to Kafka at {self.url}: {exc}") from exc
+            raise BusError(f"cannot connect to Kafka at {safe_url(self.url)}: {exc}") from exc
 
     async def close(self) -> None:
         for consumer in list(self._consumers):

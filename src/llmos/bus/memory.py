@@ -18,6 +18,7 @@ from llmos.bus.base import (
     Subscription,
     TopicHandler,
     TopicMessage,
+    safe_url,
 )
 from llmos.errors import BusError, QueueFull
 
@@ -197,7 +198,7 @@ class MemoryBus(Bus):
 
     def _check(self) -> None:
         if not self._connected:
-            raise BusError(f"bus {self.url} is not connected")
+            raise BusError(f"bus {safe_url(self.url)} is not connected")
 
     async def declare_queue(self, name: str, options: QueueOptions | None = None) -> None:
         self._check()

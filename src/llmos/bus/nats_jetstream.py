@@ -52,6 +52,7 @@ from llmos.bus.base import (
     QueueOptions,
     Subscription,
     TopicHandler,
+    safe_url,
 )
 from llmos.bus.envelope import Running, hand_unacked, is_expired, public, with_expiry
 from llmos.errors import BusError, ConfigError, QueueFull
@@ -64,6 +65,8 @@ LARGE_BUCKET = "llmos-large"
 DEFAULT_ACK_WAIT_S = 10.0
 PULL_EXPIRES_S = 5.0
 PUBLISH_TIMEOUT_S = 10.0
+FIRST_CONNECT_S = 6.0
+"""How long the first connection may take (one attempt's 5 s, and slack)."""
 H_LARGE = "llmos-large"
 H_CONFIRM = "llmos-confirm"
 _HEADROOM = 8192  # bytes kept free under max_payload for headers and protocol
@@ -296,7 +299,7 @@ class NatsBus(Bus):
         try:
             self.ack_wait_s = float(query.get("ack_wait_s", [DEFAULT_ACK_WAIT_S])[0])
         except ValueError as exc:
-            raise ConfigError(f"bus URL {url}: ack_wait_s must be a number of seconds") \
+            raise ConfigError(f"bus URL {safe_url(url)}: ack_wait_s must be a number of seconds") \
                 from exc
         self._server = urlunsplit((parts.scheme, parts.netloc, "", "", ""))
         self._nc: Any = None
@@ -311,13 +314,13 @@ class NatsBus(Bus):
     @property
     def nc(self) -> Any:
         if self._nc is None:
-            raise BusError(f"bus {self.url} is not connected")
+            raise BusError(f"bus {safe_url(self.url)} is not connected")
         return self._nc
 
     @property
     def js(self) -> Any:
         if self._js is None:
-            raise BusError(f"bus {self.url} is not connected")
+            raise BusError(f"bus {safe_url(self.url)} is not connected")
         return self._js
 
     @property
@@ -333,30 +336,36 @@ class NatsBus(Bus):
         async def on_disconnected() -> None:
             if self._closing:
                 return
-            log.warning("lost the connection to NATS at %s; reconnecting", self._server)
+            log.warning("lost the connection to NATS at %s; reconnecting",
+                        safe_url(self._server))
 
         async def on_reconnected() -> None:
-            log.info("reconnected to NATS at %s", self._server)
+            log.info("reconnected to NATS at %s", safe_url(self._server))
             for consumer in list(self._consumers):
                 consumer.reset_pull()
             self._background(self._notify_reconnect())
 
         try:
-            self._nc = await nats.connect(
+            # With reconnects unbounded (for later), nats-py would also retry the first
+            # connection forever: a wrong address must fail instead.
+            self._nc = await asyncio.wait_for(nats.connect(
                 servers=[self._server], connect_timeout=5, allow_reconnect=True,
                 max_reconnect_attempts=-1, reconnect_time_wait=0.5,
                 error_cb=on_error, disconnected_cb=on_disconnected,
-                reconnected_cb=on_reconnected)
+                reconnected_cb=on_reconnected), FIRST_CONNECT_S)
+        except TimeoutError:
+            raise BusError(f"cannot connect to NATS at {safe_url(self._server)}: no answer "
+                           f"within {FIRST_CONNECT_S:g} s") from None
         except Exception as exc:
-            raise BusError(f"cannot connect to NATS at {self._server}: {exc}") from exc
+            raise BusError(f"cannot connect to NATS at {safe_url(self._server)}: {exc}") from exc
         self._js = self._nc.jetstream(timeout=PUBLISH_TIMEOUT_S)
         try:
             await self._js.account_info()
         except Exception as exc:
             await self._nc.close()
             self._nc = self._js = None
-            raise BusError(f"NATS at {self._server} has no JetStream (start it with -js): "
-                           f"{exc}") from exc
+            raise BusError(f"NATS at {safe_url(self._server)} has no JetStream (start it "
+                           f"with -js): {exc}") from exc
 
     async def close(self) -> None:
         self._closing = True

@@ -35,6 +35,7 @@ from llmos.bus.base import (
     Subscription,
     TopicHandler,
     TopicMessage,
+    safe_url,
 )
 from llmos.errors import BusError, QueueFull
 
@@ -222,13 +223,13 @@ class RabbitMQBus(Bus):
         try:
             self._connection = await aio_pika.connect_robust(self.url)
         except Exception as exc:  # aiormq and socket errors
-            raise BusError(f"cannot connect to RabbitMQ at {_safe(self.url)}: {exc}") from exc
+            raise BusError(f"cannot connect to RabbitMQ at {safe_url(self.url)}: {exc}") from exc
         self._confirmed = await self._connection.channel(publisher_confirms=True,
                                                          on_return_raises=True)
         self._fast = await self._connection.channel(publisher_confirms=False)
 
         async def reconnected(*_: Any) -> None:
-            log.warning("reconnected to RabbitMQ at %s", _safe(self.url))
+            log.warning("reconnected to RabbitMQ at %s", safe_url(self.url))
             for consumer in list(self._consumers):
                 task = asyncio.ensure_future(consumer.ensure_subscribed())
                 self._resubscribing.add(task)
@@ -244,7 +245,7 @@ class RabbitMQBus(Bus):
 
     def _channel(self) -> Any:
         if self._confirmed is None:
-            raise BusError(f"bus {_safe(self.url)} is not connected")
+            raise BusError(f"bus {safe_url(self.url)} is not connected")
         return self._confirmed
 
     async def declare_queue(self, name: str, options: QueueOptions | None = None) -> None:
@@ -376,11 +377,3 @@ class RabbitMQBus(Bus):
 _TOPIC_BACKLOG = 10_000
 
 
-def _safe(url: str) -> str:
-    """The URL without its password, for messages."""
-    if "@" not in url:
-        return url
-    scheme, _, rest = url.partition("://")
-    credentials, _, host = rest.rpartition("@")
-    user = credentials.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{host}"

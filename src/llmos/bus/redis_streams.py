@@ -49,6 +49,7 @@ from llmos.bus.base import (
     Subscription,
     TopicHandler,
     TopicMessage,
+    safe_url,
 )
 from llmos.errors import BusError, QueueFull
 
@@ -316,7 +317,7 @@ class RedisBus(Bus):
     @property
     def redis(self) -> Any:
         if self._redis is None:
-            raise BusError(f"bus {self.url} is not connected")
+            raise BusError(f"bus {safe_url(self.url)} is not connected")
         return self._redis
 
     async def connect(self) -> None:
@@ -343,7 +344,7 @@ class RedisBus(Bus):
             await self._redis.aclose()
             await pool.disconnect()
             self._redis = None
-            raise BusError(f"cannot connect to Redis at {self.url}: {exc}") from exc
+            raise BusError(f"cannot connect to Redis at {safe_url(self.url)}: {exc}") from exc
 
     async def close(self) -> None:
         for consumer in list(self._consumers):

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import json
+import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -210,6 +211,9 @@ def run(base: str, model: str, system: str | None, max_tokens: int | None,
         out: Console) -> None:
     session = Session(model, system, settings={"max_tokens": max_tokens} if max_tokens
                       else {})
+    # Ctrl-C is how an answer stops: Python turns SIGINT into KeyboardInterrupt only if
+    # it was not ignored when the process started (a shell's background job ignores it).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     with http_client(base) as client:
         try:
             check_model(client, base, model)

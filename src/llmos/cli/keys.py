@@ -88,3 +88,36 @@ def whoami(output: OutputOption = None, as_json: JsonOption = False,
         return
     sys.stdout.write(f"key {me['key_id']} ({me['name']}): {me['role']} in project "
                      f"{me['project']}\n")
+
+
+def audit(
+    key: Annotated[str | None, typer.Option("--key", help="only this key's actions")] = None,
+    project: Annotated[str | None, typer.Option(help="only this project's")] = None,
+    action: Annotated[str | None, typer.Option(
+        help="only this endpoint's (create_deployment, revoke_key, …)")] = None,
+    since: Annotated[str | None, typer.Option(help="only the last span: 30m, 12h, 7d")
+                     ] = None,
+    failed: Annotated[bool, typer.Option(help="only refused or failed ones")] = False,
+    tail: Annotated[int, typer.Option("--tail", "-n", min=1, max=10_000)] = 100,
+    output: OutputOption = None, as_json: JsonOption = False, url: UrlOption = None,
+) -> None:
+    """The audit log: who changed what through the management API, when, from where,
+    with what result (and every refused attempt)."""
+    params: dict[str, object] = {"limit": tail, "failed": failed}
+    for name, value in (("key_id", key), ("project", project), ("action", action)):
+        if value:
+            params[name] = value
+    if since:
+        params["since"] = time.time() - parse_span(since)
+    rows = call_api("GET", server_url(url), "/api/audit", params=params)["data"]
+    listing = Listing(("WHEN", "KEY", "ROLE", "PROJECT", "ACTION", "STATUS", "CLIENT",
+                       "REQUEST"))
+    now = time.time()
+    for e in rows:
+        who = f"{e['key_id']} ({e['key_name']})" if e["key_name"] else (e["key_id"] or "-")
+        listing.add(_when(e["at"], now), who, e["role"] or "-", e["project"] or "-",
+                    f"{e['method']} {e['path']}" + (f" [{e['action']}]" if e["action"]
+                                                     else ""),
+                    str(e["status"]), e["client"] or "-", e["request_id"] or "-",
+                    id=str(e["id"]))
+    show(rows, [listing], chosen(output, as_json))

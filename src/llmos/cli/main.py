@@ -25,7 +25,7 @@ from llmos.cli.client import (
 )
 from llmos.cli.cluster import deploy, deployments_app, events, nodes_app, rebalance
 from llmos.cli.config import config_app
-from llmos.cli.keys import keys_app, whoami
+from llmos.cli.keys import audit, keys_app, whoami
 from llmos.cli.logs import logs
 from llmos.cli.models import models_app
 from llmos.cli.output import (
@@ -83,6 +83,9 @@ def serve(
     init_admin_key: Annotated[bool, typer.Option(
         help="make an admin API key unless a live one exists; its token goes to "
              "admin.key in the state directory")] = False,
+    tls_cert: Annotated[Path | None, typer.Option(
+        help="serve https with this certificate (PEM, with its chain)")] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="the certificate's key (PEM)")] = None,
     worker: Annotated[bool, typer.Option(
         help="run the default model's replica here (--no-worker: `llmos worker` "
              "processes serve it over the bus)")] = True,
@@ -97,6 +100,7 @@ def serve(
     from llmos.server import serve as run_server
 
     given: dict[str, Any] = {"host": host, "port": port, "bus_url": bus, "home": home,
+                             "tls_cert": tls_cert, "tls_key": tls_key,
                              "config": config, "storage_url": storage,
                              "allowed_hosts": allowed_host or None,
                              "cors_origins": cors_origin or None}
@@ -204,6 +208,9 @@ def control_command(
     init_admin_key: Annotated[bool, typer.Option(
         help="make an admin API key unless a live one exists; its token goes to "
              "admin.key in the state directory")] = False,
+    tls_cert: Annotated[Path | None, typer.Option(
+        help="serve https with this certificate (PEM, with its chain)")] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="the certificate's key (PEM)")] = None,
 ) -> None:
     """Run a control plane: the OpenAI and management APIs, the registry and the
     controller, with no node of its own. Run several behind a load balancer: one
@@ -211,7 +218,8 @@ def control_command(
     from llmos.server import run_control
 
     given: dict[str, Any] = {"bus_url": bus, "database_url": db, "storage_url": storage,
-                             "host": host, "port": port, "home": home, "config": config}
+                             "host": host, "port": port, "home": home, "config": config,
+                             "tls_cert": tls_cert, "tls_key": tls_key}
     if insecure:
         given["insecure"] = True
     _run_with_settings(given, {}, lambda settings: run_control(settings,
@@ -302,6 +310,7 @@ app.add_typer(nodes_app, name="nodes")
 app.add_typer(config_app, name="config")
 app.add_typer(keys_app, name="keys")
 app.command("whoami")(whoami)
+app.command("audit")(audit)
 app.command("logs")(logs)
 app.command("deploy")(deploy)
 app.command("ps")(ps)

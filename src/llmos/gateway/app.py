@@ -10,10 +10,13 @@ from typing import Any
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
+from fastapi.routing import APIRoute
 
 from llmos import __version__
+from llmos.auth.roles import Role
 from llmos.bus import Bus
-from llmos.gateway.auth import Authenticate, KeyBook, authorize
+from llmos.gateway.audit import AuditTrail, AuditWriter
+from llmos.gateway.auth import Authenticate, KeyBook, authorize, declared
 from llmos.gateway.body import component_schemas
 from llmos.gateway.catalog import Catalog
 from llmos.gateway.control import WorkerControl
@@ -24,6 +27,7 @@ from llmos.gateway.guard import BrowserGuard
 from llmos.gateway.health import probe_until_ready
 from llmos.gateway.middleware import RequestIdMiddleware
 from llmos.gateway.routes import (
+    audit,
     cluster,
     health,
     keys,
@@ -40,7 +44,7 @@ from llmos.settings import Settings
 from llmos.store import Store
 
 ROUTERS = (openai.router, responses.router, health.router, workers.router, logs.router,
-           keys.router, models.router, cluster.router)
+           keys.router, audit.router, models.router, cluster.router)
 """Every route of the API (each declares the role it needs: gateway/auth.py)."""
 
 
@@ -52,6 +56,7 @@ def create_app(settings: Settings, bus: Bus, store: Store,
     ready."""
     state = GatewayState(
         keys=KeyBook(store, required_without_keys=settings.keys_always_required),
+        audit=AuditWriter(store),
         probe_model=None if control_plane else settings.default_model,
         registry=registry or LocalRegistry(settings.models_dir),
         settings=settings,
@@ -63,6 +68,7 @@ def create_app(settings: Settings, bus: Bus, store: Store,
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await asyncio.to_thread(state.keys.refresh)
+        state.audit.start()
         await state.dispatcher.start()
         await state.workers.start()
         tasks = [asyncio.create_task(probe_until_ready(state), name="readiness-probe"),
@@ -77,6 +83,7 @@ def create_app(settings: Settings, bus: Bus, store: Store,
                     await task
             await state.workers.stop()
             await state.dispatcher.stop()
+            await state.audit.stop()
             await state.catalog.close()
 
     app = FastAPI(title="LLMOS", version=__version__, lifespan=lifespan,
@@ -95,6 +102,7 @@ def create_app(settings: Settings, bus: Bus, store: Store,
                        cors_origins=settings.cors_origins,
                        max_body_bytes=settings.limits.max_body_bytes)
     app.add_middleware(Authenticate, book=state.keys)
+    app.add_middleware(AuditTrail, writer=state.audit)
     app.add_middleware(RequestIdMiddleware)  # (the outer one: the fast routes need its id)
     for router in ROUTERS:
         app.include_router(router)
@@ -122,15 +130,28 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     if app.openapi_schema is None:
         schema = get_openapi(title=app.title, version=app.version,
                              description=app.description, routes=app.routes)
-        for path in schema.get("paths", {}).values():
-            for operation in path.values():
+        roles = {(method.lower(), route.path.replace(":path}", "}")): declared(route.endpoint)
+                 for router in ROUTERS for route in router.routes
+                 if isinstance(route, APIRoute) for method in route.methods or ()}
+        for path_name, path in schema.get("paths", {}).items():
+            for method, operation in path.items():
+                role = roles.get((method, path_name))
+                if isinstance(role, Role):
+                    operation["security"] = [{"bearer": []}]
+                    operation["x-llmos-role"] = role.name
                 responses = operation.setdefault("responses", {})
                 responses.pop("422", None)
                 extra = _EVERY_OPERATION | (_WITH_BODY if "requestBody" in operation else {})
                 for status, text in extra.items():
                     responses.setdefault(status, {"description": text, "content": {
                         "application/json": {"schema": _ERROR}}})
-        schemas = schema.setdefault("components", {}).setdefault("schemas", {})
+        components = schema.setdefault("components", {})
+        components["securitySchemes"] = {"bearer": {
+            "type": "http", "scheme": "bearer",
+            "description": "an API key, llmos-<id>.<secret> (needed once a key exists, or "
+                           "beyond loopback; x-llmos-role: the least role an operation "
+                           "needs)"}}
+        schemas = components.setdefault("schemas", {})
         schemas.update(component_schemas())
         schemas.pop("HTTPValidationError", None)
         schemas.pop("ValidationError", None)

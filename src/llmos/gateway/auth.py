@@ -32,12 +32,12 @@ from llmos.auth.keys import matches, parse
 from llmos.auth.roles import OPEN, Principal, Role
 from llmos.errors import Forbidden, LLMOSError, NotFound, Unauthorized
 from llmos.gateway.errors import error_response
+from llmos.registry.local import PROJECT_PATTERN
 from llmos.store import Store
 
 log = logging.getLogger(__name__)
 
 RELOAD_INTERVAL_S = 0.5
-PROJECT_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
 F = TypeVar("F", bound=Callable[..., Any])
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from llmos.gateway.audit import AuditWriter
 from llmos.gateway.auth import KeyBook
 from llmos.gateway.catalog import Catalog
 from llmos.gateway.control import WorkerControl
@@ -17,6 +18,7 @@ from llmos.store import Deployment
 class GatewayState:
     settings: Settings
     keys: KeyBook
+    audit: AuditWriter
     dispatcher: Dispatcher
     catalog: Catalog
     workers: WorkerControl

@@ -9,6 +9,7 @@ from sqlalchemy import create_engine, delete, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from llmos.store.audit import Audit
 from llmos.store.cluster import Events, Leases, Nodes, Replicas
 from llmos.store.keys import Keys
 from llmos.store.tables import Deployment
@@ -29,6 +30,7 @@ class Store:
         self.events = Events(self._sessions)
         self.leases = Leases(self._sessions)
         self.keys = Keys(self._sessions)
+        self.audit = Audit(self._sessions)
 
     def migrate(self) -> None:
         """Bring the schema to the newest migration (idempotent)."""

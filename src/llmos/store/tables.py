@@ -141,3 +141,24 @@ class ApiKey(Base):
     revoked_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     changed_at: Mapped[float] = mapped_column(Float, nullable=False, index=True)
     """Made or revoked: gateways reload their keys when the newest of these moves."""
+
+
+class AuditEntry(Base):
+    """A management action: who (key), what (endpoint, path), when, from where (client
+    address) and its result (HTTP status)."""
+
+    __tablename__ = "audit"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[float] = mapped_column(Float, nullable=False, index=True)
+    key_id: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
+    key_name: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    role: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    project: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    method: Mapped[str] = mapped_column(String(8), nullable=False)
+    path: Mapped[str] = mapped_column(String(512), nullable=False)
+    action: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    """The endpoint's name (``create_deployment``), or none when no route matched."""
+    status: Mapped[int] = mapped_column(Integer, nullable=False)
+    client: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    request_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
