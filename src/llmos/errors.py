@@ -60,6 +60,21 @@ class Unauthorized(LLMOSError):
     code = "invalid_api_key"
 
 
+class RateLimited(LLMOSError):
+    """Over a key's or a project's rate limit or quota (a 429 with Retry-After and
+    OpenAI's ``x-ratelimit-*`` headers)."""
+
+    status = 429
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, kind: str, retry_after_s: int,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.type = kind
+        self.retry_after_s = retry_after_s
+        self.headers = dict(headers or {})
+
+
 class Forbidden(LLMOSError):
     status = 403
     type = "invalid_request_error"

@@ -101,3 +101,22 @@ def test_init_admin_key_makes_one_only_while_no_live_admin_key_exists(tmp_path: 
     assert (tmp_path / "admin.key").read_text() != first
     assert [k.role for k in store.keys.list()] == [Role.admin.name] * 2
     store.close()
+
+
+def test_a_key_over_its_limit_gets_openais_rate_limit_error(guarded: Guarded) -> None:
+    url = ["--url", guarded.server.url]
+    made = llmos("keys", "create", "bob", "--rpm", "1", *url,
+                 env={"LLMOS_API_KEY": guarded.admin})
+    assert made.returncode == 0, made.stderr
+    bob = made.stdout.strip()
+    time.sleep(1.0)  # (every gateway knows a new key within 0.5 s)
+    with openai.OpenAI(base_url=guarded.server.api, api_key=bob, max_retries=0) as client:
+        client.completions.create(model=MODEL, prompt="1, 2,", max_tokens=2)
+        with pytest.raises(openai.RateLimitError) as limited:
+            client.completions.create(model=MODEL, prompt="1, 2,", max_tokens=2)
+    headers = limited.value.response.headers
+    assert int(headers["retry-after"]) >= 1 and headers["x-ratelimit-limit-requests"] == "1"
+    time.sleep(1.0)  # (usage reaches the store every 0.5 s)
+    used = json.loads(llmos("usage", "-o", "json", *url,
+                            env={"LLMOS_API_KEY": bob}).stdout)
+    assert [(u["requests"], u["tokens"] > 0) for u in used] == [(1, True)]

@@ -22,7 +22,24 @@ from llmos.cli.output import (
 )
 
 keys_app = typer.Typer(help="API keys: create one (its token is shown once), list, "
-                            "revoke.", no_args_is_help=True)
+                            "revoke, limit.", no_args_is_help=True)
+
+RpmOption = Annotated[int | None, typer.Option(help="requests per minute", min=1)]
+TpmOption = Annotated[int | None, typer.Option(help="tokens per minute", min=1)]
+ConcurrentOption = Annotated[int | None, typer.Option(help="requests in flight at once",
+                                                      min=1)]
+PerDayOption = Annotated[int | None, typer.Option(help="tokens per UTC day", min=1)]
+
+
+def _limits(rpm: int | None, tpm: int | None, concurrent: int | None,
+            tokens_per_day: int | None) -> dict[str, int]:
+    given = {"rpm": rpm, "tpm": tpm, "concurrent": concurrent,
+             "tokens_per_day": tokens_per_day}
+    return {k: v for k, v in given.items() if v is not None}
+
+
+def _shown(limits: dict[str, object]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in limits.items() if v is not None) or "-"
 
 
 def _when(at: float | None, now: float) -> str:
@@ -39,11 +56,14 @@ def keys_create(
     expires: Annotated[str | None, typer.Option(
         help="it stops working after this span: 30s, 10m, 12h, 90d (default: never)")
     ] = None,
+    rpm: RpmOption = None, tpm: TpmOption = None, concurrent: ConcurrentOption = None,
+    tokens_per_day: PerDayOption = None,
     output: OutputOption = None, as_json: JsonOption = False, url: UrlOption = None,
 ) -> None:
     """Create a key. Its token is printed once, on stdout; keep it (only its hash is
     stored)."""
-    body: dict[str, object] = {"name": name, "role": role, "project": project}
+    body: dict[str, object] = {"name": name, "role": role, "project": project,
+                               "limits": _limits(rpm, tpm, concurrent, tokens_per_day)}
     if expires:
         body["expires_in_s"] = parse_span(expires, "'--expires'")
     made = call_api("POST", server_url(url), "/api/keys", json=body)
@@ -62,10 +82,12 @@ def keys_ls(project: Annotated[str | None, typer.Option(help="only this project'
     params = {"project": project} if project else {}
     rows = call_api("GET", server_url(url), "/api/keys", params=params)["data"]
     now = time.time()
-    listing = Listing(("ID", "NAME", "ROLE", "PROJECT", "STATE", "CREATED", "EXPIRES"))
+    listing = Listing(("ID", "NAME", "ROLE", "PROJECT", "STATE", "CREATED", "EXPIRES",
+                       "LIMITS"))
     for k in rows:
         listing.add(k["id"], k["name"], k["role"], k["project"], k["state"],
-                    _when(k["created_at"], now), _when(k["expires_at"], now))
+                    _when(k["created_at"], now), _when(k["expires_at"], now),
+                    _shown(k["limits"]))
     show(rows, [listing], chosen(output, as_json), quiet)
 
 
@@ -75,6 +97,60 @@ def keys_revoke(key_id: Annotated[str, typer.Argument(help="the key's id")],
     """Revoke a key: every gateway refuses it within a second."""
     revoked = call_api("DELETE", server_url(url), f"/api/keys/{key_id}")
     err.print(f"revoked key {revoked['id']} ({revoked['name']})")
+
+
+@keys_app.command("limit")
+def keys_limit(key_id: Annotated[str, typer.Argument(help="the key's id")],
+               rpm: RpmOption = None, tpm: TpmOption = None,
+               concurrent: ConcurrentOption = None, tokens_per_day: PerDayOption = None,
+               url: UrlOption = None) -> None:
+    """Set a key's limits (those not given: no limit)."""
+    changed = call_api("PATCH", server_url(url), f"/api/keys/{key_id}", json={
+        "limits": _limits(rpm, tpm, concurrent, tokens_per_day)})
+    err.print(f"key {changed['id']}: {_shown(changed['limits'])}")
+
+
+projects_app = typer.Typer(help="Projects: their limits over all their keys.",
+                           no_args_is_help=True)
+
+
+@projects_app.command("limit")
+def projects_limit(project: Annotated[str, typer.Argument(help="the project")],
+                   rpm: RpmOption = None, tpm: TpmOption = None,
+                   concurrent: ConcurrentOption = None, tokens_per_day: PerDayOption = None,
+                   url: UrlOption = None) -> None:
+    """Set a project's limits, over all its keys together (those not given: no limit)."""
+    limits = call_api("PUT", server_url(url), f"/api/projects/{project}/limits",
+                      json=_limits(rpm, tpm, concurrent, tokens_per_day))
+    err.print(f"project {project}: {_shown(limits)}")
+
+
+@projects_app.command("show")
+def projects_show(project: Annotated[str, typer.Argument(help="the project")],
+                  output: OutputOption = None, as_json: JsonOption = False,
+                  url: UrlOption = None) -> None:
+    """A project's limits."""
+    limits = call_api("GET", server_url(url), f"/api/projects/{project}/limits")
+    if not data(limits, chosen(output, as_json)):
+        sys.stdout.write(f"{project}: {_shown(limits)}\n")
+
+
+def usage(days: Annotated[int, typer.Option(help="the last N UTC days", min=1, max=366)] = 7,
+          project: Annotated[str | None, typer.Option(help="one project's (operators: "
+                                                           "their own)")] = None,
+          output: OutputOption = None, as_json: JsonOption = False,
+          url: UrlOption = None) -> None:
+    """Requests and tokens per day: your key's; an operator's project and its keys; an
+    admin's every one."""
+    params: dict[str, object] = {"days": days}
+    if project:
+        params["project"] = project
+    rows = call_api("GET", server_url(url), "/api/usage", params=params)["data"]
+    listing = Listing(("DAY", "SCOPE", "REQUESTS", "TOKENS"))
+    for r in rows:
+        listing.add(r["day"], r["scope"], str(r["requests"]), str(r["tokens"]),
+                    id=r["scope"])
+    show(rows, [listing], chosen(output, as_json))
 
 
 def whoami(output: OutputOption = None, as_json: JsonOption = False,

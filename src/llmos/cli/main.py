@@ -25,7 +25,7 @@ from llmos.cli.client import (
 )
 from llmos.cli.cluster import deploy, deployments_app, events, nodes_app, rebalance
 from llmos.cli.config import config_app
-from llmos.cli.keys import audit, keys_app, whoami
+from llmos.cli.keys import audit, keys_app, projects_app, usage, whoami
 from llmos.cli.logs import logs
 from llmos.cli.models import models_app
 from llmos.cli.output import (
@@ -311,6 +311,8 @@ app.add_typer(config_app, name="config")
 app.add_typer(keys_app, name="keys")
 app.command("whoami")(whoami)
 app.command("audit")(audit)
+app.command("usage")(usage)
+app.add_typer(projects_app, name="projects")
 app.command("logs")(logs)
 app.command("deploy")(deploy)
 app.command("ps")(ps)

@@ -25,6 +25,7 @@ from llmos.gateway.errors import HANDLERS, install_error_handlers
 from llmos.gateway.fastpath import FastRoutes
 from llmos.gateway.guard import BrowserGuard
 from llmos.gateway.health import probe_until_ready
+from llmos.gateway.metering import Metering, UsageBook
 from llmos.gateway.middleware import RequestIdMiddleware
 from llmos.gateway.routes import (
     audit,
@@ -57,6 +58,7 @@ def create_app(settings: Settings, bus: Bus, store: Store,
     state = GatewayState(
         keys=KeyBook(store, required_without_keys=settings.keys_always_required),
         audit=AuditWriter(store),
+        usage=UsageBook(store),
         probe_model=None if control_plane else settings.default_model,
         registry=registry or LocalRegistry(settings.models_dir),
         settings=settings,
@@ -73,6 +75,7 @@ def create_app(settings: Settings, bus: Bus, store: Store,
         await state.workers.start()
         tasks = [asyncio.create_task(probe_until_ready(state), name="readiness-probe"),
                  asyncio.create_task(state.keys.follow(), name="api-keys"),
+                 asyncio.create_task(state.usage.follow(), name="usage"),
                  asyncio.create_task(fail_stranded(state), name="stranded-requests")]
         try:
             yield
@@ -101,6 +104,7 @@ def create_app(settings: Settings, bus: Bus, store: Store,
                        allowed_hosts=settings.allowed_hosts,
                        cors_origins=settings.cors_origins,
                        max_body_bytes=settings.limits.max_body_bytes)
+    app.add_middleware(Metering, book=state.usage)
     app.add_middleware(Authenticate, book=state.keys)
     app.add_middleware(AuditTrail, writer=state.audit)
     app.add_middleware(RequestIdMiddleware)  # (the outer one: the fast routes need its id)

@@ -29,6 +29,7 @@ from fastapi import Depends, Query, Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from llmos.auth.keys import matches, parse
+from llmos.auth.limits import Limits
 from llmos.auth.roles import OPEN, Principal, Role
 from llmos.errors import Forbidden, LLMOSError, NotFound, Unauthorized
 from llmos.gateway.errors import error_response
@@ -38,6 +39,7 @@ from llmos.store import Store
 log = logging.getLogger(__name__)
 
 RELOAD_INTERVAL_S = 0.5
+NO_LIMITS = Limits()
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -47,6 +49,7 @@ class _Entry:
     principal: Principal
     expires_at: float | None
     revoked: bool
+    limits: Limits
 
 
 class KeyBook:
@@ -55,7 +58,8 @@ class KeyBook:
         self.required_without_keys = required_without_keys
         """Keys are required even before one exists (a non-loopback address)."""
         self._entries: dict[str, _Entry] = {}
-        self._stamp: tuple[int, float] | None = None
+        self._projects: dict[str, Limits] = {}
+        self._stamp: tuple[int, float, float] | None = None
 
     @property
     def required(self) -> bool:
@@ -71,9 +75,17 @@ class KeyBook:
         for row in self.store.keys.list():
             entries[row.id] = _Entry(
                 row.secret_sha256, Principal(row.id, row.name, Role[row.role], row.project),
-                row.expires_at, row.revoked_at is not None)
-        self._entries, self._stamp = entries, stamp
+                row.expires_at, row.revoked_at is not None, Limits(**row.limits))
+        projects = {name: Limits(**limits)
+                    for name, limits in self.store.keys.project_limits().items()}
+        self._entries, self._projects, self._stamp = entries, projects, stamp
         return True
+
+    def limits(self, principal: Principal, project: str) -> tuple[Limits, Limits]:
+        """The limits of the principal's key and of the project (no limit: ``Limits()``)."""
+        entry = self._entries.get(principal.key_id) if principal.key_id else None
+        return (entry.limits if entry else NO_LIMITS,
+                self._projects.get(project, NO_LIMITS))
 
     async def follow(self, interval_s: float = RELOAD_INTERVAL_S) -> None:
         """Keep the book current (a revoked key stops working within ``interval_s`` and a

@@ -25,9 +25,11 @@ def error_body(message: str, type_: str, *, param: str | None = None,
 
 
 def error_response(exc: LLMOSError) -> JSONResponse:
-    headers = {"retry-after": str(exc.retry_after_s)} if exc.retry_after_s else None
+    headers = dict(getattr(exc, "headers", None) or {})
+    if exc.retry_after_s:
+        headers["retry-after"] = str(exc.retry_after_s)
     return JSONResponse(error_body(exc.message, exc.type, param=exc.param, code=exc.code),
-                        status_code=exc.status, headers=headers)
+                        status_code=exc.status, headers=headers or None)
 
 
 def sse_error(exc: LLMOSError) -> bytes:

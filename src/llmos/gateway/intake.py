@@ -3,6 +3,7 @@ deployment, the engine's body."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from fastapi import Request
@@ -10,8 +11,9 @@ from fastapi import Request
 from llmos.errors import BadRequest, NoReplica, UnsupportedParameter
 from llmos.gateway import toolcalls
 from llmos.gateway.answers import PLAIN, Shape
-from llmos.gateway.auth import inference_project
+from llmos.gateway.auth import inference_project, principal_of
 from llmos.gateway.limits import check_request
+from llmos.gateway.metering import rate_headers
 from llmos.gateway.middleware import note
 from llmos.gateway.schemas import (
     ChatCompletionCreate,
@@ -60,9 +62,26 @@ async def admit(state: GatewayState, request: Request,
     elif max_tokens > limits.max_tokens_limit:
         raise BadRequest(f"max_tokens is {max_tokens} but this server allows at most "
                          f"{limits.max_tokens_limit}", param="max_tokens")
+    meter(state, request, deployment.project, max_tokens * (body.n or 1))
     if not await state.workers.wait_for_replica(deployment.name,
                                                 state.replica_wait_s(deployment)):
         raise NoReplica(no_replica_message(deployment))
     engine_body |= limits.sampling.given() | body.sampling()
     engine_body["max_tokens"] = max_tokens
     return deployment, explicit
+
+
+def meter(state: GatewayState, request: Request, project: str, max_tokens: int) -> None:
+    """Counts the request against its key's and its project's limits (a 429 if it would
+    break one), expecting its prompt (about a token per 4 bytes of body) and
+    ``max_tokens`` more; the response's end settles the count (``Metering``)."""
+    principal = principal_of(request.scope)
+    key_limits, project_limits = state.keys.limits(principal, project)
+    scopes = [(f"project:{project}", project_limits, f"project {project}")]
+    if principal.key_id is not None:
+        scopes.insert(0, (f"key:{principal.key_id}", key_limits, f"key {principal.key_id}"))
+    size = int(request.headers.get("content-length") or 0)
+    ticket, room = state.usage.admit(scopes, max_tokens + size // 4, time.time())
+    request.scope["state"]["ticket"] = ticket
+    if room is not None:
+        request.scope["state"]["rate_headers"] = rate_headers(room)

@@ -9,6 +9,7 @@ from llmos.gateway.auth import KeyBook
 from llmos.gateway.catalog import Catalog
 from llmos.gateway.control import WorkerControl
 from llmos.gateway.dispatch import Dispatcher
+from llmos.gateway.metering import UsageBook
 from llmos.registry import LocalRegistry
 from llmos.settings import EngineSettings, Settings
 from llmos.store import Deployment
@@ -19,6 +20,7 @@ class GatewayState:
     settings: Settings
     keys: KeyBook
     audit: AuditWriter
+    usage: UsageBook
     dispatcher: Dispatcher
     catalog: Catalog
     workers: WorkerControl

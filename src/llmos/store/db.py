@@ -13,6 +13,7 @@ from llmos.store.audit import Audit
 from llmos.store.cluster import Events, Leases, Nodes, Replicas
 from llmos.store.keys import Keys
 from llmos.store.tables import Deployment
+from llmos.store.usage import Usage
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 
@@ -31,6 +32,7 @@ class Store:
         self.leases = Leases(self._sessions)
         self.keys = Keys(self._sessions)
         self.audit = Audit(self._sessions)
+        self.usage = Usage(self._sessions)
 
     def migrate(self) -> None:
         """Bring the schema to the newest migration (idempotent)."""

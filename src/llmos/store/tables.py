@@ -141,6 +141,8 @@ class ApiKey(Base):
     revoked_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     changed_at: Mapped[float] = mapped_column(Float, nullable=False, index=True)
     """Made or revoked: gateways reload their keys when the newest of these moves."""
+    limits: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict, nullable=False)
+    """Its rate limits and quota (rpm, tpm, concurrent, tokens_per_day; none: no limit)."""
 
 
 class AuditEntry(Base):
@@ -162,3 +164,37 @@ class AuditEntry(Base):
     status: Mapped[int] = mapped_column(Integer, nullable=False)
     client: Mapped[str | None] = mapped_column(String(64), nullable=True)
     request_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+
+
+class ProjectLimits(Base):
+    """A project's rate limits and quota, over all its keys together."""
+
+    __tablename__ = "project_limits"
+
+    project: Mapped[str] = mapped_column(String(64), primary_key=True)
+    limits: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict, nullable=False)
+    changed_at: Mapped[float] = mapped_column(Float, nullable=False)
+
+
+class UsageWindow(Base):
+    """Requests and tokens of one scope (``key:ID``, ``project:NAME``) in one window: a
+    minute (``m``, for rates) or a UTC day (``d``, for quotas and usage)."""
+
+    __tablename__ = "usage"
+
+    scope: Mapped[str] = mapped_column(String(96), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(1), primary_key=True)
+    start: Mapped[int] = mapped_column(Integer, primary_key=True)
+    requests: Mapped[int] = mapped_column(Integer, default=0, nullable=False)
+    tokens: Mapped[int] = mapped_column(Integer, default=0, nullable=False)
+
+
+class InFlight(Base):
+    """Requests one gateway has in flight for one scope, as of ``updated_at``."""
+
+    __tablename__ = "in_flight"
+
+    gateway: Mapped[str] = mapped_column(String(64), primary_key=True)
+    scope: Mapped[str] = mapped_column(String(96), primary_key=True)
+    count: Mapped[int] = mapped_column(Integer, default=0, nullable=False)
+    updated_at: Mapped[float] = mapped_column(Float, nullable=False)

@@ -1,0 +1,134 @@
+"""Rate limits and usage at the gateway: 429s in OpenAI's shape with Retry-After and the
+x-ratelimit-* headers, per key and per project, held across two gateways."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+import httpx
+import pytest
+import pytest_asyncio
+
+from llmos.auth.roles import Role
+from llmos.bus.memory import MemoryBus
+from llmos.gateway.app import create_app
+from llmos.settings import Settings
+from llmos.store import Store
+
+BODY = {"model": "m", "prompt": "x", "max_tokens": 4}
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {token}"}
+
+
+@pytest_asyncio.fixture
+async def gateways(tmp_path: Path) -> AsyncIterator[tuple[list[httpx.AsyncClient], Store]]:
+    """Two gateways on one store (no replica: requests are counted, then 503)."""
+    settings = Settings(home=tmp_path, limits={"no_replica_wait_s": 0.05})
+    store = Store(settings.db_url)
+    store.migrate()
+    store.upsert_deployment("m", "m")
+    async with AsyncExitStack() as stack:
+        clients = []
+        for _ in range(2):
+            bus = MemoryBus()
+            await bus.connect()
+            stack.push_async_callback(bus.close)
+            app = create_app(settings, bus, Store(settings.db_url))
+            await stack.enter_async_context(app.router.lifespan_context(app))
+            clients.append(await stack.enter_async_context(httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app), base_url="http://localhost")))
+        yield clients, store
+    store.close()
+
+
+async def refreshed(clients: list[httpx.AsyncClient]) -> None:
+    await asyncio.sleep(1.2)  # (keys reload within 0.5 s; counts are shared every 0.5 s)
+
+
+@pytest.mark.asyncio
+async def test_a_key_over_its_rate_gets_a_429_others_do_not(
+        gateways: tuple[list[httpx.AsyncClient], Store]) -> None:
+    (first, _), store = gateways
+    _, limited = store.keys.create("limited", Role.user, "default", now=time.time(),
+                                   limits={"rpm": 2})
+    _, free = store.keys.create("free", Role.user, "default", now=time.time())
+    await refreshed([first])
+    for _ in range(2):
+        answer = await first.post("/v1/completions", json=BODY, headers=bearer(limited))
+        assert answer.status_code == 503  # (counted, then no replica)
+        assert answer.headers["x-ratelimit-limit-requests"] == "2"
+    refused = await first.post("/v1/completions", json=BODY, headers=bearer(limited))
+    assert refused.status_code == 429
+    error = refused.json()["error"]
+    assert (error["type"], error["code"]) == ("requests", "rate_limit_exceeded")
+    assert "2 requests per minute" in error["message"]
+    assert 1 <= int(refused.headers["retry-after"]) <= 60
+    assert refused.headers["x-ratelimit-remaining-requests"] == "0"
+    assert refused.headers["x-ratelimit-reset-requests"].endswith("s")
+    other = await first.post("/v1/completions", json=BODY, headers=bearer(free))
+    assert other.status_code == 503  # not limited
+    again = await first.post("/v1/completions", json=BODY, headers=bearer(limited))
+    assert again.status_code == 429  # (a refused request is not counted, nor forgotten)
+
+
+@pytest.mark.asyncio
+async def test_limits_hold_across_gateways(
+        gateways: tuple[list[httpx.AsyncClient], Store]) -> None:
+    (first, second), store = gateways
+    store.keys.set_project_limits("default", {"rpm": 3}, time.time())
+    _, token = store.keys.create("k", Role.user, "default", now=time.time())
+    await refreshed([first, second])
+    for _ in range(2):
+        assert (await first.post("/v1/completions", json=BODY,
+                                 headers=bearer(token))).status_code == 503
+    await asyncio.sleep(1.2)  # the first gateway's counts reach the store; the second reads
+    assert (await second.post("/v1/completions", json=BODY,
+                              headers=bearer(token))).status_code == 503
+    refused = await second.post("/v1/completions", json=BODY, headers=bearer(token))
+    assert refused.status_code == 429 and "project default" in refused.json()["error"]["message"]
+
+
+@pytest.mark.asyncio
+async def test_a_request_over_the_token_rate_alone_says_to_lower_max_tokens(
+        gateways: tuple[list[httpx.AsyncClient], Store]) -> None:
+    (first, _), store = gateways
+    _, token = store.keys.create("k", Role.user, "default", now=time.time(),
+                                 limits={"tpm": 50})
+    await refreshed([first])
+    refused = await first.post("/v1/completions", headers=bearer(token), json=BODY | {
+        "max_tokens": 64})
+    assert refused.status_code == 429
+    assert refused.json()["error"]["type"] == "tokens"
+    assert "lower max_tokens" in refused.json()["error"]["message"]
+
+
+@pytest.mark.asyncio
+async def test_usage_is_recorded_per_key_and_project(
+        gateways: tuple[list[httpx.AsyncClient], Store]) -> None:
+    (first, _), store = gateways
+    _, user = store.keys.create("u", Role.user, "default", now=time.time())
+    row, admin = store.keys.create("a", Role.admin, "default", now=time.time())
+    await refreshed([first])
+    for _ in range(3):
+        await first.post("/v1/completions", json=BODY, headers=bearer(user))
+    await asyncio.sleep(1.2)
+    mine = (await first.get("/api/usage", headers=bearer(user))).json()["data"]
+    assert [(d["scope"].split(":")[0], d["requests"]) for d in mine] == [("key", 3)]
+    every = (await first.get("/api/usage", headers=bearer(admin))).json()["data"]
+    assert {d["scope"]: d["requests"] for d in every}["project:default"] == 3
+    limits = await first.put("/api/projects/default/limits", headers=bearer(admin),
+                             json={"rpm": 100})
+    assert limits.status_code == 200
+    assert (await first.get("/api/projects/default/limits", headers=bearer(user))
+            ).json()["rpm"] == 100
+    assert (await first.get("/api/projects/other/limits", headers=bearer(user))
+            ).status_code == 404
+    changed = await first.patch(f"/api/keys/{row.id}", headers=bearer(admin),
+                                json={"limits": {"concurrent": 4}})
+    assert changed.json()["limits"]["concurrent"] == 4
