@@ -63,8 +63,10 @@ async def test_a_key_over_its_rate_gets_a_429_others_do_not(
         answer = await first.post("/v1/completions", json=BODY, headers=bearer(limited))
         assert answer.status_code == 503  # (counted, then no replica)
         assert answer.headers["x-ratelimit-limit-requests"] == "2"
+    started = time.monotonic()
     refused = await first.post("/v1/completions", json=BODY, headers=bearer(limited))
     assert refused.status_code == 429
+    assert time.monotonic() - started >= 0.9  # held (a flood slows itself), within 1 s
     error = refused.json()["error"]
     assert (error["type"], error["code"]) == ("requests", "rate_limit_exceeded")
     assert "2 requests per minute" in error["message"]

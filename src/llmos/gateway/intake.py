@@ -3,12 +3,13 @@ deployment, the engine's body."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
 from fastapi import Request
 
-from llmos.errors import BadRequest, NoReplica, UnsupportedParameter
+from llmos.errors import BadRequest, NoReplica, RateLimited, UnsupportedParameter
 from llmos.gateway import toolcalls
 from llmos.gateway.answers import PLAIN, Shape
 from llmos.gateway.auth import inference_project, principal_of
@@ -23,6 +24,9 @@ from llmos.gateway.schemas import (
 )
 from llmos.gateway.state import GatewayState, no_replica_message
 from llmos.store import Deployment
+
+TARPIT_S = 1.0
+"""The most a 429 of a rate limit is held before it is sent."""
 
 
 def chat_request(body: ChatCompletionCreate) -> tuple[dict[str, Any], Shape]:
@@ -62,7 +66,7 @@ async def admit(state: GatewayState, request: Request,
     elif max_tokens > limits.max_tokens_limit:
         raise BadRequest(f"max_tokens is {max_tokens} but this server allows at most "
                          f"{limits.max_tokens_limit}", param="max_tokens")
-    meter(state, request, deployment.project, max_tokens * (body.n or 1))
+    await meter(state, request, deployment.project, max_tokens * (body.n or 1))
     if not await state.workers.wait_for_replica(deployment.name,
                                                 state.replica_wait_s(deployment)):
         raise NoReplica(no_replica_message(deployment))
@@ -71,17 +75,27 @@ async def admit(state: GatewayState, request: Request,
     return deployment, explicit
 
 
-def meter(state: GatewayState, request: Request, project: str, max_tokens: int) -> None:
+async def meter(state: GatewayState, request: Request, project: str,
+                max_tokens: int) -> None:
     """Counts the request against its key's and its project's limits (a 429 if it would
     break one), expecting its prompt (about a token per 4 bytes of body) and
-    ``max_tokens`` more; the response's end settles the count (``Metering``)."""
+    ``max_tokens`` more; the response's end settles the count (``Metering``).
+
+    A 429 is answered after up to ``TARPIT_S`` (never beyond its Retry-After): a client
+    that waits as told loses nothing, and one that floods, ignoring it, is slowed to a
+    request per second per connection instead of taking the gateway's CPU from
+    everyone else's requests."""
     principal = principal_of(request.scope)
     key_limits, project_limits = state.keys.limits(principal, project)
     scopes = [(f"project:{project}", project_limits, f"project {project}")]
     if principal.key_id is not None:
         scopes.insert(0, (f"key:{principal.key_id}", key_limits, f"key {principal.key_id}"))
     size = int(request.headers.get("content-length") or 0)
-    ticket, room = state.usage.admit(scopes, max_tokens + size // 4, time.time())
+    try:
+        ticket, room = state.usage.admit(scopes, max_tokens + size // 4, time.time())
+    except RateLimited as exc:
+        await asyncio.sleep(min(TARPIT_S, exc.retry_after_s or TARPIT_S))
+        raise
     request.scope["state"]["ticket"] = ticket
     if room is not None:
         request.scope["state"]["rate_headers"] = rate_headers(room)
