@@ -29,6 +29,7 @@ from llmos.gateway.auth import UNDECLARED, declared, scoped_project
 from llmos.gateway.routes import health, openai
 from llmos.settings import Settings
 from llmos.store import Store
+from tests.gateway.running import running
 
 
 @dataclass
@@ -66,14 +67,8 @@ async def served(tmp_path: Path) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClie
     store.upsert_deployment("model-a", "m", project="a")
     store.upsert_deployment("model-b", "m", project="b")
     keys = make_keys(store)
-    bus = MemoryBus()
-    await bus.connect()
-    app = create_app(settings, bus, store)
-    async with app.router.lifespan_context(app), httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://localhost",
-            timeout=30) as client:
+    async with running(settings, store) as (app, client):
         yield app, client, keys
-    await bus.close()
     store.close()
 
 
@@ -249,11 +244,7 @@ async def test_open_until_the_first_key_then_keys_everywhere(tmp_path: Path) -> 
     settings = Settings(home=tmp_path)
     store = Store(settings.db_url)
     store.migrate()
-    bus = MemoryBus()
-    await bus.connect()
-    app = create_app(settings, bus, store)
-    async with app.router.lifespan_context(app), httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://localhost") as client:
+    async with running(settings, store) as (_, client):
         assert (await client.get("/api/deployments")).status_code == 200  # open
         assert (await client.get("/api/whoami")).json()["key_id"] is None
         made = await client.post("/api/keys", json={"name": "first", "role": "admin"})
@@ -268,7 +259,6 @@ async def test_open_until_the_first_key_then_keys_everywhere(tmp_path: Path) -> 
         assert token not in listed.text and "key" not in listed.json()["data"][0]
         [row] = store.keys.list()
         assert row.secret_sha256 != token and token.split(".")[1] not in row.secret_sha256
-    await bus.close()
     store.close()
 
 
@@ -277,11 +267,7 @@ async def test_beyond_loopback_keys_are_needed_before_any_exists(tmp_path: Path)
     settings = Settings(home=tmp_path, host="0.0.0.0")
     store = Store(settings.db_url)
     store.migrate()
-    bus = MemoryBus()
-    await bus.connect()
-    app = create_app(settings, bus, store)
-    async with app.router.lifespan_context(app), httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://localhost") as client:
+    async with running(settings, store) as (_, client):
         assert (await client.get("/api/deployments")).status_code == 401
         assert (await client.get("/healthz")).status_code == 200
     store.close()
@@ -294,14 +280,8 @@ async def test_a_revoked_key_stops_working_on_every_gateway_within_a_second(
     store = Store(settings.db_url)
     store.migrate()
     row, token = store.keys.create("k", Role.admin, "default", now=time.time())
-    buses = [MemoryBus(), MemoryBus()]
-    for bus in buses:
-        await bus.connect()
-    apps = [create_app(settings, bus, Store(settings.db_url)) for bus in buses]
-    async with apps[0].router.lifespan_context(apps[0]), \
-            apps[1].router.lifespan_context(apps[1]):
-        first, second = (httpx.AsyncClient(transport=httpx.ASGITransport(app=a),
-                                           base_url="http://localhost") for a in apps)
+    async with running(settings, Store(settings.db_url)) as (_, first), \
+            running(settings, Store(settings.db_url)) as (_, second):
         assert (await second.get("/api/whoami", headers=bearer(token))).status_code == 200
         revoked = await first.delete(f"/api/keys/{row.id}", headers=bearer(token))
         assert revoked.status_code == 200 and revoked.json()["state"] == "revoked"
@@ -310,8 +290,6 @@ async def test_a_revoked_key_stops_working_on_every_gateway_within_a_second(
         while (await second.get("/api/whoami", headers=bearer(token))).status_code != 401:
             assert time.monotonic() - started < 1.0, "the other gateway still takes the key"
             await asyncio.sleep(0.02)
-        await first.aclose()
-        await second.aclose()
     store.close()
 
 

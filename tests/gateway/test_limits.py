@@ -14,10 +14,9 @@ import pytest
 import pytest_asyncio
 
 from llmos.auth.roles import Role
-from llmos.bus.memory import MemoryBus
-from llmos.gateway.app import create_app
 from llmos.settings import Settings
 from llmos.store import Store
+from tests.gateway.running import running
 
 BODY = {"model": "m", "prompt": "x", "max_tokens": 4}
 
@@ -36,13 +35,9 @@ async def gateways(tmp_path: Path) -> AsyncIterator[tuple[list[httpx.AsyncClient
     async with AsyncExitStack() as stack:
         clients = []
         for _ in range(2):
-            bus = MemoryBus()
-            await bus.connect()
-            stack.push_async_callback(bus.close)
-            app = create_app(settings, bus, Store(settings.db_url))
-            await stack.enter_async_context(app.router.lifespan_context(app))
-            clients.append(await stack.enter_async_context(httpx.AsyncClient(
-                transport=httpx.ASGITransport(app=app), base_url="http://localhost")))
+            _, client = await stack.enter_async_context(
+                running(settings, Store(settings.db_url)))
+            clients.append(client)
         yield clients, store
     store.close()
 

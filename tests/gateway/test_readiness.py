@@ -5,14 +5,12 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 
-from llmos.bus.memory import MemoryBus
 from llmos.bus.messages import Heartbeat
-from llmos.gateway.app import create_app
 from llmos.settings import Settings
 from llmos.store import Store
+from tests.gateway.running import running
 
 
 def beat(worker_id: str, deployment: str, *, draining: bool = False) -> Heartbeat:
@@ -26,12 +24,9 @@ async def test_readyz_follows_the_default_model_from_creation_to_a_worker(
     settings = Settings(home=tmp_path, default_model="m")
     store = Store(settings.db_url)
     store.migrate()
-    bus = MemoryBus()
-    await bus.connect()
-    app = create_app(settings, bus, store)
-    gateway = app.state.gateway
-    async with app.router.lifespan_context(app), httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://localhost") as client:
+    async with running(settings, store) as (app, client):
+        gateway = app.state.gateway
+
         async def ready() -> tuple[int, dict[str, object]]:
             gateway.catalog.invalidate()
             response = await client.get("/readyz")
@@ -64,7 +59,6 @@ async def test_readyz_follows_the_default_model_from_creation_to_a_worker(
         gateway.workers.directory.observe(beat("m-1", "m", draining=True))
         status, body = await ready()
         assert status == 503 and body["status"] == "unavailable" and body["served"]["m"] == []
-    await bus.close()
     store.close()
 
 
@@ -74,16 +68,11 @@ async def test_a_control_plane_is_ready_once_up(tmp_path: Path) -> None:
     store = Store(settings.db_url)
     store.migrate()
     store.upsert_deployment("m", "m")
-    bus = MemoryBus()
-    await bus.connect()
-    app = create_app(settings, bus, store, control_plane=True)
-    app.state.gateway.workers.directory.observe(beat("m-1", "m"))
-    async with app.router.lifespan_context(app), httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://localhost") as client:
+    async with running(settings, store, control_plane=True) as (app, client):
+        app.state.gateway.workers.directory.observe(beat("m-1", "m"))
         response = await client.get("/readyz")
         assert response.status_code == 200
         assert response.json()["detail"] == ("control plane: 1 deployments, 1 workers "
                                              "taking requests")
         assert response.json()["served"] == {"m": ["m-1"]}
-    await bus.close()
     store.close()

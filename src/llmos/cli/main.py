@@ -50,6 +50,18 @@ app = typer.Typer(help="LLMOS: an operating system for large language models.",
 out = Console(soft_wrap=True)
 
 
+# The options of both API servers (serve and control): how they are guarded.
+InsecureOption = Annotated[bool, typer.Option(
+    help="on a non-loopback address, run open while no API key exists (a trusted "
+         "network only)")]
+InitAdminKeyOption = Annotated[bool, typer.Option(
+    help="make an admin API key unless a live one exists; its token goes to admin.key "
+         "in the state directory")]
+TlsCertOption = Annotated[Path | None, typer.Option(
+    help="serve https with this certificate (PEM, with its chain)")]
+TlsKeyOption = Annotated[Path | None, typer.Option(help="the certificate's key (PEM)")]
+
+
 @app.callback()
 def root(profile: Annotated[str | None, typer.Option(
              envvar="LLMOS_PROFILE", help="the client profile to use (see llmos config)")
@@ -77,15 +89,10 @@ def serve(
     slots: Annotated[int | None, typer.Option(help="parallel slots of the model")] = None,
     threads: Annotated[int | None, typer.Option(help="engine threads")] = None,
     ctx_size: Annotated[int | None, typer.Option(help="total context, split by slots")] = None,
-    insecure: Annotated[bool, typer.Option(
-        help="on a non-loopback address, run open while no API key exists (a trusted "
-             "network only)")] = False,
-    init_admin_key: Annotated[bool, typer.Option(
-        help="make an admin API key unless a live one exists; its token goes to "
-             "admin.key in the state directory")] = False,
-    tls_cert: Annotated[Path | None, typer.Option(
-        help="serve https with this certificate (PEM, with its chain)")] = None,
-    tls_key: Annotated[Path | None, typer.Option(help="the certificate's key (PEM)")] = None,
+    insecure: InsecureOption = False,
+    init_admin_key: InitAdminKeyOption = False,
+    tls_cert: TlsCertOption = None,
+    tls_key: TlsKeyOption = None,
     worker: Annotated[bool, typer.Option(
         help="run the default model's replica here (--no-worker: `llmos worker` "
              "processes serve it over the bus)")] = True,
@@ -202,15 +209,10 @@ def control_command(
     port: Annotated[int | None, typer.Option(help="port to listen on")] = None,
     home: Annotated[Path | None, typer.Option(help="state directory ($LLMOS_HOME)")] = None,
     config: Annotated[Path | None, typer.Option(help="TOML settings file")] = None,
-    insecure: Annotated[bool, typer.Option(
-        help="on a non-loopback address, run open while no API key exists (a trusted "
-             "network only)")] = False,
-    init_admin_key: Annotated[bool, typer.Option(
-        help="make an admin API key unless a live one exists; its token goes to "
-             "admin.key in the state directory")] = False,
-    tls_cert: Annotated[Path | None, typer.Option(
-        help="serve https with this certificate (PEM, with its chain)")] = None,
-    tls_key: Annotated[Path | None, typer.Option(help="the certificate's key (PEM)")] = None,
+    insecure: InsecureOption = False,
+    init_admin_key: InitAdminKeyOption = False,
+    tls_cert: TlsCertOption = None,
+    tls_key: TlsKeyOption = None,
 ) -> None:
     """Run a control plane: the OpenAI and management APIs, the registry and the
     controller, with no node of its own. Run several behind a load balancer: one

@@ -19,6 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llmos.auth.keys import parse
 from llmos.auth.roles import Principal
+from llmos.gateway.auth import bearer
 from llmos.store import Store
 from llmos.store.tables import AuditEntry
 
@@ -129,9 +130,5 @@ def _entry(scope: Scope, status: int) -> AuditEntry:
 
 def _claimed(scope: Scope) -> str | None:
     """The key id a refused bearer token names (its public half), if it is well formed."""
-    for name, value in scope["headers"]:
-        if name == b"authorization":
-            token = value.decode("latin-1").partition(" ")[2].strip()
-            parsed = parse(token)
-            return parsed[0] if parsed else None
-    return None
+    parsed = parse(bearer(scope) or "")
+    return parsed[0] if parsed else None

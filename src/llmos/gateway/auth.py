@@ -122,7 +122,7 @@ class Authenticate:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        token = _bearer(scope)
+        token = bearer(scope)
         principal: Principal | None
         if not self.book.required:
             principal = OPEN  # (any key sent is ignored: OpenAI's clients always send one)
@@ -139,7 +139,9 @@ class Authenticate:
         await self.app(scope, receive, send)
 
 
-def _bearer(scope: Scope) -> str | None:
+def bearer(scope: Scope) -> str | None:
+    """The bearer token a request sends ("" for an Authorization header that is no
+    bearer token; None for no header)."""
     for name, value in scope["headers"]:
         if name == b"authorization":
             text: str = value.decode("latin-1")

@@ -1,0 +1,30 @@
+"""A gateway app on an in-process bus, started (its lifespan) and reached over ASGI."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+from fastapi import FastAPI
+
+from llmos.bus.memory import MemoryBus
+from llmos.gateway.app import create_app
+from llmos.settings import Settings
+from llmos.store import Store
+
+
+@contextlib.asynccontextmanager
+async def running(settings: Settings, store: Store, **options: Any
+                  ) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
+    bus = MemoryBus()
+    await bus.connect()
+    app = create_app(settings, bus, store, **options)
+    try:
+        async with app.router.lifespan_context(app), httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app), base_url="http://localhost",
+                timeout=30) as client:
+            yield app, client
+    finally:
+        await bus.close()
