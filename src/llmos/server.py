@@ -187,13 +187,27 @@ def _unpin(registry: LocalRegistry, version: ModelVersion, holder: str) -> None:
         log.warning("could not unpin %s: %s", version.ref, exc.message)
 
 
+def _join_token(settings: Settings, control: str | None) -> str | None:
+    """The join token to present, if any (it goes with a control plane to present to)."""
+    if settings.join_token is None:
+        return None
+    if not control:
+        raise ConfigError("a join token is presented to a control plane: give --control "
+                          "(e.g. --control http://ctl:8000)")
+    return settings.join_token.get_secret_value()
+
+
 async def run_worker(settings: Settings, model: str, deployment: str | None = None,
-                     worker_id: str | None = None, project: str = "default") -> None:
+                     worker_id: str | None = None, project: str = "default",
+                     control: str | None = None) -> None:
     """``llmos worker``: one replica of ``model`` in this process. SIGTERM drains it (no new
     requests, those in flight finish), then it exits; a second SIGTERM or SIGINT stops
-    it at once (requests in flight go back to the queue)."""
+    it at once (requests in flight go back to the queue). With a join token it first
+    joins the cluster at ``control``, and drains and stops once the token is revoked."""
     import signal
+    import uuid
 
+    from llmos.agent.join import JoinRefused, join, stay_joined
     from llmos.agent.runner import DRAIN_S, drain_and_stop, engine_config
     from llmos.bus import names, open_bus
     from llmos.engines import load_engine
@@ -205,6 +219,10 @@ async def run_worker(settings: Settings, model: str, deployment: str | None = No
 
     configure_logging(settings.log_level, json_logs=settings.log_json)
     ref = parse_ref(model)
+    token = _join_token(settings, control)
+    worker_id = worker_id or uuid.uuid4().hex[:12]
+    if token is not None and control:
+        await asyncio.to_thread(join, control, token, worker_id, "worker")
     bus = open_bus(settings.bus_url)  # first, so a wrong URL fails before any slow work
     await bus.connect()
     registry = open_registry(settings)
@@ -226,6 +244,13 @@ async def run_worker(settings: Settings, model: str, deployment: str | None = No
     logging.getLogger().addHandler(log_handler)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, signals.put_nowait, sig.name)
+    refused: list[JoinRefused] = []
+    joined = None
+    if token is not None and control:
+        def on_refused(exc: JoinRefused) -> None:
+            refused.append(exc)
+            signals.put_nowait("SIGTERM")  # drain: no new requests, those in flight finish
+        joined = asyncio.create_task(stay_joined(control, token, on_refused), name="join")
     try:
         await worker.start()
         _freeze_startup_objects()
@@ -238,15 +263,19 @@ async def run_worker(settings: Settings, model: str, deployment: str | None = No
             again.cancel()
         log.info("stopping: requests in flight go back to the queue")
     finally:
-        lease.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await lease
+        for task in (lease, joined):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await asyncio.to_thread(_unpin, registry, version, holder)
         await worker.stop()
         logging.getLogger().removeHandler(log_handler)
         await log_events.stop()
         await asyncio.to_thread(engine.close)
         await bus.close()
+    if refused:
+        raise refused[0]
 
 
 async def run_agent(settings: Settings, *, labels: dict[str, str], cpus: float | None,
@@ -256,6 +285,7 @@ async def run_agent(settings: Settings, *, labels: dict[str, str], cpus: float |
     import signal
 
     from llmos.agent.capacity import detect
+    from llmos.agent.join import JoinRefused, join, stay_joined
     from llmos.agent.node import NodeAgent
     from llmos.agent.process import ProcessRunner
     from llmos.bus import open_bus
@@ -264,6 +294,9 @@ async def run_agent(settings: Settings, *, labels: dict[str, str], cpus: float |
     configure_logging(settings.log_level, json_logs=settings.log_json,
                       log_dir=settings.logs_dir)
     settings.home.mkdir(parents=True, exist_ok=True)
+    token = _join_token(settings, control)
+    if token is not None and control:
+        await asyncio.to_thread(join, control, token, settings.node_name, "agent")
     bus = open_bus(settings.bus_url)
     await bus.connect()
     cache = None
@@ -271,7 +304,7 @@ async def run_agent(settings: Settings, *, labels: dict[str, str], cpus: float |
         from llmos.agent.cache import NodeCache
         from llmos.registry.local import LocalRegistry
 
-        key = settings.api_key.get_secret_value() if settings.api_key else None
+        key = token or (settings.api_key.get_secret_value() if settings.api_key else None)
         cache = NodeCache(LocalRegistry(settings.models_dir), control, api_key=key)
     runner = ProcessRunner(bus, settings, cache=cache)
     await runner.open()
@@ -280,13 +313,26 @@ async def run_agent(settings: Settings, *, labels: dict[str, str], cpus: float |
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    refused: list[JoinRefused] = []
+    joined = None
+    if token is not None and control:
+        def on_refused(exc: JoinRefused) -> None:
+            refused.append(exc)
+            stop.set()
+        joined = asyncio.create_task(stay_joined(control, token, on_refused), name="join")
     try:
         await agent.start()
         await stop.wait()
         log.info("agent stopping: its replicas drain")
     finally:
+        if joined is not None:
+            joined.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await joined
         await agent.stop()
         await bus.close()
+    if refused:
+        raise refused[0]
 
 
 async def run_control(settings: Settings, *, init_key: bool = False) -> None:

@@ -168,7 +168,11 @@ class Settings(BaseSettings):
     database_url: str | None = None
     api_key: SecretStr | None = Field(
         None, description="the API key a node (llmos agent) sends to the control plane "
-        "it pulls models from ($LLMOS_API_KEY; an admin's key: it pulls every project's)")
+        "it pulls models from, when it has no join_token ($LLMOS_API_KEY)")
+    join_token: SecretStr | None = Field(
+        None, description="the join token (a key with the node role) an agent or worker "
+        "presents to its control plane (--control) before it takes work, and pulls models "
+        "with ($LLMOS_JOIN_TOKEN)")
     storage_url: str | None = Field(
         None, description="where the registry keeps manifests and blobs: s3://, az://, gs://, "
         "file:// (default: the local store under home/models, no object storage)")

@@ -69,6 +69,10 @@ def worker_id(log: Path) -> str:
     return found.group(1)
 
 
+def tail(log: Path, lines: int = 15) -> str:
+    return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+
+
 def wait_for_kafka_group(logs: list[Path], timeout_s: float = 60) -> None:
     """Until every worker holds partitions of its own in each queue: rebalances are over."""
     deadline = time.monotonic() + timeout_s
@@ -203,14 +207,28 @@ def test_kill_9_of_one_worker_loses_no_request(cluster: Cluster) -> None:
             victim.send_signal(signal.SIGKILL)
 
         # The streams go first, so each worker is streaming two of them when one dies.
-        streams = [asyncio.create_task(stream(i)) for i in range(4)]
+        streams = [asyncio.create_task(stream(i), name=f"stream-{i}") for i in range(4)]
         await asyncio.sleep(0.2)
-        killer = asyncio.create_task(kill_when_busy())
-        results = await asyncio.gather(*(one(i) for i in range(100)))
-        await killer
-        endings.extend(await asyncio.gather(*streams))
-        await client.close()
-        await watcher.close()
+        killer = asyncio.create_task(kill_when_busy(), name="killer")
+        plain = [asyncio.create_task(one(i), name=f"plain-{i}") for i in range(100)]
+        everything = [*streams, killer, *plain]
+        try:
+            # Well inside the test's own timeout, so a hang fails with what was still open.
+            async with asyncio.timeout(200):
+                results = await asyncio.gather(*plain)
+                await killer
+                endings.extend(await asyncio.gather(*streams))
+        except Exception as exc:
+            open_ = [t.get_name() for t in everything if not t.done()]
+            raise AssertionError(f"{exc!r}; still open: {open_[:10]} ({len(open_)} in all);"
+                                 f" victim: {tail(cluster.logs[0])}\n"
+                                 f"survivor: {tail(cluster.logs[1])}") from exc
+        finally:
+            for task in everything:
+                task.cancel()
+            await asyncio.wait(everything, timeout=10)
+            await client.close()
+            await watcher.close()
         return list(results)
 
     answers = asyncio.run(run())

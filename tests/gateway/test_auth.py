@@ -39,6 +39,7 @@ class Keys:
     user: str  # project a
     revoked: str
     expired: str
+    node: str  # a join token
 
 
 def make_keys(store: Store) -> Keys:
@@ -49,7 +50,8 @@ def make_keys(store: Store) -> Keys:
                                         ("operator", Role.operator, "a"),
                                         ("user", Role.user, "a"),
                                         ("revoked", Role.admin, "default"),
-                                        ("expired", Role.admin, "default"))}
+                                        ("expired", Role.admin, "default"),
+                                        ("node", Role.node, "default"))}
     revoked = next(k for k in store.keys.list() if k.name == "revoked")
     store.keys.revoke(revoked.id, now)
     return Keys(**made)
@@ -156,10 +158,18 @@ POLICY: dict[tuple[str, str], tuple[Role | None, bool]] = {
     ("POST", "/api/nodes/{name}/cordon"): (Role.admin, False),
     ("POST", "/api/nodes/{name}/uncordon"): (Role.admin, False),
     ("POST", "/api/nodes/{name}/drain"): (Role.admin, False),
+    ("POST", "/api/nodes/join"): (Role.node, False),
+    ("GET", "/api/nodes/bus-permissions"): (Role.admin, False),
     ("GET", "/api/events"): (Role.operator, True),
 }
 """Each route: the least role it needs (None: anyone), and whether it works in a
 project (a key sees only its own). A change here is a change of who may do what."""
+
+NODE_ROUTES = {("GET", "/api/models/{ref:path}"), ("HEAD", "/api/blobs/{digest:path}"),
+               ("GET", "/api/blobs/{digest:path}"), ("GET", "/api/whoami"),
+               ("POST", "/api/nodes/join")}
+"""What a join token (the node role) may use: joining, and reading the models a node
+pulls. Nothing else."""
 
 
 def test_every_route_declares_the_role_it_needs(tmp_path: Path) -> None:
@@ -171,6 +181,9 @@ def test_every_route_declares_the_role_it_needs(tmp_path: Path) -> None:
     assert not undeclared and not fast, f"routes with no declared role: {undeclared + fast}"
     assert {(m, r.path): (declared(r.endpoint), _scoped(r))
             for m, r in routes(app)} == POLICY
+    assert {(m, r.path) for m, r in routes(app)
+            if getattr(r.endpoint, "llmos_nodes", False) or declared(r.endpoint) is Role.node
+            } == NODE_ROUTES
 
 
 @pytest.mark.asyncio
@@ -202,11 +215,14 @@ async def test_the_authorization_matrix(
         await expect(method, path, {"authorization": "Basic dTpw"}, {401}, "not a bearer")
         await expect(method, path, bearer(keys.revoked), {401}, "revoked")
         await expect(method, path, bearer(keys.expired), {401}, "expired")
-        for role, token in by_role.items():
-            if role < needed:
-                await expect(method, path, bearer(token), {403}, f"as {role.name}")
         allowed = {s for s in range(200, 600)} - {401, 403}
-        await expect(method, path, bearer(by_role[needed]), allowed, f"as {needed.name}")
+        for role, token in by_role.items():
+            if role < needed or (needed is Role.node and role is not Role.admin):
+                await expect(method, path, bearer(token), {403}, f"as {role.name}")
+        await expect(method, path, bearer(keys.node),
+                     allowed if (method, route.path) in NODE_ROUTES else {403}, "as a node")
+        if needed is not Role.node:
+            await expect(method, path, bearer(by_role[needed]), allowed, f"as {needed.name}")
         if _scoped(route) and needed < Role.admin:
             await expect(method, path, bearer(by_role[needed]), {404},
                          "for another project", params={"project": "b"})

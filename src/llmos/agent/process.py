@@ -115,6 +115,7 @@ class ProcessRunner:
         for key in [k for k in env if k.startswith("LLMOS_ENGINE")]:
             del env[key]
         env["LLMOS_ENGINE"] = json.dumps(engine.model_dump(mode="json"))
+        env.pop("LLMOS_JOIN_TOKEN", None)  # (the agent joined: its replicas are its own)
         return command, env
 
     async def _supervise(self, proc: _Proc) -> None:

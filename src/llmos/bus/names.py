@@ -59,3 +59,13 @@ def infer_queue_options(deployment: str) -> QueueOptions:
 
 def reply_queue(gateway_id: str) -> str:
     return f"{REPLY_QUEUE_PREFIX}{gateway_id}"
+
+
+SUBSCRIPTION_INFIX = ".sub-"
+
+
+def subscription_queue(topic: str, unique: str) -> str:
+    """A subscriber's own queue on a topic, where a broker needs one (RabbitMQ):
+    ``<topic>.sub-<unique>``, so a broker user may make them only for the topics it may
+    read."""
+    return f"{topic}{SUBSCRIPTION_INFIX}{unique}"

@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 import weakref
 from collections.abc import Mapping
 from typing import Any
 
+from llmos.bus import names
 from llmos.bus.base import (
     Bus,
     Delivery,
@@ -328,12 +330,12 @@ class RabbitMQBus(Bus):
         await channel.set_qos(prefetch_count=0 if auto_ack else prefetch)
         # A passive declare: it fails for a missing queue, and the robust channel
         # checks the queue again when it reopens after a reconnect.
+        consumer = _QueueConsumer(channel, queue, handler, auto_ack=auto_ack)
         try:
             await channel.declare_queue(queue, passive=True)
+            await consumer.subscribe()  # (refused here where the user may not read it)
         except Exception as exc:
             raise BusError(f"cannot consume from queue {queue}: {exc}") from exc
-        consumer = _QueueConsumer(channel, queue, handler, auto_ack=auto_ack)
-        await consumer.subscribe()
         self._consumers.add(consumer)
         return consumer
 
@@ -353,18 +355,26 @@ class RabbitMQBus(Bus):
     ) -> None:
         import aio_pika
 
-        exchange = await self._exchange(topic)
-        await exchange.publish(aio_pika.Message(body, headers=dict(headers or {}),
-                                                expiration=ttl_s),
-                               routing_key="")
+        try:
+            exchange = await self._exchange(topic)
+            # (no confirms: a refusal closes the channel after, and the next one raises)
+            await exchange.publish(aio_pika.Message(body, headers=dict(headers or {}),
+                                                    expiration=ttl_s),
+                                   routing_key="")
+        except Exception as exc:
+            raise BusError(f"cannot publish on topic {topic}: {exc}") from exc
 
     async def subscribe(self, topic: str, handler: TopicHandler) -> Subscription:
-        exchange = await self._exchange(topic)
-        channel = await self._connection.channel()
-        # Bounded: a subscriber that falls behind loses the oldest messages (drop-head).
-        queue = await channel.declare_queue(exclusive=True, auto_delete=True, arguments={
-            "x-max-length": _TOPIC_BACKLOG})
-        await queue.bind(exchange)
+        try:
+            exchange = await self._exchange(topic)
+            channel = await self._connection.channel()
+            # Bounded: a subscriber that falls behind loses the oldest messages (drop-head).
+            queue = await channel.declare_queue(
+                names.subscription_queue(topic, uuid.uuid4().hex), exclusive=True,
+                auto_delete=True, arguments={"x-max-length": _TOPIC_BACKLOG})
+            await queue.bind(exchange)
+        except Exception as exc:
+            raise BusError(f"cannot subscribe to topic {topic}: {exc}") from exc
 
         async def on_message(message: Any) -> None:
             headers = {k: str(v) for k, v in (message.headers or {}).items()}

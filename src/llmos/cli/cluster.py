@@ -4,6 +4,8 @@ over the management API."""
 from __future__ import annotations
 
 import json
+import shlex
+import sys
 import time
 from typing import Annotated, Any
 
@@ -248,6 +250,25 @@ def nodes_show(name: str, output: OutputOption = None, as_json: JsonOption = Fal
         replicas.add(r["id"], r["deployment"], r["state"], str(r["generation"]))
     table(replicas, fmt)
     _print_events(n["events"] or [], fmt)
+
+
+@nodes_app.command("bus-permissions")
+def nodes_bus_permissions(
+    user: Annotated[str, typer.Argument(help="the node's own RabbitMQ user")],
+    deployment: Annotated[list[str] | None, typer.Option(
+        help="a deployment it serves (repeat; none: any, as an agent's replicas)")] = None,
+    vhost: Annotated[str, typer.Option(help="the RabbitMQ virtual host")] = "/",
+    output: OutputOption = None, as_json: JsonOption = False, url: UrlOption = None,
+) -> None:
+    """The rabbitmqctl command that grants a node's broker user least privilege: its
+    deployments' requests and the topics it uses; no other deployment's requests, no
+    gateway's replies, no control command."""
+    granted = call_api("GET", server_url(url), "/api/nodes/bus-permissions",
+                       params={"user": user, "deployment": deployment or [],
+                               "vhost": vhost})
+    if data(granted, chosen(output, as_json)):
+        return
+    sys.stdout.write(shlex.join(granted["rabbitmqctl"]) + "\n")
 
 
 def _node_action(action: str, done: str) -> Any:

@@ -51,7 +51,8 @@ def _when(at: float | None, now: float) -> str:
 @keys_app.command("create")
 def keys_create(
     name: Annotated[str, typer.Argument(help="who or what holds it")],
-    role: Annotated[str, typer.Option(help="user, operator or admin")] = "user",
+    role: Annotated[str, typer.Option(
+        help="user, operator, admin, or node (a join token for agents and workers)")] = "user",
     project: Annotated[str, typer.Option(help="the project it works in")] = "default",
     expires: Annotated[str | None, typer.Option(
         help="it stops working after this span: 30s, 10m, 12h, 90d (default: never)")

@@ -177,9 +177,14 @@ def worker_command(
         help="this worker's id (an agent passes its replica's; default: a random one)")
     ] = None,
     project: Annotated[str, typer.Option(help="project of the model")] = "default",
+    control: Annotated[str | None, typer.Option(
+        help="a control plane's address, e.g. http://ctl:8000, to join with the join token "
+             "in $LLMOS_JOIN_TOKEN before taking requests")] = None,
 ) -> None:
     """Run one model replica in this process, consuming its deployment's queue on the bus.
-    SIGTERM drains it: no new requests, those in flight finish, then it exits."""
+    SIGTERM drains it: no new requests, those in flight finish, then it exits. With a
+    join token it joins the cluster first, and drains and stops once the token is
+    revoked."""
     from llmos.server import run_worker
 
     if bus.startswith("memory:"):
@@ -194,7 +199,7 @@ def worker_command(
     engine = {"slots": slots, "threads": threads, "ctx_size": ctx_size}
     _run_with_settings(given, engine,
                        lambda settings: run_worker(settings, model, deployment, worker_id,
-                                                   project))
+                                                   project, control))
 
 
 @app.command("control")
@@ -239,8 +244,9 @@ def agent_command(
     memory: Annotated[str | None, typer.Option(
         help="memory to offer, e.g. 3GiB (default: all)")] = None,
     control: Annotated[str | None, typer.Option(
-        help="a control plane's address, e.g. http://ctl:8000: versions the node lacks "
-             "are pulled from its registry API")] = None,
+        help="a control plane's address, e.g. http://ctl:8000: the node joins it with the "
+             "join token in $LLMOS_JOIN_TOKEN, and pulls the versions it lacks from its "
+             "registry API")] = None,
     storage: Annotated[str | None, typer.Option(
         help="registry storage URL shared with the control plane, to pull models from "
              "(instead of --control)")] = None,

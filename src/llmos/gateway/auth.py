@@ -152,10 +152,12 @@ def bearer(scope: Scope) -> str | None:
     return None
 
 
-def requires(role: Role | None) -> Callable[[F], F]:
-    """Declares the least role an endpoint needs (None: anyone, with or without a key)."""
+def requires(role: Role | None, *, nodes: bool = False) -> Callable[[F], F]:
+    """Declares the least role an endpoint needs (None: anyone, with or without a key);
+    ``nodes``: a join token may use it too (reading models a node pulls)."""
     def mark(endpoint: F) -> F:
         endpoint.llmos_requires = role  # type: ignore[attr-defined]
+        endpoint.llmos_nodes = nodes  # type: ignore[attr-defined]
         return endpoint
     return mark
 
@@ -179,7 +181,10 @@ def check(scope: Scope, endpoint: object) -> Principal | None:
         raise Unauthorized("this server needs an API key: send it as 'Authorization: "
                            "Bearer llmos-…' (the CLI reads LLMOS_API_KEY)")
     wanted = needed if isinstance(needed, Role) else Role.admin
-    if not principal.may(wanted):
+    if not principal.may(wanted, nodes=getattr(endpoint, "llmos_nodes", False)):
+        if principal.role is Role.node:
+            raise Forbidden(f"key {principal.key_id} ({principal.name}) is a node's join "
+                            "token: it joins nodes and pulls models, nothing else")
         raise Forbidden(f"this needs the {wanted.name} role; key {principal.key_id} "
                         f"({principal.name}) has {principal.role.name}")
     return principal

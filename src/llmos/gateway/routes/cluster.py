@@ -11,9 +11,10 @@ import asyncio
 import time
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Path, Query, Response
+from fastapi import APIRouter, Path, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from llmos import __version__
 from llmos import deployments as ops
 from llmos.auth.roles import Role
 from llmos.bus import names
@@ -344,6 +345,64 @@ async def _get_node(store: Store, name: str) -> Node:
         known = ", ".join(n.name for n in await asyncio.to_thread(store.nodes.list))
         raise NodeNotFound(f"no node {name!r}; nodes: {known or 'none'}")
     return node
+
+
+class JoinBody(BaseModel):
+    name: str = Field(pattern=NODE_PATTERN, description="the node's name (an agent's) or "
+                      "the worker's id")
+    kind: Literal["agent", "worker"]
+
+
+class Joined(BaseModel):
+    name: str
+    kind: str
+    key_id: str | None
+    """The join token it presented (None: the server runs open)."""
+    version: str
+
+
+@router.post("/api/nodes/join", response_model=Joined, responses=_ERRORS)
+@requires(Role.node)
+async def join(body: JoinBody, request: Request, state: StateDep,
+               principal: PrincipalDep) -> Joined:
+    """An agent or worker presents its join token (a key with the node role) before it
+    takes work; a bad, revoked or expired one gets 401 (and the refusal is logged and
+    audited). It presents it again every few seconds, and stops when it is refused."""
+    client = request.client.host if request.client else "?"
+    await asyncio.to_thread(_store(state).events.add, [Event(
+        at=time.time(), kind="join", project="default",
+        node=body.name if body.kind == "agent" else None,
+        message=f"{body.kind} {body.name} joined from {client} with the join token "
+                f"{principal.key_id} ({principal.name})")])
+    return Joined(name=body.name, kind=body.kind, key_id=principal.key_id,
+                  version=__version__)
+
+
+class BusPermissions(BaseModel):
+    configure: str
+    write: str
+    read: str
+    rabbitmqctl: list[str]
+    """The command that grants them to ``user`` (argv: quote each part in a shell)."""
+
+
+@router.get("/api/nodes/bus-permissions", response_model=BusPermissions, responses=_ERRORS)
+@requires(Role.admin)
+async def bus_permissions(
+    user: Annotated[str, Query(pattern=NODE_PATTERN, description="the node's broker user")],
+    deployment: Annotated[list[Annotated[str, Field(pattern=DEPLOYMENT_PATTERN)]] | None,
+                          Query(description="the deployments it serves (none given: any, "
+                                            "as an agent's replicas)")] = None,
+    vhost: Annotated[str, Query(max_length=128)] = "/",
+) -> BusPermissions:
+    """Least-privilege RabbitMQ permissions for a node's own broker user: its
+    deployments' requests, the topics it listens and speaks on, and no control command
+    (see docs/security.md)."""
+    from llmos.bus.permissions import node_permissions
+
+    granted = node_permissions(deployment or None)
+    return BusPermissions(configure=granted.configure, write=granted.write,
+                          read=granted.read, rabbitmqctl=granted.rabbitmqctl(user, vhost))
 
 
 @router.get("/api/nodes", response_model=NodeList, responses=_ERRORS)

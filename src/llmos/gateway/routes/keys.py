@@ -35,7 +35,9 @@ class LimitsBody(BaseModel):
 
 class KeyCreate(BaseModel):
     name: str = Field(min_length=1, max_length=128, description="who or what holds it")
-    role: Literal["user", "operator", "admin"] = "user"
+    role: Literal["user", "operator", "admin", "node"] = Field(
+        "user", description="node: a join token for an agent or worker (see "
+        "POST /api/nodes/join)")
     project: str = Field("default", pattern=PROJECT_PATTERN)
     expires_in_s: float | None = Field(None, gt=0, description="it stops working after "
                                        "this many seconds (none: never)")
@@ -198,7 +200,7 @@ async def usage(state: StateDep, principal: PrincipalDep,
 
 
 @router.get("/api/whoami", response_model=Whoami)
-@requires(Role.user)
+@requires(Role.user, nodes=True)
 async def whoami(principal: PrincipalDep) -> Whoami:
     """The key a request is made with: its id, name, role and project."""
     return Whoami(key_id=principal.key_id, name=principal.name, role=principal.role.name,

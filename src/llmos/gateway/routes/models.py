@@ -249,7 +249,7 @@ async def untag_version(ref: NamePath, tag: TagPath, state: StateDep,
 
 
 @router.get("/api/models/{ref:path}", response_model=VersionPublic, responses=_ERRORS)
-@requires(Role.user)
+@requires(Role.user, nodes=True)
 async def show_model(ref: RefPath, request: Request, state: StateDep,
                      project: ProjectDep) -> VersionPublic:
     """One version: ``name`` (its ``latest``), ``name:tag``, ``name@3`` or ``name@sha256:…``."""
@@ -344,7 +344,7 @@ async def _put(chunks: queue.Queue[Any], item: Any, writer: asyncio.Task[Any]) -
 
 
 @router.head("/api/blobs/{digest:path}", responses=_ERRORS)
-@requires(Role.user)
+@requires(Role.user, nodes=True)
 async def blob_exists(digest: DigestPath, state: StateDep) -> Response:
     """200 with the size when the store has the blob: an upload of it can be skipped."""
     size = await asyncio.to_thread(_registry(state).blob_size, digest)
@@ -357,7 +357,7 @@ async def blob_exists(digest: DigestPath, state: StateDep) -> Response:
 @router.get("/api/blobs/{digest:path}", response_class=FileResponse, responses={
     **_ERRORS, 200: {"content": {"application/octet-stream": {}},
                      "description": "the content; a Range header gets 206 and that part"}})
-@requires(Role.user)
+@requires(Role.user, nodes=True)
 async def download_blob(digest: DigestPath, state: StateDep) -> FileResponse:
     """A blob's content, whole or by ``Range``; checked against its digest first."""
     registry = _registry(state)
