@@ -166,6 +166,9 @@ class Settings(BaseSettings):
     limits: RequestLimits = Field(default_factory=lambda: RequestLimits())
     bus_url: str = "memory://"
     database_url: str | None = None
+    counters_url: str | None = Field(
+        None, description="redis:// or rediss://: where the gateways share the counts their "
+        "rate limits and quotas read (default: the state store)")
     api_key: SecretStr | None = Field(
         None, description="the API key a node (llmos agent) sends to the control plane "
         "it pulls models from, when it has no join_token ($LLMOS_API_KEY)")

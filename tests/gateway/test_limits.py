@@ -12,10 +12,12 @@ from pathlib import Path
 import httpx
 import pytest
 import pytest_asyncio
+import redis
 
 from llmos.auth.roles import Role
 from llmos.settings import Settings
 from llmos.store import Store
+from tests.conftest import require_service
 from tests.gateway.running import running
 
 BODY = {"model": "m", "prompt": "x", "max_tokens": 4}
@@ -25,10 +27,23 @@ def bearer(token: str) -> dict[str, str]:
     return {"authorization": f"Bearer {token}"}
 
 
-@pytest_asyncio.fixture
-async def gateways(tmp_path: Path) -> AsyncIterator[tuple[list[httpx.AsyncClient], Store]]:
-    """Two gateways on one store (no replica: requests are counted, then 503)."""
-    settings = Settings(home=tmp_path, limits={"no_replica_wait_s": 0.05})
+COUNTERS_URL = "redis://127.0.0.1:6379/13"
+"""A Redis database of these tests' own (emptied before each)."""
+
+
+@pytest_asyncio.fixture(params=["store", "redis"])
+async def gateways(request: pytest.FixtureRequest, tmp_path: Path
+                   ) -> AsyncIterator[tuple[list[httpx.AsyncClient], Store]]:
+    """Two gateways on one store (no replica: requests are counted, then 503), sharing
+    their counts through the store or through Redis."""
+    counters: dict[str, str] = {}
+    if request.param == "redis":
+        require_service("Redis", "127.0.0.1", 6379)
+        client = redis.Redis.from_url(COUNTERS_URL)
+        client.flushdb()
+        client.close()
+        counters = {"counters_url": COUNTERS_URL}
+    settings = Settings(home=tmp_path, limits={"no_replica_wait_s": 0.05}, **counters)
     store = Store(settings.db_url)
     store.migrate()
     store.upsert_deployment("m", "m")

@@ -25,7 +25,7 @@ from llmos.gateway.errors import HANDLERS, install_error_handlers
 from llmos.gateway.fastpath import FastRoutes
 from llmos.gateway.guard import BrowserGuard
 from llmos.gateway.health import probe_until_ready
-from llmos.gateway.metering import Metering, UsageBook
+from llmos.gateway.metering import Metering, UsageBook, open_counters
 from llmos.gateway.middleware import RequestIdMiddleware
 from llmos.gateway.routes import (
     audit,
@@ -58,7 +58,7 @@ def create_app(settings: Settings, bus: Bus, store: Store,
     state = GatewayState(
         keys=KeyBook(store, required_without_keys=settings.keys_always_required),
         audit=AuditWriter(store),
-        usage=UsageBook(store),
+        usage=UsageBook(store, open_counters(settings.counters_url, store)),
         probe_model=None if control_plane else settings.default_model,
         registry=registry or LocalRegistry(settings.models_dir),
         settings=settings,
@@ -88,6 +88,7 @@ def create_app(settings: Settings, bus: Bus, store: Store,
             await state.dispatcher.stop()
             await state.audit.stop()
             await state.catalog.close()
+            state.usage.counters.close()
 
     app = FastAPI(title="LLMOS", version=__version__, lifespan=lifespan,
                   dependencies=[Depends(authorize)],

@@ -18,12 +18,13 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass
+from typing import Protocol
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from llmos.auth.limits import DAY, MINUTE, Headroom, Limits, Spent, decide, headroom
 from llmos.auth.limits import window_start as start
-from llmos.errors import RateLimited
+from llmos.errors import ConfigError, RateLimited
 from llmos.store import Store
 from llmos.store.usage import Window
 
@@ -42,9 +43,40 @@ class Ticket:
     day: int
 
 
+class Counters(Protocol):
+    """Where the gateways meet to share their counts: the store (``store.usage``), or
+    Redis (``gateway/redis_counters.py``)."""
+
+    keeps_records: bool
+    """Whether its counts are the usage records too (else the days go to the store)."""
+
+    def exchange(self, gateway: str, added: dict[Window, tuple[int, int]],
+                 in_flight: dict[str, int], *, minute: int, day: int, now: float,
+                 fresh_s: float) -> tuple[dict[Window, tuple[int, int]],
+                                          dict[str, int]]: ...
+
+    def prune(self, before_minute: int, gone_before: float) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def open_counters(url: str | None, store: Store) -> Counters:
+    """The counters at ``url`` (``redis://``, ``rediss://``), or the store's."""
+    if url is None:
+        return store.usage
+    if url.split("://", 1)[0] in ("redis", "rediss"):
+        from llmos.gateway.redis_counters import RedisCounters
+
+        return RedisCounters(url)
+    raise ConfigError(f"counters_url must be redis:// or rediss://, not {url.split(':')[0]}")
+
+
 class UsageBook:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, counters: Counters | None = None) -> None:
         self.store = store
+        self.counters: Counters = counters or store.usage
+        self._unrecorded: dict[Window, tuple[int, int]] = {}
+        """Daily counts the store has not taken yet (where the counters are not it)."""
         self.gateway = uuid.uuid4().hex[:12]
         self._added: dict[Window, tuple[int, int]] = {}
         self._sending: dict[Window, tuple[int, int]] = {}
@@ -114,7 +146,7 @@ class UsageBook:
         now = time.time()
         minute, day = start(now, MINUTE), start(now, DAY)
         try:
-            shared, others = self.store.usage.exchange(
+            shared, others = self.counters.exchange(
                 self.gateway, added, dict(self._in_flight), minute=minute, day=day,
                 now=now, fresh_s=FRESH_S)
         except Exception:
@@ -124,9 +156,24 @@ class UsageBook:
             raise
         self._shared, self._others, self._sending = shared, others, {}
         self._in_flight = {s: n for s, n in self._in_flight.items() if n}
+        if not self.counters.keeps_records:
+            self._record([(w, n) for w, n in added.items() if w[1] == "d"])
         if now - self._last_prune > 60:
-            self.store.usage.prune(minute - 2 * MINUTE, now - 10 * FRESH_S)
+            self.counters.prune(minute - 2 * MINUTE, now - 10 * FRESH_S)
             self._last_prune = now
+
+    def _record(self, days: list[tuple[Window, tuple[int, int]]]) -> None:
+        """Daily counts into the store's usage records (kept for the next try if away)."""
+        for window, (requests, tokens) in days:
+            old = self._unrecorded.get(window, (0, 0))
+            self._unrecorded[window] = (old[0] + requests, old[1] + tokens)
+        if self._unrecorded:
+            try:
+                self.store.usage.record(self._unrecorded)
+            except Exception as exc:
+                log.warning("could not record usage in the store: %s", exc)
+                return
+            self._unrecorded = {}
 
     async def follow(self, interval_s: float = SYNC_INTERVAL_S) -> None:
         while True:
@@ -134,7 +181,7 @@ class UsageBook:
             try:
                 await asyncio.to_thread(self.sync)
             except Exception as exc:
-                log.warning("could not share usage counts through the store: %s", exc)
+                log.warning("could not share usage counts: %s", exc)
 
 
 def rate_headers(room: Headroom) -> dict[str, str]:

@@ -42,8 +42,22 @@ def _upsert(session: Session, table: Any, keys: dict[str, Any], add: dict[str, i
 
 
 class Usage:
+    keeps_records = True
+    """Its counts are the usage records too (``days``)."""
+
     def __init__(self, sessions: Sessions) -> None:
         self._sessions = sessions
+
+    def record(self, added: dict[Window, tuple[int, int]]) -> None:
+        """Adds counts (where another place shares the limits' counts: the days only)."""
+        with self._sessions() as s, s.begin():
+            self._add(s, added)
+
+    @staticmethod
+    def _add(s: Session, added: dict[Window, tuple[int, int]]) -> None:
+        for (scope, kind, start), (requests, tokens) in added.items():
+            _upsert(s, UsageWindow, {"scope": scope, "kind": kind, "start": start},
+                    {"requests": requests, "tokens": tokens})
 
     def exchange(self, gateway: str, added: dict[Window, tuple[int, int]],
                  in_flight: dict[str, int], *, minute: int, day: int,
@@ -54,9 +68,7 @@ class Usage:
         (a scope new to this gateway is known before its first request), and the other
         gateways' requests in flight (reported within ``fresh_s``)."""
         with self._sessions() as s, s.begin():
-            for (scope, kind, start), (requests, tokens) in added.items():
-                _upsert(s, UsageWindow, {"scope": scope, "kind": kind, "start": start},
-                        {"requests": requests, "tokens": tokens})
+            self._add(s, added)
             for scope, count in in_flight.items():
                 _upsert(s, InFlight, {"gateway": gateway, "scope": scope}, None,
                         {"count": count, "updated_at": now})
@@ -70,6 +82,9 @@ class Usage:
                        InFlight.updated_at >= now - fresh_s)
                 .group_by(InFlight.scope)).all())
         return totals, {scope: int(count or 0) for scope, count in others.items()}
+
+    def close(self) -> None:
+        """Nothing of its own to close (the store's engine is the store's)."""
 
     def prune(self, before_minute: int, gone_before: float) -> None:
         """Minute windows before ``before_minute``, and in-flight reports of gateways
