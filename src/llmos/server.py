@@ -231,8 +231,8 @@ async def run_worker(settings: Settings, model: str, deployment: str | None = No
     version = registry.get(ref, project=project)
     config = await asyncio.to_thread(engine_config, settings.engine, registry, version)
     engine = await asyncio.to_thread(load_engine, "llama.cpp", config)
-    worker = Worker(bus, engine, deployment or ref.name, worker_id=worker_id,
-                    home=str(settings.home))
+    worker = Worker(bus, engine, names.bus_name(deployment or ref.name, project),
+                    worker_id=worker_id, home=str(settings.home))
     holder = f"worker {worker.worker_id} on {socket.gethostname()} (pid {os.getpid()})"
     lease = asyncio.create_task(_hold_pin(registry, version, holder), name="pin-lease")
     signals: asyncio.Queue[str] = asyncio.Queue()

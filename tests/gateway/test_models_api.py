@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -10,6 +12,7 @@ import httpx
 import pytest
 import pytest_asyncio
 
+from llmos.auth.roles import Role
 from llmos.bus.memory import MemoryBus
 from llmos.deployments import deploy
 from llmos.gateway.app import create_app
@@ -328,3 +331,31 @@ def test_one_writer_per_upload_session(tmp_path: Path) -> None:
     release.set()
     writer.join()
     assert registry.uploads.get(upload.id).offset == 5
+
+
+@pytest.mark.asyncio
+async def test_verify_keeps_to_the_keys_project_unless_an_admins(api: Api) -> None:
+    mine = await api.push("m", make_gguf() + b"mine")
+    theirs = await api.upload(make_gguf() + b"theirs")
+    made = await api.client.post("/api/models/m/versions", params={"project": "b"},
+                                 json={"files": [{"filename": "model.gguf",
+                                                  "digest": theirs}]})
+    assert made.status_code == 201, made.text
+    path = api.registry.blob_path(theirs)
+    path.write_bytes(b"Z" + path.read_bytes()[1:])  # project b's version is corrupt
+    now = time.time()
+    _, operator = api.store.keys.create("op", Role.operator, "default", now=now)
+    _, admin = api.store.keys.create("admin", Role.admin, "default", now=now)
+    await asyncio.sleep(1.2)  # (the gateway reloads its keys every 0.5 s)
+
+    async def verify(token: str) -> tuple[int, list[dict[str, str]]]:
+        response = await api.client.post("/api/registry/verify",
+                                         headers={"authorization": f"Bearer {token}"})
+        assert response.status_code == 200, response.text
+        lines = [json.loads(line) for line in response.text.splitlines()]
+        return lines[-2]["total"], lines[-1]["problems"]
+
+    total, problems = await verify(operator)
+    assert (total, problems) == (mine["size"], [])  # nothing of project b, not even its size
+    _, problems = await verify(admin)
+    assert [p["ref"] for p in problems] == ["b/m@1"]

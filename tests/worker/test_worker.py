@@ -402,3 +402,28 @@ async def test_a_burst_where_one_prompt_is_too_long_fails_only_that_one(
         await worker.stop()
     assert short[-1].error is None and text(short).strip().startswith("7")
     assert long[-1].error is not None and long[-1].error.status == 400
+
+
+@pytest.mark.asyncio
+async def test_two_projects_deployments_of_one_name_never_share_a_queue(
+        engine: Engine, bus: MemoryBus, dispatcher: Dispatcher) -> None:
+    assert names.bus_name("m") == "m" and names.bus_name("m", "a") == "_a.m"
+    worker = Worker(bus, engine, names.bus_name("m", "a"))  # project a's "m" only
+    await worker.start()
+
+    async def ask(rid: str, project: str) -> RequestHandle:
+        return await dispatcher.submit(
+            request_id=rid, deployment="m", kind="completion", project=project,
+            body={"prompt": PROMPT, "max_tokens": 2, "temperature": 0}, stream=False,
+            max_tokens_explicit=True)
+
+    try:
+        answered = await collect(await ask("in-a", "a"))
+        assert answered[-1].final and answered[-1].usage is not None
+        for project in ("b", "default"):  # their "m" has no replica: nobody answers
+            handle = await ask(f"in-{project}", project)
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await collect(handle)
+    finally:
+        await worker.stop()

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from llmos.bus import Bus
+from llmos.bus import Bus, names
 from llmos.bus.messages import ReplicaPhase, ReplicaSpec, ReplicaStatus
 from llmos.engines import EngineConfig, load_engine
 from llmos.errors import LLMOSError
@@ -110,7 +110,8 @@ class InProcessRunner:
                                               project=spec.project)
             config = await asyncio.to_thread(engine_config, settings, self.registry, version)
             engine = await asyncio.to_thread(load_engine, spec.engine, config)
-            worker = Worker(self.bus, engine, spec.deployment, worker_id=spec.replica_id)
+            worker = Worker(self.bus, engine, names.bus_name(spec.deployment, spec.project),
+                            worker_id=spec.replica_id)
             await worker.start()
             replica.worker, replica.state = worker, "ready"
             log.info("replica %s of %s ready", spec.replica_id, spec.deployment)

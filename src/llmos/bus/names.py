@@ -39,6 +39,14 @@ TIERS: tuple[Tier, ...] = ("priority", "default", "flex")
 """Service tiers, best first (OpenAI's ``service_tier``); each has its own queue."""
 
 
+def bus_name(deployment: str, project: str = "default") -> str:
+    """A deployment's name on the bus (its queues, its workers' heartbeats): its own in
+    project ``default``, ``_<project>.<deployment>`` in any other, so two projects'
+    deployments of one name never share a queue. (No two collide: a project name has no
+    dot, and a deployment's cannot start with ``_``.)"""
+    return deployment if project == "default" else f"_{project}.{deployment}"
+
+
 def infer_queue(deployment: str, tier: Tier = "default") -> str:
     """``llmos.infer.<deployment>``, or ``llmos.infer-<tier>.<deployment>`` for the others."""
     if tier == "default":

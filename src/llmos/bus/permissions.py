@@ -50,23 +50,25 @@ def _any_of(patterns: Sequence[str]) -> str:
     return "^(" + "|".join(patterns) + ")$"
 
 
-def _queues(deployments: Sequence[str] | None) -> tuple[list[str], list[str]]:
+def _queues(deployments: Sequence[str] | None, project: str
+            ) -> tuple[list[str], list[str]]:
     """Patterns of the request queues and of their dead-letter queues."""
     if deployments is None:  # every deployment: a node whose replicas the controller places
         return ([re.escape(names.infer_queue("", tier)) + ".+" for tier in names.TIERS],
                 [re.escape(names.dead_letter_queue("")) + ".+"])
-    return ([re.escape(names.infer_queue(d, tier)) for d in deployments
-             for tier in names.TIERS],
-            [re.escape(names.dead_letter_queue(d)) for d in deployments])
+    keys = [names.bus_name(d, project) for d in deployments]
+    return ([re.escape(names.infer_queue(k, tier)) for k in keys for tier in names.TIERS],
+            [re.escape(names.dead_letter_queue(k)) for k in keys])
 
 
-def node_permissions(deployments: Sequence[str] | None = None) -> Permissions:
-    """The permissions of a node that serves ``deployments`` (None: any of them, as an
-    agent does whose replicas the controller places; name them for a dedicated worker
-    or a node pinned to some deployments)."""
+def node_permissions(deployments: Sequence[str] | None = None,
+                     project: str = "default") -> Permissions:
+    """The permissions of a node that serves ``deployments`` of ``project`` (None: any
+    deployment of any project, as an agent does whose replicas the controller places;
+    name them for a dedicated worker or a node pinned to some deployments)."""
     if deployments is not None and not deployments:
         raise ValueError("a node serves at least one deployment (or any: None)")
-    requests, dead = _queues(deployments)
+    requests, dead = _queues(deployments, project)
     listens = [re.escape(t) for t in LISTENS]
     speaks = [re.escape(t) for t in SPEAKS]
     topics = sorted(set(listens) | set(speaks))

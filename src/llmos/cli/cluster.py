@@ -257,6 +257,7 @@ def nodes_bus_permissions(
     user: Annotated[str, typer.Argument(help="the node's own RabbitMQ user")],
     deployment: Annotated[list[str] | None, typer.Option(
         help="a deployment it serves (repeat; none: any, as an agent's replicas)")] = None,
+    project: ProjectOption = "default",
     vhost: Annotated[str, typer.Option(help="the RabbitMQ virtual host")] = "/",
     output: OutputOption = None, as_json: JsonOption = False, url: UrlOption = None,
 ) -> None:
@@ -265,7 +266,7 @@ def nodes_bus_permissions(
     gateway's replies, no control command."""
     granted = call_api("GET", server_url(url), "/api/nodes/bus-permissions",
                        params={"user": user, "deployment": deployment or [],
-                               "vhost": vhost})
+                               "project": project, "vhost": vhost})
     if data(granted, chosen(output, as_json)):
         return
     sys.stdout.write(shlex.join(granted["rabbitmqctl"]) + "\n")

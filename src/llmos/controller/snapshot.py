@@ -83,7 +83,8 @@ def snapshot(deployments: Sequence[Deployment], needs: Mapping[str, sched.Resour
             load=status.load))
     cluster_deployments = []
     for d in deployments:
-        if d.replicas <= 0 and not any(r.deployment == d.name for r in replicas):
+        if d.replicas <= 0 and not any(
+                r.deployment == d.name and r.project == d.project for r in replicas):
             continue
         plan = rollouts.get(d.name, Rollout(None))
         cluster_deployments.append(sched.Deployment(

@@ -148,17 +148,18 @@ class Dispatcher:
             deadline=time.time() + self.timeout_s, project=project, queued_at=time.time())
         handle = RequestHandle(self, request)
         self._handles[request_id] = handle
-        queue = names.infer_queue(deployment, tier)
+        key = names.bus_name(deployment, project)
+        queue = names.infer_queue(key, tier)
         try:
-            if deployment not in self._declared:
+            if key not in self._declared:
                 for each in names.TIERS:
-                    await self.bus.declare_queue(names.infer_queue(deployment, each),
-                                                 names.infer_queue_options(deployment))
-                dead = names.dead_letter_queue(deployment)
+                    await self.bus.declare_queue(names.infer_queue(key, each),
+                                                 names.infer_queue_options(key))
+                dead = names.dead_letter_queue(key)
                 await self.bus.declare_queue(dead)
                 self._dead_letters.append(await self.bus.consume(
                     dead, self._on_dead_letter, prefetch=16))
-                self._declared.add(deployment)
+                self._declared.add(key)
             await self.bus.publish(queue, encode(request),
                                    headers={names.HEADER_REQUEST_ID: request_id},
                                    ttl_s=self.timeout_s)
@@ -172,11 +173,12 @@ class Dispatcher:
         return handle
 
     def unanswered(self) -> dict[str, list[RequestHandle]]:
-        """Requests in flight with no chunk read yet, by deployment."""
+        """Requests in flight with no chunk read yet, by deployment (its bus name)."""
         waiting: dict[str, list[RequestHandle]] = {}
         for handle in self._handles.values():
             if not handle.answered:
-                waiting.setdefault(handle.request.deployment, []).append(handle)
+                key = names.bus_name(handle.request.deployment, handle.request.project)
+                waiting.setdefault(key, []).append(handle)
         return waiting
 
     def forget(self, request_id: str) -> bool:

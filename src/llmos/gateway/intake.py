@@ -9,6 +9,7 @@ from typing import Any
 
 from fastapi import Request
 
+from llmos.bus import names
 from llmos.errors import BadRequest, NoReplica, RateLimited, UnsupportedParameter
 from llmos.gateway import toolcalls
 from llmos.gateway.answers import PLAIN, Shape
@@ -67,7 +68,8 @@ async def admit(state: GatewayState, request: Request,
         raise BadRequest(f"max_tokens is {max_tokens} but this server allows at most "
                          f"{limits.max_tokens_limit}", param="max_tokens")
     await meter(state, request, deployment.project, max_tokens * (body.n or 1))
-    if not await state.workers.wait_for_replica(deployment.name,
+    if not await state.workers.wait_for_replica(names.bus_name(deployment.name,
+                                                               deployment.project),
                                                 state.replica_wait_s(deployment)):
         raise NoReplica(no_replica_message(deployment))
     engine_body |= limits.sampling.given() | body.sampling()

@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 from llmos.errors import NoReplica
 from llmos.gateway.state import GatewayState, no_replica_message
+from llmos.store import Deployment
 
 
 def stranded(since: dict[str, float], now: float, waiting: set[str],
@@ -37,15 +38,18 @@ async def fail_stranded(state: GatewayState, interval_s: float = 0.5) -> None:
     since: dict[str, float] = {}
     while True:
         await asyncio.sleep(interval_s)
-        waiting = state.dispatcher.unanswered()
-        def wait_s(deployment: str) -> float:
-            return state.replica_wait_s(state.catalog.cached(deployment))
+        waiting = state.dispatcher.unanswered()  # (by the deployments' bus names)
+        rows = {key: state.catalog.cached(handles[0].request.deployment,
+                                          handles[0].request.project)
+                for key, handles in waiting.items()}
 
-        for deployment in stranded(since, time.time(), set(waiting), state.workers.alive,
-                                   wait_s):
-            row = state.catalog.cached(deployment)
-            for handle in waiting[deployment]:
+        def wait_s(key: str, rows: dict[str, Deployment | None] = rows) -> float:
+            return state.replica_wait_s(rows[key])
+
+        for key in stranded(since, time.time(), set(waiting), state.workers.alive, wait_s):
+            found, name = rows[key], waiting[key][0].request.deployment
+            for handle in waiting[key]:
                 handle.fail(NoReplica(
-                    no_replica_message(row) if row is not None else
-                    f"no replica of {deployment!r} takes requests any more; retry later"))
-            del since[deployment]
+                    no_replica_message(found) if found is not None else
+                    f"no replica of {name!r} takes requests any more; retry later"))
+            del since[key]

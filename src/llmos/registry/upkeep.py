@@ -32,10 +32,11 @@ class Problem:
     problem: str
 
 
-def _selected(registry: LocalRegistry, ref: str | None, project: str) -> list[ModelVersion]:
+def _selected(registry: LocalRegistry, ref: str | None, project: str,
+              everywhere: bool) -> list[ModelVersion]:
     if ref is not None:
         return [registry.get(ref, project=project)]
-    return registry.all_versions()
+    return registry.all_versions() if everywhere else registry.list(project=project)
 
 
 def referenced(registry: LocalRegistry) -> dict[str, list[str]]:
@@ -48,11 +49,13 @@ def referenced(registry: LocalRegistry) -> dict[str, list[str]]:
 
 
 def verify(registry: LocalRegistry, ref: str | None = None, *,
-           project: str = DEFAULT_PROJECT, progress: Progress | None = None) -> list[Problem]:
-    """Re-hash the blobs of one version (or of every version); list what is wrong."""
+           project: str = DEFAULT_PROJECT, everywhere: bool = True,
+           progress: Progress | None = None) -> list[Problem]:
+    """Re-hash the blobs of one version (or of every version: in every project, or in
+    ``project`` only when not ``everywhere``); list what is wrong."""
     problems: list[Problem] = []
     checked: dict[str, str | None] = {}
-    for version in _selected(registry, ref, project):
+    for version in _selected(registry, ref, project, everywhere):
         for blob in version.blobs:
             if blob.digest not in checked:
                 checked[blob.digest] = _verify_blob(registry, blob.digest, progress)
@@ -80,9 +83,9 @@ def _verify_blob(registry: LocalRegistry, digest: str, progress: Progress | None
 
 
 def verify_bytes(registry: LocalRegistry, ref: str | None = None, *,
-                 project: str = DEFAULT_PROJECT) -> int:
+                 project: str = DEFAULT_PROJECT, everywhere: bool = True) -> int:
     """How many bytes ``verify`` reads (for a progress bar)."""
-    versions = _selected(registry, ref, project)
+    versions = _selected(registry, ref, project, everywhere)
     return sum({b.digest: b.size for v in versions for b in v.blobs}.values())
 
 

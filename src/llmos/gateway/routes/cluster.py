@@ -23,6 +23,7 @@ from llmos.gateway.auth import PrincipalDep, ProjectDep, requires
 from llmos.gateway.deps import StateDep
 from llmos.gateway.schemas import ErrorResponse
 from llmos.gateway.state import GatewayState
+from llmos.registry.local import PROJECT_PATTERN
 from llmos.registry.refs import REF_PATTERN
 from llmos.settings import EngineSettings
 from llmos.store import Deployment, Store
@@ -393,6 +394,9 @@ async def bus_permissions(
     deployment: Annotated[list[Annotated[str, Field(pattern=DEPLOYMENT_PATTERN)]] | None,
                           Query(description="the deployments it serves (none given: any, "
                                             "as an agent's replicas)")] = None,
+    project: Annotated[str, Query(pattern=PROJECT_PATTERN,
+                                  description="the project of those deployments")
+                       ] = "default",
     vhost: Annotated[str, Query(max_length=128)] = "/",
 ) -> BusPermissions:
     """Least-privilege RabbitMQ permissions for a node's own broker user: its
@@ -400,7 +404,7 @@ async def bus_permissions(
     (see docs/security.md)."""
     from llmos.bus.permissions import node_permissions
 
-    granted = node_permissions(deployment or None)
+    granted = node_permissions(deployment or None, project)
     return BusPermissions(configure=granted.configure, write=granted.write,
                           read=granted.read, rabbitmqctl=granted.rabbitmqctl(user, vhost))
 

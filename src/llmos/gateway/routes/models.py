@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from llmos.auth.roles import Role
 from llmos.errors import BadRequest, LLMOSError, NotFound, RegistryError
-from llmos.gateway.auth import ProjectDep, requires
+from llmos.gateway.auth import PrincipalDep, ProjectDep, requires
 from llmos.gateway.deps import StateDep
 from llmos.gateway.guard import has_body
 from llmos.gateway.routing import only_specific
@@ -470,12 +470,16 @@ async def collect_garbage(state: StateDep, grace_s: Annotated[float, Query(
     "content": {"application/x-ndjson": {}},
     "description": 'lines of {"checked", "total"} bytes, then {"problems": [...]}'}})
 @requires(Role.operator)
-async def verify(state: StateDep, project: ProjectDep, ref: Annotated[str | None, Query(
-        description="one version (default: every version in the store)",
-        pattern=REF_PATTERN)] = None) -> StreamingResponse:
+async def verify(state: StateDep, project: ProjectDep, principal: PrincipalDep,
+                 ref: Annotated[str | None, Query(
+                     description="one version (default: every version of the project; an "
+                                 "admin's: of every project)",
+                     pattern=REF_PATTERN)] = None) -> StreamingResponse:
     """Re-hash blobs against their digests; the answer streams progress, then problems."""
     registry = _registry(state)
-    total = await asyncio.to_thread(upkeep.verify_bytes, registry, ref, project=project)
+    everywhere = principal.role is Role.admin
+    total = await asyncio.to_thread(upkeep.verify_bytes, registry, ref, project=project,
+                                    everywhere=everywhere)
     lines: asyncio.Queue[str] = asyncio.Queue()
     loop = asyncio.get_running_loop()
     checked = 0
@@ -489,7 +493,7 @@ async def verify(state: StateDep, project: ProjectDep, ref: Annotated[str | None
     async def run() -> None:
         try:
             problems = await asyncio.to_thread(upkeep.verify, registry, ref, project=project,
-                                               progress=progress)
+                                               everywhere=everywhere, progress=progress)
             await lines.put(json.dumps({"problems": [
                 {"ref": p.ref, "digest": p.digest, "problem": p.problem}
                 for p in problems]}) + "\n")
