@@ -30,6 +30,7 @@ from llmos.gateway.routes import health, openai
 from llmos.settings import Settings
 from llmos.store import Store
 from tests.gateway.running import running
+from tests.registry.test_gguf import make_gguf
 
 
 @dataclass
@@ -253,6 +254,43 @@ async def test_a_key_sees_only_its_own_project(
     me = await client.get("/api/whoami", headers=bearer(keys.user))
     assert me.json() | {"key_id": None} == {"key_id": None, "name": "user", "role": "user",
                                             "project": "a"}
+
+
+@pytest.mark.asyncio
+async def test_a_digest_alone_opens_no_other_projects_blob(
+        served: tuple[FastAPI, httpx.AsyncClient, Keys]) -> None:
+    app, client, keys = served
+    store: Store = app.state.gateway.catalog.store
+    _, stranger = store.keys.create("b-operator", Role.operator, "b", now=time.time())
+    await asyncio.sleep(1.2)  # (keys reload every 0.5 s)
+    content = make_gguf() + b"project a's weights"
+    uploaded = await client.post("/api/blobs", params={"filename": "w.gguf"},
+                                 content=content, headers=bearer(keys.operator))
+    assert uploaded.status_code == 201, uploaded.text
+    digest = uploaded.json()["digest"]
+    files = {"files": [{"filename": "w.gguf", "digest": digest}]}
+    # Project b's key knows the digest, and nothing else: as if there were no such blob.
+    assert (await client.head(f"/api/blobs/{digest}",
+                              headers=bearer(stranger))).status_code == 404
+    assert (await client.get(f"/api/blobs/{digest}",
+                             headers=bearer(stranger))).status_code == 404
+    refused = await client.post("/api/models/w/versions", json=files, params={"project": "b"},
+                                headers=bearer(stranger))
+    assert refused.status_code == 400 and "upload it first" in refused.text
+    # Project a's keys use it: its operator makes a version, its user downloads it.
+    made = await client.post("/api/models/w/versions", json=files,
+                             headers=bearer(keys.operator))
+    assert made.status_code == 201, made.text
+    got = await client.get(f"/api/blobs/{digest}", headers=bearer(keys.user))
+    assert got.status_code == 200 and got.content == content
+    # Uploading the content is the proof: then project b may use it too (one copy).
+    again = await client.post("/api/blobs", params={"filename": "w.gguf"}, content=content,
+                              headers=bearer(stranger))
+    assert again.status_code == 201 and again.json()["new"] is False
+    assert (await client.post("/api/models/w/versions", json=files, params={"project": "b"},
+                              headers=bearer(stranger))).status_code == 201
+    assert (await client.get(f"/api/blobs/{digest}",
+                             headers=bearer(keys.admin))).status_code == 200
 
 
 @pytest.mark.asyncio

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from llmos.store.audit import Audit
 from llmos.store.cluster import Events, Leases, Nodes, Replicas
+from llmos.store.grants import Grants
 from llmos.store.keys import Keys
 from llmos.store.tables import Deployment
 from llmos.store.usage import Usage
@@ -31,6 +32,7 @@ class Store:
         self.events = Events(self._sessions)
         self.leases = Leases(self._sessions)
         self.keys = Keys(self._sessions)
+        self.grants = Grants(self._sessions)
         self.audit = Audit(self._sessions)
         self.usage = Usage(self._sessions)
 

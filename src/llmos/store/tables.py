@@ -145,6 +145,16 @@ class ApiKey(Base):
     """Its rate limits and quota (rpm, tpm, concurrent, tokens_per_day; none: no limit)."""
 
 
+class BlobGrant(Base):
+    """A key of ``project`` uploaded the blob ``digest``: that project may use it."""
+
+    __tablename__ = "blob_grants"
+
+    digest: Mapped[str] = mapped_column(String(80), primary_key=True)
+    project: Mapped[str] = mapped_column(String(64), primary_key=True)
+    granted_at: Mapped[float] = mapped_column(Float, nullable=False)
+
+
 class AuditEntry(Base):
     """A management action: who (key), what (endpoint, path), when, from where (client
     address) and its result (HTTP status)."""

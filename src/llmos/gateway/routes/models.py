@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import queue
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -20,13 +21,14 @@ from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import FileResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from llmos.auth.roles import Role
+from llmos.auth.roles import Principal, Role
 from llmos.errors import BadRequest, LLMOSError, NotFound, RegistryError
-from llmos.gateway.auth import PrincipalDep, ProjectDep, requires
+from llmos.gateway.auth import PrincipalDep, ProjectDep, principal_of, requires
 from llmos.gateway.deps import StateDep
 from llmos.gateway.guard import has_body
 from llmos.gateway.routing import only_specific
 from llmos.gateway.schemas import ErrorResponse
+from llmos.gateway.state import GatewayState
 from llmos.registry import LocalRegistry, ModelVersion, templates, upkeep
 from llmos.registry.blobs import CHUNK, BlobCorrupt, Stored, hash_file
 from llmos.registry.estimate import KV_TYPES
@@ -156,6 +158,30 @@ def _registry(state: Any) -> LocalRegistry:
     return registry
 
 
+def _held(state: GatewayState, principal: Principal, digests: set[str]) -> set[str]:
+    """Those of ``digests`` the principal may use (blocking): an admin or a node, any;
+    another key, those its project's versions name or its project's keys uploaded
+    (store/grants.py): a digest alone proves nothing."""
+    if principal.role in (Role.admin, Role.node):
+        return set(digests)
+    named = {b.digest for v in _registry(state).list(project=principal.project)
+             for b in v.blobs}
+    held = digests & named
+    return held | state.catalog.store.grants.granted(digests - held, principal.project)
+
+
+async def _must_hold(state: GatewayState, principal: Principal, digest: str) -> None:
+    if digest not in await asyncio.to_thread(_held, state, principal, {digest}):
+        raise NotFound(f"blob {digest} not found")
+
+
+async def _granted(state: GatewayState, principal: Principal, digest: str) -> None:
+    """The principal's project uploaded ``digest``: it may use it from now on."""
+    if principal.role is not Role.admin:
+        await asyncio.to_thread(state.catalog.store.grants.grant, digest, principal.project,
+                                time.time())
+
+
 # versions ------------------------------------------------------------------------------
 
 @router.get("/api/models", response_model=VersionList, responses=_ERRORS)
@@ -170,8 +196,15 @@ async def list_models(state: StateDep, project: ProjectDep) -> VersionList:
              status_code=201, responses=_ERRORS)
 @requires(Role.operator)
 async def create_version(name: NamePath, body: NewVersion, state: StateDep,
-                         project: ProjectDep) -> VersionCreated:
-    """A new version of ``name`` made of blobs already uploaded (``POST /api/blobs``)."""
+                         project: ProjectDep, principal: PrincipalDep) -> VersionCreated:
+    """A new version of ``name`` made of blobs already uploaded (``POST /api/blobs``) by a
+    key of the project, or that its versions already name."""
+    wanted = {f.digest for f in body.files}
+    held = await asyncio.to_thread(_held, state, principal, wanted)
+    for f in body.files:
+        if f.digest not in held:
+            raise BadRequest(f"blob {f.digest} of {f.filename} is not in the store; upload "
+                             "it first", param="files")
     imported = await asyncio.to_thread(
         _registry(state).create_version, name, [(f.filename, f.digest) for f in body.files],
         tag=body.tag, project=project, label=body.label, derived_from=body.derived_from,
@@ -290,6 +323,7 @@ async def upload_blob(request: Request, state: StateDep,
     registry = _registry(state)
     stored: Stored = await _body_to_thread(
         request, lambda body: registry.put_blob(body, filename=filename, expected=digest))
+    await _granted(state, principal_of(request.scope), stored.digest)
     return BlobStored(digest=stored.digest, size=stored.size, new=stored.new)
 
 
@@ -345,8 +379,11 @@ async def _put(chunks: queue.Queue[Any], item: Any, writer: asyncio.Task[Any]) -
 
 @router.head("/api/blobs/{digest:path}", responses=_ERRORS)
 @requires(Role.user, nodes=True)
-async def blob_exists(digest: DigestPath, state: StateDep) -> Response:
-    """200 with the size when the store has the blob: an upload of it can be skipped."""
+async def blob_exists(digest: DigestPath, state: StateDep,
+                      principal: PrincipalDep) -> Response:
+    """200 with the size when the store has the blob and the key's project holds it (its
+    versions name it, or one of its keys uploaded it): an upload of it can be skipped."""
+    await _must_hold(state, principal, digest)
     size = await asyncio.to_thread(_registry(state).blob_size, digest)
     if size is None:
         raise NotFound(f"blob {digest} not found")
@@ -358,8 +395,11 @@ async def blob_exists(digest: DigestPath, state: StateDep) -> Response:
     **_ERRORS, 200: {"content": {"application/octet-stream": {}},
                      "description": "the content; a Range header gets 206 and that part"}})
 @requires(Role.user, nodes=True)
-async def download_blob(digest: DigestPath, state: StateDep) -> FileResponse:
-    """A blob's content, whole or by ``Range``; checked against its digest first."""
+async def download_blob(digest: DigestPath, state: StateDep,
+                        principal: PrincipalDep) -> FileResponse:
+    """A blob's content, whole or by ``Range``; checked against its digest first. Only
+    of a blob the key's project holds (404 for another, as for none)."""
+    await _must_hold(state, principal, digest)
     registry = _registry(state)
     path = await asyncio.to_thread(registry.blob_path, digest)
     stat = path.stat()
@@ -439,10 +479,12 @@ async def append_upload(upload_id: UploadIdPath, request: Request, state: StateD
     **_ERRORS, 409: {"model": ErrorResponse, "description": "the session has not all the "
                      "bytes yet"}})
 @requires(Role.operator)
-async def finish_upload(upload_id: UploadIdPath, state: StateDep) -> BlobStored:
+async def finish_upload(upload_id: UploadIdPath, state: StateDep,
+                        principal: PrincipalDep) -> BlobStored:
     """Check the digest (and a GGUF header) and make the blob visible; a mismatch keeps
     nothing."""
     stored = await asyncio.to_thread(_registry(state).finish_upload, upload_id)
+    await _granted(state, principal, stored.digest)
     return BlobStored(digest=stored.digest, size=stored.size, new=stored.new)
 
 
