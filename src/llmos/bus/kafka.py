@@ -549,6 +549,13 @@ class KafkaBus(Bus):
             raise ConfigError(f"bus URL {safe_url(url)}: credentials in a kafka:// URL (SASL) "
                               "are not supported yet; use a broker that needs none")
         self.client_options: dict[str, Any] = {"bootstrap_servers": parts.netloc.split(",")}
+        if parts.scheme == "kafka+ssl":
+            # TLS, the brokers' certificates checked against the system's trust store
+            # (SSL_CERT_FILE for a private CA).
+            import ssl
+
+            self.client_options |= {"security_protocol": "SSL",
+                                    "ssl_context": ssl.create_default_context()}
         self._producer: Any = None
         self._admin: Any = None
         self._tail: _TailReader | None = None

@@ -301,7 +301,10 @@ class NatsBus(Bus):
         except ValueError as exc:
             raise ConfigError(f"bus URL {safe_url(url)}: ack_wait_s must be a number of seconds") \
                 from exc
-        self._server = urlunsplit((parts.scheme, parts.netloc, "", "", ""))
+        # nats+tls://: TLS, the server's certificate checked against the system's trust
+        # store (SSL_CERT_FILE for a private CA), as nats-py does for tls://.
+        scheme = "tls" if parts.scheme == "nats+tls" else parts.scheme
+        self._server = urlunsplit((scheme, parts.netloc, "", "", ""))
         self._nc: Any = None
         self._js: Any = None
         self._large: Any = None
