@@ -1,0 +1,1 @@
+"""Autoscaling and capacity planning from queueing theory (pure: data in, data out)."""
