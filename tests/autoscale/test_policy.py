@@ -34,13 +34,14 @@ def test_waiting_requests_add_replicas_to_clear_them() -> None:
     assert backlog.replicas > calm.replicas
 
 
-def test_down_is_slow_one_at_a_time_after_the_cooldown() -> None:
+def test_down_is_slow_only_after_the_cooldown_and_on_the_last_minute() -> None:
     history = History(changed_at=990.0)
     quiet_now = replace(QUIET, ready=5, rate_short=0.2, rate_long=0.2)
     assert POLICY.decide(quiet_now, history).replicas == 5  # cooling down
     later = replace(quiet_now, now=1051.0)
-    assert POLICY.decide(later, history).replicas == 4
-    assert POLICY.decide(replace(later, now=1060.0, ready=4), history).replicas == 4
+    assert POLICY.decide(later, history).replicas == 1  # (straight to what is needed)
+    one_by_one = Policy(POLICY.bounds, cooldown_s=60, down_step=1)
+    assert one_by_one.decide(later, History(changed_at=990.0)).replicas == 4
     # A busy last minute holds the fleet even when the last seconds were quiet.
     busy_minute = replace(quiet_now, now=2000.0, rate_long=6.0)
     assert POLICY.decide(busy_minute, History()).replicas == 5

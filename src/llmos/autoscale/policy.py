@@ -12,9 +12,10 @@ object.
   requests already waiting within the wait target. Replicas still starting count as
   capacity on the way: a load step adds them once, not again at every look while
   they load (the cascade target-tracking autoscalers suffer).
-- **Down, slowly**: only to what the long window's rate needs with ``headroom``, one
-  replica per ``cooldown_s``, never within ``cooldown_s`` of the last change, and
-  never below ``min``.
+- **Down, slowly**: only to what the long window's rate needs with ``headroom``, never
+  within ``cooldown_s`` of the last change, never below ``min`` (``down_step`` limits
+  the replicas removed at once; by default none: in the simulator, one at a time kept
+  a bursty trace's fleet twice as large as needed).
 - **To zero** (``min == 0``): after ``idle_s`` with no arrival and nothing waiting;
   from zero, to one replica as soon as anything arrives.
 - **Capped** by ``max``, and by what the scheduler could place: while a replica
@@ -88,6 +89,8 @@ class Policy:
     cooldown_s: float = 60.0
     headroom: float = 1.2
     """Scale-down sizes for the long window's rate times this."""
+    down_step: int | None = None
+    """Replicas removed per scale-down at most (None: straight to what is needed)."""
 
     def replicas_for(self, rate: float, observed: Observation) -> tuple[int, int]:
         """(replicas, servers) meeting the objective at ``rate``, and clearing what waits
@@ -137,5 +140,7 @@ class Policy:
                             servers)
         if now - history.changed_at < self.cooldown_s:
             return Decision(have, f"cooling down: {target} would do", up, servers)
-        return done(have - 1, f"down: {observed.rate_long:.2f}/s over the last minute "
-                              f"needs {target}")
+        step = have - target if self.down_step is None else min(self.down_step,
+                                                                 have - target)
+        return done(have - step, f"down: {observed.rate_long:.2f}/s over the last minute "
+                                 f"needs {target}")
