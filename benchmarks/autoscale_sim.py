@@ -215,7 +215,7 @@ class Simulation:
 # policies ------------------------------------------------------------------------------
 
 def llmos_policy() -> tuple[Callable[[Fleet], int], float]:
-    policy = Policy(Bounds(min=1, max=MAX_REPLICAS, wait_s=5.0, percentile=0.99),
+    policy = Policy(Bounds(min=1, max=MAX_REPLICAS, wait_s=SLO_WAIT_S, percentile=0.99),
                     cooldown_s=60)
     history = History()
 
@@ -318,11 +318,15 @@ def compare(trace: Trace, seeds: int) -> list[Outcome]:
 
 
 def main() -> None:
+    global SLO_WAIT_S
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--json", type=Path)
     parser.add_argument("--trace", action="append", help="only these traces")
+    parser.add_argument("--slo", type=float, default=SLO_WAIT_S,
+                        help="seconds a request may wait before it starts")
     args = parser.parse_args()
+    SLO_WAIT_S = args.slo
     report: dict[str, list[dict[str, object]]] = {}
     print(f"SLO: start within {SLO_WAIT_S:g} s; {args.seeds} seeds, medians; baselines at "
           "their cheapest setting reaching llmos' attainment (else their best)")

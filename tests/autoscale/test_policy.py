@@ -63,3 +63,12 @@ def test_bounds_and_unplaceable_replicas_cap_the_count() -> None:
     assert held.replicas == 3 and "cannot be placed" in held.reason
     assert Policy(Bounds(min=2)).decide(replace(QUIET, ready=2, rate_short=0.0,
                                                 rate_long=0.0), History()).replicas == 2
+
+
+def test_noise_in_the_short_window_adds_no_replica() -> None:
+    steady = replace(QUIET, rate_short=2.0, rate_long=2.0, ready=3)
+    assert POLICY.decide(steady, History()).replicas == 3
+    noisy = replace(steady, rate_short=2.8)  # 28 arrivals in 10 s where 20 are usual
+    assert POLICY.decide(noisy, History()).replicas == 3
+    burst = replace(steady, rate_short=6.0)
+    assert POLICY.decide(burst, History()).replicas > 3

@@ -8,7 +8,9 @@ numbers behind it. The controller and ``benchmarks/autoscale_sim.py`` call the s
 object.
 
 - **Up, at once**: the fewest replicas whose slots meet the objective (Erlang C with
-  Allen-Cunneen, ``erlang.py``) for the short window's rate, plus what clears the
+  Allen-Cunneen, ``erlang.py``) for the short window's rate (trusted only down to its
+  Poisson lower bound, ``confidence`` deviations: noise adds nothing, a burst does;
+  the long window's rate when that is higher), plus what clears the
   requests already waiting within the wait target. Replicas still starting count as
   capacity on the way: a load step adds them once, not again at every look while
   they load (the cascade target-tracking autoscalers suffer).
@@ -63,6 +65,8 @@ class Observation:
     service_cv2: float = 1.0
     unplaceable: int = 0
     """Replicas the scheduler could not place (they cap the count)."""
+    short_window_s: float = 10.0
+    """The window of ``rate_short`` (how many arrivals it saw: how much to trust it)."""
 
 
 @dataclass(frozen=True)
@@ -89,6 +93,10 @@ class Policy:
     cooldown_s: float = 60.0
     headroom: float = 1.2
     """Scale-down sizes for the long window's rate times this."""
+    confidence: float = 2.0
+    """Scale-up trusts the short window's rate only down to this many standard
+    deviations below what it saw (a Poisson count's): noise at a few requests per
+    second does not add replicas; a burst still does at once."""
     down_step: int | None = None
     """Replicas removed per scale-down at most (None: straight to what is needed)."""
 
@@ -107,11 +115,18 @@ class Policy:
         servers += extra
         return math.ceil(servers / observed.slots), servers
 
+    def rising_rate(self, observed: Observation) -> float:
+        """The rate scale-up sizes for: the last minute's, or the short window's lower
+        confidence bound when that is higher."""
+        seen = observed.rate_short * observed.short_window_s
+        bound = max(0.0, seen - self.confidence * math.sqrt(seen)) / observed.short_window_s
+        return max(observed.rate_long, bound)
+
     def decide(self, observed: Observation, history: History) -> Decision:
         b = self.bounds
         have = observed.ready + observed.starting
         now = observed.now
-        up, servers = self.replicas_for(observed.rate_short, observed)
+        up, servers = self.replicas_for(self.rising_rate(observed), observed)
         idle = observed.waiting == 0 and (
             observed.last_arrival is None or now - observed.last_arrival >= b.idle_s)
 
