@@ -134,6 +134,7 @@ POLICY: dict[tuple[str, str], tuple[Role | None, bool]] = {
     ("POST", "/api/models/{name:path}/versions"): (Role.operator, True),
     ("GET", "/api/models/{ref:path}/lineage"): (Role.user, True),
     ("GET", "/api/models/{ref:path}/estimate"): (Role.user, True),
+    ("POST", "/api/models/{ref:path}/plan"): (Role.user, True),
     ("PUT", "/api/models/{ref:path}/tags/{tag}"): (Role.operator, True),
     ("DELETE", "/api/models/{ref:path}/tags/{tag}"): (Role.operator, True),
     ("GET", "/api/models/{ref:path}"): (Role.user, True),

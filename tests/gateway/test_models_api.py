@@ -359,3 +359,30 @@ async def test_verify_keeps_to_the_keys_project_unless_an_admins(api: Api) -> No
     assert (total, problems) == (mine["size"], [])  # nothing of project b, not even its size
     _, problems = await verify(admin)
     assert [p["ref"] for p in problems] == ["b/m@1"]
+
+
+@pytest.mark.asyncio
+async def test_a_plan_sizes_every_slot_count_and_names_the_cheapest(api: Api) -> None:
+    layout = tuple(uint32_entry(f"gemma3.{key}", value) for key, value in (
+        ("block_count", 6), ("embedding_length", 256), ("attention.head_count", 4),
+        ("attention.head_count_kv", 1), ("attention.key_length", 64),
+        ("attention.value_length", 64)))
+    await api.push("m", make_gguf(extra=layout))
+    curve = [{"slots": 1, "prefill_tps": 900, "decode_tps": 58},
+             {"slots": 4, "prefill_tps": 500, "decode_tps": 16.6}]
+    body = {"rate": 3.0, "prompt_tokens": 200, "output_tokens": 72, "wait_s": 1.0,
+            "percentile": 0.99, "service_cv2": 0.23, "curve": curve}
+    response = await api.client.post("/api/models/m/plan", json=body)
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert {s["slots"] for s in answer["shapes"]} == {1, 4}
+    assert answer["cheapest"] == answer["shapes"][0]
+    assert all(s["memory_bytes"] >= answer["cheapest"]["memory_bytes"]
+               for s in answer["shapes"])
+    for shape in answer["shapes"]:
+        assert shape["wait_s"] <= 1.0 and shape["utilization"] < 1
+        assert shape["replicas"] >= 1
+    missing = await api.client.post("/api/models/nothing/plan", json=body)
+    assert missing.status_code == 404
+    assert (await api.client.post("/api/models/m/plan",
+                                  json=body | {"curve": []})).status_code == 400

@@ -39,6 +39,7 @@ from llmos.cli.output import (
     show,
     table,
 )
+from llmos.cli.plan import plan
 from llmos.cli.running import ps, run
 from llmos.errors import LLMOSError
 
@@ -312,6 +313,7 @@ def version(url: UrlOption = None) -> None:
 workers_app = typer.Typer(help="Worker processes: list them, drain or resume one.",
                           no_args_is_help=True)
 app.add_typer(workers_app, name="workers")
+models_app.command("plan")(plan)
 app.add_typer(models_app, name="models")
 app.add_typer(deployments_app, name="deployments")
 app.add_typer(nodes_app, name="nodes")

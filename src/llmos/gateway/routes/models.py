@@ -260,6 +260,81 @@ async def estimate(
     return {"ref": version.ref, **result.to_dict()}
 
 
+class SlotSpeedBody(BaseModel):
+    slots: int = Field(ge=1, le=256, description="requests a replica runs at once")
+    prefill_tps: float = Field(gt=0, description="prompt tokens per second of one request "
+                               "while that many run")
+    decode_tps: float = Field(gt=0, description="generated tokens per second of one "
+                              "request while that many run")
+
+
+class PlanBody(BaseModel):
+    rate: float = Field(gt=0, le=1e6, description="requests per second")
+    prompt_tokens: int = Field(ge=0, le=10_000_000)
+    output_tokens: int = Field(ge=1, le=10_000_000)
+    wait_s: float = Field(gt=0, le=86_400, description="a request starts within this ...")
+    percentile: float = Field(0.99, gt=0, lt=1, description="... for this fraction")
+    service_cv2: float = Field(1.0, ge=0, le=100, description="variance / mean² of the "
+                               "service time (1: exponential; fixed lengths: near 0)")
+    curve: list[SlotSpeedBody] = Field(min_length=1, max_length=64, description="the "
+                                       "replica's measured speed per request at each slot "
+                                       "count (llmos models plan --measure)")
+    kv_type: str = Field("f16", pattern=f"^({'|'.join(KV_TYPES)})$")
+
+
+class PlanShape(BaseModel):
+    replicas: int
+    slots: int
+    service_s: float
+    wait_s: float
+    """The wait at the objective's percentile."""
+    mean_wait_s: float
+    utilization: float
+    memory_bytes: int
+    """All replicas together (the registry's estimate per replica)."""
+
+
+class PlanAnswer(BaseModel):
+    cheapest: PlanShape
+    shapes: list[PlanShape]
+    """Every slot count of the curve, cheapest first."""
+
+
+@router.post("/api/models/{ref:path}/plan", response_model=PlanAnswer, responses=_ERRORS)
+@requires(Role.user)
+async def plan(ref: RefPath, body: PlanBody, state: StateDep,
+               project: ProjectDep) -> PlanAnswer:
+    """The cheapest (replicas, slots per replica) for a traffic and a wait objective:
+    Erlang C with the Allen-Cunneen correction for each slot count of the replica's
+    measured speed curve, memory from the registry's estimate at that slot count (a
+    context of the prompt and output per slot)."""
+    from llmos.autoscale.plan import Objective, SlotSpeed, shapes
+    from llmos.registry.estimate import estimate_resources
+
+    registry = _registry(state)
+    engine = state.settings.engine
+    version = await asyncio.to_thread(registry.get, ref, project=project)
+    info, weights_bytes = await asyncio.to_thread(registry.weights_info, version)
+    per_slot = body.prompt_tokens + body.output_tokens
+
+    def memory(slots: int) -> int:
+        return estimate_resources(
+            info, weights_bytes=weights_bytes, slots=slots, ctx_size=slots * per_slot,
+            kv_type=body.kv_type, kv_unified=engine.kv_unified,
+            cache_ram_mib=engine.cache_ram_mib, n_batch=engine.batch_size,
+            n_ubatch=engine.batch_size).total_bytes
+
+    curve = [SlotSpeed(c.slots, c.prefill_tps, c.decode_tps) for c in body.curve]
+    try:
+        found = await asyncio.to_thread(
+            shapes, body.rate, body.prompt_tokens, body.output_tokens, curve, memory,
+            Objective(body.wait_s, body.percentile), service_cv2=body.service_cv2)
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
+    answer = [PlanShape(**vars(s)) for s in found]
+    return PlanAnswer(cheapest=answer[0], shapes=answer)
+
+
 @router.put("/api/models/{ref:path}/tags/{tag}", response_model=VersionPublic,
             responses=_ERRORS)
 @requires(Role.operator)
