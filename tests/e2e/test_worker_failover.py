@@ -227,8 +227,9 @@ def test_kill_9_of_one_worker_loses_no_request(cluster: Cluster) -> None:
             for task in everything:
                 task.cancel()
             await asyncio.wait(everything, timeout=10)
-            await client.close()
-            await watcher.close()
+            # (bounded: a close that hangs must not hide the failure above)
+            await asyncio.wait_for(client.close(), 10)
+            await asyncio.wait_for(watcher.close(), 10)
         return list(results)
 
     answers = asyncio.run(run())
