@@ -71,3 +71,25 @@ class TestRedisBus(BusContract):
     def _broker(self) -> None:
         parts = urlsplit(REDIS_URL)
         require_service("Redis", parts.hostname or "127.0.0.1", parts.port or 6379)
+
+
+@pytest.mark.asyncio
+async def test_closing_the_bus_ends_its_topic_subscriptions() -> None:
+    """A subscription left running when the pool goes away outlived every cancel (it
+    hung asyncio.run's last one in CI): close ends it first."""
+    parts = urlsplit(REDIS_URL)
+    require_service("Redis", parts.hostname or "127.0.0.1", parts.port or 6379)
+    from llmos.bus.redis_streams import RedisBus
+
+    for _ in range(5):
+        bus = RedisBus(REDIS_URL)
+        await bus.connect()
+
+        async def heard(message: object) -> None:
+            return None
+
+        subscription = await bus.subscribe("llmos.test.closing", heard)
+        task = subscription._task  # type: ignore[attr-defined]
+        await asyncio.sleep(0.3)
+        await asyncio.wait_for(bus.close(), 10)
+        assert task is not None and task.done()

@@ -38,6 +38,7 @@ import json
 import logging
 import time
 import uuid
+import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -265,6 +266,11 @@ class _TopicSubscription(Subscription):
                 while True:
                     message = await pubsub.get_message(ignore_subscribe_messages=True,
                                                        timeout=1.0)
+                    # redis-py waits with a timeout that, on 3.11, can swallow a cancel
+                    # arriving as it expires: honour the cancel it swallowed (else this
+                    # loop outlives every cancel, as it hung asyncio.run's last one in CI).
+                    if _cancel_swallowed():
+                        raise asyncio.CancelledError
                     if message is None or message.get("type") != "message":
                         continue
                     headers, body = _unframe(message["data"])
@@ -288,11 +294,18 @@ class _TopicSubscription(Subscription):
         await self.cancel()
 
     async def cancel(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        task, self._task = self._task, None
+        while task is not None and not task.done():
+            task.cancel()  # (again, if a read swallowed the last one)
+            await asyncio.wait({task}, timeout=1.0)
+        if task is not None and not task.cancelled() and task.exception() is not None:
+            log.warning("redis subscriber of %s ended: %s", self.channel, task.exception())
+
+
+def _cancel_swallowed() -> bool:
+    """Whether the running task was asked to stop, yet the await just done returned."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 def _frame(headers: Mapping[str, str] | None, body: bytes) -> bytes:
@@ -312,6 +325,7 @@ class RedisBus(Bus):
         self._redis: Any = None
         self._meta: dict[str, dict[bytes, bytes]] = {}
         self._consumers: list[_StreamConsumer] = []
+        self._subscriptions: weakref.WeakSet[_TopicSubscription] = weakref.WeakSet()
         self._tasks: set[asyncio.Task[None]] = set()
 
     @property
@@ -347,6 +361,11 @@ class RedisBus(Bus):
             raise BusError(f"cannot connect to Redis at {safe_url(self.url)}: {exc}") from exc
 
     async def close(self) -> None:
+        # Topic subscriptions first: a pub/sub read whose connection the pool's
+        # disconnect pulls away never ends, not even when cancelled (it hung asyncio.run's
+        # final cancel in CI).
+        for subscription in list(self._subscriptions):
+            await subscription.cancel()
         for consumer in list(self._consumers):
             await consumer._stop_loop()
         for task in list(self._tasks):
@@ -476,4 +495,5 @@ class RedisBus(Bus):
     async def subscribe(self, topic: str, handler: TopicHandler) -> Subscription:
         subscription = _TopicSubscription(self, topic, handler)
         await subscription.start()
+        self._subscriptions.add(subscription)
         return subscription
