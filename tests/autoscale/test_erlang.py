@@ -65,6 +65,8 @@ def test_the_fewest_servers_meet_the_objective_and_one_fewer_does_not() -> None:
         assert p_wait_longer(Queue(rate, service_s, c - 1, cv2), wait_s) > 0.01
         assert wait_percentile(Queue(rate, service_s, c, cv2), 0.99) <= wait_s + 1e-9
     assert fewest_servers(0.0, 1.0, wait_s=1.0) == 0
+    with pytest.raises(ValueError, match="Erlangs need more than"):
+        fewest_servers(1e6, 1e3, wait_s=1.0)  # (refused at once, not searched)
 
 
 def simulate(rate: float, servers: int, service: random.Random, draw: str,

@@ -386,3 +386,8 @@ async def test_a_plan_sizes_every_slot_count_and_names_the_cheapest(api: Api) ->
     assert missing.status_code == 404
     assert (await api.client.post("/api/models/m/plan",
                                   json=body | {"curve": []})).status_code == 400
+    huge = body | {"rate": 1e6, "curve": [{"slots": 1, "prefill_tps": 1e-6,
+                                            "decode_tps": 1e-6}] * 64}
+    started = time.monotonic()
+    refused = await api.client.post("/api/models/m/plan", json=huge)
+    assert refused.status_code == 400 and time.monotonic() - started < 5

@@ -22,8 +22,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-MAX_SERVERS = 1_000_000
-"""No answer needs more (a guard against a search that cannot end)."""
+MAX_SERVERS = 100_000
+"""No answer needs more (a bound on a search that a request may ask for)."""
 
 
 @dataclass(frozen=True)
@@ -136,6 +136,8 @@ def fewest_servers(arrival_rate: float, service_s: float, *, wait_s: float,
     if not 0 < percentile < 1:
         raise ValueError("percentile is a fraction strictly between 0 and 1")
     load = arrival_rate * service_s
+    if load >= MAX_SERVERS:
+        raise ValueError(f"{load:.3g} Erlangs need more than {MAX_SERVERS} servers")
     variability = (arrival_cv2 + service_cv2) / 2
     b = 1.0
     for servers in range(1, MAX_SERVERS + 1):
