@@ -29,3 +29,11 @@ def test_a_plan_needs_a_curve(llmos_server: RunningServer) -> None:
     bad = llmos("models", "plan", "gemma-3-270m", "--rate", "2", "--wait", "1",
                 "--curve", "four", "--url", llmos_server.url)
     assert bad.returncode == 2 and "SLOTS:PREFILL_TPS:DECODE_TPS" in bad.stderr
+
+
+def test_measuring_a_deployment_that_is_not_there_says_so(llmos_server: RunningServer) -> None:
+    done = llmos("models", "plan", "gemma-3-270m", "--rate", "2", "--wait", "1",
+                 "--measure", "1", "--deployment", "nothing-here", "--url", llmos_server.url)
+    assert done.returncode == 1
+    assert "could not measure" in done.stderr and "nothing-here" in done.stderr
+    assert "Traceback" not in done.stderr

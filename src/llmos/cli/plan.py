@@ -26,6 +26,17 @@ from llmos.cli.output import JsonOption, Listing, OutputOption, chosen, data, ta
 GIB = 1 << 30
 
 
+class MeasureFailed(Exception):
+    pass
+
+
+def _message(response: httpx.Response) -> str:
+    try:
+        return str(response.json()["error"]["message"])
+    except (ValueError, KeyError, TypeError):
+        return response.text[:200]
+
+
 def _one(base: str, deployment: str, prompt: str, output_tokens: int) -> tuple[int, float,
                                                                               float, int]:
     """(prompt tokens, seconds to the first token, seconds after it, tokens after it)."""
@@ -39,7 +50,8 @@ def _one(base: str, deployment: str, prompt: str, output_tokens: int) -> tuple[i
                       timeout=600) as response:
         if response.status_code != 200:
             response.read()
-            raise RuntimeError(f"{response.status_code} {response.text[:200]}")
+            raise MeasureFailed(f"{deployment} answered {response.status_code}: "
+                                f"{_message(response)}")
         for line in response.iter_lines():
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
@@ -116,8 +128,12 @@ def plan(
         except ValueError:
             err.print("[red]error:[/red] --measure takes slot counts: 1,2,4")
             raise typer.Exit(code=2) from None
-        points = measure(base, deployment or ref.split(":")[0].split("@")[0], counts,
-                         prompt_tokens, output_tokens)
+        try:
+            points = measure(base, deployment or ref.split(":")[0].split("@")[0], counts,
+                             prompt_tokens, output_tokens)
+        except (MeasureFailed, httpx.HTTPError) as exc:
+            err.print(f"[red]error:[/red] could not measure the curve: {exc}")
+            raise typer.Exit(code=1) from None
     elif curve:
         points = _parse_curve(curve)
     else:
