@@ -45,7 +45,8 @@ def node_user(deployments: list[str]) -> Iterator[str]:
         if REQUIRE_SERVICES:
             pytest.fail(message)
         pytest.skip(message)
-    user, password = f"llmos-node-{secrets.token_hex(4)}", secrets.token_urlsafe(16)
+    # (hex: a password that starts with "-" would be read by rabbitmqctl as an option)
+    user, password = f"llmos-node-{secrets.token_hex(4)}", secrets.token_hex(16)
     rabbitmqctl("add_user", user, password)
     try:
         rabbitmqctl(*node_permissions(deployments).rabbitmqctl(user)[1:])
