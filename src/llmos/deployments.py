@@ -9,6 +9,10 @@ deletion (by any name) nor gc can take the files from under them.
 Changes that need new replicas (another version, engine settings, resources, node
 selector) bump the deployment's ``generation``; the controller then replaces its
 replicas one at a time. Scaling and the placement preferences do not.
+
+An autoscaled deployment (``autoscale``: its bounds and objective) has one writer of
+its replica count, the controller's autoscaler: a manual scale is refused unless the
+same change sets new bounds or switches autoscaling off (``autoscale={}``).
 """
 
 from __future__ import annotations
@@ -81,7 +85,27 @@ class DeploymentNotFound(NotFound):
 REPLACING = ("engine_settings", "resources", "node_selector")
 """Fields whose change needs new replicas (besides the model version)."""
 FIELDS = ("replicas", "engine_settings", "resources", "node_selector", "strategy",
-          "anti_affinity", "priority", "aliases")
+          "anti_affinity", "priority", "aliases", "autoscale")
+
+
+def bounded(replicas: int, autoscale: dict[str, Any] | None) -> int:
+    """The replica count within an autoscaled deployment's bounds."""
+    if not autoscale:
+        return replicas
+    return max(int(autoscale.get("min", 1)), min(int(autoscale.get("max", replicas)),
+                                                  replicas))
+
+
+def _one_writer(deployment: Deployment, changes: dict[str, Any]) -> None:
+    """A manual scale of an autoscaled deployment must say what becomes of autoscaling."""
+    if (changes.get("replicas") is not None and deployment.autoscale
+            and changes.get("autoscale") is None):
+        bounds = deployment.autoscale
+        raise Conflict(
+            f"deployment {deployment.name!r} is autoscaled ({bounds.get('min')} to "
+            f"{bounds.get('max')} replicas): its autoscaler sets the replica count. "
+            "Change its bounds or switch autoscaling off in the same request "
+            f"(llmos deployments autoscale {deployment.name} --min N --max M, or --off)")
 
 
 def _check_ids(store: Store, name: str, aliases: list[str] | None, project: str) -> None:
@@ -113,6 +137,9 @@ def create(store: Store, registry: LocalRegistry, name: str, model_ref: str, *,
         raise Conflict(f"deployment {name!r} already exists in project {project!r}; change "
                        "it with PATCH /api/deployments/{name} (llmos deployments update)")
     _check_ids(store, name, fields.get("aliases"), project)
+    autoscale = fields.pop("autoscale", None) or None
+    asked = fields.pop("replicas", None)
+    replicas = bounded(asked if asked is not None else 1, autoscale)
     version = registry.get(model_ref, project=project)  # fails before anything is written
     who = holder_of(name, project)
     registry.pins.pin(version, who)  # pinned before it is recorded
@@ -120,7 +147,7 @@ def create(store: Store, registry: LocalRegistry, name: str, model_ref: str, *,
         row = store.upsert_deployment(
             name, model_ref, project=project, engine_settings=fields.pop("engine_settings",
                                                                         None),
-            replicas=fields.pop("replicas", 1), model_version=version.ref, **fields)
+            replicas=replicas, model_version=version.ref, autoscale=autoscale, **fields)
     except Exception:
         registry.pins.unpin(version, who)
         raise
@@ -137,8 +164,17 @@ def update(store: Store, registry: LocalRegistry, name: str, *, project: str = "
     unknown = set(changes) - set(FIELDS)
     if unknown:
         raise ValueError(f"not a deployment field: {', '.join(sorted(unknown))}")
-    changed = {k: v for k, v in changes.items() if v is not None
+    _one_writer(deployment, changes)
+    autoscale = changes.pop("autoscale", None)
+    if autoscale is not None:  # given: new bounds, or {} (switched off)
+        changes["autoscale"] = autoscale or None
+        replicas = changes.get("replicas")
+        changes["replicas"] = bounded(deployment.replicas if replicas is None else replicas,
+                                      changes["autoscale"])
+    changed = {k: v for k, v in changes.items() if (v is not None or k == "autoscale")
                and getattr(deployment, k) != v}
+    if "autoscale" in changed and changed["autoscale"] is None:
+        changed["autoscale_status"] = None
     if "aliases" in changed:
         _check_ids(store, name, changed["aliases"], project)
     replace = any(k in REPLACING for k in changed)

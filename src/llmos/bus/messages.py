@@ -223,6 +223,8 @@ class RequestEvent(_Message):
     host: str = ""
     pid: int = 0
     """The worker's process: a gateway in the same one has logged the line already."""
+    service_s: float | None = None
+    """Seconds it held an engine slot (the autoscaler's service time)."""
 
     def log_fields(self) -> dict[str, Any]:
         """The fields of the request's log line at the worker (and at the gateways)."""
@@ -232,6 +234,27 @@ class RequestEvent(_Message):
                 "completion_tokens": self.completion_tokens,
                 "queue_wait_s": self.queue_wait_s, "first_token_s": self.first_token_s,
                 "duration_s": self.duration_s}
+
+
+class DeploymentTraffic(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    project: str
+    deployment: str
+    arrivals: int
+    """Requests admitted since the gateway's last report."""
+    in_flight: int
+    """Requests admitted and not finished: waiting for a replica, queued or served."""
+
+
+class TrafficReport(_Message):
+    """Telemetry: what one gateway admitted, per deployment, for the autoscaler. Sent
+    every ``names.TRAFFIC_INTERVAL_S`` while there is traffic (a deployment whose
+    requests all finished is reported once more, at zero), and at once when a request
+    arrives for a deployment with no replica taking requests."""
+
+    gateway: str
+    at: float
+    deployments: list[DeploymentTraffic]
 
 
 class LogEvent(_Message):

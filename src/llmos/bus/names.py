@@ -17,6 +17,9 @@ CHANGED_TOPIC = "llmos.control.changed"
 """The management API says here that desired state changed: the controller looks now."""
 REQUEST_EVENTS_TOPIC = "llmos.telemetry.requests"
 LOG_EVENTS_TOPIC = "llmos.telemetry.logs"
+TRAFFIC_TOPIC = "llmos.telemetry.traffic"
+"""Gateways report the requests they admit and hold, per deployment (the autoscaler)."""
+TRAFFIC_INTERVAL_S = 0.5
 TELEMETRY_TTL_S = 60.0
 HEARTBEAT_INTERVAL_S = 5.0
 """Heartbeats and commands live two intervals, so nobody acts on stale ones."""

@@ -165,6 +165,8 @@ def deployments_show(name: str, project: ProjectOption = "default",
         out.print(f"resources: {d['resources']}")
     if d["message"]:
         out.print(f"[yellow]{d['message']}[/yellow]")
+    if d.get("autoscale"):
+        _print_autoscaler(d["autoscale"], d.get("autoscaler"))
     replicas = Listing(("REPLICA", "NODE", "STATE", "GEN", "RSS", "RESTARTS"),
                        title="replicas")
     for r in d["placed"] or []:
@@ -174,6 +176,25 @@ def deployments_show(name: str, project: ProjectOption = "default",
     _print_events(d["events"] or [], fmt)
 
 
+def _print_autoscaler(bounds: dict[str, Any], look: dict[str, Any] | None) -> None:
+    out.print(f"autoscale: {bounds['min']} to {bounds['max']} replicas; a request starts "
+              f"within {bounds['wait_s']:g} s for {bounds['percentile']:.2%}"
+              + (f"; to zero after {bounds['idle_s']:g} s idle" if bounds["min"] == 0
+                 else ""))
+    if not look:
+        return
+    wait = look["predicted_wait_s"]
+    cold = look["cold_start_s"]
+    out.print(f"  last look: {look['replicas']} replica(s): {look['reason']}")
+    out.print(f"  λ {look['arrival_rate_short']:.2f}/s (10 s), "
+              f"{look['arrival_rate_long']:.2f}/s (60 s); service {look['service_s']:.2f} s "
+              f"(cv² {look['service_cv2']:.2f}) at {look['slots']} slots; c = "
+              f"{look['servers']} slots; {look['in_flight']} in flight, "
+              f"{look['waiting']} waiting; predicted wait "
+              + ("unbounded" if wait is None else f"{wait:.2f} s")
+              + ("" if cold is None else f"; cold start {cold:.1f} s"))
+
+
 @deployments_app.command("scale")
 def deployments_scale(name: str, replicas: Annotated[int, typer.Argument(min=0)],
                       project: ProjectOption = "default", url: UrlOption = None) -> None:
@@ -181,6 +202,47 @@ def deployments_scale(name: str, replicas: Annotated[int, typer.Argument(min=0)]
     call_api("PATCH", server_url(url), f"/api/deployments/{name}",
              json={"replicas": replicas}, params={"project": project})
     out.print(f"{name} scaled to {replicas}")
+
+
+@deployments_app.command("autoscale")
+def deployments_autoscale(
+        name: str,
+        min_replicas: Annotated[int | None, typer.Option(
+            "--min", min=0, help="fewest replicas (0: scale to zero when idle)")] = None,
+        max_replicas: Annotated[int | None, typer.Option("--max", min=1,
+                                                         help="most replicas")] = None,
+        wait: Annotated[float | None, typer.Option(
+            help="objective: a request starts within this many seconds ...")] = None,
+        percentile: Annotated[float | None, typer.Option(
+            help="... for this fraction of requests (0.99)")] = None,
+        idle: Annotated[float | None, typer.Option(
+            help="with --min 0: seconds without a request before scaling to zero")] = None,
+        off: Annotated[bool, typer.Option(
+            "--off", help="switch autoscaling off (the replica count stays as it is)")
+                       ] = False,
+        project: ProjectOption = "default", url: UrlOption = None) -> None:
+    """Let the deployment size itself to its traffic (Erlang C against the wait
+    objective), or change its bounds; what is not given keeps its current value."""
+    base = server_url(url)
+    if off:
+        call_api("PATCH", base, f"/api/deployments/{name}", json={"autoscale": False},
+                 params={"project": project})
+        out.print(f"{name}: autoscaling off")
+        return
+    current = call_api("GET", base, f"/api/deployments/{name}",
+                       params={"project": project, "events": 0})
+    bounds = dict(current.get("autoscale") or {})
+    for key, value in (("min", min_replicas), ("max", max_replicas), ("wait_s", wait),
+                       ("percentile", percentile), ("idle_s", idle)):
+        if value is not None:
+            bounds[key] = value
+    d = call_api("PATCH", base, f"/api/deployments/{name}", json={"autoscale": bounds},
+                 params={"project": project})
+    b = d["autoscale"]
+    out.print(f"{name}: autoscaled, {b['min']} to {b['max']} replicas, a request starts "
+              f"within {b['wait_s']:g} s for {b['percentile']:.2%}"
+              + (f", to zero after {b['idle_s']:g} s idle" if b["min"] == 0 else "")
+              + f"; now {d['replicas']}")
 
 
 @deployments_app.command("update")

@@ -30,7 +30,16 @@ from collections.abc import Callable
 from typing import Any
 
 from llmos.bus import Bus, Subscription, TopicMessage, names
-from llmos.bus.messages import Assignment, NodeStatus, ReplicaSpec, decode_or_ignore, encode
+from llmos.bus.messages import (
+    Assignment,
+    NodeStatus,
+    ReplicaSpec,
+    RequestEvent,
+    TrafficReport,
+    decode_or_ignore,
+    encode,
+)
+from llmos.controller.autoscaler import Autoscaler, bounds_of
 from llmos.controller.estimates import Estimates
 from llmos.controller.nodes import NodeDirectory
 from llmos.controller.snapshot import LIVE_STATES, Rollout, resources_of, rollout, snapshot
@@ -63,7 +72,9 @@ class Controller:
         self.clock = clock
         self.term: int | None = None
         self.directory = NodeDirectory()
+        self.defaults = defaults
         self.estimates = Estimates(registry, defaults)
+        self.autoscaler = Autoscaler(since=clock())
         self._wake = asyncio.Event()
         self._subscriptions: list[Subscription] = []
         self._failed_since: dict[str, float] = {}
@@ -83,7 +94,9 @@ class Controller:
         self._listening_since = self.clock()
         self._subscriptions = [
             await self.bus.subscribe(names.NODE_STATUS_TOPIC, self._on_status),
-            await self.bus.subscribe(names.CHANGED_TOPIC, self._on_changed)]
+            await self.bus.subscribe(names.CHANGED_TOPIC, self._on_changed),
+            await self.bus.subscribe(names.TRAFFIC_TOPIC, self._on_traffic),
+            await self.bus.subscribe(names.REQUEST_EVENTS_TOPIC, self._on_request)]
 
     async def stop(self) -> None:
         for subscription in self._subscriptions:
@@ -116,6 +129,16 @@ class Controller:
 
     async def _on_changed(self, message: TopicMessage) -> None:
         self._wake.set()
+
+    async def _on_traffic(self, message: TopicMessage) -> None:
+        report = decode_or_ignore(TrafficReport, message.body)
+        if report is not None and self.autoscaler.on_traffic(report, self.clock()):
+            self._wake.set()  # more in flight than ready slots: look now
+
+    async def _on_request(self, message: TopicMessage) -> None:
+        event = decode_or_ignore(RequestEvent, message.body)
+        if event is not None:
+            self.autoscaler.on_request(event, self.clock())
 
     # -- one pass --------------------------------------------------------------------
 
@@ -167,6 +190,10 @@ class Controller:
         by_deployment: dict[str, list[Replica]] = defaultdict(list)
         for r in replicas:
             by_deployment[r.deployment].append(r)
+        for d in deployments:
+            if d.autoscale:
+                self._autoscale(d, [r for r in by_deployment[d.name]
+                                    if r.project == d.project], now, events)
         rollouts: dict[str, Rollout] = {}
         needs: dict[str, sched.Resources] = {}
         wanted: dict[str, Deployment] = {}
@@ -188,6 +215,7 @@ class Controller:
         result = plan(cluster)
         kept = self._stop(replicas, rollouts, result, now, events)
         kept += self._place(wanted, result, now, events)
+        self._cap(wanted, result, now, events)
         self._explain(wanted, result, now, events)
         store.events.add(events)
         return self._assignments(kept, wanted, term, now)
@@ -211,6 +239,43 @@ class Controller:
                             "reservations stand in", d.name, exc.message)
             return max(placed_before, key=lambda r: (r.memory, r.cpu))
 
+    def _autoscale(self, d: Deployment, mine: list[Replica], now: float,
+                   events: list[Event]) -> None:
+        """Set ``d``'s replica count to what its autoscaler decides (the one writer of
+        it), with an event when it changes and the look kept for ``show``."""
+        slots = self.defaults.overlay(dict(d.engine_settings or {})).slots
+        look = self.autoscaler.look(d, mine, slots, now)
+        previous, decided = d.replicas, look.decision.replicas
+        changes: dict[str, Any] = {}
+        if decided != previous:
+            changes["replicas"] = d.replicas = decided
+            events.append(_event(now, "autoscaled", d.name, None, None,
+                                 look.message(d.name, previous), d.project))
+        if self.autoscaler.due((d.project, d.name), bool(changes), now):
+            changes["autoscale_status"] = look.status(previous)
+        if changes:
+            self.store.update_deployment(d.name, d.project, **changes)
+
+    def _cap(self, wanted: dict[str, Deployment], result: sched.Plan, now: float,
+             events: list[Event]) -> None:
+        """An autoscaled deployment whose replicas cannot all be placed goes back to
+        what was placed (never below its ``min``) and holds there for a while: the
+        autoscaler does not climb on capacity the cluster does not have."""
+        for u in result.unschedulable:
+            d = wanted.get(u.deployment)
+            if d is None or not d.autoscale or u.missing <= 0:
+                continue
+            placed = max(bounds_of(d.autoscale).min, d.replicas - u.missing)
+            if placed >= d.replicas:
+                continue
+            self.autoscaler.cap(d, now)
+            events.append(_event(now, "autoscale-capped", d.name, None, None,
+                                 f"deployment {d.name}: {u.missing} more replica(s) cannot "
+                                 f"be placed ({u.summary}); autoscaling holds at {placed}",
+                                 d.project))
+            self.store.update_deployment(d.name, d.project, replicas=placed)
+            d.replicas = placed
+
     def _stop(self, replicas: list[Replica], rollouts: dict[str, Rollout],
               result: sched.Plan, now: float, events: list[Event]) -> list[Replica]:
         """Remove what the rollouts retire and the plan stops; the replicas kept."""
@@ -228,6 +293,7 @@ class Controller:
                                      r.project))
                 self._failed_since.pop(r.id, None)
         self.store.replicas.remove(stopped)
+        self.autoscaler.forget(set(stopped))
         return [r for r in replicas if r.id not in stopped]
 
     def _place(self, wanted: dict[str, Deployment], result: sched.Plan, now: float,
@@ -247,6 +313,7 @@ class Controller:
                           "gpus": placement.resources.gpus},
                 state="scheduled", rss=0, restarts=0)
             self.store.replicas.add(replica)
+            self.autoscaler.placed(replica.id, now)
             placed.append(replica)
             kind = "rescheduled" if d.name in lost_of else "scheduled"
             events.append(_event(now, kind, d.name, placement.node, replica.id,
@@ -334,6 +401,7 @@ class Controller:
                 row = self.store.nodes.get(name)
                 if row is None or row.epoch != status.epoch:
                     kind = "joined" if row is None else "restarted"
+                    self.autoscaler.uncap()  # room may have come with it
                     events.append(_event(now, kind, None, name, None,
                                          f"node {name} {kind} ({status.cpus:g} CPUs, "
                                          f"{status.memory / 2**30:.1f} GiB)"))
@@ -349,6 +417,7 @@ class Controller:
                                      f"{now - heard.at:.1f} s"))
             elif alive and name in self._lost:
                 self._lost.discard(name)
+                self.autoscaler.uncap()
                 events.append(_event(now, "node-ready", None, name, None,
                                      f"node {name} is back"))
 
@@ -374,6 +443,8 @@ class Controller:
                                      r.project))
                 if reported.state == "failed":
                     self._failed_since.setdefault(r.id, now)
+                elif reported.state == "ready":
+                    self.autoscaler.became_ready(r, now)
             if reported.restarts > r.restarts:
                 changes["restarts"] = reported.restarts
                 events.append(_event(now, "restarted", r.deployment, r.node, r.id,

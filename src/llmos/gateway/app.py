@@ -40,6 +40,7 @@ from llmos.gateway.routes import (
 )
 from llmos.gateway.state import GatewayState
 from llmos.gateway.stranded import fail_stranded
+from llmos.gateway.traffic import TrafficMeter
 from llmos.registry import LocalRegistry
 from llmos.settings import Settings
 from llmos.store import Store
@@ -55,6 +56,7 @@ def create_app(settings: Settings, bus: Bus, store: Store,
     """Build the API app; the bus must be connected before the app starts. A control
     plane is ready once it is up; otherwise the default model's first answer makes it
     ready."""
+    dispatcher = Dispatcher(bus, timeout_s=settings.request_timeout_s)
     state = GatewayState(
         keys=KeyBook(store, required_without_keys=settings.keys_always_required),
         audit=AuditWriter(store),
@@ -62,7 +64,8 @@ def create_app(settings: Settings, bus: Bus, store: Store,
         probe_model=None if control_plane else settings.default_model,
         registry=registry or LocalRegistry(settings.models_dir),
         settings=settings,
-        dispatcher=Dispatcher(bus, timeout_s=settings.request_timeout_s),
+        dispatcher=dispatcher,
+        traffic=TrafficMeter(bus, dispatcher.gateway_id),
         catalog=Catalog(store),
         workers=WorkerControl(bus),
     )
@@ -73,6 +76,7 @@ def create_app(settings: Settings, bus: Bus, store: Store,
         state.audit.start()
         await state.dispatcher.start()
         await state.workers.start()
+        state.traffic.start()
         tasks = [asyncio.create_task(probe_until_ready(state), name="readiness-probe"),
                  asyncio.create_task(state.keys.follow(), name="api-keys"),
                  asyncio.create_task(state.usage.follow(), name="usage"),
@@ -84,6 +88,7 @@ def create_app(settings: Settings, bus: Bus, store: Store,
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            await state.traffic.stop()
             await state.workers.stop()
             await state.dispatcher.stop()
             await state.audit.stop()

@@ -16,7 +16,7 @@ from llmos.gateway.answers import PLAIN, Shape
 from llmos.gateway.auth import inference_project, principal_of
 from llmos.gateway.limits import check_request
 from llmos.gateway.metering import rate_headers
-from llmos.gateway.middleware import note
+from llmos.gateway.middleware import note, on_end
 from llmos.gateway.schemas import (
     ChatCompletionCreate,
     CompletionCreate,
@@ -68,9 +68,10 @@ async def admit(state: GatewayState, request: Request,
         raise BadRequest(f"max_tokens is {max_tokens} but this server allows at most "
                          f"{limits.max_tokens_limit}", param="max_tokens")
     await meter(state, request, deployment.project, max_tokens * (body.n or 1))
-    if not await state.workers.wait_for_replica(names.bus_name(deployment.name,
-                                                               deployment.project),
-                                                state.replica_wait_s(deployment)):
+    bus_name = names.bus_name(deployment.name, deployment.project)
+    on_end(request, state.traffic.arrive(deployment.project, deployment.name,
+                                         urgent=not state.workers.serving(bus_name)))
+    if not await state.workers.wait_for_replica(bus_name, state.replica_wait_s(deployment)):
         raise NoReplica(no_replica_message(deployment))
     engine_body |= limits.sampling.given() | body.sampling()
     engine_body["max_tokens"] = max_tokens

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+from collections.abc import Callable
 from typing import Any
 
 from starlette.requests import Request
@@ -21,6 +22,11 @@ log = logging.getLogger("llmos.gateway.requests")
 def note(request: Request, **fields: Any) -> None:
     """Adds fields (deployment, tokens, …) to the request's log line."""
     request.scope.setdefault("state", {}).setdefault("log", {}).update(fields)
+
+
+def on_end(request: Request, call: Callable[[], None]) -> None:
+    """Call ``call`` once the response has ended (sent, failed or cut off)."""
+    request.scope.setdefault("state", {}).setdefault("on_end", []).append(call)
 
 
 def _logged(path: str, status: int) -> bool:
@@ -60,6 +66,8 @@ class RequestIdMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
+            for call in state.get("on_end", ()):
+                call()
             if _logged(scope["path"], status):
                 took = time.perf_counter() - started
                 fields = {"method": scope["method"], "path": scope["path"], "status": status,

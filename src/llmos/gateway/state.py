@@ -10,6 +10,7 @@ from llmos.gateway.catalog import Catalog
 from llmos.gateway.control import WorkerControl
 from llmos.gateway.dispatch import Dispatcher
 from llmos.gateway.metering import UsageBook
+from llmos.gateway.traffic import TrafficMeter
 from llmos.registry import LocalRegistry
 from llmos.settings import EngineSettings, Settings
 from llmos.store import Deployment
@@ -25,6 +26,7 @@ class GatewayState:
     catalog: Catalog
     workers: WorkerControl
     registry: LocalRegistry
+    traffic: TrafficMeter
     probe_model: str | None = None
     """The model whose first answer makes this gateway ready (none: a control plane)."""
     ready: bool = False
@@ -36,9 +38,11 @@ class GatewayState:
 
     def replica_wait_s(self, deployment: Deployment | None) -> float:
         """How long a request waits for a replica: longer while one of the deployment's
-        replicas is being started (placed, its model loading)."""
+        replicas is being started (placed, its model loading), or it is autoscaled (at
+        zero, a request waits through the cold start it sets off)."""
         limits = self.settings.limits
-        if deployment is not None and self.catalog.starting(deployment):
+        if deployment is not None and (deployment.autoscale
+                                       or self.catalog.starting(deployment)):
             return max(limits.no_replica_wait_s, limits.starting_replica_wait_s)
         return limits.no_replica_wait_s
 
@@ -55,7 +59,9 @@ class GatewayState:
 
 def no_replica_message(deployment: Deployment) -> str:
     """The 503's words: the deployment, and what state it is in."""
-    if deployment.replicas == 0:
+    if deployment.replicas == 0 and deployment.autoscale:
+        why = "it is scaled to 0 replicas and none started in time"
+    elif deployment.replicas == 0:
         why = "it is scaled to 0 replicas"
     elif deployment.message:
         why = deployment.message

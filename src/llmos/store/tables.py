@@ -49,6 +49,11 @@ class Deployment(Base):
     rebalance: Mapped[bool] = mapped_column(Boolean, default=False, nullable=False)
     """Asked to move its replicas where the scheduler would place them now (one at a
     time); cleared when they are there."""
+    autoscale: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    """Opted in to autoscaling: its bounds and objective (``autoscale.policy.Bounds``'
+    fields); None: its replica count is what was asked for."""
+    autoscale_status: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    """The autoscaler's last look: what it measured, decided and why."""
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now,
                                                  onupdate=_now)

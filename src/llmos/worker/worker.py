@@ -211,6 +211,7 @@ class Worker:
             await delivery.ack()
             return
         started = time.monotonic()
+        slotted: float | None = None
         queued_s = max(0.0, time.time() - request.queued_at) if request.queued_at else None
         cancel = self._cancels_book.track(request.request_id)
         publish = Replies(self.bus, request, delivery.delivery_count)
@@ -219,6 +220,7 @@ class Worker:
             check_prompt_bound(request.kind, request.body, request.max_tokens_explicit,
                                self.engine.config.ctx_per_slot, self.engine.longest_token)
             async with self._engine_slots.slot(tier):
+                slotted = time.monotonic()
                 self._busy_gauge.set(self.busy_slots)
                 if self._stopping:
                     outcome = "requeue"
@@ -248,12 +250,14 @@ class Worker:
             await delivery.ack()
         metrics.WORKER_REQUESTS.labels(self.deployment, outcome).inc()
         usage = publish.usage or Usage()
-        took = time.monotonic() - started
+        ended = time.monotonic()
+        took = ended - started
         event = RequestEvent(
             request_id=request.request_id, deployment=self.deployment,
             worker_id=self.worker_id, outcome=outcome, prompt_tokens=usage.prompt_tokens,
             completion_tokens=usage.completion_tokens, duration_s=round(took, 4),
             at=time.time(), project=request.project, attempt=delivery.delivery_count,
+            service_s=round(ended - slotted, 4) if slotted is not None else None,
             queue_wait_s=round(queued_s, 4) if queued_s is not None else None,
             first_token_s=(round(publish.first_text_at - started, 4)
                            if publish.first_text_at else None),

@@ -12,7 +12,7 @@ import time
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query, Request, Response
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from llmos import __version__
 from llmos import deployments as ops
@@ -78,9 +78,34 @@ def _check_selector(value: dict[str, str] | None) -> dict[str, str] | None:
     return value
 
 
+class AutoscaleIn(BaseModel):
+    """Opt in to autoscaling: the replica count follows the traffic (Erlang C on the
+    measured arrival rate and service times) to meet the wait objective, within
+    ``min``..``max``; with ``min`` 0, no request for ``idle_s`` scales it to zero."""
+
+    model_config = ConfigDict(extra="forbid")
+    min: int = Field(1, ge=0, le=1000)
+    max: int = Field(8, ge=1, le=1000)
+    wait_s: float = Field(1.0, gt=0, le=3600, description="a request starts within this "
+                          "many seconds ...")
+    percentile: float = Field(0.99, ge=0.5, le=0.9999, description="... for this fraction "
+                              "of requests")
+    idle_s: float = Field(300.0, ge=5, le=86400, description="with min 0: no request "
+                          "for this long scales it to zero")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> AutoscaleIn:
+        if self.min > self.max:
+            raise ValueError(f"min ({self.min}) is above max ({self.max})")
+        return self
+
+
 class DeploymentSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     replicas: int | None = Field(None, ge=0, le=1000)
+    autoscale: AutoscaleIn | Literal[False] | None = Field(
+        None, description="autoscaling bounds and objective; false switches it off (a "
+        "manual replica count of an autoscaled deployment needs one or the other)")
     settings: dict[str, Any] | None = Field(
         None, description="engine settings over the server's defaults (slots, ctx_size, "
         "threads, ...)")
@@ -107,6 +132,8 @@ class DeploymentSpec(BaseModel):
                 out[stored] = value
         if self.resources is not None:
             out["resources"] = self.resources.stored()
+        if self.autoscale is not None:
+            out["autoscale"] = self.autoscale.model_dump() if self.autoscale else {}
         return out
 
 
@@ -160,6 +187,11 @@ class DeploymentPublic(BaseModel):
     aliases: list[str]
     message: str | None
     """Why it is not fully placed, when it is not."""
+    autoscale: dict[str, Any] | None = None
+    """Its autoscaling bounds and objective; None: not autoscaled."""
+    autoscaler: dict[str, Any] | None = None
+    """The autoscaler's last look: arrival rates, service time, slots, replicas ready and
+    starting, in flight, the servers Erlang C asked for, the predicted wait, why."""
     placed: list[ReplicaPublic] | None = None
     events: list[EventPublic] | None = None
 
@@ -208,7 +240,8 @@ def _deployment(d: Deployment, replicas: list[Replica], *, detail: bool = False,
         generation=d.generation, settings=dict(d.engine_settings or {}),
         resources=dict(d.resources or {}), node_selector=dict(d.node_selector or {}),
         strategy=d.strategy, anti_affinity=d.anti_affinity, priority=d.priority,
-        aliases=list(d.aliases or []), message=d.message,
+        aliases=list(d.aliases or []), message=d.message, autoscale=d.autoscale,
+        autoscaler=d.autoscale_status if d.autoscale else None,
         placed=[_replica(r) for r in mine] if detail else None,
         events=[_event(e) for e in events] if events is not None else None)
 
