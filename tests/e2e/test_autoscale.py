@@ -1,7 +1,7 @@
 """Autoscaling on a real deployment (``llmos serve``: the controller, the scheduler and
 the embedded node, replicas loading the real model): a step from one client to eight
 adds a replica within seconds, and it takes traffic; a replica the node has no room
-for does not make the count climb; idle past the window, a deployment goes to zero,
+for does not make the count climb; a replica removed under load drains first; idle past the window, a deployment goes to zero,
 and the next request waits through the cold start and succeeds; a manual scale of an
 autoscaled deployment must say what becomes of autoscaling."""
 
@@ -16,6 +16,7 @@ import httpx
 import pytest
 from openai import OpenAI
 
+from tests.cli.test_cli import llmos
 from tests.conftest import RunningServer, start_server, stop_server, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -169,6 +170,16 @@ def test_a_step_to_eight_clients_adds_a_replica_that_takes_traffic_and_no_more_t
             seen.add(show(server, "auto")["replicas"])
             time.sleep(0.5)
         final = show(server, "auto")
+        # Scaling down under load: the replica removed drains first (lower bounds, so
+        # as not to wait out the cooldown; the autoscaler's own scale-down is the same
+        # path: a lower count, the scheduler's stop, the node's drain).
+        bounds = final["autoscale"] | {"max": 1}
+        assert api(server, "PATCH", "/api/deployments/auto",
+                   json={"autoscale": bounds}).status_code == 200
+        wait_until(lambda: len(show(server, "auto")["placed"]) == 1, 60, 0.25,
+                   what="one replica removed")
+        answered = eight.answered
+        wait_until(lambda: eight.answered >= answered + 8, 60, what="answers after it")
     assert not eight.failures, eight.failures[:3]
     assert final["replicas"] == 2 and len(final["placed"]) == 2
     assert max(seen) <= 2, seen  # (a pass that raised it is capped in that same pass)
@@ -197,4 +208,17 @@ def test_idle_goes_to_zero_and_the_next_request_waits_through_the_cold_start(
           f"{cold} s")
     assert d["replicas"] == 1 and cold is not None
     assert first_token_s <= cold + 5.0  # (the issue's bar: cold start + 1 s; benchmark)
+
+    url = ["--url", server.url]
+    shown = llmos("deployments", "show", "sleepy", *url)
+    assert shown.returncode == 0, shown.stderr
+    assert "autoscale: 0 to 1 replicas" in shown.stdout and "last look" in shown.stdout
+    assert "cold start" in shown.stdout
+    widened = llmos("deployments", "autoscale", "sleepy", "--max", "2", *url)
+    assert widened.returncode == 0 and "0 to 2 replicas" in widened.stdout, widened.stderr
+    assert show(server, "sleepy")["autoscale"]["idle_s"] == 5  # (kept)
+    manual = llmos("deployments", "scale", "sleepy", "1", *url)
+    assert manual.returncode == 1 and "autoscaled" in manual.stderr
+    off = llmos("deployments", "autoscale", "sleepy", "--off", *url)
+    assert off.returncode == 0 and show(server, "sleepy")["autoscale"] is None
     assert api(server, "DELETE", "/api/deployments/sleepy").status_code == 204

@@ -108,10 +108,8 @@ class Policy:
         servers = fewest_servers(max(rate, 1e-9), observed.service_s,
                                  wait_s=self.bounds.wait_s, percentile=self.bounds.percentile,
                                  service_cv2=observed.service_cv2)
-        # k servers start k requests now and k more every service time: the last of
-        # ``waiting`` starts within the wait target when k (1 + wait / service) >= waiting.
-        backlog = math.ceil(observed.waiting / (1 + self.bounds.wait_s
-                                                / max(observed.service_s, 1e-6)))
+        backlog = math.ceil(observed.waiting * observed.service_s / max(self.bounds.wait_s,
+                                                                         1e-3))
         # What waits beyond what the busy slots take is worked off by extra ones.
         extra = max(0, backlog - max(0, observed.ready * observed.slots - servers))
         servers += extra
