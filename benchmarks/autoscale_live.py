@@ -2,7 +2,10 @@
 long a request to a deployment at zero waits beyond the cold start it sets off.
 
 ``llmos serve`` on this machine (SQLite, the in-process bus, the embedded node, replicas
-loading the default Gemma 3 270M with 2 slots, 512 context, 1 thread). Each round:
+loading the default Gemma 3 270M with 2 slots, 512 context, 1 thread) or, with
+``--cluster``, the healing benchmark's cluster (RabbitMQ, PostgreSQL, ``llmos control``
+and three ``llmos agent`` of 1 CPU, each replica an ``llmos worker`` process). Each
+round:
 
 - **step**: a deployment autoscaled 1..2 (a request starts within 0.5 s for 90 %), one
   client asking 12-token completions one after another for 6 s, then eight. Measured:
@@ -13,7 +16,7 @@ loading the default Gemma 3 270M with 2 slots, 512 context, 1 thread). Each roun
   autoscaler measured for that deployment (placement to ready). The issue's bar: the
   first token within the cold start + 1 s.
 
-    .venv/bin/python benchmarks/autoscale_live.py [--rounds 3] [--json out.json]
+    .venv/bin/python benchmarks/autoscale_live.py [--rounds 3] [--cluster] [--json out.json]
 """
 
 from __future__ import annotations
@@ -34,9 +37,17 @@ from openai import OpenAI
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.conftest import RunningServer, start_server, stop_server  # noqa: E402
+from tests.conftest import start_server, stop_server  # noqa: E402
 
 SMALL = {"slots": 2, "ctx_size": 512, "threads": 1, "cache_ram_mib": 0}
+
+
+class Target:
+    """Where the API is."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.api = f"{url}/v1"
 
 
 def until(check: Any, timeout_s: float, what: str, interval_s: float = 0.1) -> Any:
@@ -49,20 +60,20 @@ def until(check: Any, timeout_s: float, what: str, interval_s: float = 0.1) -> A
     raise SystemExit(f"timed out waiting for {what}")
 
 
-def call(server: RunningServer, method: str, path: str, **kw: Any) -> Any:
+def call(server: Target, method: str, path: str, **kw: Any) -> Any:
     response = httpx.request(method, f"{server.url}{path}", timeout=30, **kw)
     if response.status_code >= 400:
         raise SystemExit(f"{method} {path}: {response.status_code} {response.text}")
     return response.json() if response.content else None
 
 
-def show(server: RunningServer, name: str) -> dict[str, Any]:
+def show(server: Target, name: str) -> dict[str, Any]:
     body: dict[str, Any] = call(server, "GET", f"/api/deployments/{name}",
                                 params={"events": 200})
     return body
 
 
-def ask(server: RunningServer, model: str) -> float:
+def ask(server: Target, model: str) -> float:
     """One streamed 12-token completion: seconds to its first token."""
     started = time.monotonic()
     with OpenAI(base_url=server.api, api_key="none", max_retries=0, timeout=120) as client:
@@ -75,7 +86,7 @@ def ask(server: RunningServer, model: str) -> float:
     return first
 
 
-def clients(server: RunningServer, model: str, count: int, stop: threading.Event
+def clients(server: Target, model: str, count: int, stop: threading.Event
             ) -> list[threading.Thread]:
     def run() -> None:
         while not stop.is_set():
@@ -86,21 +97,25 @@ def clients(server: RunningServer, model: str, count: int, stop: threading.Event
     return threads
 
 
-def room(server: RunningServer) -> float:
+def room(server: Target) -> float:
     node = call(server, "GET", "/api/nodes")["data"][0]
     taken = sum(r["reserved"]["cpu"] for d in call(server, "GET", "/api/deployments")["data"]
                 for r in show(server, d["name"])["placed"])
     return float(node["capacity"]["cpu"] - taken)
 
 
-def ready(server: RunningServer, name: str, count: int) -> None:
+def ready(server: Target, name: str, count: int) -> None:
     until(lambda: sum(r["state"] == "ready" for r in show(server, name)["placed"])
           == count == len(show(server, name)["placed"]), 120, f"{count} ready of {name}")
 
 
-def step_round(server: RunningServer, name: str, cpu: float) -> dict[str, float]:
+def resources(cpu: float | None) -> dict[str, Any]:
+    return {} if cpu is None else {"resources": {"cpu": cpu}}
+
+
+def step_round(server: Target, name: str, cpu: float | None) -> dict[str, float]:
     call(server, "POST", "/api/deployments", json={
-        "name": name, "model": "gemma-3-270m", "settings": SMALL, "resources": {"cpu": cpu},
+        "name": name, "model": "gemma-3-270m", "settings": SMALL, **resources(cpu),
         "autoscale": {"min": 1, "max": 2, "wait_s": 0.5, "percentile": 0.9,
                       "idle_s": 3600}})
     ready(server, name, 1)
@@ -127,9 +142,9 @@ def step_round(server: RunningServer, name: str, cpu: float) -> dict[str, float]
     return {"decision_s": event["at"] - step, "ready_s": ready_at - step}
 
 
-def zero_round(server: RunningServer, name: str, cpu: float) -> dict[str, float]:
+def zero_round(server: Target, name: str, cpu: float | None) -> dict[str, float]:
     call(server, "POST", "/api/deployments", json={
-        "name": name, "model": "gemma-3-270m", "settings": SMALL, "resources": {"cpu": cpu},
+        "name": name, "model": "gemma-3-270m", "settings": SMALL, **resources(cpu),
         "autoscale": {"min": 0, "max": 1, "idle_s": 5}})
     ready(server, name, 1)
     ask(server, name)
@@ -144,31 +159,74 @@ def zero_round(server: RunningServer, name: str, cpu: float) -> dict[str, float]
             "beyond_cold_start_s": first_token - cold}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--json", type=Path)
-    args = parser.parse_args()
+Rounds = tuple[list[dict[str, float]], list[dict[str, float]]]
+
+
+def rounds(target: Target, count: int, cpu: float | None) -> Rounds:
+    steps = [step_round(target, f"step-{i}", cpu) for i in range(count)]
+    zeros = [zero_round(target, f"zero-{i}", cpu) for i in range(count)]
+    return steps, zeros
+
+
+def on_server(count: int) -> Rounds:
     with tempfile.TemporaryDirectory(prefix="llmos-autoscale-") as home:
         server = start_server(Path(home), extra_env={
             "LLMOS_ENGINE__SLOTS": "2", "LLMOS_ENGINE__CTX_SIZE": "512",
             "LLMOS_ENGINE__THREADS": "1"})
         try:
-            cpu = round(room(server) / 2, 3)
-            steps = [step_round(server, f"step-{i}", cpu) for i in range(args.rounds)]
-            zeros = [zero_round(server, f"zero-{i}", cpu) for i in range(args.rounds)]
+            target = Target(server.url)
+            return rounds(target, count, round(room(target) / 2, 3))
         finally:
             stop_server(server)
-    result = {"steps": steps, "zeros": zeros, "median": {
-        key: statistics.median(r[key] for r in rows)
-        for rows in (steps, zeros) for key in rows[0]}}
+
+
+def on_cluster(count: int) -> Rounds:
+    import shutil
+    import subprocess
+    import uuid
+
+    import psycopg
+    from benchmarks.healing import PG_ADMIN, Cluster, rabbitmqctl
+
+    tag = uuid.uuid4().hex[:8]
+    vhost, database = f"llmos-bench-{tag}", f"llmos_bench_{tag}"
+    rabbitmqctl("add_vhost", vhost)
+    rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+    with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{database}"')
+    root = Path(tempfile.mkdtemp(prefix="llmos-autoscale-"))
+    cluster = Cluster(root, f"amqp://guest:guest@127.0.0.1:5672/{vhost}",
+                      f"postgresql://postgres@127.0.0.1:5432/{database}")
+    try:
+        cluster.start()
+        return rounds(Target(cluster.url), count, None)
+    finally:
+        cluster.stop()
+        with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        subprocess.run(["rabbitmqctl", "delete_vhost", vhost], capture_output=True,
+                       timeout=60)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--cluster", action="store_true",
+                        help="RabbitMQ, PostgreSQL, llmos control and three llmos agent")
+    args = parser.parse_args()
+    runner = on_cluster if args.cluster else on_server
+    steps, zeros = runner(args.rounds)
+    m = {key: statistics.median(r[key] for r in rows)
+         for rows in (steps, zeros) for key in rows[0]}
+    result = {"steps": steps, "zeros": zeros, "median": m}
     for i, r in enumerate(steps):
         print(f"step {i}: decision {r['decision_s']:.2f} s, new replica ready "
               f"{r['ready_s']:.2f} s after the step")
     for i, r in enumerate(zeros):
         print(f"zero {i}: first token {r['first_token_s']:.2f} s, cold start "
               f"{r['cold_start_s']:.2f} s: {r['beyond_cold_start_s']:+.2f} s beyond it")
-    m = result["median"]
     print(f"median: decision {m['decision_s']:.2f} s (bar 2 s); first token from zero "
           f"{m['beyond_cold_start_s']:+.2f} s beyond the cold start (bar +1 s)")
     if args.json:
