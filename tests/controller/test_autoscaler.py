@@ -96,3 +96,12 @@ def test_service_times_of_another_projects_deployment_are_its_own() -> None:
     assert scaler.look(deployment(), [replica("r1")], slots=2,
                        now=2.0).observed.service_s == 1.0
     assert scaler.service[("team", "chat")].mean_cv2(2.0) == (9.0, 1.0)
+
+
+def test_no_scale_down_before_it_has_watched_the_traffic_for_a_cooldown() -> None:
+    scaler = Autoscaler(since=0.0)
+    d = deployment(3)  # switched on with three replicas, no traffic seen yet
+    mine = [replica("r1"), replica("r2"), replica("r3")]
+    assert scaler.look(d, mine, slots=2, now=10.0).decision.replicas == 3
+    assert scaler.look(d, mine, slots=2, now=69.0).decision.replicas == 3
+    assert scaler.look(d, mine, slots=2, now=71.0).decision.replicas == 1

@@ -1,9 +1,10 @@
 """Autoscaling on a real deployment (``llmos serve``: the controller, the scheduler and
 the embedded node, replicas loading the real model): a step from one client to eight
 adds a replica within seconds, and it takes traffic; a replica the node has no room
-for does not make the count climb; a replica removed under load drains first; idle past the window, a deployment goes to zero,
-and the next request waits through the cold start and succeeds; a manual scale of an
-autoscaled deployment must say what becomes of autoscaling."""
+for does not make the count climb; a replica removed under load drains first; idle
+past the window, a deployment goes to zero, and the next request waits through the
+cold start and succeeds; a manual scale of an autoscaled deployment must say what
+becomes of autoscaling."""
 
 from __future__ import annotations
 

@@ -163,7 +163,11 @@ class Autoscaler:
         measured = self.service[key].mean_cv2(now)
         service_s, cv2 = measured if measured is not None else (PRIOR_SERVICE_S, 1.0)
         arrivals = self.arrivals[key]
-        first = self.first_look.setdefault(key, now)
+        if key not in self.first_look:
+            # Nothing is known yet (autoscaling just switched on, or this controller
+            # just took over): no scale-down before a cooldown's worth of traffic.
+            self.first_look[key] = self.history[key].changed_at = now
+        first = self.first_look[key]
         observed = Observation(
             now=now, rate_short=arrivals.rate(SHORT_S, now, since=self.since),
             rate_long=arrivals.rate(LONG_S, now, since=self.since), service_s=service_s,
