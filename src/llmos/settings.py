@@ -10,7 +10,7 @@ import ipaddress
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -80,6 +80,17 @@ class EngineSettings(BaseModel):
     chat_template: str | None = Field(
         None, description="the chat template: a built-in (gemma, chatml) or a Jinja "
         "template; default: the model version's own (see docs/models.md)")
+    embedding: bool = Field(
+        False, description="serve embeddings (/v1/embeddings) instead of generating: "
+        "llama.cpp's embedding mode")
+    pooling: Literal["mean", "cls", "last"] = Field(
+        "mean", description="how an embedding is pooled from the tokens' states")
+    embedding_dimensions: list[int] = Field(
+        default_factory=list, description="the shorter sizes the embedding model was "
+        "trained to be cut to (Matryoshka); a request's `dimensions` must be one of them")
+    batch_wait_ms: float = Field(
+        2.0, ge=0, le=100, description="embedding requests that arrive within this many "
+        "milliseconds of the first of a batch are embedded together (up to `slots`)")
 
     @field_validator("chat_template")
     @classmethod
@@ -121,6 +132,8 @@ class RequestLimits(BaseModel):
     max_stop_chars: int = Field(256, ge=1, description="characters in one stop sequence")
     max_logit_bias: int = Field(300, ge=0, description="logit_bias entries (OpenAI: 300)")
     max_tools: int = Field(128, ge=0, description="tool definitions in one request")
+    max_embedding_inputs: int = Field(2048, ge=1, description="inputs in one embeddings "
+                                      "request (OpenAI: 2048)")
     max_choices: int = Field(8, ge=1, le=128, description="`n`: choices one request may "
                              "ask for (each is its own generation in a slot)")
     max_name_chars: int = Field(

@@ -111,6 +111,7 @@ POLICY: dict[tuple[str, str], tuple[Role | None, bool]] = {
     ("GET", "/v1/models/{model_id:path}"): (Role.user, False),
     ("POST", "/v1/chat/completions"): (Role.user, False),
     ("POST", "/v1/completions"): (Role.user, False),
+    ("POST", "/v1/embeddings"): (Role.user, False),
     ("POST", "/v1/responses"): (Role.user, False),
     ("GET", "/healthz"): (None, False),
     ("GET", "/readyz"): (None, False),

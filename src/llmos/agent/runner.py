@@ -64,7 +64,9 @@ def engine_config(settings: EngineSettings, registry: LocalRegistry,
         kv_unified=settings.kv_unified, batch_size=settings.batch_size,
         cache_ram_mib=settings.cache_ram_mib,
         poll=settings.poll, log_verbosity=settings.log_verbosity,
-        merge_max_tokens=settings.merge_max_tokens, chat_template=template.text or "")
+        merge_max_tokens=settings.merge_max_tokens, chat_template=template.text or "",
+        embedding=settings.embedding, pooling=settings.pooling,
+        batch_wait_ms=settings.batch_wait_ms)
 
 
 @dataclass

@@ -27,7 +27,7 @@ class _Message(BaseModel):
 class InferenceRequest(_Message):
     request_id: str
     deployment: str
-    kind: Literal["chat", "completion"]
+    kind: Literal["chat", "completion", "embedding"]
     body: dict[str, Any]
     """Engine-ready OpenAI-style parameters, already validated by the gateway."""
     stream: bool
@@ -91,6 +91,9 @@ class ReplyChunk(_Message):
     """Of the tokens of ``text``, when the request asked for them."""
     tool_calls: list[ToolCallDelta] | None = None
     """The tool calls the engine parsed out of the generated text, piece by piece."""
+    embeddings: list[str] | None = None
+    """An embedding request's vectors, one per input: base64 of little-endian float32
+    (OpenAI's ``encoding_format: base64``, 4 bytes a dimension)."""
     final: bool = False
     finish_reason: str | None = None
     usage: Usage | None = None

@@ -6,6 +6,10 @@ thread per slot, so concurrent requests really run in parallel slots.
 An engine may also take several requests in one call (``generate_many``): those
 whose ``merge_key`` is equal differ only in their prompt, and starting them
 together lets the engine put all their prompts into its first batch.
+
+An engine that serves embeddings implements ``embed`` (one call for a batch of
+inputs: the worker gathers concurrent requests into it) and says so in
+``capabilities``. See docs/engines.md.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
+
+from llmos.capabilities import EMBEDS, GENERATES, Capability
 
 Kind = Literal["chat", "completion"]
 
@@ -35,6 +41,11 @@ class EngineConfig:
     """Largest max_tokens of a request that may share an engine call (0: none do)."""
     chat_template: str = ""
     """The Jinja chat template; empty: the model file's own."""
+    embedding: bool = False
+    """Load for embeddings (``embed``) instead of generation."""
+    pooling: Literal["mean", "cls", "last"] = "mean"
+    batch_wait_ms: float = 2.0
+    """Embedding requests this close after a batch's first are embedded with it."""
 
     @property
     def ctx_per_slot(self) -> int | None:
@@ -84,11 +95,36 @@ class GenerationResult:
     """True when the callback asked to stop."""
 
 
+@dataclass(frozen=True)
+class Embedded:
+    vectors: list[list[float]]
+    """One per input, in order, each of unit length."""
+    prompt_tokens: int
+    per_input: tuple[int, ...] | None = None
+    """Each input's tokens, where the engine counts them one by one."""
+
+
 class Engine(abc.ABC):
     config: EngineConfig
     longest_token: int | None = None
     """The vocabulary's longest token in bytes, if known: bounds a prompt's token count
     from below before it is tokenized."""
+
+    gathers_embeddings: bool = False
+    """True: the worker gathers concurrent embedding requests into one ``embed`` call
+    (the engine has no batching of its own; it must fill ``Embedded.per_input``).
+    False: each request is its own call, and the engine batches them itself (llama.cpp
+    decodes the tasks of concurrent calls together)."""
+
+    @property
+    def capabilities(self) -> frozenset[Capability]:
+        return EMBEDS if self.config.embedding else GENERATES
+
+    def embed(self, inputs: Sequence[str | list[int]]) -> Embedded:
+        """Embed a batch of texts (or token ids) in one call (blocking)."""
+        from llmos.errors import BadRequest
+
+        raise BadRequest(f"{type(self).__name__} does not serve embeddings")
 
     @abc.abstractmethod
     def generate(

@@ -16,6 +16,7 @@ from typing import Any, NoReturn
 
 from llmos.engines.base import (
     CannotMerge,
+    Embedded,
     Engine,
     EngineConfig,
     EngineEvent,
@@ -54,6 +55,15 @@ def _params(config: EngineConfig) -> Any:
     p.ui = False
     p.api_keys = [secrets.token_urlsafe(32)]
     p.endpoint_metrics = False
+    if config.embedding:
+        # With a KV cache split per slot, llama.cpp's embeddings of several inputs in
+        # one batch bleed into each other (the same text alone and beside two others:
+        # cosine 0.82, seen here); one unified cache gives each its own vector again.
+        p.kv_unified = True
+        p.embedding = True
+        p.pooling_type = getattr(xllamacpp.llama_pooling_type,
+                                 f"LLAMA_POOLING_TYPE_{config.pooling.upper()}")
+        p.n_ubatch = p.n_batch = max(config.batch_size, config.ctx_per_slot or 0)
     return p
 
 
@@ -92,6 +102,25 @@ class LlamaCppEngine(Engine):
         if state.error is not None:
             _raise_engine_error(state.error, kind)
         return state.result()
+
+    def embed(self, inputs: Sequence[str | list[int]]) -> Embedded:
+        """One llama.cpp call for the batch: its server makes a task per input and
+        decodes them together; vectors come back normalised (euclidean)."""
+        if not self.config.embedding:
+            raise BadRequest("this replica was loaded for generation, not embeddings")
+        try:
+            answer = self._server.handle_embeddings({"input": list(inputs),
+                                                     "encoding_format": "float"})
+        except Exception as exc:
+            raise EngineError(f"the engine failed to embed: {exc}") from exc
+        if isinstance(answer, dict) and "error" in answer:
+            error = answer["error"]
+            message = error.get("message", str(error)) if isinstance(error, dict) else error
+            raise BadRequest(f"the engine refused the input: {message}", param="input")
+        data = sorted(answer["data"], key=lambda item: item["index"])
+        usage = answer.get("usage") or {}
+        return Embedded([item["embedding"] for item in data],
+                        int(usage.get("prompt_tokens", 0)))
 
     def merge_key(self, kind: Kind, body: dict[str, Any]) -> str | None:
         """Completions that differ only in a text prompt can be one llama.cpp call.

@@ -139,7 +139,8 @@ class Dispatcher:
             self._replies = None
 
     async def submit(self, *, request_id: str, deployment: str,
-                     kind: Literal["chat", "completion"], body: dict[str, Any], stream: bool,
+                     kind: Literal["chat", "completion", "embedding"], body: dict[str, Any],
+                     stream: bool,
                      max_tokens_explicit: bool, project: str = "default",
                      tier: names.Tier = "default") -> RequestHandle:
         request = InferenceRequest(

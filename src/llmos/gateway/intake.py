@@ -9,7 +9,9 @@ from typing import Any
 
 from fastapi import Request
 
+from llmos import capabilities
 from llmos.bus import names
+from llmos.capabilities import require
 from llmos.errors import BadRequest, NoReplica, RateLimited, UnsupportedParameter
 from llmos.gateway import toolcalls
 from llmos.gateway.answers import PLAIN, Shape
@@ -67,15 +69,24 @@ async def admit(state: GatewayState, request: Request,
     elif max_tokens > limits.max_tokens_limit:
         raise BadRequest(f"max_tokens is {max_tokens} but this server allows at most "
                          f"{limits.max_tokens_limit}", param="max_tokens")
+    require("chat" if isinstance(body, ChatCompletionCreate) else "completions",
+            capabilities.of(deployment.engine, embedding=limits.embedding), body.model)
     await meter(state, request, deployment.project, max_tokens * (body.n or 1))
+    await replica_for(state, request, deployment)
+    engine_body |= limits.sampling.given() | body.sampling()
+    engine_body["max_tokens"] = max_tokens
+    return deployment, explicit
+
+
+async def replica_for(state: GatewayState, request: Request, deployment: Deployment
+                      ) -> None:
+    """Count the request for the autoscaler and wait for a replica of ``deployment``
+    (a 503 when none comes in time)."""
     bus_name = names.bus_name(deployment.name, deployment.project)
     on_end(request, state.traffic.arrive(deployment.project, deployment.name,
                                          urgent=not state.workers.serving(bus_name)))
     if not await state.workers.wait_for_replica(bus_name, state.replica_wait_s(deployment)):
         raise NoReplica(no_replica_message(deployment))
-    engine_body |= limits.sampling.given() | body.sampling()
-    engine_body["max_tokens"] = max_tokens
-    return deployment, explicit
 
 
 async def meter(state: GatewayState, request: Request, project: str,

@@ -253,6 +253,51 @@ class ModelPublic(BaseModel):
     object: Literal["model"] = "model"
     created: int
     owned_by: str
+    capabilities: list[str] = Field(default_factory=list, description="what it serves: "
+                                    "chat, completions, tools, embeddings")
+    engine: str | None = None
+
+
+TokenIds = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
+
+
+class EmbeddingCreate(_Strict):
+    model: str
+    input: (Annotated[str, Field(min_length=1)]
+            | Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)]
+            | TokenIds | Annotated[list[TokenIds], Field(min_length=1)]) = Field(
+        description="a text, a list of texts, token ids, or a list of token-id lists")
+    encoding_format: Literal["float", "base64"] = Field(
+        "float", description="floats, or base64 of little-endian float32")
+    dimensions: int | None = Field(None, ge=1, description="a shorter embedding, where "
+                                   "the model was trained for it")
+    user: str | None = None
+
+    def inputs(self) -> list[str | list[int]]:
+        given = self.input
+        if isinstance(given, str):
+            return [given]
+        if all(isinstance(i, int) for i in given):
+            return [list(given)]  # type: ignore[arg-type]
+        return list(given)  # type: ignore[arg-type]
+
+
+class EmbeddingPublic(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str
+
+
+class EmbeddingUsage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[EmbeddingPublic]
+    model: str
+    usage: EmbeddingUsage
 
 
 class ModelList(BaseModel):

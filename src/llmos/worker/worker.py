@@ -33,6 +33,7 @@ from llmos.bus.messages import (
     decode_or_ignore,
     encode,
 )
+from llmos.capabilities import require
 from llmos.engines.base import Engine, EngineEvent, GenerationResult, PromptReady, TextDelta
 from llmos.errors import BusError, ContextLengthExceeded, LLMOSError
 from llmos.observability import metrics
@@ -40,6 +41,7 @@ from llmos.observability.context import request_id_var
 from llmos.observability.telemetry import TelemetryPublisher
 from llmos.worker.cancels import CancelBook
 from llmos.worker.cohort import CohortLauncher
+from llmos.worker.embeddings import Gatherer, encoded, inputs_of
 from llmos.worker.presence import Presence
 from llmos.worker.prompt import check_prompt_bound
 from llmos.worker.replies import Replies
@@ -73,6 +75,8 @@ class Worker:
         self._pool = ThreadPoolExecutor(max_workers=self.slots,
                                         thread_name_prefix=f"engine-{deployment}")
         self._launcher = CohortLauncher(self._pool, engine)
+        self._gatherer = Gatherer(self._pool, engine, max_inputs=self.slots,
+                                  wait_s=engine.config.batch_wait_ms / 1000)
         self._cancels_book = CancelBook()
         self._requests: list[Subscription] = []
         self._engine_slots = TieredSlots(self.slots, names.TIERS)
@@ -217,8 +221,9 @@ class Worker:
         publish = Replies(self.bus, request, delivery.delivery_count)
         try:
             # Before a slot: a prompt that surely overflows one never waits for it.
-            check_prompt_bound(request.kind, request.body, request.max_tokens_explicit,
-                               self.engine.config.ctx_per_slot, self.engine.longest_token)
+            if request.kind != "embedding":
+                check_prompt_bound(request.kind, request.body, request.max_tokens_explicit,
+                                   self.engine.config.ctx_per_slot, self.engine.longest_token)
             async with self._engine_slots.slot(tier):
                 slotted = time.monotonic()
                 self._busy_gauge.set(self.busy_slots)
@@ -226,6 +231,8 @@ class Worker:
                     outcome = "requeue"
                 elif cancel.is_set() or time.time() > request.deadline:
                     outcome = "skipped"  # cancelled or expired while it waited for a slot
+                elif request.kind == "embedding":
+                    outcome = await self._embed(request, publish)
                 else:
                     outcome = await self._serve(request, publish, cancel)
         except LLMOSError as exc:  # refused before it reached the engine
@@ -270,8 +277,22 @@ class Worker:
                 await self._presence.send()  # drained: say so now, not at the next beat
         self._events.offer(encode(event))
 
+    async def _embed(self, request: InferenceRequest, publish: Replies) -> str:
+        """An embedding request: its vectors in one final chunk (base64 float32)."""
+        require("embeddings", self.engine.capabilities, self.deployment)
+        dimensions = request.body.get("dimensions")
+        embedded = await self._gatherer.embed(inputs_of(request.body))
+        await publish.chunk(
+            final=True, finish_reason="stop",
+            embeddings=[encoded(v, dimensions) for v in embedded.vectors],
+            usage=Usage(prompt_tokens=embedded.prompt_tokens,
+                        total_tokens=embedded.prompt_tokens))
+        return "ok"
+
     async def _serve(self, request: InferenceRequest, publish: Replies,
                      cancel: threading.Event) -> str:
+        require("chat" if request.kind == "chat" else "completions",
+                self.engine.capabilities, self.deployment)
         loop = asyncio.get_running_loop()
         out: asyncio.Queue[TextDelta | None] = asyncio.Queue()
         deltas: list[TextDelta] = []
@@ -291,7 +312,9 @@ class Worker:
                     deltas.append(event)
             return False
 
-        future = self._launcher.submit(request.kind, body, on_event)
+        kind = request.kind
+        assert kind != "embedding"  # (_embed's)
+        future = self._launcher.submit(kind, body, on_event)
         future.add_done_callback(lambda _: out.put_nowait(None))
         while True:
             parts = [await out.get()]

@@ -1,8 +1,11 @@
-"""OpenAI-compatible endpoints: /v1/models, /v1/chat/completions, /v1/completions."""
+"""OpenAI-compatible endpoints: /v1/models, /v1/chat/completions, /v1/completions,
+/v1/embeddings."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import struct
 import time
 from collections.abc import AsyncIterator
 from typing import Any, Literal, TypeVar
@@ -10,9 +13,11 @@ from typing import Any, Literal, TypeVar
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
+from llmos import capabilities
 from llmos.auth.roles import Role
 from llmos.bus import names
-from llmos.errors import LLMOSError, UnsupportedParameter
+from llmos.capabilities import require
+from llmos.errors import BadRequest, LLMOSError, UnsupportedParameter
 from llmos.gateway.answers import (
     ClientGone,
     Shape,
@@ -27,7 +32,8 @@ from llmos.gateway.body import component_ref, openapi_body, parse_body
 from llmos.gateway.deps import StateDep
 from llmos.gateway.dispatch import RequestHandle
 from llmos.gateway.errors import sse_error
-from llmos.gateway.intake import admit, chat_request
+from llmos.gateway.intake import admit, chat_request, meter, replica_for
+from llmos.gateway.middleware import note
 from llmos.gateway.routes import choices
 from llmos.gateway.schemas import (
     ChatCompletion,
@@ -36,6 +42,10 @@ from llmos.gateway.schemas import (
     Completion,
     CompletionChunk,
     CompletionCreate,
+    EmbeddingCreate,
+    EmbeddingList,
+    EmbeddingPublic,
+    EmbeddingUsage,
     ErrorResponse,
     ModelList,
     ModelPublic,
@@ -43,6 +53,7 @@ from llmos.gateway.schemas import (
 from llmos.gateway.sse import END, SseResponse
 from llmos.gateway.state import GatewayState
 from llmos.observability import metrics
+from llmos.store import Deployment
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse, "description": text}
@@ -72,10 +83,14 @@ router = APIRouter(prefix="/v1", tags=["openai"], responses=_ERRORS)
 async def list_models(request: Request, state: StateDep) -> ModelList:
     """The model ids of the project's deployments (names and aliases)."""
     deployments = await state.catalog.deployments(inference_project(request.scope))
-    return ModelList(data=[
-        ModelPublic(id=model_id, created=int(d.created_at.timestamp()), owned_by=d.project)
-        for d in deployments for model_id in (d.name, *(d.aliases or []))
-    ])
+    return ModelList(data=[_model(state, d, model_id) for d in deployments
+                           for model_id in (d.name, *(d.aliases or []))])
+
+
+def _model(state: GatewayState, d: Deployment, model_id: str) -> ModelPublic:
+    able = capabilities.of(d.engine, embedding=state.engine_settings(d).embedding)
+    return ModelPublic(id=model_id, created=int(d.created_at.timestamp()), owned_by=d.project,
+                       capabilities=list(capabilities.listed(able)), engine=d.engine)
 
 
 @router.get("/models/{model_id:path}", response_model=ModelPublic)
@@ -83,7 +98,7 @@ async def list_models(request: Request, state: StateDep) -> ModelList:
 async def retrieve_model(model_id: str, request: Request, state: StateDep) -> ModelPublic:
     """One model id (a deployment's name or alias), as ``client.models.retrieve`` reads it."""
     d = await state.catalog.get(model_id, inference_project(request.scope))
-    return ModelPublic(id=model_id, created=int(d.created_at.timestamp()), owned_by=d.project)
+    return _model(state, d, model_id)
 
 
 @router.post("/chat/completions", response_model=ChatCompletion,
@@ -119,6 +134,59 @@ async def create_completion(request: Request, state: StateDep) -> Response:
         echo = prompt
     shape = Shape("completion", body.model, echo=echo)
     return await _run(state, request, shape, body, body.requested_max_tokens(), engine_body)
+
+
+@router.post("/embeddings", response_model=EmbeddingList,
+             openapi_extra=openapi_body(EmbeddingCreate))
+@requires(Role.user)
+async def create_embeddings(request: Request, state: StateDep) -> Response:
+    """Embed a text or many (or token ids): the vectors, in order, each of unit length;
+    ``base64`` gives each as little-endian float32 (the official client's default)."""
+    started = time.perf_counter()
+    body = await parse_body(request, EmbeddingCreate)
+    inputs = body.inputs()
+    limits = state.settings.limits
+    if len(inputs) > limits.max_embedding_inputs:
+        raise BadRequest(f"{len(inputs)} inputs, but a request may have at most "
+                         f"{limits.max_embedding_inputs} (limits.max_embedding_inputs)",
+                         param="input")
+    deployment = await state.catalog.get(body.model, inference_project(request.scope))
+    note(request, deployment=deployment.name, project=deployment.project)
+    settings = state.engine_settings(deployment)
+    require("embeddings", capabilities.of(deployment.engine, embedding=settings.embedding),
+            body.model)
+    if body.dimensions is not None and body.dimensions not in settings.embedding_dimensions:
+        sizes = ", ".join(map(str, settings.embedding_dimensions)) or "none"
+        raise BadRequest(f"the model {body.model!r} was not trained to be cut to "
+                         f"{body.dimensions} dimensions (its sizes: {sizes}; the deployment's "
+                         "engine setting embedding_dimensions)", param="dimensions")
+    await meter(state, request, deployment.project, 0)
+    await replica_for(state, request, deployment)
+    handle = await state.dispatcher.submit(
+        request_id=request.scope["state"]["request_id"], deployment=deployment.name,
+        kind="embedding", body={"input": inputs, "dimensions": body.dimensions},
+        stream=False, max_tokens_explicit=False, project=deployment.project)
+    final = await final_or_error(handle.chunks(), request)
+    if isinstance(final, Response):
+        response = final
+    else:
+        note_usage(request, final)
+        tokens = final.usage.prompt_tokens if final.usage else 0
+        vectors = final.embeddings or []
+        answer = EmbeddingList(model=body.model, usage=EmbeddingUsage(
+            prompt_tokens=tokens, total_tokens=tokens), data=[
+            EmbeddingPublic(index=i, embedding=v if body.encoding_format == "base64"
+                            else _floats(v)) for i, v in enumerate(vectors)])
+        response = JSONResponse(answer.model_dump(),
+                                headers={names.HEADER_ATTEMPT: str(handle.attempt)})
+    metrics.GATEWAY_REQUESTS.labels("embeddings", str(response.status_code)).inc()
+    metrics.GATEWAY_LATENCY.labels("embeddings").observe(time.perf_counter() - started)
+    return response
+
+
+def _floats(encoded: str) -> list[float]:
+    raw = base64.b64decode(encoded)
+    return list(struct.unpack(f"<{len(raw) // 4}f", raw))
 
 
 FAST_ROUTES = {

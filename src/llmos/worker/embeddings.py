@@ -1,0 +1,107 @@
+"""Embedding requests on a worker: each one's inputs to vectors, in base64 float32.
+
+With an engine that has no batching of its own (``Engine.gathers_embeddings``), the
+requests that arrive together go to it as one call: the first opens a batch, and it
+is sent when it holds ``max_inputs`` inputs or ``wait_s`` after it opened, whichever
+comes first (requests from any client). Otherwise each request is its own call and
+the engine batches them itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import math
+import struct
+from collections.abc import Sequence
+from concurrent.futures import Executor
+from typing import Any
+
+from llmos.engines.base import Embedded, Engine
+from llmos.errors import BadRequest
+
+Inputs = list[str | list[int]]
+
+
+def inputs_of(body: dict[str, Any]) -> Inputs:
+    given = body.get("input")
+    if isinstance(given, str):
+        return [given]
+    if isinstance(given, list) and given and all(isinstance(i, int) for i in given):
+        return [list(given)]
+    if isinstance(given, list) and given:
+        return list(given)
+    raise BadRequest("input is empty", param="input")
+
+
+def encoded(vector: Sequence[float], dimensions: int | None) -> str:
+    """base64 of little-endian float32; cut to ``dimensions`` and made unit length again
+    (for a model trained so: Matryoshka)."""
+    if dimensions is not None and dimensions < len(vector):
+        vector = vector[:dimensions]
+        norm = math.sqrt(sum(x * x for x in vector)) or 1.0
+        vector = [x / norm for x in vector]
+    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+
+
+class Gatherer:
+    """One engine call for the embedding requests that arrive together."""
+
+    def __init__(self, pool: Executor, engine: Engine, *, max_inputs: int,
+                 wait_s: float) -> None:
+        self.pool = pool
+        self.engine = engine
+        self.max_inputs = max(1, max_inputs)
+        self.wait_s = wait_s
+        self._batch: list[tuple[Inputs, asyncio.Future[Embedded]]] = []
+        self._size = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self.calls = 0
+        """Engine calls made (for tests and metrics)."""
+
+    async def embed(self, inputs: Inputs) -> Embedded:
+        loop = asyncio.get_running_loop()
+        if not self.engine.gathers_embeddings:
+            self.calls += 1
+            return await loop.run_in_executor(self.pool, self.engine.embed, inputs)
+        if self._batch and self._size + len(inputs) > self.max_inputs:
+            self._send()  # it would not fit: what is waiting goes now
+        future: asyncio.Future[Embedded] = loop.create_future()
+        self._batch.append((inputs, future))
+        self._size += len(inputs)
+        if self._size >= self.max_inputs:
+            self._send()
+        elif self._timer is None:
+            self._timer = loop.call_later(self.wait_s, self._send)
+        return await future
+
+    def _send(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        batch, self._batch, self._size = self._batch, [], 0
+        if not batch:
+            return
+        self.calls += 1
+        everything = [item for inputs, _ in batch for item in inputs]
+        call = asyncio.get_running_loop().run_in_executor(self.pool, self.engine.embed,
+                                                          everything)
+        call.add_done_callback(lambda done: _share(done, batch))
+
+
+def _share(done: asyncio.Future[Embedded],
+           batch: list[tuple[Inputs, asyncio.Future[Embedded]]]) -> None:
+    """Each request its vectors and its tokens, or the call's error."""
+    error = done.exception()
+    at = 0
+    for inputs, future in batch:
+        mine = slice(at, at + len(inputs))
+        at += len(inputs)
+        if future.done():
+            continue
+        if error is not None:
+            future.set_exception(error)
+            continue
+        result = done.result()
+        counts = result.per_input[mine] if result.per_input is not None else ()
+        future.set_result(Embedded(result.vectors[mine], sum(counts), tuple(counts)))
