@@ -2,7 +2,8 @@
 which loads no engine, and by the engines themselves).
 
 - ``llama.cpp``: chat, completions and tools; embeddings only, with ``embedding`` set
-  (llama.cpp's embedding mode loads the model for that alone).
+  (llama.cpp's embedding mode loads the model for that alone);
+- ``sentence-transformers``: embeddings.
 """
 
 from __future__ import annotations
@@ -20,7 +21,14 @@ ORDER: tuple[Capability, ...] = ("chat", "completions", "tools", "embeddings")
 
 def of(engine: str, *, embedding: bool) -> frozenset[Capability]:
     """A deployment's capabilities by its engine's name and settings."""
+    if engine == "sentence-transformers":
+        return EMBEDS
     return EMBEDS if embedding else GENERATES
+
+
+def engine_for(model_format: str | None) -> str:
+    """The engine that loads a version of this format (its ``config.format``)."""
+    return "sentence-transformers" if model_format == "sentence-transformers" else "llama.cpp"
 
 
 def listed(capabilities: Iterable[Capability]) -> list[Capability]:

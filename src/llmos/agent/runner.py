@@ -53,6 +53,10 @@ def engine_config(settings: EngineSettings, registry: LocalRegistry,
                   version: ModelVersion) -> EngineConfig:
     """How to load ``version`` under ``settings``: its weights and its chat template
     (``registry.templates``), with the engine settings."""
+    if (version.config or {}).get("format") == "sentence-transformers":
+        return EngineConfig(model_path=registry.materialize(version), slots=settings.slots,
+                            threads=settings.threads, embedding=True,
+                            batch_wait_ms=settings.batch_wait_ms)
     template = choose(version, settings.chat_template, files=registry.materialize(version))
     log.info("%s: chat template %s (%s)", version.ref, template.name, template.source)
     if template.source == "fallback":

@@ -79,7 +79,8 @@ def _path(ref: str) -> str:
 
 # import --------------------------------------------------------------------------------
 
-def _files(path: Path, include: list[str] | None) -> tuple[list[Path], str | None]:
+def _files(path: Path, include: list[str] | None
+           ) -> tuple[list[tuple[str, Path]], str | None]:
     """What a path imports as: a folder's files, a file with its split-GGUF siblings, or a
     Hugging Face cache entry's snapshot."""
     from llmos.errors import LLMOSError
@@ -90,20 +91,20 @@ def _files(path: Path, include: list[str] | None) -> tuple[list[Path], str | Non
     except LLMOSError as exc:
         err.print(f"[red]error:[/red] {exc.message}")
         raise typer.Exit(code=2) from None
-    return found.files, found.origin
+    return [(found.name_of(i), f) for i, f in enumerate(found.files)], found.origin
 
 
-def _check_locally(files: list[Path]) -> None:
+def _check_locally(files: list[tuple[str, Path]]) -> None:
     """Refuse a bad GGUF here, before sending hundreds of megabytes to be told so."""
     from llmos.errors import LLMOSError
     from llmos.registry.gguf import read_gguf
     from llmos.registry.metadata import check_filename
 
-    for file in files:
+    for name, file in files:
         try:
             if not file.is_file():
                 raise LLMOSError(f"{file.name} is missing")
-            check_filename(file.name)
+            check_filename(name)
             if file.name.lower().endswith(".gguf"):
                 read_gguf(file)
         except LLMOSError as exc:
@@ -182,7 +183,7 @@ def import_model(
     try:
         with http_client(base) as client, \
                 _progress() as progress:
-            stored = [(f.name, _upload(client, f, progress)) for f in files]
+            stored = [(n, _upload(client, f, progress)) for n, f in files]
             response = client.post(
                 f"/api/models/{_path(name)}/versions", params={"project": project},
                 json={"files": [{"filename": n, "digest": s["digest"]} for n, s in stored],
@@ -196,7 +197,7 @@ def import_model(
     _report(response.json() | {"sent": sent}, time.monotonic() - started)
 
 
-def _import_here(home: Path, path: Path, files: list[Path], *, project: str,
+def _import_here(home: Path, path: Path, files: list[tuple[str, Path]], *, project: str,
                  **fields: Any) -> dict[str, Any]:
     from llmos.errors import LLMOSError
     from llmos.registry.defaults import open_registry
@@ -205,7 +206,7 @@ def _import_here(home: Path, path: Path, files: list[Path], *, project: str,
     registry = open_registry(Settings(home=home))
     try:
         with _progress() as progress:
-            task = progress.add_task(path.name, total=sum(f.stat().st_size for f in files))
+            task = progress.add_task(path.name, total=sum(f.stat().st_size for _, f in files))
             imported = registry.import_path(path, project=project, creator=getpass.getuser(),
                                             progress=lambda n: progress.advance(task, n),
                                             **fields)

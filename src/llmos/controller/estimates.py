@@ -19,6 +19,10 @@ default, and the load score steers new ones to the idler nodes."""
 PROCESS_OVERHEAD = 160 << 20
 """A worker process's own memory besides the engine's (Python, the bus client)."""
 
+TORCH_RUNTIME = 640 << 20
+"""PyTorch and sentence-transformers loaded, before any weights (a prior, as the
+rest: the replica's measured RSS corrects it)."""
+
 
 class Estimates:
     def __init__(self, registry: LocalRegistry, defaults: EngineSettings) -> None:
@@ -45,6 +49,12 @@ class Estimates:
                 # stands (the control plane does not pull gigabytes to read a header);
                 # replicas' measured RSS corrects it for the next placements.
                 known = self._memory[key] = int(stored) + PROCESS_OVERHEAD
+                return known
+            if (version.config or {}).get("format") == "sentence-transformers":
+                weights = sum(b.size for b in version.blobs
+                              if b.filename.endswith((".safetensors", ".bin")))
+                known = self._memory[key] = (TORCH_RUNTIME + 2 * weights
+                                             + PROCESS_OVERHEAD)
                 return known
             info, weights_bytes = self.registry.weights_info(version)
             estimate = estimate_resources(

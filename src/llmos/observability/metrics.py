@@ -10,6 +10,14 @@ WORKER_SLOTS = Gauge("llmos_worker_slots", "Slots a worker has", ["deployment", 
                      registry=REGISTRY)
 WORKER_BUSY_SLOTS = Gauge("llmos_worker_busy_slots", "Slots generating now",
                           ["deployment", "worker"], registry=REGISTRY)
+EMBEDDING_BATCHES = Counter("llmos_embedding_batches",
+                            "Engine calls of a worker's embedding requests (gathered: "
+                            "fewer than the requests when they arrive together)",
+                            ["deployment"], registry=REGISTRY)
+EMBEDDING_BATCH_INPUTS = Histogram("llmos_embedding_batch_inputs",
+                                   "Inputs per engine call of embedding requests",
+                                   ["deployment"], buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+                                   registry=REGISTRY)
 WORKER_REQUESTS = Counter("llmos_worker_requests",
                           "Requests a worker finished, by outcome: ok, rejected (the client's "
                           "mistake, a 4xx), error, cancelled, skipped, requeue",

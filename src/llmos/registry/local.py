@@ -159,8 +159,8 @@ class LocalRegistry:
         # Every header is read before anything is written: a bad file changes nothing.
         infos = {p: check_gguf(p) if is_gguf_name(p.name) else None for p in sources}
         with self.writing():
-            files = [NewFile(self.blobs.put_file(p, move=move, progress=progress), p.name,
-                             infos[p]) for p in sources]
+            files = [NewFile(self.blobs.put_file(p, move=move, progress=progress),
+                             found.name_of(i), infos[p]) for i, p in enumerate(sources)]
             return self._create(name, files, tag=tag, project=project, label=label,
                                 derived_from=derived_from, relation=relation,
                                 creator=creator)
@@ -264,7 +264,7 @@ class LocalRegistry:
                     created_at=time.time(), blobs=blobs, label=label,
                     derived_from=parent.ref if parent else None, relation=relation,
                     creator=creator, metadata=metadata,
-                    config={"format": "gguf"} if main else {}, estimate=estimate)
+                    config=_format(main, [f.filename for f in files]), estimate=estimate)
                 try:
                     self._write_manifest(version)
                     break
@@ -421,6 +421,7 @@ class LocalRegistry:
         for blob in version.blobs:
             link = folder / check_filename(blob.filename)
             if not link.exists():
+                link.parent.mkdir(parents=True, exist_ok=True)
                 try:
                     source = self._local_blob(blob.digest)
                 except NotFound:
@@ -516,3 +517,18 @@ def _relation(metadata: dict[str, Any], parent: ModelVersion, adapter_only: bool
             and metadata.get("quantization") != theirs.get("quantization")):
         return "quantization"
     return "derived"
+
+
+SENTENCE_TRANSFORMERS = "sentence-transformers"
+
+
+def _format(gguf: object, filenames: list[str]) -> dict[str, str]:
+    """What a version's files are, for the engine that loads them: GGUF weights, or a
+    sentence-transformers folder (its ``modules.json`` and config beside the weights)."""
+    if gguf:
+        return {"format": "gguf"}
+    names = set(filenames)
+    if "modules.json" in names and names & {"config_sentence_transformers.json",
+                                            "sentence_bert_config.json"}:
+        return {"format": SENTENCE_TRANSFORMERS}
+    return {}

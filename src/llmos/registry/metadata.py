@@ -18,6 +18,9 @@ from llmos.registry.manifest import (
 )
 
 FILENAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,254}$")
+_PART = r"[A-Za-z0-9][A-Za-z0-9._+-]{0,254}"
+PATH_RE = re.compile(rf"^{_PART}(/{_PART}){{0,3}}$")
+"""A file's name in a version, in folders (``1_Pooling/config.json``): ``check_filename``."""
 SPLIT_RE = re.compile(r"^(?P<stem>.+)-(?P<index>\d{5})-of-(?P<count>\d{5})\.gguf$")
 _TOKENIZER_FILES = {"tokenizer.json", "tokenizer.model", "tokenizer_config.json",
                     "special_tokens_map.json", "vocab.json", "merges.txt"}
@@ -27,10 +30,19 @@ SWA_PATTERNS = {"gemma2": 2, "gemma3": 6, "cohere2": 4, "gpt-oss": 2}
 GGUF does not say (llama.cpp hard-codes these periods per architecture)."""
 
 
+MAX_DEPTH = 4
+"""Folders a model's file may sit in (``1_Pooling/config.json`` of sentence-transformers)."""
+
+
 def check_filename(filename: str) -> str:
-    if not FILENAME_RE.fullmatch(filename) or ".." in filename:
+    """A file's name in a version: letters, digits, '.', '_', '+' and '-', starting with
+    a letter or digit; in a folder of such names at most ``MAX_DEPTH`` deep (``/``)."""
+    parts = filename.split("/")
+    if (len(parts) > MAX_DEPTH or ".." in filename
+            or not all(FILENAME_RE.fullmatch(part) for part in parts)):
         raise BadRequest(f"invalid file name {filename!r}: letters, digits, '.', '_', '+' "
-                         "and '-', starting with a letter or digit, no path", param="filename")
+                         "and '-', starting with a letter or digit, in folders of such "
+                         f"names ('/') at most {MAX_DEPTH} deep", param="filename")
     return filename
 
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llmos.errors import BadRequest
-from llmos.registry.metadata import SPLIT_RE, check_filename, check_splits
+from llmos.registry.metadata import MAX_DEPTH, SPLIT_RE, check_filename, check_splits
 
 
 @dataclass(frozen=True)
@@ -16,6 +16,12 @@ class Sources:
     files: list[Path]
     origin: str | None = None
     """Where they came from, when that is worth a label (a Hugging Face revision)."""
+    names: list[str] | None = None
+    """Each file's name in the version: its path under the folder imported (``/``);
+    None: the files' own names."""
+
+    def name_of(self, index: int) -> str:
+        return self.names[index] if self.names is not None else self.files[index].name
 
 
 def model_files(path: Path, include: list[str] | None = None) -> Sources:
@@ -25,9 +31,9 @@ def model_files(path: Path, include: list[str] | None = None) -> Sources:
     folder = path
     if path.is_dir() and (path / "snapshots").is_dir():
         folder, origin = _hugging_face_snapshot(path)
+    names: list[str] | None = None
     if folder.is_dir():
-        files = sorted(p for p in folder.iterdir()  # (follows the cache's symlinks)
-                       if p.is_file() and not p.name.startswith("."))
+        files = sorted(_walk(folder))
         if include:
             files = [p for p in files if _side_file(p.name) or any(
                 fnmatch.fnmatch(p.name, pattern) for pattern in include)]
@@ -45,10 +51,26 @@ def model_files(path: Path, include: list[str] | None = None) -> Sources:
             files = [p for p in files if p.is_file()]
     else:
         raise BadRequest(f"cannot import {path}: no such file or folder", param="path")
-    for file in files:
-        check_filename(file.name)
+    if folder.is_dir():
+        names = [p.relative_to(folder).as_posix() for p in files]
+    for name in names or [p.name for p in files]:
+        check_filename(name)
     check_splits([p.name for p in files])
-    return Sources(files, origin)
+    return Sources(files, origin, names)
+
+
+def _walk(folder: Path, depth: int = 1) -> list[Path]:
+    """The files under ``folder``, in its subfolders too (not hidden ones; following the
+    hub cache's symlinks)."""
+    found: list[Path] = []
+    for entry in folder.iterdir():
+        if entry.name.startswith(".") or entry.name == "__pycache__":
+            continue
+        if entry.is_file():
+            found.append(entry)
+        elif entry.is_dir() and depth < MAX_DEPTH:
+            found += _walk(entry, depth + 1)
+    return found
 
 
 def _side_file(name: str) -> bool:

@@ -13,7 +13,7 @@ import asyncio
 import base64
 import math
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from typing import Any
 
@@ -48,8 +48,10 @@ class Gatherer:
     """One engine call for the embedding requests that arrive together."""
 
     def __init__(self, pool: Executor, engine: Engine, *, max_inputs: int,
-                 wait_s: float) -> None:
+                 wait_s: float, on_call: Callable[[int], None] | None = None) -> None:
         self.pool = pool
+        self.on_call = on_call
+        """Told the inputs of each engine call."""
         self.engine = engine
         self.max_inputs = max(1, max_inputs)
         self.wait_s = wait_s
@@ -62,7 +64,7 @@ class Gatherer:
     async def embed(self, inputs: Inputs) -> Embedded:
         loop = asyncio.get_running_loop()
         if not self.engine.gathers_embeddings:
-            self.calls += 1
+            self._called(len(inputs))
             return await loop.run_in_executor(self.pool, self.engine.embed, inputs)
         if self._batch and self._size + len(inputs) > self.max_inputs:
             self._send()  # it would not fit: what is waiting goes now
@@ -82,11 +84,17 @@ class Gatherer:
         batch, self._batch, self._size = self._batch, [], 0
         if not batch:
             return
-        self.calls += 1
         everything = [item for inputs, _ in batch for item in inputs]
+        self._called(len(everything))
         call = asyncio.get_running_loop().run_in_executor(self.pool, self.engine.embed,
                                                           everything)
         call.add_done_callback(lambda done: _share(done, batch))
+
+
+    def _called(self, inputs: int) -> None:
+        self.calls += 1
+        if self.on_call is not None:
+            self.on_call(inputs)
 
 
 def _share(done: asyncio.Future[Embedded],

@@ -76,7 +76,8 @@ class Worker:
                                         thread_name_prefix=f"engine-{deployment}")
         self._launcher = CohortLauncher(self._pool, engine)
         self._gatherer = Gatherer(self._pool, engine, max_inputs=self.slots,
-                                  wait_s=engine.config.batch_wait_ms / 1000)
+                                  wait_s=engine.config.batch_wait_ms / 1000,
+                                  on_call=self._embedding_call)
         self._cancels_book = CancelBook()
         self._requests: list[Subscription] = []
         self._engine_slots = TieredSlots(self.slots, names.TIERS)
@@ -276,6 +277,10 @@ class Worker:
             with contextlib.suppress(BusError):
                 await self._presence.send()  # drained: say so now, not at the next beat
         self._events.offer(encode(event))
+
+    def _embedding_call(self, inputs: int) -> None:
+        metrics.EMBEDDING_BATCHES.labels(self.deployment).inc()
+        metrics.EMBEDDING_BATCH_INPUTS.labels(self.deployment).observe(inputs)
 
     async def _embed(self, request: InferenceRequest, publish: Replies) -> str:
         """An embedding request: its vectors in one final chunk (base64 float32)."""

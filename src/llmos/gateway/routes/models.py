@@ -34,7 +34,7 @@ from llmos.registry.blobs import CHUNK, BlobCorrupt, Stored, hash_file
 from llmos.registry.estimate import KV_TYPES
 from llmos.registry.lineage import lineage as find_lineage
 from llmos.registry.manifest import RELATIONS
-from llmos.registry.metadata import FILENAME_RE
+from llmos.registry.metadata import FILENAME_RE, PATH_RE
 from llmos.registry.refs import DIGEST_PATTERN, NAME_PATTERN, REF_PATTERN, TAG_PATTERN
 from llmos.registry.uploads import UPLOAD_ID_PATTERN
 
@@ -103,7 +103,7 @@ class VersionCreated(VersionPublic):
 class FileEntry(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    filename: str = Field(pattern=FILENAME_RE.pattern)
+    filename: str = Field(pattern=PATH_RE.pattern)
     digest: str = Field(pattern=DIGEST_PATTERN)
 
 
