@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -44,7 +45,9 @@ class SentenceTransformersEngine(Engine):
         except Exception as exc:
             raise EngineError(f"sentence-transformers could not load {folder}: {exc}") from exc
         self._model = model
-        self._tokenizer: Any = model.tokenizer
+        self._lock = threading.Lock()
+        """One call at a time: the tokenizer is not thread-safe, and a call already
+        uses every thread torch was given."""
         self.max_tokens: int = model.max_seq_length or 512
         log.info("sentence-transformers engine loaded %s (%d dimensions, %d threads)",
                  folder.name, self._model.get_sentence_embedding_dimension(),
@@ -60,15 +63,16 @@ class SentenceTransformersEngine(Engine):
             if not isinstance(item, str):
                 raise BadRequest("this model takes texts, not token ids", param="input")
             texts.append(item)
-        # Each input's tokens as the model sees them (cut at its longest sequence).
-        counts = tuple(min(len(ids), self.max_tokens) for ids in
-                       self._tokenizer(texts, add_special_tokens=True)["input_ids"])
-        try:
-            vectors = self._model.encode(texts, batch_size=max(1, len(texts)),
-                                         normalize_embeddings=True, convert_to_numpy=True,
-                                         show_progress_bar=False)
-        except Exception as exc:
-            raise EngineError(f"the engine failed to embed: {exc}") from exc
+        with self._lock:
+            try:
+                # Each input's tokens as the model sees them (cut at its longest sequence).
+                mask = self._model.tokenize(texts)["attention_mask"]
+                counts = tuple(int(n) for n in mask.sum(dim=1).tolist())
+                vectors = self._model.encode(texts, batch_size=max(1, len(texts)),
+                                             normalize_embeddings=True,
+                                             convert_to_numpy=True, show_progress_bar=False)
+            except Exception as exc:
+                raise EngineError(f"the engine failed to embed: {exc}") from exc
         return Embedded(vectors.tolist(), sum(counts), counts)
 
     def generate(self, kind: Any, body: dict[str, Any], on_event: EventCallback

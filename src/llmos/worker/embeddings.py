@@ -1,10 +1,9 @@
 """Embedding requests on a worker: each one's inputs to vectors, in base64 float32.
 
 With an engine that has no batching of its own (``Engine.gathers_embeddings``), the
-requests that arrive together go to it as one call: the first opens a batch, and it
-is sent when it holds ``max_inputs`` inputs or ``wait_s`` after it opened, whichever
-comes first (requests from any client). Otherwise each request is its own call and
-the engine batches them itself.
+requests that arrive together go to it as one call (requests from any client): see
+``Gatherer``. Otherwise each request is its own call and the engine batches them
+itself.
 """
 
 from __future__ import annotations
@@ -44,8 +43,20 @@ def encoded(vector: Sequence[float], dimensions: int | None) -> str:
     return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
 
 
+LONGEST = 10
+"""A batch waits at most this many ``wait_s`` after its first request."""
+
+
 class Gatherer:
-    """One engine call for the embedding requests that arrive together."""
+    """One engine call at a time for the embedding requests that arrive together.
+
+    While the engine is idle, a batch is sent when it is full, or once no request has
+    come for ``wait_s`` (at most ``LONGEST`` times that after its first): requests that
+    come in a stream are gathered, a lone one waits ``wait_s``. While a call runs, what
+    arrives gathers and goes the moment it ends. (With only a fixed window after the
+    first request, 32 clients each sending one text after another split into a small
+    batch and a large one by turns: 15.7 texts a call, 0.81x of calling the engine
+    with batches of 32.)"""
 
     def __init__(self, pool: Executor, engine: Engine, *, max_inputs: int,
                  wait_s: float, on_call: Callable[[int], None] | None = None) -> None:
@@ -58,6 +69,8 @@ class Gatherer:
         self._batch: list[tuple[Inputs, asyncio.Future[Embedded]]] = []
         self._size = 0
         self._timer: asyncio.TimerHandle | None = None
+        self._busy = False
+        self._opened = 0.0
         self.calls = 0
         """Engine calls made (for tests and metrics)."""
 
@@ -66,30 +79,48 @@ class Gatherer:
         if not self.engine.gathers_embeddings:
             self._called(len(inputs))
             return await loop.run_in_executor(self.pool, self.engine.embed, inputs)
-        if self._batch and self._size + len(inputs) > self.max_inputs:
-            self._send()  # it would not fit: what is waiting goes now
         future: asyncio.Future[Embedded] = loop.create_future()
         self._batch.append((inputs, future))
         self._size += len(inputs)
-        if self._size >= self.max_inputs:
-            self._send()
-        elif self._timer is None:
-            self._timer = loop.call_later(self.wait_s, self._send)
+        if not self._busy:
+            if self._size >= self.max_inputs:
+                self._send()
+            else:  # wait for a pause in the arrivals, not beyond the longest wait
+                if self._timer is None:
+                    self._opened = loop.time()
+                else:
+                    self._timer.cancel()
+                at = min(loop.time() + self.wait_s, self._opened + LONGEST * self.wait_s)
+                self._timer = loop.call_at(at, self._send)
         return await future
 
     def _send(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        batch, self._batch, self._size = self._batch, [], 0
-        if not batch:
+        if self._busy or not self._batch:
             return
+        batch: list[tuple[Inputs, asyncio.Future[Embedded]]] = []
+        size = 0
+        while self._batch and (not batch
+                               or size + len(self._batch[0][0]) <= self.max_inputs):
+            inputs, future = self._batch.pop(0)
+            batch.append((inputs, future))
+            size += len(inputs)
+        self._size -= size
         everything = [item for inputs, _ in batch for item in inputs]
         self._called(len(everything))
+        self._busy = True
         call = asyncio.get_running_loop().run_in_executor(self.pool, self.engine.embed,
                                                           everything)
-        call.add_done_callback(lambda done: _share(done, batch))
+        call.add_done_callback(lambda done: self._done(done, batch))
 
+    def _done(self, done: asyncio.Future[Embedded],
+              batch: list[tuple[Inputs, asyncio.Future[Embedded]]]) -> None:
+        self._busy = False
+        _share(done, batch)
+        if self._batch:
+            self._send()  # what gathered meanwhile goes now
 
     def _called(self, inputs: int) -> None:
         self.calls += 1
