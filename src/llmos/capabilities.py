@@ -3,7 +3,9 @@ which loads no engine, and by the engines themselves).
 
 - ``llama.cpp``: chat, completions and tools; embeddings only, with ``embedding`` set
   (llama.cpp's embedding mode loads the model for that alone);
-- ``sentence-transformers``: embeddings.
+- ``sentence-transformers``: embeddings;
+- ``remote`` (an OpenAI-compatible provider): as llama.cpp, by what its user says the
+  upstream model is (``embedding`` for an embedding model).
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ def of(engine: str, *, embedding: bool) -> frozenset[Capability]:
 
 def engine_for(model_format: str | None) -> str:
     """The engine that loads a version of this format (its ``config.format``)."""
-    return "sentence-transformers" if model_format == "sentence-transformers" else "llama.cpp"
+    if model_format in ("sentence-transformers", "remote"):
+        return model_format
+    return "llama.cpp"
 
 
 def listed(capabilities: Iterable[Capability]) -> list[Capability]:

@@ -157,3 +157,19 @@ class RegistryError(LLMOSError):
     status = 400
     type = "invalid_request_error"
     code = "registry_error"
+
+
+class ProviderError(LLMOSError):
+    """A remote provider failed a request, refused it, or could not be reached."""
+
+    status = 502
+    type = "server_error"
+    code = "provider_error"
+
+    def __init__(self, message: str, *, status: int = 502, code: str | None = None,
+                 retry_after_s: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        if code is not None:
+            self.code = code
+        self.retry_after_s = retry_after_s

@@ -109,7 +109,7 @@ async def serve(settings: Settings, *, deploy_default: bool = True,
     try:
         if settings.default_model == DEFAULT_MODEL_NAME:
             await asyncio.to_thread(ensure_default_model, registry)
-        if deploy_default:
+        if deploy_default and settings.default_model:
             # Each start deploys the default model again: a new "latest" is picked up
             # here, and only here (a running deployment stays on the version it pinned).
             await asyncio.to_thread(deploy, store, registry, settings.default_model,
@@ -210,6 +210,7 @@ async def run_worker(settings: Settings, model: str, deployment: str | None = No
     from llmos.agent.join import JoinRefused, join, stay_joined
     from llmos.agent.runner import DRAIN_S, drain_and_stop, engine_config
     from llmos.bus import names, open_bus
+    from llmos.capabilities import engine_for
     from llmos.engines import load_engine
     from llmos.observability.logs import configure_logging
     from llmos.observability.telemetry import BusLogHandler, TelemetryPublisher
@@ -230,7 +231,8 @@ async def run_worker(settings: Settings, model: str, deployment: str | None = No
         await asyncio.to_thread(ensure_default_model, registry, project=project)
     version = registry.get(ref, project=project)
     config = await asyncio.to_thread(engine_config, settings.engine, registry, version)
-    engine = await asyncio.to_thread(load_engine, "llama.cpp", config)
+    engine = await asyncio.to_thread(
+        load_engine, engine_for((version.config or {}).get("format")), config)
     worker = Worker(bus, engine, names.bus_name(deployment or ref.name, project),
                     worker_id=worker_id, home=str(settings.home))
     holder = f"worker {worker.worker_id} on {socket.gethostname()} (pid {os.getpid()})"

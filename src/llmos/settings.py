@@ -192,7 +192,8 @@ class Settings(BaseSettings):
     storage_url: str | None = Field(
         None, description="where the registry keeps manifests and blobs: s3://, az://, gs://, "
         "file:// (default: the local store under home/models, no object storage)")
-    default_model: str = "gemma-3-270m"
+    default_model: str = Field("gemma-3-270m", description="the model serve deploys at "
+                               "start (empty: none; deploy models with `llmos deploy`)")
     embedded_worker: bool = Field(
         True, description="serve runs an embedded node (agent) whose replicas run in its "
         "own process")

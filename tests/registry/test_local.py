@@ -442,3 +442,22 @@ def test_a_lease_pins_until_it_runs_out(registry: LocalRegistry, tmp_path: Path)
     registry.pins.pin(version, "worker w1", lease_s=-1)  # (as if its renewals stopped)
     assert registry.pins.holders(version) == []
     registry.delete("m@1")
+
+
+def test_a_remote_models_spec_is_checked_and_typed(registry: LocalRegistry,
+                                                   tmp_path: Path) -> None:
+    spec = tmp_path / "remote.json"
+    spec.write_text('{"base_url": "https://provider.example/v1/", "model": "big",'
+                    ' "api_key_env": "PROVIDER_KEY"}')
+    version = registry.import_path(spec, "hosted").version
+    assert version.config == {"format": "remote"}
+    assert [b.filename for b in version.blobs] == ["remote.json"]
+    for bad, says in (('{"base_url": "ftp://x", "model": "m"}', "base_url"),
+                      ('{"base_url": "https://u:p@x/v1", "model": "m"}', "credentials"),
+                      ('{"base_url": "https://x/v1", "model": "m", "api_key": "sk-1"}',
+                       "api_key"),
+                      ("not json", "not JSON")):
+        spec.write_text(bad)
+        with pytest.raises(BadRequest, match=says):
+            registry.import_path(spec, "hosted")
+    assert len(registry.versions("hosted")) == 1

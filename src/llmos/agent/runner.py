@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from llmos import providers
 from llmos.bus import Bus, names
 from llmos.bus.messages import ReplicaPhase, ReplicaSpec, ReplicaStatus
 from llmos.engines import EngineConfig, load_engine
@@ -53,7 +54,13 @@ def engine_config(settings: EngineSettings, registry: LocalRegistry,
                   version: ModelVersion) -> EngineConfig:
     """How to load ``version`` under ``settings``: its weights and its chat template
     (``registry.templates``), with the engine settings."""
-    if (version.config or {}).get("format") == "sentence-transformers":
+    model_format = (version.config or {}).get("format")
+    if model_format == providers.FORMAT:
+        # The worker's slots are the requests it has in flight upstream at once.
+        return EngineConfig(model_path=registry.materialize(version) / providers.FILENAME,
+                            slots=settings.slots, threads=1, ctx_size=0,
+                            embedding=settings.embedding)
+    if model_format == "sentence-transformers":
         return EngineConfig(model_path=registry.materialize(version), slots=settings.slots,
                             threads=settings.threads, embedding=True,
                             batch_wait_ms=settings.batch_wait_ms)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import getpass
 import hashlib
 import json
+import tempfile
 import time
 from collections.abc import Iterator
 from datetime import datetime
@@ -197,6 +198,35 @@ def import_model(
     _report(response.json() | {"sent": sent}, time.monotonic() - started)
 
 
+@models_app.command("remote")
+def add_remote(
+    name: Annotated[str, typer.Argument(help="repository: [namespace/]name")],
+    base_url: Annotated[str, typer.Option(
+        help="the provider's API root, e.g. https://api.openai.com/v1")],
+    model: Annotated[str, typer.Option(help="the model's name at the provider")],
+    api_key_env: Annotated[str | None, typer.Option(
+        help="the environment variable that holds the key on the nodes (never stored)")] = None,
+    api_key_file: Annotated[str | None, typer.Option(
+        help="or a file on the nodes that holds it (a mounted secret)")] = None,
+    forward: Annotated[list[str] | None, typer.Option(
+        help="a parameter beyond OpenAI's to send upstream (repeatable), e.g. top_k")] = None,
+    max_retries: Annotated[int, typer.Option(
+        help="tries again on 429, 5xx and refused connections before the first token")] = 4,
+    tag: Annotated[str | None, typer.Option(help="tag for the new version")] = None,
+    project: ProjectOption = "default", url: UrlOption = None,
+) -> None:
+    """Add a model served by an OpenAI-compatible provider as a new version of NAME
+    (a remote.json: where it is, and where the nodes find its key); deploy it as any."""
+    spec = {"base_url": base_url, "model": model, "api_key_env": api_key_env,
+            "api_key_file": api_key_file, "forward": forward or [], "max_retries": max_retries}
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "remote.json"
+        path.write_text(json.dumps({k: v for k, v in spec.items() if v is not None},
+                                   indent=2) + "\n", encoding="utf-8")
+        import_model(path, name=name, tag=tag, label=f"{model} at {base_url}",
+                     project=project, url=url)
+
+
 def _import_here(home: Path, path: Path, files: list[tuple[str, Path]], *, project: str,
                  **fields: Any) -> dict[str, Any]:
     from llmos.errors import LLMOSError
@@ -284,6 +314,8 @@ def show_model(ref: Annotated[str, typer.Argument(help="name, name:tag, name@N, 
               + (f"  label: {v['label']}" if v["label"] else ""))
     if v["derived_from"]:
         out.print(f"derived from {v['derived_from']} ({v['relation']})")
+    if v.get("engine"):
+        out.print(f"engine: {v['engine']}; serves: {', '.join(v.get('capabilities') or [])}")
     template = v.get("chat_template") or {}
     if template:
         sources = {"file": "a file stored with the version", "gguf": "the GGUF's own",

@@ -24,6 +24,13 @@ TORCH_RUNTIME = 640 << 20
 rest: the replica's measured RSS corrects it)."""
 
 
+REMOTE_CPU = 0.05
+"""Cores a remote provider's replica asks: it waits on the network, parsing a stream."""
+
+REMOTE_CLIENT = 32 << 20
+"""A remote provider's replica: an HTTP client and its connections, no weights."""
+
+
 class Estimates:
     def __init__(self, registry: LocalRegistry, defaults: EngineSettings) -> None:
         self.registry = registry
@@ -33,7 +40,8 @@ class Estimates:
     def need(self, deployment: Deployment) -> Resources:
         given = dict(deployment.resources or {})
         settings = self.defaults.overlay(deployment.engine_settings or {})
-        cpu = float(given.get("cpu") or settings.threads * CPU_SHARE)
+        cpu = float(given.get("cpu") or (REMOTE_CPU if deployment.engine == "remote"
+                                         else settings.threads * CPU_SHARE))
         memory = int(given.get("memory") or self.memory(deployment, settings))
         return Resources(cpu=cpu, memory=memory, gpus=int(given.get("gpus") or 0))
 
@@ -50,7 +58,11 @@ class Estimates:
                 # replicas' measured RSS corrects it for the next placements.
                 known = self._memory[key] = int(stored) + PROCESS_OVERHEAD
                 return known
-            if (version.config or {}).get("format") == "sentence-transformers":
+            model_format = (version.config or {}).get("format")
+            if model_format == "remote":  # no weights: a process and its HTTP client
+                known = self._memory[key] = REMOTE_CLIENT + PROCESS_OVERHEAD
+                return known
+            if model_format == "sentence-transformers":
                 weights = sum(b.size for b in version.blobs
                               if b.filename.endswith((".safetensors", ".bin")))
                 known = self._memory[key] = (TORCH_RUNTIME + 2 * weights

@@ -10,6 +10,7 @@ from llmos.errors import ConfigError
 ENGINES: dict[str, str] = {
     "llama.cpp": "llmos.engines.llamacpp:LlamaCppEngine",
     "sentence-transformers": "llmos.engines.sbert:SentenceTransformersEngine",
+    "remote": "llmos.engines.remote:RemoteEngine",
 }
 
 

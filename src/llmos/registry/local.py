@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from llmos import providers
 from llmos.errors import BadRequest, Conflict, NotFound, RegistryError, excerpt
 from llmos.registry.blobs import BlobStore, Progress, Stored, storage_error
 from llmos.registry.gguf import GGUFInfo, read_gguf
@@ -221,6 +222,8 @@ class LocalRegistry:
         if len(set(names)) != len(names):
             raise BadRequest("two files of a version have the same name", param="files")
         check_splits(names)
+        if providers.is_remote(names):  # a bad spec is refused now, not at a replica's start
+            providers.parse(self.blobs.path(files[0].stored.digest).read_bytes())
         parent = None
         if derived_from:
             try:
@@ -523,10 +526,13 @@ SENTENCE_TRANSFORMERS = "sentence-transformers"
 
 
 def _format(gguf: object, filenames: list[str]) -> dict[str, str]:
-    """What a version's files are, for the engine that loads them: GGUF weights, or a
-    sentence-transformers folder (its ``modules.json`` and config beside the weights)."""
+    """What a version's files are, for the engine that loads them: GGUF weights, a
+    sentence-transformers folder (its ``modules.json`` and config beside the weights),
+    or a remote provider's model (one ``remote.json``)."""
     if gguf:
         return {"format": "gguf"}
+    if providers.is_remote(filenames):
+        return {"format": providers.FORMAT}
     names = set(filenames)
     if "modules.json" in names and names & {"config_sentence_transformers.json",
                                             "sentence_bert_config.json"}:

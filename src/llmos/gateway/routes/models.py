@@ -21,7 +21,9 @@ from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import FileResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from llmos import capabilities
 from llmos.auth.roles import Principal, Role
+from llmos.capabilities import Capability
 from llmos.errors import BadRequest, LLMOSError, NotFound, RegistryError
 from llmos.gateway.auth import PrincipalDep, ProjectDep, principal_of, requires
 from llmos.gateway.deps import StateDep
@@ -86,8 +88,14 @@ class VersionPublic(BaseModel):
     config: dict[str, Any]
     estimate: dict[str, Any] | None
     """Memory one replica needs under the server's default engine settings."""
-    chat_template: ChatTemplateInfo
-    """The chat template it is served with unless a deployment sets its own."""
+    chat_template: ChatTemplateInfo | None
+    """The chat template it is served with unless a deployment sets its own (GGUF
+    models; none for the others, whose engine or provider renders chats its own way)."""
+    engine: str
+    """The engine that serves it, by its format."""
+    capabilities: list[Capability]
+    """What a deployment of it does with default settings (a GGUF or remote model does
+    embeddings instead when deployed with ``embedding: true``)."""
 
 
 class VersionList(BaseModel):
@@ -144,13 +152,17 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 def public(version: ModelVersion) -> VersionPublic:
+    engine = capabilities.engine_for((version.config or {}).get("format"))
     return VersionPublic(
         ref=version.ref, name=version.name, version=version.version, project=version.project,
         tags=list(version.tags), label=version.label, created_at=version.created_at,
         creator=version.creator, derived_from=version.derived_from, relation=version.relation,
         size=version.size, blobs=[BlobPublic(**b.to_dict()) for b in version.blobs],
         metadata=version.metadata, config=version.config, estimate=version.estimate,
-        chat_template=ChatTemplateInfo(**templates.choose(version).describe()))
+        chat_template=(ChatTemplateInfo(**templates.choose(version).describe())
+                       if engine == "llama.cpp" else None),
+        engine=engine,
+        capabilities=capabilities.listed(capabilities.of(engine, embedding=False)))
 
 
 def _registry(state: Any) -> LocalRegistry:
