@@ -5,7 +5,8 @@ which loads no engine, and by the engines themselves).
   (llama.cpp's embedding mode loads the model for that alone);
 - ``sentence-transformers``: embeddings;
 - ``remote`` (an OpenAI-compatible provider): as llama.cpp, by what its user says the
-  upstream model is (``embedding`` for an embedding model).
+  upstream model is (``embedding`` for an embedding model);
+- ``vllm`` (a transformers folder, on a GPU): as llama.cpp.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ def engine_for(model_format: str | None) -> str:
     """The engine that loads a version of this format (its ``config.format``)."""
     if model_format in ("sentence-transformers", "remote"):
         return model_format
+    if model_format == "transformers":
+        return "vllm"
     return "llama.cpp"
 
 

@@ -43,10 +43,11 @@ def detect(cpus: float | None = None, memory: int | None = None) -> Capacity:
     have_memory = int(psutil.virtual_memory().total)
     return Capacity(cpus=min(cpus, have_cpus) if cpus else have_cpus,
                     memory=min(memory, have_memory) if memory else have_memory,
-                    gpus=_gpus())
+                    gpus=gpu_count())
 
 
-def _gpus() -> int:
+def gpu_count() -> int:
+    """NVIDIA GPUs on this machine (NVML; 0 without a driver)."""
     try:
         import pynvml
     except ImportError:

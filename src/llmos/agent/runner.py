@@ -60,6 +60,11 @@ def engine_config(settings: EngineSettings, registry: LocalRegistry,
         return EngineConfig(model_path=registry.materialize(version) / providers.FILENAME,
                             slots=settings.slots, threads=1, ctx_size=0,
                             embedding=settings.embedding)
+    if model_format == "transformers":  # vLLM: one sequence may use the whole context
+        return EngineConfig(model_path=registry.materialize(version), slots=settings.slots,
+                            threads=settings.threads, ctx_size=settings.ctx_size,
+                            kv_unified=True, embedding=settings.embedding,
+                            chat_template=settings.chat_template or "")
     if model_format == "sentence-transformers":
         return EngineConfig(model_path=registry.materialize(version), slots=settings.slots,
                             threads=settings.threads, embedding=True,

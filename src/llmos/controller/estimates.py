@@ -27,6 +27,9 @@ rest: the replica's measured RSS corrects it)."""
 REMOTE_CPU = 0.05
 """Cores a remote provider's replica asks: it waits on the network, parsing a stream."""
 
+VLLM_HOST = 4 << 30
+"""Host memory of a vLLM server (PyTorch, CUDA's runtime, its workers): a prior."""
+
 REMOTE_CLIENT = 32 << 20
 """A remote provider's replica: an HTTP client and its connections, no weights."""
 
@@ -43,7 +46,8 @@ class Estimates:
         cpu = float(given.get("cpu") or (REMOTE_CPU if deployment.engine == "remote"
                                          else settings.threads * CPU_SHARE))
         memory = int(given.get("memory") or self.memory(deployment, settings))
-        return Resources(cpu=cpu, memory=memory, gpus=int(given.get("gpus") or 0))
+        gpus = int(given.get("gpus") or (1 if deployment.engine == "vllm" else 0))
+        return Resources(cpu=cpu, memory=memory, gpus=gpus)
 
     def memory(self, deployment: Deployment, settings: EngineSettings) -> int:
         key = (deployment.served_ref, json.dumps(settings.model_dump(), sort_keys=True))
@@ -61,6 +65,9 @@ class Estimates:
             model_format = (version.config or {}).get("format")
             if model_format == "remote":  # no weights: a process and its HTTP client
                 known = self._memory[key] = REMOTE_CLIENT + PROCESS_OVERHEAD
+                return known
+            if model_format == "transformers":  # weights on the GPU; vLLM's host side
+                known = self._memory[key] = VLLM_HOST + PROCESS_OVERHEAD
                 return known
             if model_format == "sentence-transformers":
                 weights = sum(b.size for b in version.blobs

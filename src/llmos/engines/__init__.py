@@ -11,6 +11,7 @@ ENGINES: dict[str, str] = {
     "llama.cpp": "llmos.engines.llamacpp:LlamaCppEngine",
     "sentence-transformers": "llmos.engines.sbert:SentenceTransformersEngine",
     "remote": "llmos.engines.remote:RemoteEngine",
+    "vllm": "llmos.engines.vllm:VllmEngine",
 }
 
 

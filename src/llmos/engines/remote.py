@@ -78,13 +78,17 @@ class _Retry(Exception):
 
 class RemoteEngine(Engine):
     def __init__(self, config: EngineConfig) -> None:
-        self.config = config
         try:
-            self.spec = providers.parse(config.model_path.read_bytes())
+            spec = providers.parse(config.model_path.read_bytes())
         except OSError as exc:
             raise EngineError(f"cannot read {config.model_path}: {exc.strerror}") from None
+        self._connect(config, spec, spec.api_key())
+
+    def _connect(self, config: EngineConfig, spec: providers.RemoteSpec, key: str | None
+                 ) -> None:
+        self.config = config
+        self.spec = spec
         headers = {"user-agent": "llmos"}
-        key = self.spec.api_key()
         if key:
             headers["authorization"] = f"Bearer {key}"
         self._client = httpx.Client(
@@ -98,7 +102,8 @@ class RemoteEngine(Engine):
         self._closed = threading.Event()
         self._watcher = threading.Thread(target=self._watch, name="remote-watch", daemon=True)
         self._watcher.start()
-        log.info("remote engine: %s at %s (key %s)", self.spec.model, self.spec.base_url,
+        log.info("%s engine: %s at %s (key %s)", type(self).__name__, self.spec.model,
+                 self.spec.base_url,
                  "from $" + self.spec.api_key_env if self.spec.api_key_env
                  else "from a file" if self.spec.api_key_file else "none")
 

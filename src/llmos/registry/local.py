@@ -528,7 +528,8 @@ SENTENCE_TRANSFORMERS = "sentence-transformers"
 def _format(gguf: object, filenames: list[str]) -> dict[str, str]:
     """What a version's files are, for the engine that loads them: GGUF weights, a
     sentence-transformers folder (its ``modules.json`` and config beside the weights),
-    or a remote provider's model (one ``remote.json``)."""
+    a Hugging Face transformers folder (``config.json`` and safetensors), or a remote
+    provider's model (one ``remote.json``)."""
     if gguf:
         return {"format": "gguf"}
     if providers.is_remote(filenames):
@@ -537,4 +538,6 @@ def _format(gguf: object, filenames: list[str]) -> dict[str, str]:
     if "modules.json" in names and names & {"config_sentence_transformers.json",
                                             "sentence_bert_config.json"}:
         return {"format": SENTENCE_TRANSFORMERS}
+    if "config.json" in names and any(n.endswith(".safetensors") for n in names):
+        return {"format": "transformers"}  # a Hugging Face folder: vLLM, where it runs
     return {}
