@@ -6,12 +6,12 @@
   with a remote deployment of that provider, its key read from the environment.
 
 Each set sends the same requests to both, in pairs whose order alternates, after one
-unmeasured call of the same request (so both find its prompt in llama.cpp's cache), with the official client: streamed chats (time to first
-token and to the last) and plain completions (time to the answer). Prompts are seeded
-and varied (5-60 words; ``max_tokens`` 4-16), greedy, so both sides generate the same
-tokens. Reported per set: p50 and p90 of each side, the added p50 (through - direct)
-and the median of the pairs' differences;
-with ``--concurrency`` > 1 that many clients send at once (each client alternates).
+unmeasured call of the same request (so both find its prompt in llama.cpp's cache),
+with the official client: streamed chats (time to first token and to the last) and
+plain completions (time to the answer). Prompts are seeded and varied (5-60 words;
+``max_tokens`` 4-16), greedy, so both sides generate the same tokens. Reported per
+set: p50 and p90 of each side, the added p50 (through - direct) and the median of the
+pairs' differences; with ``--concurrency`` > 1 that many clients send at once.
 
     .venv/bin/python benchmarks/remote.py [--requests 60] [--runs 3] [--concurrency 1,4]
 """
