@@ -33,6 +33,9 @@ from tests.bus.test_redis import REDIS_URL, reset_redis_queues
 from tests.conftest import RunningServer, require_service, start_server, stop_server
 
 MODEL = "gemma-3-270m"
+STREAM_TOKENS = 160
+"""Long enough that the victim is still streaming when it is killed: at 48 tokens, one CI
+run's streams had all ended by the time the victim finished its first plain request."""
 WORKER_ENV = {"LLMOS_ENGINE__SLOTS": "4", "LLMOS_ENGINE__CTX_SIZE": "1024",
               "LLMOS_ENGINE__THREADS": "1", "LLMOS_ENGINE__POLL": "0"}
 
@@ -176,7 +179,7 @@ def test_kill_9_of_one_worker_loses_no_request(cluster: Cluster) -> None:
 
         async def stream(i: int) -> str:
             """How a stream ended: "done" (complete) or the error code it ended with."""
-            body = {"model": MODEL, "prompt": f"Stream {i}: 1, 2, 3,", "max_tokens": 48,
+            body = {"model": MODEL, "prompt": f"Stream {i}: 1, 2, 3,", "max_tokens": STREAM_TOKENS,
                     "temperature": 0, "ignore_eos": True, "stream": True}
             texts: list[str] = []
             async with httpx.AsyncClient(timeout=300) as http, http.stream(
@@ -185,7 +188,7 @@ def test_kill_9_of_one_worker_loses_no_request(cluster: Cluster) -> None:
                 assert response.status_code == 200
                 async for line in response.aiter_lines():
                     if line == "data: [DONE]":
-                        assert len(texts) == 48, "a stream ended early without saying so"
+                        assert len(texts) == STREAM_TOKENS, "a stream ended early without saying so"
                         return "done"
                     if line.startswith("data: "):
                         event = json.loads(line[6:])
