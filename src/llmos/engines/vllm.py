@@ -19,6 +19,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import deque
 from pathlib import Path
@@ -92,8 +93,6 @@ class VllmEngine(RemoteEngine):
         self._connect(config, spec, key)
 
     def _wait_healthy(self, port: int, key: str) -> None:
-        import threading
-
         assert self._process.stdout is not None
         stdout = self._process.stdout
 
