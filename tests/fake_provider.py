@@ -46,6 +46,7 @@ class FakeProvider:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # no 40 ms wait between headers and body
 
             def log_message(self, *args: Any) -> None:
                 pass
@@ -88,6 +89,25 @@ class FakeProvider:
             h.wfile.write(payload)
             return
         chat = h.path.endswith("/chat/completions")
+        if not body.get("stream"):  # a whole answer, after the same pauses
+            for _ in reply.words:
+                time.sleep(reply.every_s)
+            text = "".join(reply.words)
+            choice = {"index": 0, "message": {"role": "assistant", "content": text},
+                      "finish_reason": "stop"} if chat else \
+                {"index": 0, "text": text, "finish_reason": "stop"}
+            payload = json.dumps({
+                "id": "scripted", "object": "chat.completion" if chat else "text_completion",
+                "created": int(time.time()), "model": body.get("model", ""),
+                "choices": [choice], "usage": {
+                    "prompt_tokens": 5, "completion_tokens": len(reply.words),
+                    "total_tokens": 5 + len(reply.words)}}).encode()
+            h.send_response(200)
+            h.send_header("content-type", "application/json")
+            h.send_header("content-length", str(len(payload)))
+            h.end_headers()
+            h.wfile.write(payload)
+            return
         h.send_response(200)
         h.send_header("content-type", "text/event-stream")
         h.send_header("connection", "close")
