@@ -7,8 +7,9 @@ import itertools
 import logging
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from llmos.bus.base import (
     Bus,
@@ -69,9 +70,41 @@ class _Consumer:
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     active: bool = True
     cancelled: bool = False
+    pending: deque[_MemoryDelivery] = field(default_factory=deque)
+    """auto_ack: deliveries its pump has yet to hand over."""
+    pumping: bool = False
 
     def has_room(self) -> bool:
         return self.active and (self.auto_ack or len(self.unacked) < self.prefetch)
+
+    def start(self, delivery: _MemoryDelivery) -> None:
+        """Hand a delivery to the handler. With auto_ack (nothing to settle, so nothing
+        to wait for), one pump task calls the handler for every delivery in turn instead
+        of a task each: a reply stream's chunks cost one task per wake-up, not per chunk."""
+        if not self.auto_ack:
+            self._task(self.handler(delivery))
+            return
+        self.pending.append(delivery)
+        if not self.pumping:
+            self.pumping = True
+            self._task(self._pump())
+
+    def _task(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _pump(self) -> None:
+        try:
+            while self.pending and not self.cancelled:
+                try:
+                    await self.handler(self.pending.popleft())
+                except Exception:
+                    log.exception("a handler of queue %s failed", self.queue.name)
+        finally:
+            self.pumping = False
+            if self.cancelled:
+                self.pending.clear()
 
 
 class _Queue:
@@ -114,9 +147,7 @@ class _Queue:
                 delivery._settled = True
             else:
                 consumer.unacked.add(delivery)
-            task = asyncio.get_running_loop().create_task(consumer.handler(delivery))
-            consumer.tasks.add(task)
-            task.add_done_callback(consumer.tasks.discard)
+            consumer.start(delivery)
 
     def _next_consumer(self) -> _Consumer | None:
         n = len(self.consumers)

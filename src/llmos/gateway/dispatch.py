@@ -56,6 +56,11 @@ class RequestHandle:
         """The delivery the answer comes from: above 1 when a replica failed before it."""
         return self._attempt
 
+    def ready(self) -> bool:
+        """Whether something (a chunk, an error) has arrived that the reader has not read:
+        a stream then writes what it holds together with what comes next, in one write."""
+        return self._next_seq in self._early or not self._inbox.empty()
+
     def deliver(self, chunk: ReplyChunk) -> None:
         self._inbox.put_nowait(chunk)
 

@@ -29,8 +29,11 @@ class Replies:
         self._headers: Mapping[str, str] = {names.HEADER_REQUEST_ID: request.request_id}
 
     async def chunk(self, **fields: Any) -> None:
-        message = ReplyChunk(request_id=self._request.request_id, attempt=self._attempt,
-                             seq=next(self._seq), **fields)
+        # Built without validation (the hot path: one per chunk); every field comes from
+        # this package's typed code, and the gateway validates what it decodes.
+        message = ReplyChunk.model_construct(request_id=self._request.request_id,
+                                             attempt=self._attempt, seq=next(self._seq),
+                                             **fields)
         if message.usage is not None:
             self.usage = message.usage
         if self.first_text_at is None and message.text:

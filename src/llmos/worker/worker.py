@@ -42,6 +42,7 @@ from llmos.observability.telemetry import TelemetryPublisher
 from llmos.worker.cancels import CancelBook
 from llmos.worker.cohort import CohortLauncher
 from llmos.worker.embeddings import Gatherer, encoded, inputs_of
+from llmos.worker.mailbox import Mailbox
 from llmos.worker.presence import Presence
 from llmos.worker.prompt import check_prompt_bound
 from llmos.worker.replies import Replies
@@ -94,6 +95,7 @@ class Worker:
         return self._engine_slots.in_use
 
     async def start(self) -> None:
+        self._mailbox = Mailbox(asyncio.get_running_loop())
         for tier in names.TIERS:
             await self.bus.declare_queue(names.infer_queue(self.deployment, tier),
                                          names.infer_queue_options(self.deployment))
@@ -298,7 +300,7 @@ class Worker:
                      cancel: threading.Event) -> str:
         require("chat" if request.kind == "chat" else "completions",
                 self.engine.capabilities, self.deployment)
-        loop = asyncio.get_running_loop()
+        mailbox = self._mailbox
         out: asyncio.Queue[TextDelta | None] = asyncio.Queue()
         deltas: list[TextDelta] = []
         body = request.body
@@ -312,7 +314,7 @@ class Worker:
                     _check_context(event.prompt_tokens, body, ctx_per_slot)
             elif isinstance(event, TextDelta):
                 if request.stream:
-                    loop.call_soon_threadsafe(out.put_nowait, event)
+                    mailbox.post(out.put_nowait, event)
                 else:
                     deltas.append(event)
             return False

@@ -142,7 +142,7 @@ async def stream(handles: list[RequestHandle], request: Request, shape: Shape,
                 piece += shape.events(events, chunk, readers[index], index)
                 if chunk.final:
                     finals.append(chunk)
-                if piece:
+                if piece and merged.empty():  # (chunks that came meanwhile join it)
                     yield piece
                     piece = b""
             usage = _usage(finals, request)

@@ -265,7 +265,8 @@ async def _stream(handle: RequestHandle, request: Request, shape: Shape,
     reader = shape.reader()
 
     async def body() -> AsyncIterator[bytes]:
-        # One piece per chunk (the events of one chunk go out in one write).
+        # One write per chunk, or for all the chunks that arrived while the last write
+        # waited (a slow reader, a busy loop): tokens that pile up travel together.
         try:
             piece = shape.opening(events)
             chunk = first
@@ -281,7 +282,7 @@ async def _stream(handle: RequestHandle, request: Request, shape: Shape,
                                               else no_usage())
                     yield piece + END
                     return
-                if piece:
+                if piece and not handle.ready():  # (what has come meanwhile joins it)
                     yield piece
                     piece = b""
                 try:
@@ -289,7 +290,7 @@ async def _stream(handle: RequestHandle, request: Request, shape: Shape,
                 except ClientGone:
                     return
                 except LLMOSError as exc:
-                    yield sse_error(exc)
+                    yield piece + sse_error(exc)
                     return
         finally:
             await chunks.aclose()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
@@ -74,7 +74,7 @@ async def create_response(request: Request, state: StateDep) -> Response:
             response = first
         else:
             response = SseResponse(
-                _events(writer, first, chunks, request), headers=headers,
+                _events(writer, first, chunks, request, handle.ready), headers=headers,
                 on_disconnect=lambda: handle.fail(ClientGone("the client went away")))
     metrics.GATEWAY_REQUESTS.labels("responses", str(response.status_code)).inc()
     metrics.GATEWAY_LATENCY.labels("responses").observe(time.perf_counter() - started)
@@ -83,7 +83,7 @@ async def create_response(request: Request, state: StateDep) -> Response:
 
 async def _events(writer: ResponseWriter, first: ReplyChunk,
                   chunks: AsyncGenerator[ReplyChunk, None],
-                  request: Request) -> AsyncIterator[bytes]:
+                  request: Request, ready: Callable[[], bool]) -> AsyncIterator[bytes]:
     try:
         piece = b"".join(sse(e) for e in writer.opening())
         chunk = first
@@ -96,7 +96,7 @@ async def _events(writer: ResponseWriter, first: ReplyChunk,
                 note_usage(request, chunk)
                 yield piece
                 return
-            if piece:
+            if piece and not ready():  # (chunks that came meanwhile join it)
                 yield piece
                 piece = b""
             try:
@@ -104,7 +104,7 @@ async def _events(writer: ResponseWriter, first: ReplyChunk,
             except ClientGone:
                 return
             except LLMOSError as exc:
-                yield sse(writer.error(ErrorInfo(status=exc.status, type=exc.type,
+                yield piece + sse(writer.error(ErrorInfo(status=exc.status, type=exc.type,
                                                  message=exc.message, param=exc.param,
                                                  code=exc.code)))
                 return
