@@ -8,7 +8,7 @@ import pytest
 
 from llmos.bus import Delivery, TopicMessage, names
 from llmos.bus.memory import MemoryBus
-from llmos.bus.messages import Cancel, InferenceRequest, ReplyChunk, decode, encode
+from llmos.bus.messages import Cancel, InferenceRequest, ReplyBatch, ReplyChunk, decode, encode
 from llmos.gateway.dispatch import Dispatcher, RequestHandle
 
 
@@ -22,8 +22,8 @@ async def _answering_bus(cancels: list[str]) -> MemoryBus:
     async def replica(delivery: Delivery) -> None:
         request = decode(InferenceRequest, delivery.body)
         for seq, final in ((0, False), (1, True)):
-            await bus.publish(request.reply_to, encode(ReplyChunk(
-                request_id=request.request_id, attempt=1, seq=seq, text="x", final=final)),
+            await bus.publish(request.reply_to, encode(ReplyBatch(chunks=[ReplyChunk(
+                request_id=request.request_id, attempt=1, seq=seq, text="x", final=final)])),
                 durable=False)
         await delivery.ack()
 

@@ -100,6 +100,13 @@ class ReplyChunk(_Message):
     error: ErrorInfo | None = None
 
 
+class ReplyBatch(_Message):
+    """What a reply queue carries: the chunks a worker had ready for one gateway at once,
+    of one request or of many (each names its request; a gateway reads them by ``seq``)."""
+
+    chunks: list[ReplyChunk]
+
+
 class Cancel(_Message):
     request_id: str
 

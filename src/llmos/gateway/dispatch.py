@@ -16,7 +16,15 @@ from collections.abc import AsyncGenerator
 from typing import Any, Literal
 
 from llmos.bus import Bus, Delivery, QueueOptions, Subscription, names
-from llmos.bus.messages import Cancel, ErrorInfo, InferenceRequest, ReplyChunk, decode, encode
+from llmos.bus.messages import (
+    Cancel,
+    ErrorInfo,
+    InferenceRequest,
+    ReplyBatch,
+    ReplyChunk,
+    decode,
+    encode,
+)
 from llmos.errors import BusError, LLMOSError, QueueFull, Timeout, Unavailable
 
 log = logging.getLogger(__name__)
@@ -218,8 +226,8 @@ class Dispatcher:
                     message=f"the request failed on {names.INFER_DELIVERY_LIMIT} deliveries "
                             "to replicas (they crashed or failed on it); it was given up"))
             try:
-                await self.bus.publish(request.reply_to, encode(chunk), durable=False,
-                                       confirm=True)
+                await self.bus.publish(request.reply_to, encode(ReplyBatch(chunks=[chunk])),
+                                       durable=False, confirm=True)
             except BusError as exc:
                 log.warning("could not report dead letter %s: %s", request.request_id, exc)
         await delivery.ack()
@@ -234,10 +242,12 @@ class Dispatcher:
 
     async def _on_reply(self, delivery: Delivery) -> None:
         try:
-            chunk = decode(ReplyChunk, delivery.body)
+            batch = decode(ReplyBatch, delivery.body)
         except BusError as exc:
             log.error("dropped a reply: %s", exc)
             return
-        handle = self._handles.get(chunk.request_id)
-        if handle is not None:
-            handle.deliver(chunk)
+        handles = self._handles
+        for chunk in batch.chunks:
+            handle = handles.get(chunk.request_id)
+            if handle is not None:
+                handle.deliver(chunk)

@@ -43,6 +43,7 @@ from llmos.worker.cancels import CancelBook
 from llmos.worker.cohort import CohortLauncher
 from llmos.worker.embeddings import Gatherer, encoded, inputs_of
 from llmos.worker.mailbox import Mailbox
+from llmos.worker.outbox import Outbox
 from llmos.worker.presence import Presence
 from llmos.worker.prompt import check_prompt_bound
 from llmos.worker.replies import Replies
@@ -76,6 +77,7 @@ class Worker:
         self._pool = ThreadPoolExecutor(max_workers=self.slots,
                                         thread_name_prefix=f"engine-{deployment}")
         self._launcher = CohortLauncher(self._pool, engine)
+        self._outbox = Outbox(bus)
         self._gatherer = Gatherer(self._pool, engine, max_inputs=self.slots,
                                   wait_s=engine.config.batch_wait_ms / 1000,
                                   on_call=self._embedding_call)
@@ -137,6 +139,7 @@ class Worker:
         deadline = time.monotonic() + timeout_s
         while self._cancels_book and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
+        await self._outbox.close()
         self._leaving = True
         with contextlib.suppress(BusError):
             await self._presence.send()  # goodbye: it leaves the lists at once
@@ -221,7 +224,7 @@ class Worker:
         slotted: float | None = None
         queued_s = max(0.0, time.time() - request.queued_at) if request.queued_at else None
         cancel = self._cancels_book.track(request.request_id)
-        publish = Replies(self.bus, request, delivery.delivery_count)
+        publish = Replies(self._outbox, request, delivery.delivery_count)
         try:
             # Before a slot: a prompt that surely overflows one never waits for it.
             if request.kind != "embedding":
@@ -300,13 +303,24 @@ class Worker:
                      cancel: threading.Event) -> str:
         require("chat" if request.kind == "chat" else "completions",
                 self.engine.capabilities, self.deployment)
+        loop = asyncio.get_running_loop()
         mailbox = self._mailbox
-        out: asyncio.Queue[TextDelta | None] = asyncio.Queue()
         deltas: list[TextDelta] = []
+        """Streamed: the tokens not sent yet. Not streamed: all of them."""
         body = request.body
         ctx_per_slot = self.engine.config.ctx_per_slot
 
-        def on_event(event: EngineEvent) -> bool:
+        def send_ready() -> None:  # on the loop, after the mailbox's drain
+            if deltas:
+                publish.add(**_joined(deltas))
+                deltas.clear()
+
+        def take(event: TextDelta) -> None:  # on the loop: tokens that came together join
+            if not deltas:
+                loop.call_soon(send_ready)
+            deltas.append(event)
+
+        def on_event(event: EngineEvent) -> bool:  # on an engine thread
             if cancel.is_set() or time.time() > request.deadline:
                 return True
             if isinstance(event, PromptReady):
@@ -314,7 +328,7 @@ class Worker:
                     _check_context(event.prompt_tokens, body, ctx_per_slot)
             elif isinstance(event, TextDelta):
                 if request.stream:
-                    mailbox.post(out.put_nowait, event)
+                    mailbox.post(take, event)
                 else:
                     deltas.append(event)
             return False
@@ -322,21 +336,14 @@ class Worker:
         kind = request.kind
         assert kind != "embedding"  # (_embed's)
         future = self._launcher.submit(kind, body, on_event)
-        future.add_done_callback(lambda _: out.put_nowait(None))
-        while True:
-            parts = [await out.get()]
-            while not out.empty():  # tokens that queued up meanwhile go out as one chunk
-                parts.append(out.get_nowait())
-            if parts[-1] is None:
-                # The last tokens came with the end: they ride on the final chunk.
-                deltas.extend(p for p in parts if p is not None)
-                break
-            await publish.chunk(**_joined([p for p in parts if p is not None]))
         try:
+            # (The engine's last tokens reach the loop before its end: the mailbox's drain
+            # is queued first. Any not sent by then ride on the final chunk.)
             result: GenerationResult = await future
         except Exception as exc:
             if request.stream and deltas:  # the tokens that came before the failure
-                await publish.chunk(**_joined(deltas))
+                publish.add(**_joined(deltas))
+            deltas.clear()
             if isinstance(exc, LLMOSError):
                 error = _error_info(exc)
             else:
@@ -350,8 +357,10 @@ class Worker:
         if result.stopped and cancel.is_set():
             return "cancelled"
         self._tokens.inc(result.completion_tokens)
+        last = _joined(deltas)
+        deltas.clear()
         await publish.chunk(
-            **_joined(deltas), final=True, finish_reason=result.finish_reason,
+            **last, final=True, finish_reason=result.finish_reason,
             usage=Usage(prompt_tokens=result.prompt_tokens,
                         completion_tokens=result.completion_tokens,
                         total_tokens=result.prompt_tokens + result.completion_tokens))
