@@ -129,6 +129,7 @@ async def gateway(bus_url: str, port: int, slots: int) -> None:
 
     from llmos.bus import open_bus
     from llmos.gateway.app import create_app
+    from llmos.gateway.siblings import reuse_port_socket
     from llmos.settings import Settings
     from llmos.store import Store
 
@@ -146,7 +147,9 @@ async def gateway(bus_url: str, port: int, slots: int) -> None:
         server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
                                                log_config=None, access_log=False,
                                                lifespan="on"))
-        serving = asyncio.create_task(server.serve())
+        # (SO_REUSEPORT, as `--workers N` binds: several of these may share the port)
+        serving = asyncio.create_task(server.serve(sockets=[
+            reuse_port_socket("127.0.0.1", port)]))
         while not server.started:
             await asyncio.sleep(0.05)
         print(json.dumps({"ready": True, "pid": os.getpid()}), flush=True)

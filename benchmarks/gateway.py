@@ -11,6 +11,8 @@ Sets:
 - ``memory://``: one process holds the gateway, the bus and the worker;
 - ``amqp://`` (``--amqp URL``): the gateway and the worker are separate processes, with
   RabbitMQ between them;
+- ``amqp2`` (``amqpN``): the same with N gateway processes on one port (``SO_REUSEPORT``,
+  as ``--workers N`` runs them), each with its own reply queue;
 - ``bare``: the floor of Python serving, a bare ASGI app on uvicorn writing the same
   events at the same pace, nothing else.
 
@@ -18,7 +20,8 @@ Reported per set and number of streams: tokens/s delivered (all streams, counted
 the client), time to first token p50/p99 (from the connect; the engine's first tick
 is up to 20 ms away), inter-token delivery p50/p99 (the gap between a stream's consecutive
 tokens reaching the client; tokens read together count as gaps of 0), and CPU per
-token of each process (the synthetic engine's clock thread left out). A set
+token of each process (RabbitMQ's too; the synthetic engine's clock thread left out),
+and how busy the whole machine was (1.0: both cores). A set
 *sustains* a number of streams when it delivers >= 95 % of the tokens due and the gap
 p99 is within 2x the engine's interval (40 ms).
 
@@ -56,6 +59,25 @@ def cpu_s(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def machine_busy() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine so far, from /proc/stat."""
+    fields = [int(v) for v in open("/proc/stat").readline().split()[1:]]
+    idle = fields[3] + fields[4]
+    return (sum(fields) - idle) / TICK, sum(fields) / TICK
+
+
+def broker_pid() -> int | None:
+    """RabbitMQ's Erlang VM, to say where the CPU went on amqp://."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "comm").read_text().strip() == "beam.smp":
+                    return int(entry.name)
+            except OSError:
+                continue
+    return None
 
 
 def free_port() -> int:
@@ -162,9 +184,11 @@ async def drive(port: int, streams: int, tokens: int, warmup_s: float, seconds: 
     await asyncio.sleep(max(0.0, tally.window[0] - time.monotonic()))
     before = {pid: cpu_s(pid) for pid in pids}
     mine = time.process_time()
+    busy_before, total_before = machine_busy()
     await asyncio.sleep(max(0.0, tally.window[1] - time.monotonic()))
     after = {pid: cpu_s(pid) for pid in pids}
     client_cpu = time.process_time() - mine
+    busy_after, total_after = machine_busy()
     await asyncio.gather(*clients)
     gaps = sorted(tally.gaps)
 
@@ -186,7 +210,14 @@ async def drive(port: int, streams: int, tokens: int, warmup_s: float, seconds: 
             "cpu_us_per_token": {str(pid): round((after[pid] - before[pid]) / max(1, delivered)
                                                  * 1e6, 1) for pid in pids},
             "client_cpu_us_per_token": round(client_cpu / max(1, delivered) * 1e6, 1),
+            "machine_busy": round((busy_after - busy_before) / (total_after - total_before), 2),
             "sustained": delivered >= 0.95 * due and q(0.99) <= 2 * INTERVAL_S * 1000}
+
+
+async def warm_up(port: int) -> None:
+    """Every gateway process learns of the worker (new connections: each may go to
+    another process)."""
+    await asyncio.gather(*(one_stream(port, 1, Tally()) for _ in range(8)))
 
 
 def run_level(kind: str, streams: int, args: argparse.Namespace) -> dict[str, Any]:
@@ -197,17 +228,23 @@ def run_level(kind: str, streams: int, args: argparse.Namespace) -> dict[str, An
         procs["gateway"] = Proc("bare", str(port))
     elif kind == "memory":
         procs["gateway"] = Proc("gateway", "memory://", str(port), slots)
-    else:
+    else:  # amqp, or amqpN: N gateway processes on one port (as `--workers N` runs)
         procs["worker"] = Proc("worker", args.amqp, slots)
-        procs["gateway"] = Proc("gateway", args.amqp, str(port), slots)
+        count = int(kind.removeprefix("amqp") or 1)
+        for i in range(count):
+            procs[f"gateway{i + 1}" if count > 1 else "gateway"] = Proc(
+                "gateway", args.amqp, str(port), slots)
     try:
         pids = [p.pid for p in procs.values()]
-        asyncio.run(one_stream(port, 1, Tally()))  # the gateway learns of the worker
+        broker = broker_pid() if kind.startswith("amqp") else None
+        if broker is not None:
+            pids.append(broker)
+        asyncio.run(warm_up(port))
         result = asyncio.run(drive(port, streams, args.tokens, args.warmup, args.seconds,
                                    pids))
     finally:
         reports = {name: p.stop() for name, p in procs.items()}
-    names = {str(p.pid): name for name, p in procs.items()}
+    names = {str(p.pid): name for name, p in procs.items()} | {str(broker): "rabbitmq"}
     result["cpu_us_per_token"] = {names[k]: v for k, v in result["cpu_us_per_token"].items()}
     result["cpu_s"] = {names[k]: v for k, v in result["cpu_s"].items()}
     # The synthetic engine's own clock thread, per token over the process's life.
@@ -229,7 +266,7 @@ def main() -> None:
     results = []
     for streams in (int(s) for s in args.streams.split(",")):
         for kind in args.sets.split(","):
-            result = run_level(kind if kind != "amqp" else "amqp", streams, args)
+            result = run_level(kind, streams, args)
             results.append(result)
             print(json.dumps(result), flush=True)
     best: dict[str, int] = {}

@@ -67,8 +67,6 @@ def say_how_it_is_guarded(settings: Settings, keys_exist: bool) -> None:
 
 async def serve(settings: Settings, *, deploy_default: bool = True,
                 init_key: bool = False) -> None:
-    import uvicorn
-
     from llmos.agent.capacity import detect
     from llmos.agent.node import NodeAgent
     from llmos.agent.runner import InProcessRunner
@@ -76,7 +74,7 @@ async def serve(settings: Settings, *, deploy_default: bool = True,
     from llmos.controller.reconcile import Controller
     from llmos.deployments import deploy
     from llmos.gateway.app import create_app
-    from llmos.gateway.protocol import JsonErrorsHttpToolsProtocol
+    from llmos.gateway.siblings import Siblings, check_workers, is_sibling, reuse_port_socket
     from llmos.observability.logs import configure_logging
     from llmos.registry.defaults import DEFAULT_MODEL_NAME, ensure_default_model, open_registry
     from llmos.store import Store
@@ -84,6 +82,10 @@ async def serve(settings: Settings, *, deploy_default: bool = True,
     settings.home.mkdir(parents=True, exist_ok=True)
     configure_logging(settings.log_level, json_logs=settings.log_json,
                       log_dir=settings.logs_dir)
+    if is_sibling():
+        await _serve_gateway(settings, control_plane=not deploy_default)
+        return
+    check_workers(settings.gateway_workers, settings.bus_url)
     store = Store(settings.db_url)
     await asyncio.to_thread(store.migrate)
     if init_key:
@@ -99,12 +101,14 @@ async def serve(settings: Settings, *, deploy_default: bool = True,
                       detect())
     controller = Controller(store, registry, bus, settings.engine)
     app = create_app(settings, bus, store, registry, control_plane=not deploy_default)
-    server = _server_class()(uvicorn.Config(
-        app, host=settings.host, port=settings.port, log_config=None, access_log=False,
-        http=JsonErrorsHttpToolsProtocol,
-        ssl_certfile=settings.tls_cert, ssl_keyfile=settings.tls_key,
-        lifespan="on", timeout_graceful_shutdown=5))
-    serving = asyncio.create_task(server.serve(), name="uvicorn")
+    server = _server_class()(_uvicorn_config(app, settings))
+    sockets = None
+    siblings = Siblings(settings.gateway_workers - 1)
+    if siblings.count:
+        sockets = [reuse_port_socket(settings.host, settings.port)]
+    serving = asyncio.create_task(server.serve(sockets=sockets), name="uvicorn")
+    gateways = asyncio.create_task(siblings.run(), name="gateway-processes") \
+        if siblings.count else None
     reconciling: asyncio.Task[None] | None = None
     try:
         if settings.default_model == DEFAULT_MODEL_NAME:
@@ -124,6 +128,11 @@ async def serve(settings: Settings, *, deploy_default: bool = True,
             reconciling.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reconciling
+        if gateways is not None:
+            await siblings.stop()
+            gateways.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await gateways
         if not serving.done():
             server.should_exit = True
             await serving
@@ -131,6 +140,49 @@ async def serve(settings: Settings, *, deploy_default: bool = True,
         await bus.close()
         store.close()
         log.info("stopped")
+
+
+def _uvicorn_config(app: Any, settings: Settings) -> Any:
+    import uvicorn
+
+    from llmos.gateway.protocol import JsonErrorsHttpToolsProtocol
+
+    return uvicorn.Config(
+        app, host=settings.host, port=settings.port, log_config=None, access_log=False,
+        http=JsonErrorsHttpToolsProtocol,
+        ssl_certfile=settings.tls_cert, ssl_keyfile=settings.tls_key,
+        lifespan="on", timeout_graceful_shutdown=5)
+
+
+async def _serve_gateway(settings: Settings, *, control_plane: bool) -> None:
+    """One of the extra gateway processes of ``--workers N``: the API only, on the first
+    process's address (see gateway/siblings.py); ready when the first one would be (under
+    ``serve``, once the default model answers through it)."""
+    from llmos.bus import open_bus
+    from llmos.gateway.app import create_app
+    from llmos.gateway.siblings import leave_with_parent, reuse_port_socket
+    from llmos.registry.defaults import open_registry
+    from llmos.store import Store
+
+    store = Store(settings.db_url)
+    bus = open_bus(settings.bus_url)
+    await bus.connect()
+    try:
+        app = create_app(settings, bus, store, open_registry(settings),
+                         control_plane=control_plane)
+        server = _server_class()(_uvicorn_config(app, settings))
+
+        def stop() -> None:
+            server.should_exit = True
+
+        watch = asyncio.create_task(leave_with_parent(stop), name="parent-watch")
+        try:
+            await server.serve(sockets=[reuse_port_socket(settings.host, settings.port)])
+        finally:
+            watch.cancel()
+    finally:
+        await bus.close()
+        store.close()
 
 
 def _server_class() -> type[Any]:

@@ -194,6 +194,10 @@ class Settings(BaseSettings):
         "file:// (default: the local store under home/models, no object storage)")
     default_model: str = Field("gemma-3-270m", description="the model serve deploys at "
                                "start (empty: none; deploy models with `llmos deploy`)")
+    gateway_workers: int = Field(
+        1, ge=1, le=64, description="gateway processes answering on the API's address "
+        "(each with its own event loop, bus connection and reply queue); above 1 needs a "
+        "networked bus")
     embedded_worker: bool = Field(
         True, description="serve runs an embedded node (agent) whose replicas run in its "
         "own process")

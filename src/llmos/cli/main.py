@@ -63,6 +63,11 @@ TlsCertOption = Annotated[Path | None, typer.Option(
 TlsKeyOption = Annotated[Path | None, typer.Option(help="the certificate's key (PEM)")]
 
 
+WorkersOption = Annotated[int | None, typer.Option(
+    "--workers", help="gateway processes answering on the address, each with its own event "
+                      "loop (default 1; above 1 needs a networked --bus)")]
+
+
 @app.callback()
 def root(profile: Annotated[str | None, typer.Option(
              envvar="LLMOS_PROFILE", help="the client profile to use (see llmos config)")
@@ -103,6 +108,7 @@ def serve(
     cors_origin: Annotated[list[str] | None, typer.Option(
         help="an origin whose web pages may call the API (repeatable; "
              "$LLMOS_CORS_ORIGINS)")] = None,
+    workers: WorkersOption = None,
 ) -> None:
     """Run LLMOS in one process, serving the default model on an OpenAI-compatible API."""
     from llmos.server import serve as run_server
@@ -111,7 +117,8 @@ def serve(
                              "tls_cert": tls_cert, "tls_key": tls_key,
                              "config": config, "storage_url": storage,
                              "allowed_hosts": allowed_host or None,
-                             "cors_origins": cors_origin or None}
+                             "cors_origins": cors_origin or None,
+                             "gateway_workers": workers}
     if insecure:
         given["insecure"] = True
     if not worker:
@@ -219,6 +226,7 @@ def control_command(
     init_admin_key: InitAdminKeyOption = False,
     tls_cert: TlsCertOption = None,
     tls_key: TlsKeyOption = None,
+    workers: WorkersOption = None,
 ) -> None:
     """Run a control plane: the OpenAI and management APIs, the registry and the
     controller, with no node of its own. Run several behind a load balancer: one
@@ -227,7 +235,8 @@ def control_command(
 
     given: dict[str, Any] = {"bus_url": bus, "database_url": db, "storage_url": storage,
                              "host": host, "port": port, "home": home, "config": config,
-                             "tls_cert": tls_cert, "tls_key": tls_key}
+                             "tls_cert": tls_cert, "tls_key": tls_key,
+                             "gateway_workers": workers}
     if insecure:
         given["insecure"] = True
     _run_with_settings(given, {}, lambda settings: run_control(settings,

@@ -367,6 +367,9 @@ class Health(BaseModel):
     served: dict[str, list[str]] | None = None
     """(``/readyz``) each deployment ``/v1/models`` lists: the ids of the live workers
     taking its requests (``/api/workers``)."""
+    gateway: str | None = None
+    """(``/readyz``) the id of the gateway process that answered (one of several with
+    ``--workers N``): its reply queue is ``llmos.reply.<id>``."""
 
 
 class FunctionCallDelta(BaseModel):

