@@ -21,7 +21,9 @@ The workload (seeded; ``--seed``):
 Reported per rate and server: requests, TTFT p50/p99, time per output token (TPOT:
 (end - first token) / (tokens - 1)) p50/p99, end-to-end p99, the TTFT p50 of session
 turns after the first (their prompts start with a history the server has seen), and
-goodput: requests a second that met both objectives, TTFT <= ``--slo-ttft`` and TPOT <=
+how often LLMOS's burst launcher held requests back for the rest of a burst
+(``burst_holds``, and their total time), and goodput: requests a second that met both
+objectives, TTFT <= ``--slo-ttft`` and TPOT <=
 ``--slo-tpot`` (failed requests count as missed).
 
     .venv/bin/python benchmarks/openloop.py [--rates 0.25,0.5,1,1.5] [--seconds 40]
@@ -48,6 +50,19 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from serving import LeanHttpClient, OverHttp, start_llamacpp, start_llmos  # noqa: E402
+
+
+def holds(server: OverHttp) -> tuple[float, float]:
+    """(count, seconds) of LLMOS's burst holds so far (worker/cohort.py)."""
+    import httpx
+
+    count = total = 0.0
+    for line in httpx.get(f"{server.base}/metrics", timeout=10).text.splitlines():
+        if line.startswith("llmos_worker_burst_hold_seconds_count"):
+            count += float(line.rsplit(" ", 1)[1])
+        elif line.startswith("llmos_worker_burst_hold_seconds_sum"):
+            total += float(line.rsplit(" ", 1)[1])
+    return count, total
 
 WORDS = ("the a model server request token cluster replica queue answer fast slow new old "
          "machine memory network storage vector sentence river mountain city music "
@@ -230,9 +245,15 @@ def main() -> None:
                 order = [llama, llmos] if i % 2 == 0 else [llmos, llama]
                 row: dict[str, Any] = {"rate": rate}
                 for server in order:
+                    before = holds(llmos)
                     outcomes = asyncio.run(run_rate(server, units))
                     row[server.name] = summarize(outcomes, args.seconds, args.slo_ttft,
                                                  args.slo_tpot)
+                    if server is llmos:  # how often the burst launcher held requests back
+                        after = holds(llmos)
+                        row[server.name]["burst_holds"] = int(after[0] - before[0])
+                        row[server.name]["burst_held_ms"] = round(
+                            (after[1] - before[1]) * 1000, 1)
                 a, b = row[llama.name], row[llmos.name]
                 row["goodput_ratio"] = (round(b["goodput_rps"] / a["goodput_rps"], 3)
                                         if a["goodput_rps"] else None)

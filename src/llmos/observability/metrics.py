@@ -22,6 +22,10 @@ WORKER_REQUESTS = Counter("llmos_worker_requests",
                           "Requests a worker finished, by outcome: ok, rejected (the client's "
                           "mistake, a 4xx), error, cancelled, skipped, requeue",
                           ["deployment", "outcome"], registry=REGISTRY)
+BURST_HOLDS = Histogram(
+    "llmos_worker_burst_hold_seconds", "How long a worker held requests that found its "
+    "engine idle, for the rest of a burst to come (worker/cohort.py)", ["deployment"],
+    buckets=(0.002, 0.005, 0.01, 0.02, 0.03, 0.05), registry=REGISTRY)
 GENERATED_TOKENS = Counter("llmos_generated_tokens", "Completion tokens generated",
                            ["deployment"], registry=REGISTRY)
 TELEMETRY_SENT = Counter("llmos_telemetry_sent", "Telemetry events published on the bus",

@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
+from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
@@ -61,9 +62,12 @@ class _Call:
 
 
 class CohortLauncher:
-    def __init__(self, pool: Executor, engine: Engine) -> None:
+    def __init__(self, pool: Executor, engine: Engine,
+                 on_hold: Callable[[float], None] | None = None) -> None:
         self._pool = pool
         self._engine = engine
+        self._on_hold = on_hold
+        """Told how long each hold lasted (seconds)."""
         self._pending: list[_Call] = []
         self._seen = 0
         self._passes = 0
@@ -161,6 +165,8 @@ class CohortLauncher:
         if self.idle:  # an idle start: count who comes with it, to know the next one
             self._idle_start = loop.time()
             self._idle_start_count = len(self._pending)
+        if self._hold_first and self._on_hold is not None:
+            self._on_hold(loop.time() - self._hold_first)
         self._hold_first = 0.0
         if self._hold_call is not None:
             self._hold_call.cancel()

@@ -76,7 +76,8 @@ class Worker:
         self.slots = engine.config.slots
         self._pool = ThreadPoolExecutor(max_workers=self.slots,
                                         thread_name_prefix=f"engine-{deployment}")
-        self._launcher = CohortLauncher(self._pool, engine)
+        self._launcher = CohortLauncher(self._pool, engine,
+                                        metrics.BURST_HOLDS.labels(deployment).observe)
         self._outbox = Outbox(bus)
         self._gatherer = Gatherer(self._pool, engine, max_inputs=self.slots,
                                   wait_s=engine.config.batch_wait_ms / 1000,
