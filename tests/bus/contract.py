@@ -71,6 +71,30 @@ class BusContract:
         assert got[0].delivery_count == 1
 
     @pytest.mark.asyncio
+    async def test_a_delivery_is_settled_once(self, bus: Bus) -> None:
+        # The first ack or nack counts: a nack after an ack does not bring it back, nor
+        # does an ack after a requeue take the redelivery away.
+        await bus.declare_queue(self.q("once"))
+        got: list[Delivery] = []
+
+        async def handler(d: Delivery) -> None:
+            got.append(d)
+            if len(got) == 1:
+                await d.ack()
+                await d.nack(requeue=True)
+            else:
+                await d.nack(requeue=False)
+                await d.ack()
+
+        await bus.consume(self.q("once"), handler, prefetch=1)
+        await bus.publish(self.q("once"), b"a")
+        await bus.publish(self.q("once"), b"b")
+        await eventually(lambda: len(got) >= 2)
+        await asyncio.sleep(0.3)  # (a wrong redelivery would come by now)
+        assert [d.body for d in got] == [b"a", b"b"]
+        assert all(d.settled for d in got)
+
+    @pytest.mark.asyncio
     async def test_unroutable_publish_raises(self, bus: Bus) -> None:
         with pytest.raises(BusError) as info:
             await bus.publish(self.q("never-declared"), b"x")

@@ -15,7 +15,9 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
+
+from llmos.errors import BusError
 
 
 @dataclass(frozen=True)
@@ -29,18 +31,40 @@ class QueueOptions:
     dead_letter_queue: str | None = None
 
 
+Outcome = Literal["ack", "requeue", "reject"]
+"""How a delivery was settled: done; back to its queue; given up (dead-lettered where
+the queue has a dead-letter queue, else dropped)."""
+
+
 class Delivery(abc.ABC):
-    """One delivered message."""
+    """One delivered message, settled once: the first ``ack`` or ``nack`` counts, later
+    ones do nothing (an auto-acked delivery is settled when it arrives). A backend
+    supplies one primitive, ``_settle``, and never sees a second settlement."""
 
     body: bytes
     headers: Mapping[str, str]
     delivery_count: int  # 1 on the first delivery
+    settled: bool = False
+
+    async def ack(self) -> None:
+        if self.claim():
+            await self._settle("ack")
+
+    async def nack(self, *, requeue: bool = True) -> None:
+        if self.claim():
+            await self._settle("requeue" if requeue else "reject")
+
+    def claim(self) -> bool:
+        """Take the right to settle this delivery: False if it is settled already. (A
+        consumer that goes away claims what it holds, to put it back itself.)"""
+        if self.settled:
+            return False
+        self.settled = True
+        return True
 
     @abc.abstractmethod
-    async def ack(self) -> None: ...
-
-    @abc.abstractmethod
-    async def nack(self, *, requeue: bool = True) -> None: ...
+    async def _settle(self, outcome: Outcome) -> None:
+        """Tell the broker, once: ``ack``, ``requeue`` or ``reject``."""
 
 
 @dataclass
@@ -103,8 +127,18 @@ class Bus(abc.ABC):
     @abc.abstractmethod
     async def close(self) -> None: ...
 
+    async def declare_queue(self, name: str, options: QueueOptions | None = None) -> None:
+        """Make a queue (one that exists already: no error), its dead-letter queue first."""
+        opts = options or QueueOptions()
+        if opts.dead_letter_queue:
+            await self._declare_queue(opts.dead_letter_queue,
+                                      QueueOptions(durable=opts.durable))
+        await self._declare_queue(name, opts)
+
     @abc.abstractmethod
-    async def declare_queue(self, name: str, options: QueueOptions | None = None) -> None: ...
+    async def _declare_queue(self, name: str, options: QueueOptions) -> None:
+        """Make one queue as the backend does (its dead-letter queue, if it names one,
+        exists already)."""
 
     @abc.abstractmethod
     async def delete_queue(self, name: str) -> None:
@@ -148,6 +182,10 @@ class Bus(abc.ABC):
 
     @abc.abstractmethod
     async def subscribe(self, topic: str, handler: TopicHandler) -> Subscription: ...
+
+    def not_connected(self) -> BusError:
+        """The error of an operation on a bus that is not (or no longer) connected."""
+        return BusError(f"bus {safe_url(self.url)} is not connected")
 
     async def __aenter__(self) -> Bus:
         await self.connect()

@@ -11,7 +11,7 @@ import time
 from collections.abc import Coroutine, Mapping
 from typing import Any
 
-from llmos.bus.base import Delivery, DeliveryHandler, TopicHandler, TopicMessage
+from llmos.bus.base import Delivery, DeliveryHandler, Outcome, TopicHandler, TopicMessage
 
 PREFIX = "llmos-"
 EXPIRES = "llmos-expires"
@@ -42,11 +42,9 @@ class UnackedDelivery(Delivery):
         self.body = body
         self.headers = public(headers)
         self.delivery_count = 1
+        self.settled = True
 
-    async def ack(self) -> None:
-        return None
-
-    async def nack(self, *, requeue: bool = True) -> None:
+    async def _settle(self, outcome: Outcome) -> None:  # (never called: born settled)
         return None
 
 

@@ -56,6 +56,7 @@ from llmos.bus.base import (
     Bus,
     Delivery,
     DeliveryHandler,
+    Outcome,
     QueueOptions,
     Subscription,
     TopicHandler,
@@ -104,13 +105,10 @@ class _KafkaDelivery(Delivery):
         self.all_headers = headers
         self.headers = public(headers)
         self.delivery_count = int(headers.get(H_ATTEMPTS, "0") or 0) + 1
-        self.settled = False
 
-    async def ack(self) -> None:
-        await self._consumer.settle(self, requeue=None)
-
-    async def nack(self, *, requeue: bool = True) -> None:
-        await self._consumer.settle(self, requeue=requeue)
+    async def _settle(self, outcome: Outcome) -> None:
+        await self._consumer.settle(
+            self, requeue=None if outcome == "ack" else outcome == "requeue")
 
 
 async def _commit_with_retries(consumer: Any, offsets: dict[Any, Any]) -> None:
@@ -239,9 +237,8 @@ class _GroupConsumer(Subscription):
 
     async def _redeliver_held(self, tp: Any, state: _Partition) -> None:
         for delivery in list(state.held.values()):
-            if delivery.settled:
+            if not delivery.claim():
                 continue
-            delivery.settled = True
             with contextlib.suppress(Exception):
                 await self.bus.requeue(self.queue, delivery.body, delivery.all_headers)
             state.held.pop(delivery.offset, None)
@@ -278,9 +275,7 @@ class _GroupConsumer(Subscription):
         state.marked = mark
 
     async def settle(self, delivery: _KafkaDelivery, *, requeue: bool | None) -> None:
-        if delivery.settled:
-            return
-        delivery.settled = True
+        """(Claimed already.)"""
         try:
             if requeue is not None:
                 # requeue: a copy at the end with one more attempt (or dead-lettered);
@@ -400,7 +395,7 @@ class _GroupConsumer(Subscription):
         await self._mark(tp, state)
         await self._commit(tp, state)
         for delivery in again:  # their earlier reader is gone
-            await self.settle(delivery, requeue=True)
+            await delivery.nack(requeue=True)
         for delivery in fresh:
             self._running.spawn(self.handler(delivery))
 
@@ -571,7 +566,7 @@ class KafkaBus(Bus):
     @property
     def producer(self) -> Any:
         if self._producer is None:
-            raise BusError(f"bus {safe_url(self.url)} is not connected")
+            raise self.not_connected()
         return self._producer
 
     async def connect(self) -> None:
@@ -622,11 +617,8 @@ class KafkaBus(Bus):
             pass
         self._topics.add(topic)
 
-    async def declare_queue(self, name: str, options: QueueOptions | None = None) -> None:
-        opts = options or QueueOptions()
+    async def _declare_queue(self, name: str, opts: QueueOptions) -> None:
         try:
-            if opts.dead_letter_queue:
-                await self.declare_queue(opts.dead_letter_queue)
             await self._ensure_topic(queue_topic(name), 1 if opts.exclusive else self.partitions)
         except BusError:
             raise

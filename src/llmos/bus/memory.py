@@ -15,11 +15,11 @@ from llmos.bus.base import (
     Bus,
     Delivery,
     DeliveryHandler,
+    Outcome,
     QueueOptions,
     Subscription,
     TopicHandler,
     TopicMessage,
-    safe_url,
 )
 from llmos.errors import BusError, QueueFull
 
@@ -42,18 +42,12 @@ class _MemoryDelivery(Delivery):
         self._queue = queue
         self._consumer = consumer
         self._message = message
-        self._settled = False
 
-    async def ack(self) -> None:
-        self._settle(requeue=False)
+    async def _settle(self, outcome: Outcome) -> None:
+        self.finish(requeue=outcome == "requeue")
 
-    async def nack(self, *, requeue: bool = True) -> None:
-        self._settle(requeue=requeue)
-
-    def _settle(self, *, requeue: bool) -> None:
-        if self._settled:
-            return
-        self._settled = True
+    def finish(self, *, requeue: bool) -> None:
+        """(Claimed already.) Done with it: back to the queue, or gone."""
         self._consumer.unacked.discard(self)
         if requeue:
             self._queue.requeue(self._message)
@@ -144,7 +138,7 @@ class _Queue:
             message.delivery_count += 1
             delivery = _MemoryDelivery(self, consumer, message)
             if consumer.auto_ack:
-                delivery._settled = True
+                delivery.settled = True
             else:
                 consumer.unacked.add(delivery)
             consumer.start(delivery)
@@ -186,7 +180,8 @@ class _QueueSubscription(Subscription):
             queue.consumers.remove(consumer)
         # A consumer that goes away leaves its unacked messages to the others.
         for delivery in list(consumer.unacked):
-            delivery._settle(requeue=True)
+            if delivery.claim():
+                delivery.finish(requeue=True)
         queue.dispatch()
 
 
@@ -229,17 +224,15 @@ class MemoryBus(Bus):
 
     def _check(self) -> None:
         if not self._connected:
-            raise BusError(f"bus {safe_url(self.url)} is not connected")
+            raise self.not_connected()
 
-    async def declare_queue(self, name: str, options: QueueOptions | None = None) -> None:
+    async def _declare_queue(self, name: str, options: QueueOptions) -> None:
         self._check()
         if name in self._queues:
             return
-        opts = options or QueueOptions()
-        queue = _Queue(name, opts)
-        if opts.dead_letter_queue:
-            await self.declare_queue(opts.dead_letter_queue)
-            queue.dead = self._queues[opts.dead_letter_queue]
+        queue = _Queue(name, options)
+        if options.dead_letter_queue:
+            queue.dead = self._queues[options.dead_letter_queue]
         self._queues[name] = queue
 
     async def delete_queue(self, name: str) -> None:

@@ -49,6 +49,7 @@ from llmos.bus.base import (
     Bus,
     Delivery,
     DeliveryHandler,
+    Outcome,
     QueueOptions,
     Subscription,
     TopicHandler,
@@ -94,13 +95,13 @@ class _JetStreamDelivery(Delivery):
         self.headers = public(msg.headers)
         self.large = (msg.headers or {}).get(H_LARGE)
         self.delivery_count = msg.metadata.num_delivered
-        self.settled = False
 
-    async def ack(self) -> None:
-        await self._consumer.settle(self, "ack")
+    async def _settle(self, outcome: Outcome) -> None:
+        await self._consumer.settle(self, _JS_SETTLE[outcome])
 
-    async def nack(self, *, requeue: bool = True) -> None:
-        await self._consumer.settle(self, "nak" if requeue else "term")
+
+_JS_SETTLE = {"ack": "ack", "requeue": "nak", "reject": "term"}
+"""JetStream's words for each outcome."""
 
 
 class _PullConsumer(Subscription):
@@ -159,8 +160,9 @@ class _PullConsumer(Subscription):
             self._loop = None
         # What it held goes back to the queue for the other subscribers.
         for delivery in list(self.held.values()):
-            with contextlib.suppress(Exception):
-                await self.settle(delivery, "nak")
+            if delivery.claim():
+                with contextlib.suppress(Exception):
+                    await self.settle(delivery, "nak")
         self.bus.forget(self)
 
     async def _unsubscribe(self) -> None:
@@ -171,9 +173,7 @@ class _PullConsumer(Subscription):
         self._outstanding = 0
 
     async def settle(self, delivery: _JetStreamDelivery, how: str) -> None:
-        if delivery.settled:
-            return
-        delivery.settled = True
+        """(Claimed already.)"""
         self.held.pop(id(delivery), None)
         self._wake.set()
         try:
@@ -317,13 +317,13 @@ class NatsBus(Bus):
     @property
     def nc(self) -> Any:
         if self._nc is None:
-            raise BusError(f"bus {safe_url(self.url)} is not connected")
+            raise self.not_connected()
         return self._nc
 
     @property
     def js(self) -> Any:
         if self._js is None:
-            raise BusError(f"bus {safe_url(self.url)} is not connected")
+            raise self.not_connected()
         return self._js
 
     @property
@@ -428,7 +428,7 @@ class NatsBus(Bus):
 
     # -- queues ---------------------------------------------------------------
 
-    async def declare_queue(self, name: str, options: QueueOptions | None = None) -> None:
+    async def _declare_queue(self, name: str, opts: QueueOptions) -> None:
         from nats.js.api import (
             AckPolicy,
             ConsumerConfig,
@@ -439,7 +439,6 @@ class NatsBus(Bus):
         )
         from nats.js.errors import BadRequestError
 
-        opts = options or QueueOptions()
         if opts.exclusive:
             self._exclusive.add(name)  # a core subject: nothing to create
             return
@@ -452,9 +451,6 @@ class NatsBus(Bus):
             max_msgs=opts.max_length or -1, discard=DiscardPolicy.NEW,
             description=json.dumps(settings), num_replicas=1)
         try:
-            if opts.dead_letter_queue:
-                await self.declare_queue(opts.dead_letter_queue,
-                                         QueueOptions(durable=opts.durable))
             try:
                 await self.js.add_stream(config)
             except BadRequestError as exc:

@@ -33,6 +33,7 @@ from llmos.bus.base import (
     Bus,
     Delivery,
     DeliveryHandler,
+    Outcome,
     QueueOptions,
     Subscription,
     TopicHandler,
@@ -50,7 +51,7 @@ class _AmqpDelivery(Delivery):
     def __init__(self, message: Any, *, auto_ack: bool) -> None:
         self._channel = message.channel
         self._tag = message.delivery.delivery_tag
-        self._auto_ack = auto_ack
+        self.settled = auto_ack
         self.body = message.body
         raw = message.header.properties.headers or {}
         self.headers = {k: v.decode() if isinstance(v, bytes) else str(v)
@@ -61,18 +62,12 @@ class _AmqpDelivery(Delivery):
         else:
             self.delivery_count = 2 if message.delivery.redelivered else 1
 
-    async def ack(self) -> None:
-        if not self._auto_ack:
-            await self._settle(self._channel.basic_ack(self._tag))
-
-    async def nack(self, *, requeue: bool = True) -> None:
-        if not self._auto_ack:
-            await self._settle(self._channel.basic_nack(self._tag, requeue=requeue))
-
-    @staticmethod
-    async def _settle(operation: Any) -> None:
+    async def _settle(self, outcome: Outcome) -> None:
         try:
-            await operation
+            if outcome == "ack":
+                await self._channel.basic_ack(self._tag)
+            else:
+                await self._channel.basic_nack(self._tag, requeue=outcome == "requeue")
         except Exception as exc:
             # The channel it came on is gone: the broker has already put it back.
             log.warning("could not settle a delivery (connection lost?): %s", exc)
@@ -247,11 +242,10 @@ class RabbitMQBus(Bus):
 
     def _channel(self) -> Any:
         if self._confirmed is None:
-            raise BusError(f"bus {safe_url(self.url)} is not connected")
+            raise self.not_connected()
         return self._confirmed
 
-    async def declare_queue(self, name: str, options: QueueOptions | None = None) -> None:
-        opts = options or QueueOptions()
+    async def _declare_queue(self, name: str, opts: QueueOptions) -> None:
         channel = self._channel()
         arguments: dict[str, Any] = {}
         if opts.durable and not opts.exclusive:
@@ -260,8 +254,6 @@ class RabbitMQBus(Bus):
                 # x-delivery-limit counts returns; ours counts deliveries in all.
                 arguments["x-delivery-limit"] = max(0, opts.delivery_limit - 1)
         if opts.dead_letter_queue:
-            await self.declare_queue(opts.dead_letter_queue,
-                                     QueueOptions(durable=opts.durable))
             arguments["x-dead-letter-exchange"] = ""
             arguments["x-dead-letter-routing-key"] = opts.dead_letter_queue
             if arguments.get("x-queue-type") == "quorum":

@@ -46,6 +46,7 @@ from llmos.bus.base import (
     Bus,
     Delivery,
     DeliveryHandler,
+    Outcome,
     QueueOptions,
     Subscription,
     TopicHandler,
@@ -93,17 +94,10 @@ class _RedisDelivery(Delivery):
         self.headers = json.loads(fields.get(b"h", b"{}") or b"{}")
         self.earlier = int(fields.get(b"n", b"0") or 0)
         self.delivery_count = self.earlier + 1
-        self._settled = consumer.auto_ack
+        self.settled = consumer.auto_ack
 
-    async def ack(self) -> None:
-        if not self._settled:
-            self._settled = True
-            await self._consumer.settle(self, requeue=False)
-
-    async def nack(self, *, requeue: bool = True) -> None:
-        if not self._settled:
-            self._settled = True
-            await self._consumer.settle(self, requeue=requeue)
+    async def _settle(self, outcome: Outcome) -> None:
+        await self._consumer.settle(self, requeue=outcome == "requeue")
 
 
 class _StreamConsumer(Subscription):
@@ -141,8 +135,7 @@ class _StreamConsumer(Subscription):
         await self._stop_loop()
         # What it held goes back to the queue for the other consumers.
         for delivery in list(self.unacked.values()):
-            if not delivery._settled:
-                delivery._settled = True
+            if delivery.claim():
                 with contextlib.suppress(Exception):
                     await self.settle(delivery, requeue=True)
         self.unacked.clear()
@@ -331,7 +324,7 @@ class RedisBus(Bus):
     @property
     def redis(self) -> Any:
         if self._redis is None:
-            raise BusError(f"bus {safe_url(self.url)} is not connected")
+            raise self.not_connected()
         return self._redis
 
     async def connect(self) -> None:
@@ -388,12 +381,8 @@ class RedisBus(Bus):
             if "BUSYGROUP" not in str(exc):
                 raise
 
-    async def declare_queue(self, name: str, options: QueueOptions | None = None) -> None:
-        opts = options or QueueOptions()
+    async def _declare_queue(self, name: str, opts: QueueOptions) -> None:
         try:
-            if opts.dead_letter_queue:
-                await self.declare_queue(opts.dead_letter_queue,
-                                         QueueOptions(durable=opts.durable))
             await self.create_group(_stream(name))
             meta = {"max_length": opts.max_length or 0,
                     "delivery_limit": opts.delivery_limit or 0,
