@@ -90,6 +90,17 @@ class Subscription(abc.ABC):
         """Stop receiving; unacked deliveries of a queue go back to it."""
 
 
+class UnackedSubscription(Subscription):
+    """A subscription without acks (a topic, a reply stream read at most once): there is
+    no prefetch to set, and pausing it is cancelling it. A backend supplies ``cancel``."""
+
+    async def set_prefetch(self, prefetch: int) -> None:
+        return None
+
+    async def pause(self) -> None:
+        await self.cancel()
+
+
 ReconnectHandler = Callable[[], Coroutine[Any, Any, None]]
 
 

@@ -60,6 +60,7 @@ from llmos.bus.base import (
     QueueOptions,
     Subscription,
     TopicHandler,
+    UnackedSubscription,
     safe_url,
 )
 from llmos.bus.envelope import Running, hand_unacked, is_expired, public, with_expiry
@@ -400,7 +401,7 @@ class _GroupConsumer(Subscription):
             self._running.spawn(self.handler(delivery))
 
 
-class _Tail(Subscription):
+class _Tail(UnackedSubscription):
     """A subscriber of an exclusive queue or a topic, read by the bus's tail reader."""
 
     def __init__(self, reader: _TailReader, topic: str,
@@ -409,12 +410,6 @@ class _Tail(Subscription):
         self.topic = topic
         self.deliver = deliver
         self.is_topic = is_topic
-
-    async def set_prefetch(self, prefetch: int) -> None:
-        return None
-
-    async def pause(self) -> None:
-        await self.cancel()
 
     async def cancel(self) -> None:
         await self.reader.remove(self)

@@ -20,6 +20,7 @@ from llmos.bus.base import (
     Subscription,
     TopicHandler,
     TopicMessage,
+    UnackedSubscription,
 )
 from llmos.errors import BusError, QueueFull
 
@@ -185,17 +186,11 @@ class _QueueSubscription(Subscription):
         queue.dispatch()
 
 
-class _TopicSubscription(Subscription):
+class _TopicSubscription(UnackedSubscription):
     def __init__(self, bus: MemoryBus, topic: str, handler: TopicHandler) -> None:
         self._bus = bus
         self._topic = topic
         self.handler = handler
-
-    async def set_prefetch(self, prefetch: int) -> None:
-        return None
-
-    async def pause(self) -> None:
-        await self.cancel()
 
     async def cancel(self) -> None:
         subs = self._bus._topics.get(self._topic, [])

@@ -53,6 +53,7 @@ from llmos.bus.base import (
     QueueOptions,
     Subscription,
     TopicHandler,
+    UnackedSubscription,
     safe_url,
 )
 from llmos.bus.envelope import Running, hand_unacked, is_expired, public, with_expiry
@@ -244,7 +245,7 @@ class _PullConsumer(Subscription):
         self._running.spawn(self.handler(delivery))
 
 
-class _CoreSubscription(Subscription):
+class _CoreSubscription(UnackedSubscription):
     """A subscriber of an exclusive queue or of a topic (core NATS, at most once)."""
 
     def __init__(self, bus: NatsBus, subject_name: str,
@@ -275,12 +276,6 @@ class _CoreSubscription(Subscription):
             await self.bus.drop_large(large)
         self._running.spawn(hand_unacked(self.deliver, is_topic=self.topic, body=body,
                                          headers=headers))
-
-    async def set_prefetch(self, prefetch: int) -> None:
-        return None
-
-    async def pause(self) -> None:
-        await self.cancel()
 
     async def cancel(self) -> None:
         if self._sub is not None:

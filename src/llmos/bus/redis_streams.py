@@ -51,6 +51,7 @@ from llmos.bus.base import (
     Subscription,
     TopicHandler,
     TopicMessage,
+    UnackedSubscription,
     safe_url,
 )
 from llmos.errors import BusError, QueueFull
@@ -236,7 +237,7 @@ class _StreamConsumer(Subscription):
         task.add_done_callback(self._tasks.discard)
 
 
-class _TopicSubscription(Subscription):
+class _TopicSubscription(UnackedSubscription):
     def __init__(self, bus: RedisBus, topic: str, handler: TopicHandler) -> None:
         self.bus = bus
         self.channel = _channel(topic)
@@ -279,12 +280,6 @@ class _TopicSubscription(Subscription):
             finally:
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()
-
-    async def set_prefetch(self, prefetch: int) -> None:
-        return None
-
-    async def pause(self) -> None:
-        await self.cancel()
 
     async def cancel(self) -> None:
         task, self._task = self._task, None
