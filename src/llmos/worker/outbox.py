@@ -65,8 +65,10 @@ class Outbox:
 
     async def close(self) -> None:
         """Send what waits (a worker that stops)."""
-        while self._waiting or self._tasks:
+        while self._waiting or self._tasks or self._flushing:
             if self._waiting and not self._flushing:
                 self._flushing = True
                 self._start_flush()
+            # (a flush scheduled but not started yet has no task: let it start)
+            await asyncio.sleep(0)
             await asyncio.gather(*self._tasks, return_exceptions=True)
