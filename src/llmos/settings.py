@@ -198,6 +198,12 @@ class Settings(BaseSettings):
         1, ge=1, le=64, description="gateway processes answering on the API's address "
         "(each with its own event loop, bus connection and reply queue); above 1 needs a "
         "networked bus")
+    prefix_routing: bool = Field(
+        True, description="send a request whose prompt prefix a replica holds in its prompt "
+        "cache to that replica, while it has a free slot (else the shared queue)")
+    prefix_min_chars: int = Field(
+        1024, ge=0, description="prefix-aware routing: the shortest shared prefix "
+        "(characters of the request's messages or prompt) worth a detour")
     embedded_worker: bool = Field(
         True, description="serve runs an embedded node (agent) whose replicas run in its "
         "own process")

@@ -427,3 +427,35 @@ async def test_two_projects_deployments_of_one_name_never_share_a_queue(
                     await collect(handle)
     finally:
         await worker.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_worker_serves_its_own_queue_and_advertises_the_prefixes_it_served(
+        engine: Engine, bus: MemoryBus) -> None:
+    from llmos.errors import BusError
+    from llmos.gateway.affinity import PrefixRouter
+
+    worker = Worker(bus, engine, "m")
+    await worker.start()
+    router = PrefixRouter(min_chars=0)
+    routed = Dispatcher(bus, timeout_s=60, router=router)
+    await routed.start()
+    try:
+        assert worker.route is not None and worker.heartbeat().route == worker.route
+        router.observe(worker.heartbeat())
+        prompt = "The quick brown fox jumps over the lazy dog. " * 7  # one 256-char block
+        first = await submit_prompt(routed, "first", prompt, max_tokens=2)
+        assert first.route is None  # nobody holds it yet: the shared queue
+        chunks = await collect(first)
+        assert chunks[-1].error is None and chunks[-1].served_by == worker.route
+        advertised = worker.heartbeat().prefixes
+        assert first.request.prefixes and set(first.request.prefixes) <= set(advertised)
+        second = await submit_prompt(routed, "second", prompt + "The end.", max_tokens=2)
+        assert second.route == worker.route  # learned from the first answer
+        assert text(await collect(second))
+    finally:
+        await routed.stop()
+        route = worker.route
+        await worker.stop()
+    with pytest.raises(BusError):  # its own queue went with it
+        await bus.publish(route, b"x")

@@ -39,6 +39,15 @@ class InferenceRequest(_Message):
     project: str = "default"
     queued_at: float = 0.0
     """Unix time the gateway put it on the bus (0: not said)."""
+    tier: Literal["priority", "default", "flex"] = "default"
+    """Its service tier (the queue it was put on says so too; a replica's own queue does
+    not)."""
+    prefixes: list[str] = []
+    """Hashes of the prompt's prefixes, shortest first (``gateway/prefixes.py``): the
+    replica that serves it advertises them, so the next request sharing one goes there."""
+    attempt_base: int = 0
+    """Deliveries of this request before it was put on the bus again by its gateway (its
+    replica left): the attempt a replica answers is this plus its delivery count."""
 
 
 class Usage(BaseModel):
@@ -98,6 +107,8 @@ class ReplyChunk(_Message):
     finish_reason: str | None = None
     usage: Usage | None = None
     error: ErrorInfo | None = None
+    served_by: str | None = None
+    """On the final chunk: the own queue of the replica that answered (its route)."""
 
 
 class ReplyBatch(_Message):
@@ -134,6 +145,11 @@ class Heartbeat(_Message):
     """Its engine's settings: model file, slots, context, threads, …"""
     leaving: bool = False
     """Its last heartbeat: it has stopped (a goodbye, so it leaves lists at once)."""
+    route: str | None = None
+    """Its own request queue: a gateway sends a request there whose prefix it holds."""
+    prefixes: list[str] = []
+    """The prefix hashes of the requests it served last (its prompt cache's), newest
+    last."""
 
     @property
     def expires_at(self) -> float:

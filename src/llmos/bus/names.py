@@ -68,6 +68,19 @@ def infer_queue_options(deployment: str) -> QueueOptions:
                         dead_letter_queue=dead_letter_queue(deployment))
 
 
+DIRECT_QUEUE_PREFIX = "llmos.direct."
+
+
+def direct_queue(deployment: str, unique: str) -> str:
+    """A replica's own request queue, ``llmos.direct.<deployment>.<unique>`` (``unique``:
+    12 hex digits, new with each start and reconnect): exclusive, gone with the replica.
+    Gateways send it the requests whose prompt prefix it holds (prefix-aware routing)."""
+    return f"{DIRECT_QUEUE_PREFIX}{deployment}.{unique}"
+
+
+DIRECT_QUEUE_OPTIONS = QueueOptions(durable=False, exclusive=True)
+
+
 def reply_queue(gateway_id: str) -> str:
     return f"{REPLY_QUEUE_PREFIX}{gateway_id}"
 

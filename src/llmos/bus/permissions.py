@@ -4,8 +4,9 @@ RabbitMQ grants a user three regular expressions over resource names (queues and
 exchanges): what it may declare or delete (configure), publish to or bind to (write),
 and consume or bind from (read). A node's processes need:
 
-- its deployments' request queues (every tier): to declare and consume them; their
-  dead-letter queues: to declare them (the gateways read those);
+- its deployments' request queues (every tier) and its replicas' own request queues
+  (``llmos.direct.<deployment>.<hex>``): to declare and consume them; their dead-letter
+  queues: to declare them (the gateways read those);
 - the topics it listens to (cancels, worker commands, assignments, worker heartbeats):
   to declare and read them;
 - the topics it speaks on (heartbeats, node status, request and log telemetry): to
@@ -54,10 +55,12 @@ def _queues(deployments: Sequence[str] | None, project: str
             ) -> tuple[list[str], list[str]]:
     """Patterns of the request queues and of their dead-letter queues."""
     if deployments is None:  # every deployment: a node whose replicas the controller places
-        return ([re.escape(names.infer_queue("", tier)) + ".+" for tier in names.TIERS],
+        return ([*(re.escape(names.infer_queue("", tier)) + ".+" for tier in names.TIERS),
+                 re.escape(names.DIRECT_QUEUE_PREFIX) + ".+"],
                 [re.escape(names.dead_letter_queue("")) + ".+"])
     keys = [names.bus_name(d, project) for d in deployments]
-    return ([re.escape(names.infer_queue(k, tier)) for k in keys for tier in names.TIERS],
+    return ([*(re.escape(names.infer_queue(k, tier)) for k in keys for tier in names.TIERS),
+             *(re.escape(names.direct_queue(k, "")) + "[0-9a-f]{12}" for k in keys)],
             [re.escape(names.dead_letter_queue(k)) for k in keys])
 
 

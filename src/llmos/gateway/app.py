@@ -15,6 +15,7 @@ from fastapi.routing import APIRoute
 from llmos import __version__
 from llmos.auth.roles import Role
 from llmos.bus import Bus
+from llmos.gateway.affinity import PrefixRouter
 from llmos.gateway.audit import AuditTrail, AuditWriter
 from llmos.gateway.auth import Authenticate, KeyBook, authorize, declared
 from llmos.gateway.body import component_schemas
@@ -56,7 +57,9 @@ def create_app(settings: Settings, bus: Bus, store: Store,
     """Build the API app; the bus must be connected before the app starts. A control
     plane is ready once it is up; otherwise the default model's first answer makes it
     ready."""
-    dispatcher = Dispatcher(bus, timeout_s=settings.request_timeout_s)
+    affinity = (PrefixRouter(min_chars=settings.prefix_min_chars)
+              if settings.prefix_routing else None)
+    dispatcher = Dispatcher(bus, timeout_s=settings.request_timeout_s, router=affinity)
     state = GatewayState(
         keys=KeyBook(store, required_without_keys=settings.keys_always_required),
         audit=AuditWriter(store),
@@ -67,7 +70,7 @@ def create_app(settings: Settings, bus: Bus, store: Store,
         dispatcher=dispatcher,
         traffic=TrafficMeter(bus, dispatcher.gateway_id),
         catalog=Catalog(store),
-        workers=WorkerControl(bus),
+        workers=WorkerControl(bus, affinity),
     )
 
     @contextlib.asynccontextmanager

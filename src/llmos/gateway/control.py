@@ -26,6 +26,7 @@ from llmos.bus.messages import (
     encode,
 )
 from llmos.errors import BadRequest, BusError, NotFound, Unavailable
+from llmos.gateway.affinity import PrefixRouter
 from llmos.gateway.directory import WorkerDirectory
 from llmos.observability import metrics
 
@@ -39,9 +40,11 @@ class WorkerNotFound(NotFound):
 
 
 class WorkerControl:
-    def __init__(self, bus: Bus) -> None:
+    def __init__(self, bus: Bus, router: PrefixRouter | None = None) -> None:
         self.bus = bus
         self.directory = WorkerDirectory()
+        self.router = router
+        """Prefix-aware routing, which learns each replica's prefixes from its heartbeats."""
         self._subscriptions: list[Subscription] = []
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._listening_since = time.time()
@@ -145,6 +148,8 @@ class WorkerControl:
         heartbeat = decode_or_ignore(Heartbeat, message.body)
         if heartbeat is not None:
             self.directory.observe(heartbeat)
+            if self.router is not None:
+                self.router.observe(heartbeat)
             if not heartbeat.draining:
                 for waiter in self._waiters.pop(heartbeat.deployment, []):
                     if not waiter.done():

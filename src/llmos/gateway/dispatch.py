@@ -26,6 +26,8 @@ from llmos.bus.messages import (
     encode,
 )
 from llmos.errors import BusError, LLMOSError, QueueFull, Timeout, Unavailable
+from llmos.gateway.affinity import PrefixRouter
+from llmos.gateway.prefixes import NONE, prefixes
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +54,11 @@ class RequestHandle:
         self._next_seq = 0
         self._early: dict[int, ReplyChunk] = {}
         self._yielded = False
+        self._floor = 0
+        """Attempts below this are abandoned ones (put on the bus again elsewhere)."""
         self.finished = False
+        self.route: str | None = None
+        """The replica's own queue it was sent to (prefix-aware routing), if any."""
 
     @property
     def answered(self) -> bool:
@@ -68,6 +74,15 @@ class RequestHandle:
         """Whether something (a chunk, an error) has arrived that the reader has not read:
         a stream then writes what it holds together with what comes next, in one write."""
         return self._next_seq in self._early or not self._inbox.empty()
+
+    @property
+    def yielded(self) -> bool:
+        """Whether part of an answer was read: it cannot be taken back."""
+        return self._yielded
+
+    def abandon(self, attempt: int) -> None:
+        """Ignore the chunks of attempts up to ``attempt``: it was sent again."""
+        self._floor = attempt + 1
 
     def deliver(self, chunk: ReplyChunk) -> None:
         self._inbox.put_nowait(chunk)
@@ -102,7 +117,7 @@ class RequestHandle:
                               f"{self._dispatcher.timeout_s:.0f}s")
             if isinstance(chunk, LLMOSError):
                 raise chunk
-            if chunk.attempt < self._attempt:
+            if chunk.attempt < self._attempt or chunk.attempt < self._floor:
                 continue  # a superseded attempt
             if chunk.attempt > self._attempt:
                 if self._yielded:
@@ -127,8 +142,15 @@ class RequestHandle:
 
 class Dispatcher:
     def __init__(self, bus: Bus, *, timeout_s: float = 600.0,
-                 gateway_id: str | None = None) -> None:
+                 gateway_id: str | None = None, router: PrefixRouter | None = None,
+                 reroute_after_s: float = 1.0) -> None:
         self.bus = bus
+        self.router = router
+        """Prefix-aware routing (None: every request takes its deployment's queue)."""
+        self.reroute_after_s = reroute_after_s
+        self._gone: dict[str, float] = {}
+        """Routes found gone, with when: their requests are sent again after
+        ``reroute_after_s`` (an answer already on its way arrives first)."""
         self.timeout_s = timeout_s
         self.gateway_id = gateway_id or uuid.uuid4().hex[:12]
         self.reply_to = names.reply_queue(self.gateway_id)
@@ -156,13 +178,20 @@ class Dispatcher:
                      stream: bool,
                      max_tokens_explicit: bool, project: str = "default",
                      tier: names.Tier = "default") -> RequestHandle:
+        now = time.time()
+        key = names.bus_name(deployment, project)
+        found = prefixes(kind, body) if self.router is not None else NONE
         request = InferenceRequest(
             request_id=request_id, deployment=deployment, kind=kind, body=body, stream=stream,
             max_tokens_explicit=max_tokens_explicit, reply_to=self.reply_to,
-            deadline=time.time() + self.timeout_s, project=project, queued_at=time.time())
+            deadline=now + self.timeout_s, project=project, queued_at=now, tier=tier,
+            prefixes=found.hashes)
         handle = RequestHandle(self, request)
         self._handles[request_id] = handle
-        key = names.bus_name(deployment, project)
+        if self.router is not None and found.hashes:
+            route = self.router.choose(key, found, now)
+            if route is not None and await self._send_direct(handle, route):
+                return handle
         queue = names.infer_queue(key, tier)
         try:
             if key not in self._declared:
@@ -186,6 +215,64 @@ class Dispatcher:
             raise Unavailable(f"could not queue the request: {exc.message}") from exc
         return handle
 
+    async def _send_direct(self, handle: RequestHandle, route: str) -> bool:
+        """Send a request to a replica's own queue; False if that queue is gone."""
+        assert self.router is not None
+        try:
+            await self.bus.publish(route, encode(handle.request), durable=False, confirm=True,
+                                   headers={names.HEADER_REQUEST_ID: handle.request.request_id},
+                                   ttl_s=self.timeout_s)
+        except BusError as exc:
+            log.info("replica queue %s refused request %s (%s): the shared queue instead",
+                     route, handle.request.request_id, exc.message)
+            self._gone.setdefault(route, time.time())
+            return False
+        handle.route = route
+        self.router.sent(route, handle.request.request_id, time.time())
+        return True
+
+    async def reroute(self, now: float) -> None:
+        """Requests sent to a replica's own queue whose replica left (its goodbye, its
+        heartbeats stopped, its queue changed): those with no answer read yet go to the
+        shared queue, as a new attempt; those part answered fail, as after a redelivery."""
+        router = self.router
+        if router is None:
+            return
+        routed = [h for h in self._handles.values() if h.route is not None]
+        gone = {h.route for h in routed if h.route is not None
+                and not router.live(h.route, now)}
+        for route in list(self._gone):
+            if route not in gone:
+                del self._gone[route]
+        for route in gone:
+            self._gone.setdefault(route, now)
+        due = {route for route, since in self._gone.items()
+               if now - since >= self.reroute_after_s}
+        for handle in routed:
+            if handle.route not in due or handle.finished:
+                continue
+            route, handle.route = handle.route, None
+            router.done(route, handle.request.request_id)
+            if handle.yielded:
+                handle.fail(ReplicaFailed(
+                    "the replica serving this request left after part of the answer was "
+                    "sent; the answer is incomplete, retry the request"))
+                continue
+            attempt = max(handle.attempt, 1)
+            handle.abandon(attempt)
+            request = handle.request.model_copy(update={"attempt_base": attempt})
+            handle.request = request
+            log.warning("request %s: its replica (%s) left before answering; sent to the "
+                        "shared queue", request.request_id, route)
+            key = names.bus_name(request.deployment, request.project)
+            try:
+                await self.bus.publish(names.infer_queue(key, request.tier), encode(request),
+                                       headers={names.HEADER_REQUEST_ID: request.request_id},
+                                       ttl_s=max(1.0, request.deadline - now))
+            except BusError as exc:
+                handle.fail(Unavailable(f"could not queue the request again after its "
+                                        f"replica left: {exc.message}"))
+
     def unanswered(self) -> dict[str, list[RequestHandle]]:
         """Requests in flight with no chunk read yet, by deployment (its bus name)."""
         waiting: dict[str, list[RequestHandle]] = {}
@@ -196,7 +283,12 @@ class Dispatcher:
         return waiting
 
     def forget(self, request_id: str) -> bool:
-        return self._handles.pop(request_id, None) is not None
+        handle = self._handles.pop(request_id, None)
+        if handle is None:
+            return False
+        if handle.route is not None and self.router is not None:
+            self.router.done(handle.route, request_id)
+        return True
 
     async def cancel(self, request_id: str) -> None:
         try:
@@ -251,3 +343,10 @@ class Dispatcher:
             handle = handles.get(chunk.request_id)
             if handle is not None:
                 handle.deliver(chunk)
+                if chunk.served_by is not None and self.router is not None:
+                    # (Only a final chunk names its replica.)
+                    if handle.route is not None:
+                        self.router.done(handle.route, chunk.request_id)
+                    if chunk.error is None:
+                        self.router.learn(handle.request.prefixes, chunk.served_by,
+                                          time.time())

@@ -7,7 +7,8 @@ had no answer yet: while their model has no replica that takes requests and none
 still working (a drained replica finishes what it holds, and a non-streaming
 answer comes only at its end), a clock runs; after ``limits.no_replica_wait_s``
 they fail with 503 ``no_replica`` and are cancelled on the bus, so a replica
-that comes later does not run them for nobody.
+that comes later does not run them for nobody. In the same pass, requests sent to a
+replica's own queue whose replica left go to the shared queue (``Dispatcher.reroute``).
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ async def fail_stranded(state: GatewayState, interval_s: float = 0.5) -> None:
     since: dict[str, float] = {}
     while True:
         await asyncio.sleep(interval_s)
+        # Requests sent to a replica's own queue, whose replica left: the shared queue.
+        await state.dispatcher.reroute(time.time())
         waiting = state.dispatcher.unanswered()  # (by the deployments' bus names)
         rows = {key: state.catalog.cached(handles[0].request.deployment,
                                           handles[0].request.project)

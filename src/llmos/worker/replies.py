@@ -13,8 +13,10 @@ from llmos.worker.outbox import Outbox
 
 
 class Replies:
-    def __init__(self, outbox: Outbox, request: InferenceRequest, attempt: int) -> None:
+    def __init__(self, outbox: Outbox, request: InferenceRequest, attempt: int,
+                 served_by: str | None = None) -> None:
         self._outbox = outbox
+        self._served_by = served_by
         self._request = request
         self._attempt = attempt
         self._seq = itertools.count()
@@ -40,6 +42,8 @@ class Replies:
     async def chunk(self, **fields: Any) -> None:
         """A chunk sent before this returns: the last one (``final=True``) waits for the
         broker's confirm, so that the request is acked only once its answer is safe."""
+        if fields.get("final") and self._served_by is not None:
+            fields["served_by"] = self._served_by  # (the gateway learns where it went)
         message = self._make(fields)
         if message.usage is not None:
             self.usage = message.usage

@@ -46,6 +46,7 @@ from llmos.worker.mailbox import Mailbox
 from llmos.worker.outbox import Outbox
 from llmos.worker.presence import Presence
 from llmos.worker.prompt import check_prompt_bound
+from llmos.worker.recent import RecentPrefixes
 from llmos.worker.replies import Replies
 from llmos.worker.slots import TieredSlots
 
@@ -84,6 +85,10 @@ class Worker:
                                   on_call=self._embedding_call)
         self._cancels_book = CancelBook()
         self._requests: list[Subscription] = []
+        self.route: str | None = None
+        """Its own request queue (prefix-aware routing): new with each start, reconnect."""
+        self._direct: Subscription | None = None
+        self._recent = RecentPrefixes()
         self._engine_slots = TieredSlots(self.slots, names.TIERS)
         self._cancels: Subscription | None = None
         self._stopping = False
@@ -105,6 +110,7 @@ class Worker:
         self.bus.on_reconnect(self._on_reconnect)
         self._cancels = await self.bus.subscribe(names.CANCEL_TOPIC, self._on_cancel)
         self._requests = await self._consume_tiers()
+        await self._open_route()
         await self._presence.subscribe()
         # Start every engine thread now, not during the first burst of requests.
         # (Each task waits for all the others, so the pool must create one thread per slot.)
@@ -133,6 +139,26 @@ class Worker:
                 names.infer_queue(self.deployment, tier), on_request, prefetch=self.slots))
         return subscriptions
 
+    async def _open_route(self) -> None:
+        """Consume a new own queue; the one before (if any) goes. Gateways send it the
+        requests whose prefix this replica holds, while it has free slots."""
+        old, old_route = self._direct, self.route
+        route = names.direct_queue(self.deployment, uuid.uuid4().hex[:12])
+        await self.bus.declare_queue(route, names.DIRECT_QUEUE_OPTIONS)
+
+        async def on_request(delivery: Delivery) -> None:
+            await self._on_request(delivery, None)
+
+        self._direct = await self.bus.consume(route, on_request, prefetch=self.slots)
+        self.route = route
+        if old is not None and old_route is not None:
+            await self._close_route(old, old_route)
+
+    async def _close_route(self, subscription: Subscription, route: str) -> None:
+        with contextlib.suppress(BusError):
+            await subscription.cancel()
+            await self.bus.delete_queue(route)
+
     async def stop(self, timeout_s: float = 10.0) -> None:
         """Stop generating; requests in flight go back to the queue for another replica."""
         self._stopping = True
@@ -149,6 +175,9 @@ class Worker:
         for sub in (*self._requests, self._cancels, *self._paused):
             if sub is not None:
                 await sub.cancel()
+        if self._direct is not None and self.route is not None:
+            await self._close_route(self._direct, self.route)
+            self._direct = None
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._slots_gauge.set(0)
 
@@ -187,7 +216,8 @@ class Worker:
                          engine={"model_file": config.model_path.name, "slots": config.slots,
                                  "ctx_size": config.ctx_size, "threads": config.threads,
                                  "batch_size": config.batch_size,
-                                 "kv_unified": config.kv_unified})
+                                 "kv_unified": config.kv_unified},
+                         route=self.route, prefixes=self._recent.newest())
 
     async def _command(self, action: Literal["drain", "resume"]) -> None:
         if action == "drain":
@@ -201,19 +231,29 @@ class Worker:
         # The deliveries in flight belonged to the lost connection; the broker hands
         # them out again, so finishing them here would only compute answers twice.
         self._cancels_book.cancel_all()
+        # Its own queue went with the connection, and what was in it: a new queue, and a
+        # heartbeat naming it, so gateways send those requests again (and new ones there).
+        if self.route is not None and not self._stopping:
+            try:
+                await self._open_route()
+                await self._presence.send()
+            except BusError as exc:
+                log.error("could not open this replica's own queue again: %s", exc)
 
     async def _on_cancel(self, message: TopicMessage) -> None:
         cancel = decode_or_ignore(Cancel, message.body)
         if cancel is not None:
             self._cancels_book.cancel(cancel.request_id)
 
-    async def _on_request(self, delivery: Delivery, tier: names.Tier) -> None:
+    async def _on_request(self, delivery: Delivery, tier: names.Tier | None) -> None:
+        """A request from a tier's shared queue, or (``tier`` None) from our own queue."""
         try:
             request = decode(InferenceRequest, delivery.body)
         except BusError as exc:
             log.error("dropped an undecodable request: %s", exc)
             await delivery.nack(requeue=False)
             return
+        tier = tier or request.tier
         request_id_var.set(request.request_id)
         early = self._cancels_book.cancelled_before(request.request_id)
         if early or time.time() > request.deadline:
@@ -225,7 +265,8 @@ class Worker:
         slotted: float | None = None
         queued_s = max(0.0, time.time() - request.queued_at) if request.queued_at else None
         cancel = self._cancels_book.track(request.request_id)
-        publish = Replies(self._outbox, request, delivery.delivery_count)
+        publish = Replies(self._outbox, request,
+                          request.attempt_base + delivery.delivery_count, self.route)
         try:
             # Before a slot: a prompt that surely overflows one never waits for it.
             if request.kind != "embedding":
@@ -241,6 +282,8 @@ class Worker:
                 elif request.kind == "embedding":
                     outcome = await self._embed(request, publish)
                 else:
+                    # (Before its answer: the next turn may come as soon as it is read.)
+                    self._recent.add(request.prefixes)
                     outcome = await self._serve(request, publish, cancel)
         except LLMOSError as exc:  # refused before it reached the engine
             await publish.chunk(final=True, error=_error_info(exc))
