@@ -65,3 +65,31 @@ async def test_a_failed_send_is_logged_not_raised(caplog: pytest.LogCaptureFixtu
     beacon = Beacon(bus, "test.beacon", lambda: Ping(n=1), 10.0, name="ping")
     await beacon.send()
     assert "ping not sent: the bus is down" in caplog.text
+
+
+@pytest.mark.asyncio
+async def test_changes_in_a_burst_make_one_early_beat_and_none_after_stop() -> None:
+    from llmos.bus.beacon import Beacon
+
+    bus = open_bus("memory://")
+    await bus.connect()
+    got: list[bytes] = []
+
+    async def on(message: TopicMessage) -> None:
+        got.append(message.body)
+
+    await bus.subscribe("t", on)
+    beacon = Beacon(bus, "t", lambda: Ping(n=0), 60, name="b")
+    beacon.send_within(0.01)  # not started: nothing
+    beacon.start()
+    await eventually(lambda: len(got) == 1)  # the first beat, at start
+    for _ in range(10):
+        beacon.send_within(0.05)
+    await eventually(lambda: len(got) == 2)
+    await asyncio.sleep(0.1)
+    assert len(got) == 2  # ten changes, one beat
+    await beacon.stop()
+    beacon.send_within(0.01)
+    await asyncio.sleep(0.05)
+    assert len(got) == 2
+    await bus.close()

@@ -41,13 +41,14 @@ WORKER_ENV = {"LLMOS_ENGINE__SLOTS": "4", "LLMOS_ENGINE__CTX_SIZE": "1024",
 
 
 def start_worker(home: Path, name: str, bus: str = AMQP_URL,
-                 extra_args: list[str] | None = None) -> tuple[subprocess.Popen[bytes], Path]:
+                 extra_args: list[str] | None = None, extra_env: dict[str, str] | None = None
+                 ) -> tuple[subprocess.Popen[bytes], Path]:
     home.mkdir(parents=True, exist_ok=True)
     log = home / f"{name}.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "llmos", "worker", "--bus", bus, *(extra_args or [])],
-            env=os.environ | WORKER_ENV | {"LLMOS_HOME": str(home)},
+            env=os.environ | WORKER_ENV | (extra_env or {}) | {"LLMOS_HOME": str(home)},
             stdout=out, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 120
     while b"consuming" not in log.read_bytes():

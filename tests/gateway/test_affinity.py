@@ -44,12 +44,13 @@ def test_prefixes_shorter_than_the_minimum_take_the_shared_queue() -> None:
 
 def test_a_full_replica_gets_nothing_routed_and_what_it_was_sent_counts() -> None:
     r = router()
+    r.observe(beat("b", slots=2))  # room elsewhere
     r.observe(beat("a", prefixes=["p3"], slots=2, busy=1))
     assert r.choose("m", LONG, NOW) == "q-a"
     r.sent("q-a", "r1", NOW + 1)  # after the heartbeat: busy 1 + 1 sent = full
     assert r.load("q-a") == 2
     assert r.choose("m", LONG, NOW + 1) is None
-    r.done("q-a", "r1")
+    r.done("q-a", "r1", NOW + 1.5)
     assert r.choose("m", LONG, NOW + 1) == "q-a"
 
 
@@ -64,7 +65,17 @@ def test_a_hot_prefix_spreads_over_the_replicas_holding_it() -> None:
         r.sent(route, f"r{i}", NOW + 1)
         picked.append(route)
     assert sorted(picked) == ["q-a"] * 4 + ["q-b"] * 4  # least loaded first: 4 each
-    assert r.choose("m", LONG, NOW + 1) is None  # both full: the shared queue
+    r.observe(beat("c", slots=4))  # a replica with room that lacks the prefix
+    assert r.choose("m", LONG, NOW + 1) is None  # the shared queue: c may take it
+    r.observe(beat("c", slots=4, busy=4, sent_at=NOW + 1))
+    # Every replica full: waiting at a holder beats computing the prefix again, up to
+    # as many waiting there as it has slots.
+    for i in range(8):
+        route = r.choose("m", LONG, NOW + 1)
+        assert route in ("q-a", "q-b")
+        r.sent(route, f"w{i}", NOW + 1)
+    assert r.load("q-a") == r.load("q-b") == 8
+    assert r.choose("m", LONG, NOW + 1) is None
 
 
 def test_draining_stale_and_departed_replicas_get_nothing() -> None:
@@ -101,3 +112,25 @@ def test_the_prefix_table_is_bounded() -> None:
     r.observe(beat("a", prefixes=["h1", "h2", "h3", "h4"]))
     assert r.choose("m", Prefixes(["h1"], [10]), NOW) is None
     assert r.choose("m", Prefixes(["h4"], [10]), NOW) == "q-a"
+
+
+def test_a_dropped_route_is_gone_at_once() -> None:
+    r = router()
+    r.observe(beat("a", prefixes=["p3"]))
+    r.drop("q-a")
+    assert not r.live("q-a", NOW) and r.choose("m", LONG, NOW) is None
+    r.observe(beat("a", prefixes=["p3"], sent_at=NOW + 1))  # heard again: back
+    assert r.choose("m", LONG, NOW + 1) == "q-a"
+
+
+def test_a_heartbeats_busy_counts_our_requests_once_and_their_end_frees_a_slot() -> None:
+    r = router()
+    r.sent("q-a", "r1", NOW - 1)  # ours, on the replica when it beat
+    r.sent("q-a", "r2", NOW - 1)
+    r.observe(beat("a", prefixes=["p3"], slots=2, busy=2))
+    r.observe(beat("b", slots=2))
+    assert r.load("q-a") == 2 and r.choose("m", LONG, NOW) is None
+    r.done("q-a", "r1", NOW + 1)  # ended after the beat: its slot is free now
+    assert r.load("q-a") == 1 and r.choose("m", LONG, NOW + 1) == "q-a"
+    r.observe(beat("a", prefixes=["p3"], slots=2, busy=2, sent_at=NOW + 2))
+    assert r.load("q-a") == 2  # one of ours and one someone else's

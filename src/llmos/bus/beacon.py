@@ -53,6 +53,17 @@ class Beacon:
         if self._soon is None or self._soon.done():
             self._soon = asyncio.get_running_loop().create_task(self.send())
 
+    def send_within(self, delay_s: float) -> None:
+        """Broadcast within ``delay_s`` (changes that come meanwhile ride along): for a
+        state that changes often, such as a worker's busy slots. Nothing before
+        ``start`` or after ``stop``."""
+        if self._loop is not None and (self._soon is None or self._soon.done()):
+            self._soon = asyncio.get_running_loop().create_task(self._send_after(delay_s))
+
+    async def _send_after(self, delay_s: float) -> None:
+        await asyncio.sleep(delay_s)
+        await self.send()
+
     async def _run(self) -> None:
         while True:
             await self.send()

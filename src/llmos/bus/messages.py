@@ -108,7 +108,8 @@ class ReplyChunk(_Message):
     usage: Usage | None = None
     error: ErrorInfo | None = None
     served_by: str | None = None
-    """On the final chunk: the own queue of the replica that answered (its route)."""
+    """On the first and the final chunk: the own queue of the replica that answers (its
+    route)."""
 
 
 class ReplyBatch(_Message):

@@ -28,6 +28,7 @@ from llmos.bus.messages import (
 from llmos.errors import BusError, LLMOSError, QueueFull, Timeout, Unavailable
 from llmos.gateway.affinity import PrefixRouter
 from llmos.gateway.prefixes import NONE, prefixes
+from llmos.observability import metrics
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,9 @@ class RequestHandle:
         self.finished = False
         self.route: str | None = None
         """The replica's own queue it was sent to (prefix-aware routing), if any."""
+        self.at: str | None = None
+        """The replica it is on, by its queue: where it was sent, or where its first
+        chunk came from (prefix-aware routing counts what each replica holds)."""
 
     @property
     def answered(self) -> bool:
@@ -79,6 +83,10 @@ class RequestHandle:
     def yielded(self) -> bool:
         """Whether part of an answer was read: it cannot be taken back."""
         return self._yielded
+
+    @property
+    def floor(self) -> int:
+        return self._floor
 
     def abandon(self, attempt: int) -> None:
         """Ignore the chunks of attempts up to ``attempt``: it was sent again."""
@@ -188,13 +196,10 @@ class Dispatcher:
             prefixes=found.hashes)
         handle = RequestHandle(self, request)
         self._handles[request_id] = handle
-        if self.router is not None and found.hashes:
-            route = self.router.choose(key, found, now)
-            if route is not None and await self._send_direct(handle, route):
-                return handle
         queue = names.infer_queue(key, tier)
         try:
-            if key not in self._declared:
+            if key not in self._declared:  # (also for a request sent to a replica's own
+                # queue: it may have to take the shared one later, or be dead-lettered)
                 for each in names.TIERS:
                     await self.bus.declare_queue(names.infer_queue(key, each),
                                                  names.infer_queue_options(key))
@@ -203,6 +208,12 @@ class Dispatcher:
                 self._dead_letters.append(await self.bus.consume(
                     dead, self._on_dead_letter, prefetch=16))
                 self._declared.add(key)
+            if self.router is not None and found.hashes:
+                route = self.router.choose(key, found, now)
+                if route is not None and await self._send_direct(handle, route):
+                    metrics.ROUTED_REQUESTS.labels(key, "replica").inc()
+                    return handle
+                metrics.ROUTED_REQUESTS.labels(key, "shared").inc()
             await self.bus.publish(queue, encode(request),
                                    headers={names.HEADER_REQUEST_ID: request_id},
                                    ttl_s=self.timeout_s)
@@ -225,9 +236,9 @@ class Dispatcher:
         except BusError as exc:
             log.info("replica queue %s refused request %s (%s): the shared queue instead",
                      route, handle.request.request_id, exc.message)
-            self._gone.setdefault(route, time.time())
+            self.router.drop(route)  # its replica left: what it holds goes elsewhere too
             return False
-        handle.route = route
+        handle.route = handle.at = route
         self.router.sent(route, handle.request.request_id, time.time())
         return True
 
@@ -251,8 +262,8 @@ class Dispatcher:
         for handle in routed:
             if handle.route not in due or handle.finished:
                 continue
-            route, handle.route = handle.route, None
-            router.done(route, handle.request.request_id)
+            route, handle.route, handle.at = handle.route, None, None
+            router.done(route, handle.request.request_id, now)
             if handle.yielded:
                 handle.fail(ReplicaFailed(
                     "the replica serving this request left after part of the answer was "
@@ -262,9 +273,10 @@ class Dispatcher:
             handle.abandon(attempt)
             request = handle.request.model_copy(update={"attempt_base": attempt})
             handle.request = request
-            log.warning("request %s: its replica (%s) left before answering; sent to the "
+            log.warning("request %s: its replica %s left before answering; sent to the "
                         "shared queue", request.request_id, route)
             key = names.bus_name(request.deployment, request.project)
+            metrics.ROUTED_REQUESTS.labels(key, "again").inc()
             try:
                 await self.bus.publish(names.infer_queue(key, request.tier), encode(request),
                                        headers={names.HEADER_REQUEST_ID: request.request_id},
@@ -272,6 +284,27 @@ class Dispatcher:
             except BusError as exc:
                 handle.fail(Unavailable(f"could not queue the request again after its "
                                         f"replica left: {exc.message}"))
+
+    def _placed(self, handle: RequestHandle, chunk: ReplyChunk) -> None:
+        """A first or final chunk names its replica: count the request on it until it
+        ends; at its end, that replica holds its prefixes."""
+        assert self.router is not None and chunk.served_by is not None
+        if chunk.attempt < handle.floor:
+            return  # an abandoned attempt's
+        now = time.time()
+        if handle.at != chunk.served_by:
+            if handle.at is not None:
+                self.router.done(handle.at, chunk.request_id, now)
+            handle.at = chunk.served_by
+            # Since it was queued: it may have held a slot there long before its first
+            # chunk (a long prefill), and the replica's heartbeats counted it then.
+            self.router.sent(chunk.served_by, chunk.request_id,
+                             handle.request.queued_at or now)
+        if chunk.final:
+            self.router.done(chunk.served_by, chunk.request_id, now)
+            handle.at = None
+            if chunk.error is None:
+                self.router.learn(handle.request.prefixes, chunk.served_by, now)
 
     def unanswered(self) -> dict[str, list[RequestHandle]]:
         """Requests in flight with no chunk read yet, by deployment (its bus name)."""
@@ -286,8 +319,8 @@ class Dispatcher:
         handle = self._handles.pop(request_id, None)
         if handle is None:
             return False
-        if handle.route is not None and self.router is not None:
-            self.router.done(handle.route, request_id)
+        if handle.at is not None and self.router is not None:
+            self.router.done(handle.at, request_id, time.time())
         return True
 
     async def cancel(self, request_id: str) -> None:
@@ -344,9 +377,4 @@ class Dispatcher:
             if handle is not None:
                 handle.deliver(chunk)
                 if chunk.served_by is not None and self.router is not None:
-                    # (Only a final chunk names its replica.)
-                    if handle.route is not None:
-                        self.router.done(handle.route, chunk.request_id)
-                    if chunk.error is None:
-                        self.router.learn(handle.request.prefixes, chunk.served_by,
-                                          time.time())
+                    self._placed(handle, chunk)

@@ -26,6 +26,11 @@ BURST_HOLDS = Histogram(
     "llmos_worker_burst_hold_seconds", "How long a worker held requests that found its "
     "engine idle, for the rest of a burst to come (worker/cohort.py)", ["deployment"],
     buckets=(0.002, 0.005, 0.01, 0.02, 0.03, 0.05), registry=REGISTRY)
+ROUTED_REQUESTS = Counter(
+    "llmos_routed_requests", "Requests a gateway sent to a replica's own queue because it "
+    "holds their prompt prefix (to=replica), to the shared queue (to=shared), or again to "
+    "the shared queue after their replica left (to=again)", ["deployment", "to"],
+    registry=REGISTRY)
 GENERATED_TOKENS = Counter("llmos_generated_tokens", "Completion tokens generated",
                            ["deployment"], registry=REGISTRY)
 TELEMETRY_SENT = Counter("llmos_telemetry_sent", "Telemetry events published on the bus",

@@ -18,6 +18,10 @@ from llmos.bus.messages import Command, Heartbeat, decode_or_ignore
 
 log = logging.getLogger(__name__)
 
+CHANGE_BEAT_S = 0.25
+"""A worker whose busy slots changed beats again within this (not at most every
+interval), but no more often."""
+
 OnCommand = Callable[[Literal["drain", "resume"]], Awaitable[None]]
 
 
@@ -47,6 +51,11 @@ class Presence:
     async def send(self) -> None:
         """A heartbeat now (the state changed), besides those every interval."""
         await self._beacon.send()
+
+    def changed(self) -> None:
+        """Its load changed: a heartbeat within ``CHANGE_BEAT_S`` (gateways routing by
+        prefix count its free slots), however often it changes."""
+        self._beacon.send_within(CHANGE_BEAT_S)
 
     async def _on_message(self, message: TopicMessage) -> None:
         command = decode_or_ignore(Command, message.body)

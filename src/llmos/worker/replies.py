@@ -28,9 +28,11 @@ class Replies:
     def _make(self, fields: dict[str, Any]) -> ReplyChunk:
         # Built without validation (the hot path: one per chunk); every field comes from
         # this package's typed code, and the gateway validates what it decodes.
+        seq = next(self._seq)
+        if seq == 0 and self._served_by is not None:
+            fields["served_by"] = self._served_by  # (the gateway learns where it runs)
         message = ReplyChunk.model_construct(request_id=self._request.request_id,
-                                             attempt=self._attempt, seq=next(self._seq),
-                                             **fields)
+                                             attempt=self._attempt, seq=seq, **fields)
         if self.first_text_at is None and message.text:
             self.first_text_at = time.monotonic()
         return message
@@ -43,7 +45,7 @@ class Replies:
         """A chunk sent before this returns: the last one (``final=True``) waits for the
         broker's confirm, so that the request is acked only once its answer is safe."""
         if fields.get("final") and self._served_by is not None:
-            fields["served_by"] = self._served_by  # (the gateway learns where it went)
+            fields["served_by"] = self._served_by  # (and where its prefixes are now)
         message = self._make(fields)
         if message.usage is not None:
             self.usage = message.usage

@@ -275,6 +275,7 @@ class Worker:
             async with self._engine_slots.slot(tier):
                 slotted = time.monotonic()
                 self._busy_gauge.set(self.busy_slots)
+                self._presence.changed()
                 if self._stopping:
                     outcome = "requeue"
                 elif cancel.is_set() or time.time() > request.deadline:
@@ -301,6 +302,8 @@ class Worker:
         finally:
             self._cancels_book.release(request.request_id)
             self._busy_gauge.set(self.busy_slots)
+            if slotted is not None:
+                self._presence.changed()
         if outcome == "requeue":
             await delivery.nack(requeue=True)
         else:
