@@ -180,3 +180,21 @@ async def test_a_hot_prefix_spreads_once_its_replica_is_full(
     assert routes[2:] == [None, None]  # the shared queue, where b takes them
     await eventually(lambda: {rid for rid, _ in b.served} >= {"h2", "h3"} - {
         rid for rid, _ in a.served})
+
+
+@pytest.mark.asyncio
+async def test_an_answer_that_came_before_its_replica_left_is_not_sent_again(
+        setup: tuple[MemoryBus, Dispatcher, list[Replica]]) -> None:
+    _, dispatcher, replicas = setup
+    assert dispatcher.router is not None
+    first = await chat(dispatcher, "t0", HISTORY)
+    served = await answer(first)
+    owner = replicas[0] if served == "a" else replicas[1]
+    handle = await chat(dispatcher, "t1", next_turn(HISTORY, served, "y"))
+    assert handle.route == owner.route
+    await eventually(lambda: handle.ready())  # its whole answer is here, unread
+    dispatcher.router.observe(owner.heartbeat(leaving=True))  # then its goodbye
+    await dispatcher.reroute(time.time())
+    assert await answer(handle) == owner.name
+    assert [rid for rid, _ in owner.served + replicas[1 - replicas.index(owner)].served
+            ].count("t1") == 1

@@ -260,8 +260,8 @@ class Dispatcher:
         due = {route for route, since in self._gone.items()
                if now - since >= self.reroute_after_s}
         for handle in routed:
-            if handle.route not in due or handle.finished:
-                continue
+            if handle.route not in due or handle.finished or handle.at is None:
+                continue  # (``at`` None: its final chunk came, unread yet)
             route, handle.route, handle.at = handle.route, None, None
             router.done(route, handle.request.request_id, now)
             if handle.yielded:
