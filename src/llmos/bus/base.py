@@ -15,7 +15,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from llmos.errors import BusError
 
@@ -30,6 +30,8 @@ class QueueOptions:
     delivery_limit: int | None = None
     dead_letter_queue: str | None = None
 
+
+_H = TypeVar("_H")
 
 Outcome = Literal["ack", "requeue", "reject"]
 """How a delivery was settled: done; back to its queue; given up (dead-lettered where
@@ -197,6 +199,14 @@ class Bus(abc.ABC):
     def not_connected(self) -> BusError:
         """The error of an operation on a bus that is not (or no longer) connected."""
         return BusError(f"bus {safe_url(self.url)} is not connected")
+
+    def _live(self, handle: _H | None) -> _H:
+        """``handle`` (a connection, a channel, a client): a backend sets its handles at
+        ``connect`` and clears them at ``close``, so an operation outside those raises
+        ``not_connected`` and never an ``AttributeError`` on None."""
+        if handle is None:
+            raise self.not_connected()
+        return handle
 
     async def __aenter__(self) -> Bus:
         await self.connect()

@@ -560,9 +560,11 @@ class KafkaBus(Bus):
 
     @property
     def producer(self) -> Any:
-        if self._producer is None:
-            raise self.not_connected()
-        return self._producer
+        return self._live(self._producer)
+
+    @property
+    def admin(self) -> Any:
+        return self._live(self._admin)
 
     async def connect(self) -> None:
         from aiokafka import AIOKafkaProducer
@@ -606,7 +608,7 @@ class KafkaBus(Bus):
         if topic in self._topics:
             return
         try:
-            await self._admin.create_topics([NewTopic(topic, num_partitions=partitions,
+            await self.admin.create_topics([NewTopic(topic, num_partitions=partitions,
                                                       replication_factor=1)])
         except TopicAlreadyExistsError:
             pass
@@ -628,11 +630,11 @@ class KafkaBus(Bus):
         self._options.pop(name, None)
         self._topics.discard(topic)
         with contextlib.suppress(Exception):
-            await self._admin.delete_topics([topic])
+            await self.admin.delete_topics([topic])
 
     async def _known(self, topic: str) -> bool:
         if topic not in self._topics:
-            self._topics = set(await self._admin.list_topics())
+            self._topics = set(await self.admin.list_topics())
         return topic in self._topics
 
     async def publish(

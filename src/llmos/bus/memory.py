@@ -45,6 +45,9 @@ class _MemoryDelivery(Delivery):
         self._message = message
 
     async def _settle(self, outcome: Outcome) -> None:
+        if outcome == "reject" and self._queue.dead is not None:
+            log.warning("message dead-lettered from %s: rejected", self._queue.name)
+            self._queue.dead.put(self._message)
         self.finish(requeue=outcome == "requeue")
 
     def finish(self, *, requeue: bool) -> None:

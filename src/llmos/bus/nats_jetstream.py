@@ -182,8 +182,17 @@ class _PullConsumer(Subscription):
                 await delivery.msg.ack()
             elif how == "nak":
                 await delivery.msg.nak()
-            else:
+            else:  # rejected: to the dead-letter queue, if the queue has one
+                dead = str((await self.bus._queue_settings(self.queue)).get(
+                    "dead_letter_queue") or "")
+                if dead:
+                    log.warning("message dead-lettered from %s: rejected", self.queue)
+                    await self.bus.js.publish(subject(dead), delivery.msg.data or b"",
+                                              headers=delivery.msg.headers or None,
+                                              stream=stream_name(dead))
                 await delivery.msg.term()
+                if dead:
+                    return  # (a large body stays: the dead letter names it)
             if delivery.large and how != "nak":
                 await self.bus.drop_large(delivery.large)
         except Exception as exc:
@@ -311,15 +320,11 @@ class NatsBus(Bus):
 
     @property
     def nc(self) -> Any:
-        if self._nc is None:
-            raise self.not_connected()
-        return self._nc
+        return self._live(self._nc)
 
     @property
     def js(self) -> Any:
-        if self._js is None:
-            raise self.not_connected()
-        return self._js
+        return self._live(self._js)
 
     @property
     def connected(self) -> bool:

@@ -238,12 +238,10 @@ class RabbitMQBus(Bus):
     async def close(self) -> None:
         if self._connection is not None:
             await self._connection.close()
-            self._connection = None
+        self._connection = self._confirmed = self._fast = None
 
     def _channel(self) -> Any:
-        if self._confirmed is None:
-            raise self.not_connected()
-        return self._confirmed
+        return self._live(self._confirmed)
 
     async def _declare_queue(self, name: str, opts: QueueOptions) -> None:
         channel = self._channel()
@@ -304,7 +302,8 @@ class RabbitMQBus(Bus):
             expiration=str(max(1, int(ttl_s * 1000))) if ttl_s is not None else None,
             delivery_mode=2 if durable else 1)
         confirmed = durable if confirm is None else confirm
-        channel = await (self._channel() if confirmed else self._fast).get_underlay_channel()
+        channel = await (self._channel() if confirmed
+                         else self._live(self._fast)).get_underlay_channel()
         try:
             await channel.basic_publish(body, routing_key=queue, properties=properties,
                                         mandatory=confirmed)
@@ -318,7 +317,7 @@ class RabbitMQBus(Bus):
     async def consume(
         self, queue: str, handler: DeliveryHandler, *, prefetch: int, auto_ack: bool = False
     ) -> Subscription:
-        channel = await self._connection.channel()
+        channel = await self._live(self._connection).channel()
         await channel.set_qos(prefetch_count=0 if auto_ack else prefetch)
         # A passive declare: it fails for a missing queue, and the robust channel
         # checks the queue again when it reopens after a reconnect.
@@ -336,8 +335,8 @@ class RabbitMQBus(Bus):
 
         exchange = self._exchanges.get(topic)
         if exchange is None:
-            exchange = await self._fast.declare_exchange(topic, aio_pika.ExchangeType.FANOUT,
-                                                         durable=False)
+            exchange = await self._live(self._fast).declare_exchange(
+                topic, aio_pika.ExchangeType.FANOUT, durable=False)
             self._exchanges[topic] = exchange
         return exchange
 
@@ -359,7 +358,7 @@ class RabbitMQBus(Bus):
     async def subscribe(self, topic: str, handler: TopicHandler) -> Subscription:
         try:
             exchange = await self._exchange(topic)
-            channel = await self._connection.channel()
+            channel = await self._live(self._connection).channel()
             # Bounded: a subscriber that falls behind loses the oldest messages (drop-head).
             queue = await channel.declare_queue(
                 names.subscription_queue(topic, uuid.uuid4().hex), exclusive=True,

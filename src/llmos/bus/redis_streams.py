@@ -98,7 +98,7 @@ class _RedisDelivery(Delivery):
         self.settled = consumer.auto_ack
 
     async def _settle(self, outcome: Outcome) -> None:
-        await self._consumer.settle(self, requeue=outcome == "requeue")
+        await self._consumer.settle(self, outcome)
 
 
 class _StreamConsumer(Subscription):
@@ -138,8 +138,10 @@ class _StreamConsumer(Subscription):
         for delivery in list(self.unacked.values()):
             if delivery.claim():
                 with contextlib.suppress(Exception):
-                    await self.settle(delivery, requeue=True)
+                    await self.settle(delivery, "requeue")
         self.unacked.clear()
+        with contextlib.suppress(ValueError):
+            self.bus._consumers.remove(self)  # (a replica's own queue: one per start)
         with contextlib.suppress(Exception):
             await self.bus.redis.xgroup_delconsumer(self.key, GROUP, self.name)
 
@@ -150,12 +152,13 @@ class _StreamConsumer(Subscription):
                 await self._loop
             self._loop = None
 
-    async def settle(self, delivery: _RedisDelivery, *, requeue: bool) -> None:
+    async def settle(self, delivery: _RedisDelivery, outcome: Outcome) -> None:
         self.unacked.pop(delivery.entry_id, None)
         self._room.set()
         try:
-            if requeue:
-                await self.bus.move(self.queue, delivery.entry_id, delivery.fields)
+            if outcome != "ack":  # again, or (rejected) to the dead-letter queue if any
+                await self.bus.move(self.queue, delivery.entry_id, delivery.fields,
+                                    rejected=outcome == "reject")
             else:
                 pipe = self.bus.redis.pipeline(transaction=False)
                 pipe.xack(self.key, GROUP, delivery.entry_id)
@@ -318,9 +321,7 @@ class RedisBus(Bus):
 
     @property
     def redis(self) -> Any:
-        if self._redis is None:
-            raise self.not_connected()
-        return self._redis
+        return self._live(self._redis)
 
     async def connect(self) -> None:
         from redis.asyncio import ConnectionPool, Redis
@@ -433,15 +434,19 @@ class RedisBus(Bus):
         except Exception as exc:
             raise BusError(f"cannot publish to {queue} on Redis: {exc}") from exc
 
-    async def move(self, queue: str, entry_id: bytes, fields: Mapping[bytes, bytes]) -> None:
-        """Deliver an entry again (one more earlier delivery), or dead-letter it."""
+    async def move(self, queue: str, entry_id: bytes, fields: Mapping[bytes, bytes], *,
+                   rejected: bool = False) -> None:
+        """Deliver an entry again (one more earlier delivery), or dead-letter it (at the
+        delivery limit, or ``rejected``; dropped where the queue has no dead-letter
+        queue)."""
         meta = await self._settings(queue)
         earlier = int(fields.get(b"n", b"0") or 0) + 1
         limit = int(meta.get(b"delivery_limit", b"0") or 0)
         dead = (meta.get(b"dead_letter_queue") or b"").decode()
         copy = {k.decode(): v for k, v in fields.items()}
-        if limit and earlier >= limit:
-            log.warning("message dead-lettered from %s after %d deliveries", queue, earlier)
+        if rejected or (limit and earlier >= limit):
+            log.warning("message dead-lettered from %s %s", queue,
+                        "rejected" if rejected else f"after {earlier} deliveries")
             target = dead or None
             copy["n"] = b"0"
         else:
@@ -477,6 +482,7 @@ class RedisBus(Bus):
             raise BusError(f"cannot broadcast on {topic} on Redis: {exc}") from exc
 
     async def subscribe(self, topic: str, handler: TopicHandler) -> Subscription:
+        self._live(self._redis)  # (not connected: say so now, not after its 10 s start)
         subscription = _TopicSubscription(self, topic, handler)
         await subscription.start()
         self._subscriptions.add(subscription)
