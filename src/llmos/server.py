@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from llmos.aio import stop_task
 from llmos.errors import ConfigError, LLMOSError
 from llmos.settings import Settings
 
@@ -125,14 +126,10 @@ async def serve(settings: Settings, *, deploy_default: bool = True,
         await serving
     finally:
         if reconciling is not None:
-            reconciling.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reconciling
+            await stop_task(reconciling)
         if gateways is not None:
             await siblings.stop()
-            gateways.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await gateways
+            await stop_task(gateways)
         if not serving.done():
             server.should_exit = True
             await serving
@@ -319,9 +316,7 @@ async def run_worker(settings: Settings, model: str, deployment: str | None = No
     finally:
         for task in (lease, joined):
             if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+                await stop_task(task)
         await asyncio.to_thread(_unpin, registry, version, holder)
         await worker.stop()
         logging.getLogger().removeHandler(log_handler)
@@ -380,9 +375,7 @@ async def run_agent(settings: Settings, *, labels: dict[str, str], cpus: float |
         log.info("agent stopping: its replicas drain")
     finally:
         if joined is not None:
-            joined.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await joined
+            await stop_task(joined)
         await agent.stop()
         await bus.close()
     if refused:

@@ -35,6 +35,7 @@ import psutil
 
 from llmos.agent.cache import NodeCache
 from llmos.agent.runner import DRAIN_S, Notify
+from llmos.aio import stop_task
 from llmos.bus import Bus, Subscription, TopicMessage, names
 from llmos.bus.messages import (
     Heartbeat,
@@ -224,9 +225,7 @@ class ProcessRunner:
                     process.kill()
                 await process.wait()
         if proc.task is not None:
-            proc.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await proc.task
+            await stop_task(proc.task)
         self._procs.pop(replica_id, None)
         log.info("replica %s stopped", replica_id)
 
@@ -259,9 +258,7 @@ class ProcessRunner:
     async def close(self) -> None:
         await asyncio.gather(*(self.stop(rid) for rid in list(self._procs)))
         if self._watchdog is not None:
-            self._watchdog.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watchdog
+            await stop_task(self._watchdog)
         if self._subscription is not None:
             await self._subscription.cancel()
 

@@ -8,7 +8,6 @@ flight finish (up to ``drain_s``; what is left goes back to the queue), then it 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -16,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from llmos import providers
+from llmos.aio import stop_task
 from llmos.bus import Bus, names
 from llmos.bus.messages import ReplicaPhase, ReplicaSpec, ReplicaStatus
 from llmos.engines import EngineConfig, load_engine
@@ -153,9 +153,7 @@ class InProcessRunner:
             return
         replica.state = "stopping"
         if replica.task is not None and not replica.task.done():
-            replica.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await replica.task
+            await stop_task(replica.task)
         worker = replica.worker
         if worker is not None:
             await drain_and_stop(worker, self.drain_s)

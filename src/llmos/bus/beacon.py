@@ -4,12 +4,12 @@ changed). The one loop behind a worker's heartbeats and a node agent's status.""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 
 from pydantic import BaseModel
 
+from llmos.aio import stop_task
 from llmos.bus.base import Bus
 from llmos.errors import BusError
 
@@ -33,9 +33,7 @@ class Beacon:
     async def stop(self) -> None:
         for task in (self._loop, self._soon):
             if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+                await stop_task(task)
         self._loop = self._soon = None
 
     async def send(self) -> None:

@@ -52,6 +52,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from llmos.aio import stop_task
 from llmos.bus.base import (
     Bus,
     Delivery,
@@ -317,9 +318,7 @@ class _GroupConsumer(Subscription):
         if not self._cancelled:
             # (stop, not unsubscribe: it sends LeaveGroup, so the group moves on at once)
             if self._loop is not None:
-                self._loop.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._loop
+                await stop_task(self._loop)
                 self._loop = None
             with contextlib.suppress(Exception):
                 await self._consumer.stop()
@@ -330,9 +329,7 @@ class _GroupConsumer(Subscription):
         self._cancelled = True
         self._paused = True
         if self._loop is not None:
-            self._loop.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop
+            await stop_task(self._loop)
             self._loop = None
         # What it held goes back to the queue, one attempt more.
         for tp, state in list(self.partitions.items()):
@@ -458,9 +455,7 @@ class _TailReader:
 
     async def close(self) -> None:
         if self._loop is not None:
-            self._loop.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop
+            await stop_task(self._loop)
         if self._consumer is not None:
             with contextlib.suppress(Exception):
                 await self._consumer.stop()

@@ -45,6 +45,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
+from llmos.aio import stop_task
 from llmos.bus.base import (
     Bus,
     Delivery,
@@ -155,9 +156,7 @@ class _PullConsumer(Subscription):
         self._paused = True
         await self._unsubscribe()
         if self._loop is not None:
-            self._loop.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop
+            await stop_task(self._loop)
             self._loop = None
         # What it held goes back to the queue for the other subscribers.
         for delivery in list(self.held.values()):

@@ -42,6 +42,7 @@ import weakref
 from collections.abc import Mapping
 from typing import Any
 
+from llmos.aio import stop_task
 from llmos.bus.base import (
     Bus,
     Delivery,
@@ -147,9 +148,7 @@ class _StreamConsumer(Subscription):
 
     async def _stop_loop(self) -> None:
         if self._loop is not None:
-            self._loop.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop
+            await stop_task(self._loop)
             self._loop = None
 
     async def settle(self, delivery: _RedisDelivery, outcome: Outcome) -> None:

@@ -13,6 +13,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute
 
 from llmos import __version__
+from llmos.aio import stop_task
 from llmos.auth.roles import Role
 from llmos.bus import Bus
 from llmos.gateway.affinity import PrefixRouter
@@ -88,9 +89,7 @@ def create_app(settings: Settings, bus: Bus, store: Store,
             yield
         finally:
             for task in tasks:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+                await stop_task(task)
             await state.traffic.stop()
             await state.workers.stop()
             await state.dispatcher.stop()

@@ -11,12 +11,12 @@ falls behind by 10,000 entries, the newest are dropped, counted and logged.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from llmos.aio import stop_task
 from llmos.auth.keys import parse
 from llmos.auth.roles import Principal
 from llmos.gateway.auth import bearer
@@ -58,9 +58,7 @@ class AuditWriter:
         if self._task is None:
             return
         await self._flush()
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        await stop_task(self._task)
         self._task = None
 
     async def _write(self) -> None:

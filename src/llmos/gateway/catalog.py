@@ -11,10 +11,10 @@ waits for a fresh read, so a deployment created a moment ago is found.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 
+from llmos.aio import stop_task
 from llmos.errors import ModelNotFound, excerpt
 from llmos.store import Deployment, Store
 
@@ -75,9 +75,7 @@ class Catalog:
             self._scheduled.cancel()
             self._scheduled = None
         if self._background is not None:
-            self._background.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._background
+            await stop_task(self._background)
             self._background = None
 
     def _refresh_in_background(self) -> None:

@@ -14,11 +14,12 @@ the stream's last event (``END``) goes out together with the end of the body.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Callable, Mapping
 
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
+
+from llmos.aio import stop_task
 
 END = b"data: [DONE]\n\n"
 """The last event of an OpenAI stream."""
@@ -63,6 +64,4 @@ class SseResponse(Response):
                 await send({"type": "http.response.body", "body": piece, "more_body": True})
             await send({"type": "http.response.body", "body": last, "more_body": False})
         finally:
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
+            await stop_task(watcher)

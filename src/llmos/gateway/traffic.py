@@ -18,6 +18,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
+from llmos.aio import stop_task
 from llmos.bus import Bus, names
 from llmos.bus.messages import DeploymentTraffic, TrafficReport, encode
 from llmos.errors import BusError
@@ -74,9 +75,7 @@ class TrafficMeter:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await stop_task(self._task)
             self._task = None
 
     async def _run(self) -> None:

@@ -10,10 +10,10 @@ warnings and errors the same way.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 
+from llmos.aio import stop_task
 from llmos.bus import Bus, names
 from llmos.bus.messages import LogEvent, encode
 from llmos.errors import BusError
@@ -39,9 +39,7 @@ class TelemetryPublisher:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await stop_task(self._task)
             self._task = None
 
     def offer(self, body: bytes) -> bool:
