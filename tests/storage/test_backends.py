@@ -110,3 +110,22 @@ def test_an_unreachable_endpoint_fails_fast(monkeypatch: pytest.MonkeyPatch) -> 
 def test_bad_urls_are_config_errors(url: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         open_storage(url)
+
+
+def test_an_unreachable_endpoint_whose_port_holds_401_is_not_a_credentials_error(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The error text names the endpoint: port 40173 once made "cannot reach" read as
+    "refused the credentials" (a flaky CI failure, by the port the kernel gave)."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "y")
+    for port in (*range(40100, 40200), *range(40300, 40400)):
+        with socket.socket() as held:
+            try:
+                held.bind(("127.0.0.1", port))
+            except OSError:
+                continue  # taken: the next one
+            storage = open_storage(f"s3://b/p?endpoint=http://127.0.0.1:{port}&region=us-east-1")
+            with pytest.raises(StorageError, match="cannot reach S3"):
+                storage.head("a")
+            return
+    pytest.fail("no free port in 40100-40199 or 40300-40399")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -150,16 +151,17 @@ class ObstoreStorage(ObjectStorage):
                 kind = "bucket" if code == "NoSuchBucket" else "container"
                 return StorageError(f"{self.name} at {self.url}: the {kind} does not exist; "
                                     f"create it, or fix the URL")
-        auth = ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch",
-                "AuthenticationFailed", "AuthorizationFailure", "ExpiredToken", "403", "401")
-        if isinstance(exc, PermissionDeniedError | UnauthenticatedError) or any(
-                a in text for a in auth):
-            return StorageError(f"{self.name} at {self.url} refused the credentials "
-                                f"({what}): {_CREDENTIALS[self.scheme]}")
+        # Unreachable first: the text names the endpoint, whose port may hold "401".
         if "error sending request" in text or "Connection refused" in text or (
                 "connect" in text.lower() and "timed out" in text.lower()):
             return StorageError(f"cannot reach {self.name} at {self.url} ({what}); check the "
                                 "endpoint and that the service is up")
+        auth = ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch",
+                "AuthenticationFailed", "AuthorizationFailure", "ExpiredToken")
+        if isinstance(exc, PermissionDeniedError | UnauthenticatedError) or any(
+                a in text for a in auth) or re.search(r"(?<![\d.:])40[13](?![\d.])", text):
+            return StorageError(f"{self.name} at {self.url} refused the credentials "
+                                f"({what}): {_CREDENTIALS[self.scheme]}")
         return StorageError(f"{self.name} at {self.url}: {what} failed: {first[:300]}")
 
     def put(self, path: str, data: bytes, *, create: bool = False) -> None:
