@@ -50,7 +50,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from openloop import WORDS, pct  # noqa: E402
-from serving import MODEL_ID, LeanHttpClient, free_port  # noqa: E402
+from serving import MODEL_ID, LeanHttpClient, free_port, wait_ready  # noqa: E402
 
 AMQP_URL = os.environ.get("LLMOS_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 
@@ -178,17 +178,8 @@ def start_gateway(home: Path, env: dict[str, str], routing: bool
                                 "LLMOS_LOG_LEVEL": "WARNING"},
         stdout=subprocess.DEVNULL, stderr=(home / "gateway.log").open("ab"))
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                return process, base
-        except httpx.HTTPError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            raise RuntimeError("the gateway did not become ready")
-        time.sleep(0.25)
+    wait_ready(process, base, 120)
+    return process, base
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:

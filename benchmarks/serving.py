@@ -314,6 +314,23 @@ def start_llamacpp(model: Path, slots: int, threads: int, ctx: int, poll: int,
     return process, OverHttp("b: llama.cpp server", info["url"], headers, "model", busy)
 
 
+def wait_ready(process: subprocess.Popen[bytes], base: str, timeout_s: float = 180) -> None:
+    """Until ``base``'s ``/readyz`` answers 200; the process is killed if it exits or
+    does not get there in time."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise RuntimeError(f"llmos at {base} did not become ready "
+                               f"(exit code {process.poll()})")
+        time.sleep(0.25)
+
+
 def start_llmos(home: Path, slots: int, threads: int, ctx: int, poll: int,
                 bus: str | None) -> tuple[subprocess.Popen[bytes], OverHttp]:
     port = free_port()
@@ -325,18 +342,7 @@ def start_llmos(home: Path, slots: int, threads: int, ctx: int, poll: int,
         args += ["--bus", bus]
     process = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while True:
-        if process.poll() is not None:
-            raise RuntimeError("llmos serve exited early")
-        try:
-            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError("llmos serve did not become ready")
-        time.sleep(0.25)
+    wait_ready(process, base)
 
     async def busy(client: httpx.AsyncClient) -> int:
         return metric_sum((await client.get(f"{base}/metrics")).text, "llmos_worker_busy_slots{")
