@@ -104,21 +104,6 @@ def test_a_killed_gateway_process_is_replaced(two_gateways: RunningServer) -> No
     assert replaced
 
 
-def test_stopping_the_server_stops_every_gateway_process(
-        tmp_path: Path) -> None:
-    parts = urlsplit(AMQP_URL)
-    require_service("RabbitMQ", parts.hostname or "127.0.0.1", parts.port or 5672)
-    server = start_server(tmp_path, extra_env={"LLMOS_DEFAULT_MODEL": ""},
-                          args=["--bus", AMQP_URL, "--workers", "3"], ready_path="/api/models")
-    siblings = wait_until(lambda: len(children(server.process.pid)) == 2
-                          and children(server.process.pid), what="two more processes")
-    assert isinstance(siblings, set)
-    stop_server(server)
-    assert server.process.returncode == 0
-    wait_until(lambda: not any(alive(pid) for pid in siblings), timeout_s=15,
-               what="the extra gateway processes gone")
-
-
 def test_several_gateway_processes_need_a_networked_bus(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="needs a networked bus"):
         start_server(tmp_path, extra_env={"LLMOS_DEFAULT_MODEL": ""}, args=["--workers", "2"],

@@ -348,10 +348,13 @@ class RabbitMQBus(Bus):
 
         try:
             exchange = await self._exchange(topic)
-            # (no confirms: a refusal closes the channel after, and the next one raises)
+            # (no confirms: a refusal closes the channel after, and the next one raises;
+            # not mandatory: a topic nobody listens to yet drops the message, and
+            # aio-pika's default would have the broker return it to a channel with no
+            # handler for returns, which aiormq logs as an error)
             await exchange.publish(aio_pika.Message(body, headers=dict(headers or {}),
                                                     expiration=ttl_s),
-                                   routing_key="")
+                                   routing_key="", mandatory=False)
         except Exception as exc:
             raise BusError(f"cannot publish on topic {topic}: {exc}") from exc
 
