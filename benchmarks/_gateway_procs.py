@@ -8,6 +8,8 @@
 
 Each prints one JSON line when it is ready, then runs until stdin closes, and then
 prints one JSON line of its CPU seconds (process, and the engine's clock thread).
+With BENCH_VERBOSE=1 and BENCH_GC_LOG=1, a gateway also logs (stderr) each garbage
+collection that took over 5 ms.
 """
 
 from __future__ import annotations
@@ -101,6 +103,24 @@ class SyntheticEngine(Engine):
         pass
 
 
+def _log_gc_pauses() -> None:
+    import gc
+
+    started: list[float] = []
+
+    def note(phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            started[:] = [time.perf_counter()]
+        elif started:
+            took = time.perf_counter() - started[0]
+            if took > 0.005:
+                print(json.dumps({"gc_gen": info["generation"], "ms": round(took * 1e3, 1),
+                                  "collected": info["collected"]}), file=sys.stderr,
+                      flush=True)
+
+    gc.callbacks.append(note)
+
+
 def _wait_for_stdin_close() -> asyncio.Future[None]:
     return asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)  # type: ignore[return-value]
 
@@ -127,6 +147,7 @@ async def _worker(bus_url: str, slots: int, bus: Any = None) -> tuple[Any, Synth
 async def gateway(bus_url: str, port: int, slots: int) -> None:
     import uvicorn
 
+    from llmos import heap
     from llmos.bus import open_bus
     from llmos.gateway.app import create_app
     from llmos.gateway.siblings import reuse_port_socket
@@ -152,6 +173,9 @@ async def gateway(bus_url: str, port: int, slots: int) -> None:
             reuse_port_socket("127.0.0.1", port)]))
         while not server.started:
             await asyncio.sleep(0.05)
+        heap.settle()  # (as `llmos serve` does once it has started)
+        if os.environ.get("BENCH_GC_LOG"):
+            _log_gc_pauses()
         print(json.dumps({"ready": True, "pid": os.getpid()}), flush=True)
         await _wait_for_stdin_close()
         _report(engine)
@@ -163,7 +187,10 @@ async def gateway(bus_url: str, port: int, slots: int) -> None:
 
 
 async def worker(bus_url: str, slots: int) -> None:
+    from llmos import heap
+
     running, engine = await _worker(bus_url, slots)
+    heap.settle()  # (as `llmos worker` does once it has started)
     print(json.dumps({"ready": True, "pid": os.getpid()}), flush=True)
     await _wait_for_stdin_close()
     _report(engine)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import os
 import socket
@@ -16,6 +15,7 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from llmos import heap
 from llmos.aio import stop_task
 from llmos.errors import ConfigError, LLMOSError
 from llmos.settings import Settings
@@ -122,7 +122,7 @@ async def serve(settings: Settings, *, deploy_default: bool = True,
         if settings.embedded_worker:
             await agent.start()
         reconciling = asyncio.create_task(controller.run(), name="controller")
-        _freeze_startup_objects()
+        heap.settle()
         await serving
     finally:
         if reconciling is not None:
@@ -173,6 +173,7 @@ async def _serve_gateway(settings: Settings, *, control_plane: bool) -> None:
             server.should_exit = True
 
         watch = asyncio.create_task(leave_with_parent(stop), name="parent-watch")
+        heap.settle()
         try:
             await server.serve(sockets=[reuse_port_socket(settings.host, settings.port)])
         finally:
@@ -200,16 +201,6 @@ def _server_class() -> type[Any]:
                 inner.__exit__(None, None, None)
 
     return Server
-
-
-def _freeze_startup_objects() -> None:
-    """Keep what startup built (modules, the app, schemas) out of the collector's scans.
-
-    Without it a second-generation collection walks every object of the process,
-    tens of milliseconds here, in the middle of whichever request it interrupts.
-    """
-    gc.collect()
-    gc.freeze()
 
 
 _PIN_LEASE_S = 900.0
@@ -304,7 +295,7 @@ async def run_worker(settings: Settings, model: str, deployment: str | None = No
         joined = asyncio.create_task(stay_joined(control, token, on_refused), name="join")
     try:
         await worker.start()
-        _freeze_startup_objects()
+        heap.settle()
         first = await signals.get()
         if first == "SIGTERM":
             log.info("draining: no new requests; those in flight finish")

@@ -15,6 +15,7 @@ import uuid
 from collections.abc import AsyncGenerator
 from typing import Any, Literal
 
+from llmos.aio import Inbox
 from llmos.bus import Bus, Delivery, QueueOptions, Subscription, names
 from llmos.bus.messages import (
     Cancel,
@@ -46,11 +47,11 @@ class RequestHandle:
     def __init__(self, dispatcher: Dispatcher, request: InferenceRequest) -> None:
         self.request = request
         self._dispatcher = dispatcher
-        self._inbox: asyncio.Queue[ReplyChunk | LLMOSError | None] = asyncio.Queue()
+        self._inbox: Inbox[ReplyChunk | LLMOSError | None] = Inbox()
         # One timer per request (not one per chunk): it wakes the reader at the deadline.
         self._timer = asyncio.get_running_loop().call_at(
             asyncio.get_running_loop().time() + max(0.0, request.deadline - time.time()),
-            self._inbox.put_nowait, None)
+            self._inbox.put, None)
         self._attempt = 0
         self._next_seq = 0
         self._early: dict[int, ReplyChunk] = {}
@@ -93,10 +94,10 @@ class RequestHandle:
         self._floor = attempt + 1
 
     def deliver(self, chunk: ReplyChunk) -> None:
-        self._inbox.put_nowait(chunk)
+        self._inbox.put(chunk)
 
     def fail(self, error: LLMOSError) -> None:
-        self._inbox.put_nowait(error)
+        self._inbox.put(error)
 
     async def chunks(self) -> AsyncGenerator[ReplyChunk, None]:
         """Chunks of the current attempt in sequence order, ending with the final one."""

@@ -26,13 +26,14 @@ class Replies:
         """When (monotonic) the first chunk with text went out."""
 
     def _make(self, fields: dict[str, Any]) -> ReplyChunk:
-        # Built without validation (the hot path: one per chunk); every field comes from
-        # this package's typed code, and the gateway validates what it decodes.
+        # (The hot path, one per chunk: pydantic's validating constructor, compiled, is
+        # about 3x faster here than model_construct, which resolves every default in
+        # Python.)
         seq = next(self._seq)
         if seq == 0 and self._served_by is not None:
             fields["served_by"] = self._served_by  # (the gateway learns where it runs)
-        message = ReplyChunk.model_construct(request_id=self._request.request_id,
-                                             attempt=self._attempt, seq=seq, **fields)
+        message = ReplyChunk(request_id=self._request.request_id, attempt=self._attempt,
+                             seq=seq, **fields)
         if self.first_text_at is None and message.text:
             self.first_text_at = time.monotonic()
         return message

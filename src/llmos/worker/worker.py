@@ -350,7 +350,6 @@ class Worker:
                      cancel: threading.Event) -> str:
         require("chat" if request.kind == "chat" else "completions",
                 self.engine.capabilities, self.deployment)
-        loop = asyncio.get_running_loop()
         mailbox = self._mailbox
         deltas: list[TextDelta] = []
         """Streamed: the tokens not sent yet. Not streamed: all of them."""
@@ -364,7 +363,7 @@ class Worker:
 
         def take(event: TextDelta) -> None:  # on the loop: tokens that came together join
             if not deltas:
-                loop.call_soon(send_ready)
+                mailbox.after_items(send_ready)
             deltas.append(event)
 
         def on_event(event: EngineEvent) -> bool:  # on an engine thread
@@ -417,6 +416,8 @@ class Worker:
 def _joined(deltas: list[TextDelta]) -> dict[str, Any]:
     """One reply chunk's text, its tokens' logprobs when the request asked for them, and
     the pieces of tool calls (the pieces of one call that come in a row as one)."""
+    if len(deltas) == 1 and not deltas[0].logprobs and not deltas[0].tool_calls:
+        return {"text": deltas[0].text}  # (the common case: one token of text)
     fields: dict[str, Any] = {"text": "".join(d.text for d in deltas)}
     logprobs = [entry for d in deltas for entry in d.logprobs]
     if logprobs:
