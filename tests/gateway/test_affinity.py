@@ -78,8 +78,21 @@ def test_a_hot_prefix_spreads_over_the_replicas_holding_it() -> None:
     assert r.choose("m", LONG, NOW + 1) is None
 
 
+def test_a_deployment_with_one_replica_keeps_to_the_shared_queue() -> None:
+    # Its own queue would reach the same cache, and let these requests pass the others
+    # waiting in the shared queue for the same slots.
+    r = router()
+    r.observe(beat("a", prefixes=["p3"]))
+    assert r.choose("m", LONG, NOW) is None
+    r.observe(beat("b", draining=True))
+    assert r.choose("m", LONG, NOW) is None  # (a draining replica takes nothing)
+    r.observe(beat("b", sent_at=NOW + 1))
+    assert r.choose("m", LONG, NOW + 1) == "q-a"
+
+
 def test_draining_stale_and_departed_replicas_get_nothing() -> None:
     r = router()
+    r.observe(beat("c"))
     r.observe(beat("a", prefixes=["p3"], draining=True))
     assert r.choose("m", LONG, NOW) is None
     r.observe(beat("b", prefixes=["p3"]))
@@ -101,6 +114,7 @@ def test_a_new_route_of_a_worker_retires_its_old_one() -> None:
 def test_an_answer_teaches_where_its_prefixes_are_before_any_heartbeat() -> None:
     r = router()
     r.observe(beat("a"))
+    r.observe(beat("b"))
     assert r.choose("m", LONG, NOW) is None
     r.learn(LONG.hashes, "q-a", NOW)
     assert r.choose("m", LONG, NOW) == "q-a"
@@ -110,6 +124,7 @@ def test_an_answer_teaches_where_its_prefixes_are_before_any_heartbeat() -> None
 def test_the_prefix_table_is_bounded() -> None:
     r = PrefixRouter(min_chars=0, max_prefixes=3)
     r.observe(beat("a", prefixes=["h1", "h2", "h3", "h4"]))
+    r.observe(beat("b"))
     assert r.choose("m", Prefixes(["h1"], [10]), NOW) is None
     assert r.choose("m", Prefixes(["h4"], [10]), NOW) == "q-a"
 
@@ -117,6 +132,7 @@ def test_the_prefix_table_is_bounded() -> None:
 def test_a_dropped_route_is_gone_at_once() -> None:
     r = router()
     r.observe(beat("a", prefixes=["p3"]))
+    r.observe(beat("b"))
     r.drop("q-a")
     assert not r.live("q-a", NOW) and r.choose("m", LONG, NOW) is None
     r.observe(beat("a", prefixes=["p3"], sent_at=NOW + 1))  # heard again: back

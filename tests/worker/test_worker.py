@@ -443,6 +443,9 @@ async def test_a_worker_serves_its_own_queue_and_advertises_the_prefixes_it_serv
     try:
         assert worker.route is not None and worker.heartbeat().route == worker.route
         router.observe(worker.heartbeat())
+        # (and another replica: with one, the router keeps to the shared queue)
+        router.observe(worker.heartbeat().model_copy(update={
+            "worker_id": "other", "route": "llmos.direct.m.other", "prefixes": []}))
         prompt = "The quick brown fox jumps over the lazy dog. " * 7  # one 256-char block
         first = await submit_prompt(routed, "first", prompt, max_tokens=2)
         assert first.route is None  # nobody holds it yet: the shared queue

@@ -11,7 +11,9 @@ When none of them has a free slot, it takes the shared queue if another replica 
 one (a hot prefix spreads); if every replica is full, it waits at the least loaded
 holder (up to as many waiting as it has slots) rather than in the shared queue, from
 which it would be computed again. Prefixes shorter than ``min_chars`` take the shared
-queue as before.
+queue as before, and so does every request of a deployment with one live replica: the
+shared queue reaches the same cache, and in arrival order (a request in the replica's
+own queue would pass those waiting in the shared one).
 
 Pure bookkeeping: heartbeats and routing decisions in, a route (a queue) out, the time
 passed in, tested without a bus.
@@ -121,6 +123,10 @@ class PrefixRouter:
     def choose(self, deployment: str, prefixes: Prefixes, now: float) -> str | None:
         """The route for a request of ``deployment`` (its bus name), or None: the shared
         queue."""
+        if not self._several(deployment, now):
+            # One replica: the shared queue reaches the same cache, in arrival order. Its
+            # own queue would only let these requests pass the others waiting there.
+            return None
         for digest, chars in zip(reversed(prefixes.hashes), reversed(prefixes.chars),
                                  strict=True):
             if chars < self.min_chars:
@@ -146,6 +152,16 @@ class PrefixRouter:
             least = min(loads[route] for route in free)
             return self._rng.choice(sorted(r for r in free if loads[r] == least))
         return None
+
+    def _several(self, deployment: str, now: float) -> bool:
+        """Whether two or more replicas serve ``deployment``: a choice to make."""
+        serving = 0
+        for route in self._replicas:
+            if self._serves(route, deployment, now):
+                serving += 1
+                if serving > 1:
+                    return True
+        return False
 
     def _room_elsewhere(self, deployment: str, held: list[str], now: float) -> bool:
         """Whether a replica of ``deployment`` that does not hold the prefix has a free
