@@ -195,6 +195,30 @@ async def test_a_burst_smaller_than_the_last_is_held_only_until_it_is_quiet(
 
 
 @pytest.mark.asyncio
+async def test_queued_work_is_never_held_for_a_burst(pool: ThreadPoolExecutor) -> None:
+    # The same situation as above, but the request has waited for a slot already (in
+    # the queue, or at the worker): it starts at once, and so do those held with it.
+    engine = FakeEngine()
+    engine.delay_s = 0.02
+    launcher = CohortLauncher(pool, engine)
+    await asyncio.gather(*[await submit(launcher, engine, "a", "x") for _ in range(4)])
+    queued = launcher.submit("completion", {"prompt": "b", "group": "x"}, never_stop,
+                             hold=False)
+    await asyncio.wait_for(queued, 5)
+    assert launcher.holds == 0
+    # one held for a burst goes as soon as queued work joins it
+    launcher = CohortLauncher(pool, engine)
+    await asyncio.gather(*[await submit(launcher, engine, "a", "x") for _ in range(4)])
+    fresh = launcher.submit("completion", {"prompt": "c", "group": "x"}, never_stop)
+    await asyncio.sleep(QUIET_S / 3)
+    assert launcher.holds == 1
+    late = launcher.submit("completion", {"prompt": "d", "group": "x"}, never_stop,
+                           hold=False)
+    await asyncio.wait_for(asyncio.gather(fresh, late), 5)
+    assert engine.calls[-1][:2] == ("many", ["c", "d"])
+
+
+@pytest.mark.asyncio
 async def test_a_steady_flow_is_not_held_back_for_ever(pool: ThreadPoolExecutor) -> None:
     engine = FakeEngine()
     launcher = CohortLauncher(pool, engine)

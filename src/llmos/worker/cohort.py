@@ -59,6 +59,7 @@ class _Call:
     kind: Kind
     body: dict[str, Any]
     on_event: EventCallback
+    holdable: bool = True
 
 
 class CohortLauncher:
@@ -86,13 +87,16 @@ class CohortLauncher:
         self.holds = 0
         """Idle starts held back for the rest of a burst."""
 
-    def submit(self, kind: Kind, body: dict[str, Any],
-               on_event: EventCallback) -> asyncio.Future[GenerationResult]:
+    def submit(self, kind: Kind, body: dict[str, Any], on_event: EventCallback, *,
+               hold: bool = True) -> asyncio.Future[GenerationResult]:
+        """Start a request soon, with those that come with it. ``hold=False``: a request
+        that waited for a slot, which is never held back for a burst (it and whatever
+        gathers with it start after this loop pass)."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[GenerationResult] = loop.create_future()
         if not self.idle and loop.time() - self._idle_start < BURST_WINDOW_S:
             self._idle_start_count += 1  # it joins the requests of the last idle start
-        self._pending.append(_Call(future, kind, body, on_event))
+        self._pending.append(_Call(future, kind, body, on_event, hold))
         self._running += 1
         future.add_done_callback(self._ended)
         if not self._scheduled:
@@ -101,8 +105,8 @@ class CohortLauncher:
             self._passes = 0
             self._quiet = 0
             loop.call_soon(self._tick, loop)
-        elif self._hold_call is not None and self._burst_in:
-            self._hold_call.cancel()  # the burst is all in: start it now
+        elif self._hold_call is not None and (self._burst_in or not hold):
+            self._hold_call.cancel()  # the burst is all in (or one may not wait): start now
             self._hold_call = loop.call_soon(self._hold, loop)
         return future
 
@@ -144,6 +148,8 @@ class CohortLauncher:
         """The last idle start was a burst, this one may be too, and it is not all in."""
         if self._idle_start_count < 2 or self._burst_in:
             return False
+        if not all(call.holdable for call in self._pending):
+            return False  # queued work: it has waited already
         return self.idle or loop.time() - self._shared_end < BURST_WINDOW_S
 
     def _hold(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -151,7 +157,7 @@ class CohortLauncher:
         if len(self._pending) != self._seen:
             self._seen = len(self._pending)
             self._hold_last = now
-        if self._burst_in:
+        if self._burst_in or not all(call.holdable for call in self._pending):
             self._launch(loop)
             return
         quiet_until = self._hold_last + QUIET_S

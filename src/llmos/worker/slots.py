@@ -25,17 +25,18 @@ class TieredSlots:
         return sum(len(q) for q in self._waiting.values())
 
     @contextlib.asynccontextmanager
-    async def slot(self, tier: str) -> AsyncIterator[None]:
-        await self._acquire(tier)
+    async def slot(self, tier: str) -> AsyncIterator[bool]:
+        """A slot, held inside the block; the block is given whether it had to wait."""
+        waited = await self._acquire(tier)
         try:
-            yield
+            yield waited
         finally:
             self._release()
 
-    async def _acquire(self, tier: str) -> None:
+    async def _acquire(self, tier: str) -> bool:
         if self.in_use < self.capacity and not self.waiting:
             self.in_use += 1
-            return
+            return False
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiting[tier].append(future)
         try:
@@ -46,6 +47,7 @@ class TieredSlots:
             else:
                 self._waiting[tier].remove(future)
             raise
+        return True
 
     def _release(self) -> None:
         for queue in self._waiting.values():  # tiers in order, best first

@@ -40,7 +40,7 @@ from llmos.observability import metrics
 from llmos.observability.context import request_id_var
 from llmos.observability.telemetry import TelemetryPublisher
 from llmos.worker.cancels import CancelBook
-from llmos.worker.cohort import CohortLauncher
+from llmos.worker.cohort import BURST_WINDOW_S, CohortLauncher
 from llmos.worker.embeddings import Gatherer, encoded, inputs_of
 from llmos.worker.mailbox import Mailbox
 from llmos.worker.outbox import Outbox
@@ -272,7 +272,7 @@ class Worker:
             if request.kind != "embedding":
                 check_prompt_bound(request.kind, request.body, request.max_tokens_explicit,
                                    self.engine.config.ctx_per_slot, self.engine.longest_token)
-            async with self._engine_slots.slot(tier):
+            async with self._engine_slots.slot(tier) as waited:
                 slotted = time.monotonic()
                 self._busy_gauge.set(self.busy_slots)
                 self._presence.changed()
@@ -285,7 +285,10 @@ class Worker:
                 else:
                     # (Before its answer: the next turn may come as soon as it is read.)
                     self._recent.add(request.prefixes)
-                    outcome = await self._serve(request, publish, cancel)
+                    # Queued work (it waited for a slot, here or in the queue) is never
+                    # held back for a burst: only requests that just came may be a burst.
+                    queued = waited or (queued_s is not None and queued_s > BURST_WINDOW_S)
+                    outcome = await self._serve(request, publish, cancel, queued=queued)
         except LLMOSError as exc:  # refused before it reached the engine
             await publish.chunk(final=True, error=_error_info(exc))
             outcome = _failure_outcome(exc)
@@ -347,7 +350,7 @@ class Worker:
         return "ok"
 
     async def _serve(self, request: InferenceRequest, publish: Replies,
-                     cancel: threading.Event) -> str:
+                     cancel: threading.Event, *, queued: bool = False) -> str:
         require("chat" if request.kind == "chat" else "completions",
                 self.engine.capabilities, self.deployment)
         mailbox = self._mailbox
@@ -381,7 +384,7 @@ class Worker:
 
         kind = request.kind
         assert kind != "embedding"  # (_embed's)
-        future = self._launcher.submit(kind, body, on_event)
+        future = self._launcher.submit(kind, body, on_event, hold=not queued)
         try:
             # (The engine's last tokens reach the loop before its end: the mailbox's drain
             # is queued first. Any not sent by then ride on the final chunk.)
