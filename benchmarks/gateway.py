@@ -88,8 +88,7 @@ def free_port() -> int:
 
 class Proc:
     def __init__(self, *args: str) -> None:
-        # (stderr dropped: with no controller on the bus, RabbitMQ returns every traffic
-        # report, and aiormq logs each return)
+        # (stderr, the processes' logs, dropped unless BENCH_VERBOSE)
         self.popen = subprocess.Popen([sys.executable, str(PROCS), *args],
                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                       stderr=None if VERBOSE else subprocess.DEVNULL,
