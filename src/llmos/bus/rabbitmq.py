@@ -38,6 +38,7 @@ from llmos.bus.base import (
     Subscription,
     TopicHandler,
     TopicMessage,
+    UnackedSubscription,
     safe_url,
 )
 from llmos.errors import BusError, QueueFull
@@ -164,42 +165,25 @@ class _QueueConsumer(Subscription):
             await self._channel.close()
 
 
-class _AmqpSubscription(Subscription):
-    def __init__(self, channel: Any, queue: Any, tag: str, callback: Any,
-                 no_ack: bool) -> None:
+class _TopicSubscription(UnackedSubscription):
+    """A topic's subscriber: an exclusive queue of its own bound to the topic's exchange,
+    on a channel of its own, read without acks. Cancelling it closes the channel (the
+    queue, auto-delete, goes with it)."""
+
+    def __init__(self, channel: Any, queue: Any, tag: str) -> None:
         self._channel = channel
         self._queue = queue
         self._tag = tag
-        self._callback = callback
-        self._no_ack = no_ack
         self._cancelled = False
-        self._paused = False
-
-    async def set_prefetch(self, prefetch: int) -> None:
-        # A new per-consumer QoS applies to consumers started after it (and quorum
-        # queues refuse channel-wide QoS), so the consumer restarts on the same
-        # channel; its unacked deliveries stay valid.
-        await self._channel.set_qos(prefetch_count=prefetch)
-        old = self._tag
-        self._tag = await self._queue.consume(self._callback, no_ack=self._no_ack)
-        await self._queue.cancel(old)
-
-    async def pause(self) -> None:
-        # basic.cancel on an open channel: no new deliveries, the unacked ones stay ackable.
-        if not self._paused:
-            self._paused = True
-            await self._queue.cancel(self._tag)
 
     async def cancel(self) -> None:
         if self._cancelled:
             return
         self._cancelled = True
         try:
-            if not self._paused:
-                await self._queue.cancel(self._tag)
+            await self._queue.cancel(self._tag)
         except Exception as exc:  # the channel may already be gone with its connection
             log.debug("cancel of %s failed: %s", self._tag, exc)
-        # Closing the channel returns its unacked messages to the queue.
         if not self._channel.is_closed:
             await self._channel.close()
 
@@ -375,7 +359,7 @@ class RabbitMQBus(Bus):
             await handler(TopicMessage(message.body, headers))
 
         tag = await queue.consume(on_message, no_ack=True)
-        return _AmqpSubscription(channel, queue, tag, on_message, True)
+        return _TopicSubscription(channel, queue, tag)
 
 
 _TOPIC_BACKLOG = 10_000
