@@ -13,7 +13,8 @@ Two kinds of channel:
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Coroutine, Mapping
+import contextlib
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
@@ -67,6 +68,14 @@ class Delivery(abc.ABC):
     @abc.abstractmethod
     async def _settle(self, outcome: Outcome) -> None:
         """Tell the broker, once: ``ack``, ``requeue`` or ``reject``."""
+
+
+async def requeue_all(deliveries: Iterable[Delivery]) -> None:
+    """A consumer that goes away puts back what it holds and has not settled; one that
+    cannot be put back (the connection is gone) comes back by the broker's redelivery."""
+    for delivery in list(deliveries):
+        with contextlib.suppress(Exception):
+            await delivery.nack(requeue=True)
 
 
 @dataclass

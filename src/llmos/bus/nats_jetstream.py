@@ -55,6 +55,7 @@ from llmos.bus.base import (
     Subscription,
     TopicHandler,
     UnackedSubscription,
+    requeue_all,
     safe_url,
 )
 from llmos.bus.envelope import Running, hand_unacked, is_expired, public, with_expiry
@@ -159,10 +160,7 @@ class _PullConsumer(Subscription):
             await stop_task(self._loop)
             self._loop = None
         # What it held goes back to the queue for the other subscribers.
-        for delivery in list(self.held.values()):
-            if delivery.claim():
-                with contextlib.suppress(Exception):
-                    await self.settle(delivery, "nak")
+        await requeue_all(self.held.values())
         self.bus.forget(self)
 
     async def _unsubscribe(self) -> None:

@@ -53,6 +53,7 @@ from llmos.bus.base import (
     TopicHandler,
     TopicMessage,
     UnackedSubscription,
+    requeue_all,
     safe_url,
 )
 from llmos.errors import BusError, QueueFull
@@ -136,10 +137,7 @@ class _StreamConsumer(Subscription):
         self._cancelled = True
         await self._stop_loop()
         # What it held goes back to the queue for the other consumers.
-        for delivery in list(self.unacked.values()):
-            if delivery.claim():
-                with contextlib.suppress(Exception):
-                    await self.settle(delivery, "requeue")
+        await requeue_all(self.unacked.values())
         self.unacked.clear()
         with contextlib.suppress(ValueError):
             self.bus._consumers.remove(self)  # (a replica's own queue: one per start)
