@@ -149,10 +149,13 @@ def test_a_hot_prefix_spreads_once_its_replica_is_full(pair: Pair) -> None:
     hot = system("astronomy")
     ask(client, [hot, {"role": "user", "content": "Hi"}], "hot-0")
     first = pair.served_by("hot-0")  # it holds the prefix now
-    questions = [[hot, {"role": "user", "content": f"Question {i}?"}] for i in range(6)]
-    with ThreadPoolExecutor(6) as pool:
-        list(pool.map(lambda i: ask(client, questions[i], f"hot-{i + 1}", 24), range(6)))
-    served = [pair.served_by(f"hot-{i + 1}") for i in range(6)]
+    # More than its replica can hold at once (its slots, and as many again from the
+    # shared queue), each long enough that the other replica's consumer, however slow
+    # its next pull or read, finds some still waiting in the shared queue.
+    questions = [[hot, {"role": "user", "content": f"Question {i}?"}] for i in range(8)]
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda i: ask(client, questions[i], f"hot-{i + 1}", 48), range(8)))
+    served = [pair.served_by(f"hot-{i + 1}") for i in range(8)]
     # Its replica takes what its free slots allow; the rest goes to both by the queue.
     assert served.count(1 - first) >= 1, served
 
