@@ -65,6 +65,7 @@ from llmos.bus.base import (
     safe_url,
 )
 from llmos.bus.envelope import Running, hand_unacked, is_expired, public, with_expiry
+from llmos.bus.prefetch import PrefetchConsumer
 from llmos.errors import BusError, ConfigError, QueueFull
 
 log = logging.getLogger(__name__)
@@ -145,27 +146,19 @@ class _Partition:
         return min(self.held) if self.held else self.handed_out_upto + 1
 
 
-class _GroupConsumer(Subscription):
+class _GroupConsumer(PrefetchConsumer):
     def __init__(self, bus: KafkaBus, queue: str, handler: DeliveryHandler, *,
                  prefetch: int) -> None:
+        super().__init__(queue, handler, prefetch)
         self.bus = bus
-        self.queue = queue
         self.topic = queue_topic(queue)
-        self.handler = handler
-        self.prefetch = max(1, prefetch)
         self.partitions: dict[Any, _Partition] = {}
         self._consumer: Any = None
         self._marks: Any = None
-        self._loop: asyncio.Task[None] | None = None
         self._assigned = asyncio.Event()
-        self._paused = False
-        self._cancelled = False
-        self._room = asyncio.Event()
-        self._running = Running()
         self._leaving: asyncio.Task[None] | None = None
 
-    @property
-    def held(self) -> int:
+    def holding(self) -> int:
         return sum(len(p.held) for p in self.partitions.values())
 
     async def start(self) -> None:
@@ -196,7 +189,7 @@ class _GroupConsumer(Subscription):
         # Started before it subscribes, so start() does not wait for the group.
         await self._consumer.start()
         self._consumer.subscribe([self.topic], listener=Listener())
-        self._loop = asyncio.create_task(self._run(), name=f"kafka consumer {self.queue}")
+        self.start_loop()
         # Back once the group gave this member its share (maybe none): from then on,
         # the other members no longer read the partitions it now owns.
         # (Bounded: a rebalance waits for the requests other members hold.)
@@ -228,7 +221,7 @@ class _GroupConsumer(Subscription):
         """Before the group moves these partitions: wait for what is held on them."""
         for tp in revoked:
             state = self.partitions.get(tp)
-            while state is not None and state.held and not self._cancelled:
+            while state is not None and state.held and not self.cancelled:
                 state.settled.clear()
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(1.0):
@@ -296,45 +289,31 @@ class _GroupConsumer(Subscription):
                 # (only now: a member that leaves once all is settled must not cut
                 # this commit short)
                 state.settled.set()
-                self._room.set()
-
-    async def set_prefetch(self, prefetch: int) -> None:
-        self.prefetch = max(1, prefetch)
-        self._room.set()
+                self.wake()
 
     async def pause(self) -> None:
         # No more hand-outs; once what it holds is settled it leaves the group, so
         # its partitions go to the members still consuming.
-        if not self._paused:
-            self._paused = True
+        if not self.paused:
+            self.paused = True
             self._leaving = asyncio.create_task(self._leave_when_settled())
 
     async def _leave_when_settled(self) -> None:
-        while self.held and not self._cancelled:
-            self._room.clear()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(1.0):
-                    await self._room.wait()
-        if not self._cancelled:
+        while self.holding() and not self.cancelled:
+            await self.wait(1.0)
+        if not self.cancelled:
             # (stop, not unsubscribe: it sends LeaveGroup, so the group moves on at once)
-            if self._loop is not None:
-                await stop_task(self._loop)
-                self._loop = None
+            await self.stop_loop()
             with contextlib.suppress(Exception):
                 await self._consumer.stop()
 
-    async def cancel(self) -> None:
-        if self._cancelled:
-            return
-        self._cancelled = True
-        self._paused = True
-        if self._loop is not None:
-            await stop_task(self._loop)
-            self._loop = None
-        # What it held goes back to the queue, one attempt more.
+    async def _give_back(self) -> None:
+        # One attempt more, partition by partition, each committed past what went back.
         for tp, state in list(self.partitions.items()):
             if state.held:
                 await self._redeliver_held(tp, state)
+
+    async def _forget(self) -> None:
         for client in (self._consumer, self._marks):
             with contextlib.suppress(Exception):
                 await client.stop()
@@ -344,24 +323,21 @@ class _GroupConsumer(Subscription):
         consumer = self._consumer
         while True:
             try:
-                room = self.prefetch - self.held
+                room = self.room
                 assigned = list(consumer.assignment())
-                if self._paused or room <= 0:
+                if room <= 0:
                     consumer.pause(*assigned)
                 else:
                     consumer.resume(*assigned)
                 batch = await consumer.getmany(timeout_ms=200, max_records=max(1, room))
                 for tp, records in batch.items():
-                    if self._paused and records:
+                    if self.paused and records:
                         # (paused while it fetched: leave them to the next reader)
                         consumer.seek(tp, records[0].offset)
                         continue
                     await self._hand_out(tp, records)
-                if self._paused or self.prefetch - self.held <= 0:
-                    self._room.clear()
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(0.2):
-                            await self._room.wait()
+                if self.room <= 0:
+                    await self.wait(0.2)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -395,7 +371,7 @@ class _GroupConsumer(Subscription):
         for delivery in again:  # their earlier reader is gone
             await delivery.nack(requeue=True)
         for delivery in fresh:
-            self._running.spawn(self.handler(delivery))
+            self.hand(delivery)
 
 
 class _Tail(UnackedSubscription):

@@ -45,7 +45,6 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
-from llmos.aio import stop_task
 from llmos.bus.base import (
     Bus,
     Delivery,
@@ -59,6 +58,7 @@ from llmos.bus.base import (
     safe_url,
 )
 from llmos.bus.envelope import Running, hand_unacked, is_expired, public, with_expiry
+from llmos.bus.prefetch import PrefetchConsumer
 from llmos.errors import BusError, ConfigError, QueueFull
 
 log = logging.getLogger(__name__)
@@ -107,60 +107,48 @@ _JS_SETTLE = {"ack": "ack", "requeue": "nak", "reject": "term"}
 """JetStream's words for each outcome."""
 
 
-class _PullConsumer(Subscription):
+class _PullConsumer(PrefetchConsumer):
     def __init__(self, bus: NatsBus, queue: str, handler: DeliveryHandler, *,
                  prefetch: int) -> None:
+        super().__init__(queue, handler, prefetch)
         self.bus = bus
-        self.queue = queue
         self.stream = stream_name(queue)
-        self.handler = handler
-        self.prefetch = max(1, prefetch)
         self.held: dict[int, _JetStreamDelivery] = {}
         self._next = f"$JS.API.CONSUMER.MSG.NEXT.{self.stream}.{CONSUMER}"
         self._inbox = ""
         self._sub: Any = None
         self._outstanding = 0  # messages the pull request in flight may still bring
         self._pull_deadline = 0.0
-        self._wake = asyncio.Event()
-        self._paused = False
-        self._cancelled = False
-        self._loop: asyncio.Task[None] | None = None
-        self._running = Running()
+
+    def holding(self) -> int:
+        return len(self.held)
 
     async def start(self) -> None:
         nc = self.bus.nc
         self._inbox = nc.new_inbox()
         self._sub = await nc.subscribe(self._inbox, cb=self._on_message,
                                        pending_msgs_limit=-1, pending_bytes_limit=-1)
-        self._loop = asyncio.create_task(self._run(), name=f"nats consumer {self.queue}")
+        self.start_loop()
 
     def reset_pull(self) -> None:
         """The connection was restored: a pull request in flight may be gone with it."""
         self._outstanding = 0
-        self._wake.set()
-
-    async def set_prefetch(self, prefetch: int) -> None:
-        self.prefetch = max(1, prefetch)
-        self._wake.set()
+        self.wake()
 
     async def pause(self) -> None:
         # No more pull requests, and none in flight can deliver (its inbox is gone);
         # what is held is still renewed and can be settled.
-        self._paused = True
+        self.paused = True
         await self._unsubscribe()
-        self._wake.set()
+        self.wake()
 
-    async def cancel(self) -> None:
-        if self._cancelled:
-            return
-        self._cancelled = True
-        self._paused = True
+    async def _close_intake(self) -> None:
         await self._unsubscribe()
-        if self._loop is not None:
-            await stop_task(self._loop)
-            self._loop = None
-        # What it held goes back to the queue for the other subscribers.
+
+    async def _give_back(self) -> None:
         await requeue_all(self.held.values())
+
+    async def _forget(self) -> None:
         self.bus.forget(self)
 
     async def _unsubscribe(self) -> None:
@@ -173,7 +161,7 @@ class _PullConsumer(Subscription):
     async def settle(self, delivery: _JetStreamDelivery, how: str) -> None:
         """(Claimed already.)"""
         self.held.pop(id(delivery), None)
-        self._wake.set()
+        self.wake()
         try:
             if how == "ack":
                 await delivery.msg.ack()
@@ -208,19 +196,14 @@ class _PullConsumer(Subscription):
                         await delivery.msg.in_progress()
                 if self._outstanding and now > self._pull_deadline:
                     self._outstanding = 0  # its answer (a 408) was lost
-                room = self.prefetch - len(self.held)
-                if not self._paused and room > 0 and not self._outstanding \
-                        and self.bus.connected:
+                room = self.room
+                if room > 0 and not self._outstanding and self.bus.connected:
                     self._outstanding = room
                     self._pull_deadline = now + PULL_EXPIRES_S + 2
                     request = {"batch": room, "expires": int(PULL_EXPIRES_S * 1e9)}
                     await self.bus.nc.publish(self._next, json.dumps(request).encode(),
                                               reply=self._inbox)
-                self._wake.clear()
-                # (not wait_for: in 3.11 it can swallow a cancel that races its timeout)
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(min(renew_every, 1.0)):
-                        await self._wake.wait()
+                await self.wait(min(renew_every, 1.0))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -233,10 +216,10 @@ class _PullConsumer(Subscription):
         if status:
             if status != "100":  # 404/408/409: the pull request is over
                 self._outstanding = 0
-                self._wake.set()
+                self.wake()
             return
         self._outstanding = max(0, self._outstanding - 1)
-        if self._paused or self._cancelled:
+        if self.paused:  # (cancelled too)
             with contextlib.suppress(Exception):
                 await msg.nak()
             return
@@ -248,7 +231,7 @@ class _PullConsumer(Subscription):
         body = await self.bus.read_large(large) if large else msg.data
         delivery = _JetStreamDelivery(self, msg, body)
         self.held[id(delivery)] = delivery
-        self._running.spawn(self.handler(delivery))
+        self.hand(delivery)
 
 
 class _CoreSubscription(UnackedSubscription):

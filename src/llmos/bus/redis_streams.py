@@ -42,7 +42,6 @@ import weakref
 from collections.abc import Mapping
 from typing import Any
 
-from llmos.aio import stop_task
 from llmos.bus.base import (
     Bus,
     Delivery,
@@ -56,6 +55,7 @@ from llmos.bus.base import (
     requeue_all,
     safe_url,
 )
+from llmos.bus.prefetch import PrefetchConsumer
 from llmos.errors import BusError, QueueFull
 
 log = logging.getLogger(__name__)
@@ -103,55 +103,36 @@ class _RedisDelivery(Delivery):
         await self._consumer.settle(self, outcome)
 
 
-class _StreamConsumer(Subscription):
+class _StreamConsumer(PrefetchConsumer):
     def __init__(self, bus: RedisBus, queue: str, handler: DeliveryHandler, *,
                  prefetch: int, auto_ack: bool) -> None:
+        super().__init__(queue, handler, prefetch)
         self.bus = bus
-        self.queue = queue
         self.key = _stream(queue)
-        self.handler = handler
-        self.prefetch = max(1, prefetch)
         self.auto_ack = auto_ack
         self.name = f"c-{uuid.uuid4().hex[:12]}"
         self.unacked: dict[bytes, _RedisDelivery] = {}
-        self._room = asyncio.Event()
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._paused = False
-        self._cancelled = False
-        self._loop: asyncio.Task[None] | None = None
 
-    def start(self) -> None:
-        self._loop = asyncio.create_task(self._run(), name=f"redis consumer {self.queue}")
-
-    async def set_prefetch(self, prefetch: int) -> None:
-        self.prefetch = max(1, prefetch)
-        self._room.set()
+    def holding(self) -> int:
+        return len(self.unacked)
 
     async def pause(self) -> None:
-        self._paused = True
-        await self._stop_loop()
+        self.paused = True
+        await self.stop_loop()
 
-    async def cancel(self) -> None:
-        if self._cancelled:
-            return
-        self._cancelled = True
-        await self._stop_loop()
-        # What it held goes back to the queue for the other consumers.
+    async def _give_back(self) -> None:
         await requeue_all(self.unacked.values())
         self.unacked.clear()
+
+    async def _forget(self) -> None:
         with contextlib.suppress(ValueError):
             self.bus._consumers.remove(self)  # (a replica's own queue: one per start)
         with contextlib.suppress(Exception):
             await self.bus.redis.xgroup_delconsumer(self.key, GROUP, self.name)
 
-    async def _stop_loop(self) -> None:
-        if self._loop is not None:
-            await stop_task(self._loop)
-            self._loop = None
-
     async def settle(self, delivery: _RedisDelivery, outcome: Outcome) -> None:
         self.unacked.pop(delivery.entry_id, None)
-        self._room.set()
+        self.wake()
         try:
             if outcome != "ack":  # again, or (rejected) to the dead-letter queue if any
                 await self.bus.move(self.queue, delivery.entry_id, delivery.fields,
@@ -177,13 +158,9 @@ class _StreamConsumer(Subscription):
                     await self.bus.redis.xclaim(self.key, GROUP, self.name, 0,
                                                 list(self.unacked), justid=True)
                     last_renew = now
-                room = self.prefetch - len(self.unacked) if not self.auto_ack else 256
+                room = self.room if not self.auto_ack else 256
                 if room <= 0:
-                    self._room.clear()
-                    # (not wait_for: in 3.11 it can swallow a cancel racing its timeout)
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(RENEW_S):
-                            await self._room.wait()
+                    await self.wait(RENEW_S)
                     continue
                 if not self.auto_ack and now - last_claim > 1.0:
                     last_claim = now
@@ -232,9 +209,7 @@ class _StreamConsumer(Subscription):
         delivery = _RedisDelivery(self, entry_id, fields)
         if not self.auto_ack:
             self.unacked[entry_id] = delivery
-        task = asyncio.create_task(self.handler(delivery))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self.hand(delivery)
 
 
 class _TopicSubscription(UnackedSubscription):
@@ -353,7 +328,7 @@ class RedisBus(Bus):
         for subscription in list(self._subscriptions):
             await subscription.cancel()
         for consumer in list(self._consumers):
-            await consumer._stop_loop()
+            await consumer.stop_loop()
         for task in list(self._tasks):
             task.cancel()
         if self._redis is not None:
@@ -465,7 +440,7 @@ class RedisBus(Bus):
             raise BusError(f"cannot consume from queue {queue}: {exc.message}") from exc
         consumer = _StreamConsumer(self, queue, handler, prefetch=prefetch, auto_ack=auto_ack)
         self._consumers.append(consumer)
-        consumer.start()
+        consumer.start_loop()
         return consumer
 
     async def broadcast(
