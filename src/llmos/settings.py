@@ -63,7 +63,7 @@ class EngineSettings(BaseModel):
     ctx_size: int = Field(8192, ge=0, description="total KV context; split across slots")
     kv_unified: bool = Field(False, description="share one KV cache across slots")
     batch_size: int = Field(
-        128, ge=16, description="prompt tokens one engine step processes (llama.cpp's n_batch "
+        512, ge=16, description="prompt tokens one engine step processes (llama.cpp's n_batch "
         "and n_ubatch): a long prompt is prefilled in steps of this size, so a cancelled "
         "request stops within one step and other requests' tokens come between steps")
     cache_ram_mib: int = Field(256, ge=0, description="host-side prompt cache")

@@ -63,3 +63,24 @@ async def test_a_waiter_cancelled_before_or_after_its_turn_leaks_no_slot() -> No
     late.cancel()  # the slot may be handed over in the same moment
     await asyncio.gather(first, late, return_exceptions=True)
     assert slots.in_use == 0 and slots.waiting == 0
+
+
+@pytest.mark.asyncio
+async def test_a_standby_place_is_taken_without_waiting_and_counts_as_queued() -> None:
+    slots = TieredSlots(1, TIERS, standby=1)
+    release = asyncio.Event()
+    queues: list[bool] = []
+
+    async def run() -> None:
+        async with slots.slot("default") as queued:
+            queues.append(queued)
+            await release.wait()
+
+    tasks = [asyncio.create_task(run()) for _ in range(3)]
+    await asyncio.sleep(0)
+    # The first runs, the second is on standby (handed to the engine), the third waits here.
+    assert queues == [False, True] and slots.in_use == 2 and slots.waiting == 1
+    assert slots.running == 1
+    release.set()
+    await asyncio.gather(*tasks)
+    assert queues == [False, True, True] and slots.in_use == 0 and slots.running == 0

@@ -94,7 +94,7 @@ async def test_request_reply_through_the_bus(engine: Engine, bus: MemoryBus,
 
 
 @pytest.mark.asyncio
-async def test_prefetch_equals_the_slots(engine: Engine, bus: MemoryBus,
+async def test_the_engine_runs_at_most_its_slots_at_once(engine: Engine, bus: MemoryBus,
                                          dispatcher: Dispatcher) -> None:
     worker = Worker(bus, engine, "m")
     await worker.start()
@@ -107,6 +107,41 @@ async def test_prefetch_equals_the_slots(engine: Engine, bus: MemoryBus,
     await worker.stop()
     assert peak == SLOTS
     assert all(r[-1].error is None for r in results.result())
+
+
+@pytest.mark.asyncio
+async def test_the_engine_holds_one_request_on_standby_and_starts_it_as_a_slot_frees(
+        engine: Engine, bus: MemoryBus, dispatcher: Dispatcher) -> None:
+    """One request beyond the slots goes to llama.cpp, which starts it when a slot frees;
+    one cancelled while on standby ends without a token, and nothing leaks."""
+    def cancelled() -> float:
+        return REGISTRY.get_sample_value("llmos_worker_requests_total",
+                                         {"deployment": "m", "outcome": "cancelled"}) or 0.0
+
+    before = cancelled()
+    worker = Worker(bus, engine, "m")
+    await worker.start()
+    try:
+        long = [await submit(dispatcher, f"s-long{i}", max_tokens=48) for i in range(SLOTS - 1)]
+        short = await submit(dispatcher, "s-short", max_tokens=6)
+        gone = await submit(dispatcher, "s-gone", max_tokens=8)  # on standby in the engine
+        after = await submit(dispatcher, "s-after", max_tokens=8)  # waits in the queue
+        places = worker._engine_slots
+        for _ in range(500):
+            if places.in_use == SLOTS + 1:
+                break
+            await asyncio.sleep(0.01)
+        assert places.in_use == SLOTS + 1 and worker.busy_slots == SLOTS
+        collecting = [asyncio.ensure_future(collect(h)) for h in (*long, short, after)]
+        await gone.close()  # its client went away while it was on standby
+        answers = await asyncio.wait_for(asyncio.gather(*collecting), 60)
+    finally:
+        await worker.stop()
+    assert all(a[-1].error is None for a in answers)
+    assert [a[-1].usage.completion_tokens for a in answers if a[-1].usage] == \
+        [48] * (SLOTS - 1) + [6, 8]
+    assert worker._engine_slots.in_use == 0 and not worker._cancels_book
+    assert cancelled() == before + 1  # stopped as it started, not run to its end
 
 
 @pytest.mark.asyncio

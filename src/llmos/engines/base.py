@@ -33,7 +33,7 @@ class EngineConfig:
     batch_threads: int | None = None
     ctx_size: int = 8192
     kv_unified: bool = False
-    batch_size: int = 128
+    batch_size: int = 512
     cache_ram_mib: int = 256
     poll: int = 50
     log_verbosity: int = 0
@@ -115,6 +115,11 @@ class Engine(abc.ABC):
     (the engine has no batching of its own; it must fill ``Embedded.per_input``).
     False: each request is its own call, and the engine batches them itself (llama.cpp
     decodes the tasks of concurrent calls together)."""
+
+    takes_standby: bool = False
+    """True: a call made while every slot is busy waits inside the engine and starts as
+    soon as a slot frees (in the same step), so the worker hands it one request more than
+    its slots (``worker/slots.py``). False: the engine would run it at once, over its slots."""
 
     @property
     def capabilities(self) -> frozenset[Capability]:

@@ -75,6 +75,9 @@ class LlamaCppEngine(Engine):
             raise EngineError(f"model file {config.model_path} does not exist")
         self.config = config
         self.longest_token = _longest_token(config.model_path)
+        # llama.cpp's server defers a task that finds no free slot and starts it as one
+        # is released. (Embeddings: the worker gathers them into calls of its own.)
+        self.takes_standby = not config.embedding
         try:
             self._server: Any = xllamacpp.Server(_params(config))
         except Exception as exc:  # the binding raises plain RuntimeErrors

@@ -21,7 +21,8 @@ wait as came with that idle start, or ``QUIET_S`` passes with none new, and at m
 held, and neither is any request while the engine is busy with requests that have
 not just ended: llama.cpp then takes all that arrived during its current batch into
 the next one anyway. Nor is queued work (``submit(hold=False)``: a request that
-waited for a slot, in the queue or at the worker), and one that joins a hold ends it:
+waited for a slot, in the queue or at the worker, or that goes on standby in the
+engine while every slot runs), and one that joins a hold ends it:
 a slot freed under a backlog goes to the next request at once, not after a hold for
 clients that are not coming back (11 ms of an idle slot per hand-off, measured).
 (A burst's requests can take 20-30 ms to reach the worker when

@@ -48,7 +48,7 @@ from llmos.worker.presence import Presence
 from llmos.worker.prompt import check_prompt_bound
 from llmos.worker.recent import RecentPrefixes
 from llmos.worker.replies import Replies
-from llmos.worker.slots import TieredSlots
+from llmos.worker.slots import STANDBY, TieredSlots
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,9 @@ class Worker:
                                   self.heartbeat, self._command)
         self._events = TelemetryPublisher(bus, names.REQUEST_EVENTS_TOPIC)
         self.slots = engine.config.slots
-        self._pool = ThreadPoolExecutor(max_workers=self.slots,
+        # (A thread for each slot and standby place: the engine's calls block their thread.)
+        self._places = self.slots + (STANDBY if engine.takes_standby else 0)
+        self._pool = ThreadPoolExecutor(max_workers=self._places,
                                         thread_name_prefix=f"engine-{deployment}")
         self._launcher = CohortLauncher(self._pool, engine,
                                         metrics.BURST_HOLDS.labels(deployment).observe)
@@ -89,7 +91,7 @@ class Worker:
         """Its own request queue (prefix-aware routing): new with each start, reconnect."""
         self._direct: Subscription | None = None
         self._recent = RecentPrefixes()
-        self._engine_slots = TieredSlots(self.slots, names.TIERS)
+        self._engine_slots = TieredSlots(self.slots, names.TIERS, self._places - self.slots)
         self._cancels: Subscription | None = None
         self._stopping = False
         labels = {"deployment": deployment, "worker": self.worker_id}
@@ -99,8 +101,9 @@ class Worker:
 
     @property
     def busy_slots(self) -> int:
-        """Requests on the engine now (others may wait here for a slot)."""
-        return self._engine_slots.in_use
+        """Requests the engine runs now (another may be on standby in the engine, and
+        others wait here for a place)."""
+        return self._engine_slots.running
 
     async def start(self) -> None:
         self._mailbox = Mailbox(asyncio.get_running_loop())
@@ -113,9 +116,9 @@ class Worker:
         await self._open_route()
         await self._presence.subscribe()
         # Start every engine thread now, not during the first burst of requests.
-        # (Each task waits for all the others, so the pool must create one thread per slot.)
-        barrier = threading.Barrier(self.slots, timeout=10)
-        for future in [self._pool.submit(barrier.wait) for _ in range(self.slots)]:
+        # (Each task waits for all the others, so the pool must create all its threads.)
+        barrier = threading.Barrier(self._places, timeout=10)
+        for future in [self._pool.submit(barrier.wait) for _ in range(self._places)]:
             await asyncio.wrap_future(future)
         self._slots_gauge.set(self.slots)
         self._busy_gauge.set(0)
@@ -125,9 +128,10 @@ class Worker:
                  names.infer_queue(self.deployment), self.slots)
 
     async def _consume_tiers(self) -> list[Subscription]:
-        """One subscription per service tier, each with a prefetch of our slot count.
+        """One subscription per service tier, each with a prefetch of our places (slots
+        and standby).
 
-        Up to that many requests of each tier wait here; a free slot goes to the best
+        Up to that many requests of each tier wait here; a free place goes to the best
         tier first, so a backlog of one tier never hides a better one from this worker.
         """
         subscriptions = []
@@ -136,7 +140,7 @@ class Worker:
                 await self._on_request(delivery, tier)
 
             subscriptions.append(await self.bus.consume(
-                names.infer_queue(self.deployment, tier), on_request, prefetch=self.slots))
+                names.infer_queue(self.deployment, tier), on_request, prefetch=self._places))
         return subscriptions
 
     async def _open_route(self) -> None:
@@ -149,7 +153,7 @@ class Worker:
         async def on_request(delivery: Delivery) -> None:
             await self._on_request(delivery, None)
 
-        self._direct = await self.bus.consume(route, on_request, prefetch=self.slots)
+        self._direct = await self.bus.consume(route, on_request, prefetch=self._places)
         self.route = route
         if old is not None and old_route is not None:
             await self._close_route(old, old_route)
@@ -272,7 +276,7 @@ class Worker:
             if request.kind != "embedding":
                 check_prompt_bound(request.kind, request.body, request.max_tokens_explicit,
                                    self.engine.config.ctx_per_slot, self.engine.longest_token)
-            async with self._engine_slots.slot(tier) as waited:
+            async with self._engine_slots.slot(tier) as queues:
                 slotted = time.monotonic()
                 self._busy_gauge.set(self.busy_slots)
                 self._presence.changed()
@@ -285,9 +289,10 @@ class Worker:
                 else:
                     # (Before its answer: the next turn may come as soon as it is read.)
                     self._recent.add(request.prefixes)
-                    # Queued work (it waited for a slot, here or in the queue) is never
-                    # held back for a burst: only requests that just came may be a burst.
-                    queued = waited or (queued_s is not None and queued_s > BURST_WINDOW_S)
+                    # Queued work (it waits for a slot, here, in the engine or in the
+                    # queue) is never held back for a burst: only requests that just came
+                    # may be a burst.
+                    queued = queues or (queued_s is not None and queued_s > BURST_WINDOW_S)
                     outcome = await self._serve(request, publish, cancel, queued=queued)
         except LLMOSError as exc:  # refused before it reached the engine
             await publish.chunk(final=True, error=_error_info(exc))
