@@ -75,8 +75,10 @@ class Worker:
                                   self.heartbeat, self._command)
         self._events = TelemetryPublisher(bus, names.REQUEST_EVENTS_TOPIC)
         self.slots = engine.config.slots
-        # (A thread for each slot and standby place: the engine's calls block their thread.)
-        self._places = self.slots + (STANDBY if engine.takes_standby else 0)
+        self._engine_slots = TieredSlots(self.slots, names.TIERS,
+                                         STANDBY if engine.takes_standby else 0)
+        self._places = self._engine_slots.capacity
+        """Slots and standby: a thread for each (the engine's calls block their thread)."""
         self._pool = ThreadPoolExecutor(max_workers=self._places,
                                         thread_name_prefix=f"engine-{deployment}")
         self._launcher = CohortLauncher(self._pool, engine,
@@ -91,7 +93,6 @@ class Worker:
         """Its own request queue (prefix-aware routing): new with each start, reconnect."""
         self._direct: Subscription | None = None
         self._recent = RecentPrefixes()
-        self._engine_slots = TieredSlots(self.slots, names.TIERS, self._places - self.slots)
         self._cancels: Subscription | None = None
         self._stopping = False
         labels = {"deployment": deployment, "worker": self.worker_id}
