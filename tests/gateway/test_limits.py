@@ -14,7 +14,11 @@ import pytest
 import pytest_asyncio
 import redis
 
+from llmos.aio import stop_task
 from llmos.auth.roles import Role
+from llmos.gateway import metering
+from llmos.gateway.auth import KeyBook
+from llmos.gateway.metering import UsageBook
 from llmos.settings import Settings
 from llmos.store import Store
 from tests.conftest import require_service
@@ -144,3 +148,77 @@ async def test_usage_is_recorded_per_key_and_project(
     changed = await first.patch(f"/api/keys/{row.id}", headers=bearer(admin),
                                 json={"limits": {"concurrent": 4}})
     assert changed.json()["limits"]["concurrent"] == 4
+
+
+class CountingCounters:
+    """Counters that only count the exchanges asked of them."""
+
+    keeps_records = True
+
+    def __init__(self) -> None:
+        self.exchanges = 0
+
+    def exchange(self, *args: object, **kwargs: object
+                 ) -> tuple[dict[tuple[str, str, int], tuple[int, int]], dict[str, int]]:
+        self.exchanges += 1
+        return {}, {}
+
+    def prune(self, before_minute: int, gone_before: float) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("limited", [True, False])
+async def test_counts_are_shared_often_only_while_some_limit_needs_them(
+        tmp_path: Path, limited: bool) -> None:
+    store = Store(Settings(home=tmp_path).db_url)
+    counters = CountingCounters()
+    book = UsageBook(store, counters)
+    following = asyncio.create_task(book.follow(lambda: limited, interval_s=0.01,
+                                                unlimited_interval_s=60))
+    await asyncio.sleep(0.3)
+    await stop_task(following)
+    if limited:
+        assert counters.exchanges >= 3
+    else:
+        assert counters.exchanges == 0
+    store.close()
+
+
+@pytest.mark.asyncio
+async def test_a_gateway_hands_its_last_counts_to_the_store_as_it_stops(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(metering, "UNLIMITED_SYNC_INTERVAL_S", 3600.0)  # (only the stop)
+    settings = Settings(home=tmp_path, limits={"no_replica_wait_s": 0.05})
+    store = Store(settings.db_url)
+    store.migrate()
+    store.upsert_deployment("m", "m")
+    _, user = store.keys.create("u", Role.user, "default", now=time.time())
+    async with running(settings, Store(settings.db_url)) as (app, client):
+        assert not app.state.gateway.keys.limited()  # (so counts go seldom)
+        for _ in range(2):
+            await client.post("/v1/completions", json=BODY, headers=bearer(user))
+    assert {d.scope.split(":")[0]: d.requests for d in store.usage.days()} == {
+        "key": 2, "project": 2}
+    store.close()
+
+
+@pytest.mark.asyncio
+async def test_a_key_book_knows_whether_any_limit_is_set(tmp_path: Path) -> None:
+    store = Store(Settings(home=tmp_path).db_url)
+    store.migrate()
+    row, _ = store.keys.create("u", Role.user, "default", now=time.time())
+    keys = KeyBook(store)
+    keys.refresh()
+    assert not keys.limited()
+    store.keys.set_limits(row.id, {"rpm": 10}, time.time() + 1)
+    keys.refresh()
+    assert keys.limited()
+    store.keys.set_limits(row.id, {}, time.time() + 2)
+    store.keys.set_project_limits("default", {"concurrent": 2}, time.time() + 3)
+    keys.refresh()
+    assert keys.limited()
+    store.close()

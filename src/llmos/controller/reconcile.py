@@ -57,6 +57,10 @@ log = logging.getLogger(__name__)
 LEASE = "controller"
 LEASE_TTL_S = 6.0
 """A standby takes over at most this long after the active controller last renewed."""
+LEASE_RENEW_S = LEASE_TTL_S / 3
+"""The active controller renews its lease when this long has passed since it last did,
+not at every pass (a renewal is a store write), so it always holds it for at least
+``LEASE_TTL_S - LEASE_RENEW_S`` more when it acts."""
 
 
 class Controller:
@@ -82,6 +86,7 @@ class Controller:
         self._messages: dict[str, str | None] = {}
         self._stored_nodes: dict[str, tuple[str, float]] = {}
         self._listening_since = clock()
+        self._renewed_at = 0.0
         self._moving: dict[str, str] = {}
         self._unestimated: set[str] = set()
         self._moves: dict[str, int] = {}
@@ -144,14 +149,17 @@ class Controller:
 
     async def run_once(self) -> None:
         now = self.clock()
-        term = await asyncio.to_thread(self.store.leases.acquire, LEASE, self.holder,
-                                       ttl_s=LEASE_TTL_S, now=now)
-        if term != self.term:
-            if term is None:
-                log.info("controller %s stands by", self.holder)
-            else:
-                log.info("controller %s is active (term %d)", self.holder, term)
-            self.term = term
+        if self.term is None or now - self._renewed_at >= LEASE_RENEW_S:
+            term = await asyncio.to_thread(self.store.leases.acquire, LEASE, self.holder,
+                                           ttl_s=LEASE_TTL_S, now=now)
+            if term != self.term:
+                if term is None:
+                    log.info("controller %s stands by", self.holder)
+                else:
+                    log.info("controller %s is active (term %d)", self.holder, term)
+                self.term = term
+            self._renewed_at = now
+        term = self.term
         if term is None:
             return
         orders = await asyncio.to_thread(self._reconcile, now, term)

@@ -83,7 +83,7 @@ def create_app(settings: Settings, bus: Bus, store: Store,
         state.traffic.start()
         tasks = [asyncio.create_task(probe_until_ready(state), name="readiness-probe"),
                  asyncio.create_task(state.keys.follow(), name="api-keys"),
-                 asyncio.create_task(state.usage.follow(), name="usage"),
+                 asyncio.create_task(state.usage.follow(state.keys.limited), name="usage"),
                  asyncio.create_task(fail_stranded(state), name="stranded-requests")]
         try:
             yield
@@ -95,6 +95,7 @@ def create_app(settings: Settings, bus: Bus, store: Store,
             await state.dispatcher.stop()
             await state.audit.stop()
             await state.catalog.close()
+            await state.usage.share()  # (what was counted since the last exchange)
             state.usage.counters.close()
 
     app = FastAPI(title="LLMOS", version=__version__, lifespan=lifespan,

@@ -60,6 +60,7 @@ class KeyBook:
         self._entries: dict[str, _Entry] = {}
         self._projects: dict[str, Limits] = {}
         self._stamp: tuple[int, float, float] | None = None
+        self._limited = False
 
     @property
     def required(self) -> bool:
@@ -79,7 +80,13 @@ class KeyBook:
         projects = {name: Limits(**limits)
                     for name, limits in self.store.keys.project_limits().items()}
         self._entries, self._projects, self._stamp = entries, projects, stamp
+        self._limited = (any(e.limits.any() for e in entries.values())
+                         or any(limits.any() for limits in projects.values()))
         return True
+
+    def limited(self) -> bool:
+        """Whether any key or project has a limit (as of the last reload)."""
+        return self._limited
 
     def limits(self, principal: Principal, project: str) -> tuple[Limits, Limits]:
         """The limits of the principal's key and of the project (no limit: ``Limits()``)."""

@@ -5,7 +5,9 @@ scopes (``key:ID``, ``project:NAME``): a request and its expected tokens when it
 admitted, the difference to the tokens it really took when its response ends. The
 request path only reads and writes memory; every half second the book hands its new
 counts to the store and reads back what every gateway has counted (``store/usage.py``),
-so limits hold across gateways to within about half a second of traffic.
+so limits hold across gateways to within about half a second of traffic. While no key
+or project has a limit, nothing needs the shared counts that soon: they are only the
+usage records then, handed over every 5 s (and when the gateway stops).
 
 ``Metering`` is the ASGI middleware that settles a request's count when its response
 has ended, however it ended (finished, failed, or the client gone).
@@ -17,6 +19,7 @@ import asyncio
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -31,6 +34,8 @@ from llmos.store.usage import Window
 log = logging.getLogger(__name__)
 
 SYNC_INTERVAL_S = 0.5
+UNLIMITED_SYNC_INTERVAL_S = 5.0
+"""How often the counts go to the store while no limit needs them (records only)."""
 FRESH_S = 10.0
 """A gateway's report of its requests in flight counts for this long."""
 
@@ -85,6 +90,8 @@ class UsageBook:
         self._in_flight: dict[str, int] = {}
         self._others: dict[str, int] = {}
         self._last_prune = 0.0
+        self._sharing = asyncio.Lock()
+        """One exchange at a time (``sync`` hands over what is new since the last)."""
 
     def _count(self, window: Window) -> tuple[int, int]:
         shared, added = self._shared.get(window, (0, 0)), self._added.get(window, (0, 0))
@@ -175,9 +182,26 @@ class UsageBook:
                 return
             self._unrecorded = {}
 
-    async def follow(self, interval_s: float = SYNC_INTERVAL_S) -> None:
+    async def follow(self, limited: Callable[[], bool], interval_s: float = SYNC_INTERVAL_S,
+                     unlimited_interval_s: float | None = None) -> None:
+        """Share the counts every ``interval_s`` while ``limited()`` (some limit is set
+        and needs every gateway's counts), else every ``unlimited_interval_s``. (Each
+        exchange is a store transaction: a few milliseconds of CPU that, on a machine
+        whose cores the engine keeps busy, come out of its decoding.)"""
+        seldom = UNLIMITED_SYNC_INTERVAL_S if unlimited_interval_s is None \
+            else unlimited_interval_s
+        last = time.monotonic()
         while True:
             await asyncio.sleep(interval_s)
+            if not limited() and time.monotonic() - last < seldom:
+                continue
+            last = time.monotonic()
+            await self.share()
+
+    async def share(self) -> None:
+        """One exchange with the store now (a failure is logged: the counts wait for the
+        next)."""
+        async with self._sharing:
             try:
                 await asyncio.to_thread(self.sync)
             except Exception as exc:

@@ -1,7 +1,8 @@
 """Rate-limit counts shared through Redis (``counters_url = redis://…``), not the store.
 
-The same exchange as ``store/usage.py``: every half second each gateway adds its new
-counts and reads back every gateway's, off the request path. In Redis:
+The same exchange as ``store/usage.py``: every half second (every 5 s while no limit is
+set) each gateway adds its new counts and reads back every gateway's, off the request
+path. In Redis:
 
 - ``<prefix>use:<kind>:<start>:<scope>``: a window's counts (hash: ``r`` requests,
   ``t`` tokens), added with HINCRBY, expiring after their window has passed;

@@ -1,9 +1,9 @@
 """Usage windows and requests in flight, shared by the gateways through the store.
 
-Each gateway counts locally and, every half second, hands its new counts to
-``exchange`` (added in one transaction) and gets back what all gateways together have
-counted for the scopes it cares about: the store is where limits meet, off the
-request path.
+Each gateway counts locally and, every half second (every 5 s while no limit is set),
+hands its new counts to ``exchange`` (added in one transaction) and gets back what all
+gateways together have counted for the scopes it cares about: the store is where
+limits meet, off the request path.
 """
 
 from __future__ import annotations

@@ -180,7 +180,9 @@ async def usage(state: StateDep, principal: PrincipalDep,
                 project: Annotated[str | None, Query(pattern=PROJECT_PATTERN)] = None
                 ) -> UsageList:
     """Requests and tokens per UTC day: a user's key its own; an operator its project's
-    and its keys'; an admin any project's (``project``) or everything."""
+    and its keys'; an admin any project's (``project``) or everything. What other
+    gateways counted shows within 5 s (within 0.5 s while some limit is set)."""
+    await state.usage.share()  # (what this gateway counted shows at once)
     since = int(time.time() // DAY) * DAY - (days - 1) * DAY
     store = state.keys.store
     if principal.role is Role.user:
