@@ -15,7 +15,10 @@ The workload (seeded; ``--seed``):
   (a system prompt of 200 words, then 9 earlier user/assistant pairs of 60 words
   each), its own text. Then ``--turns`` turns: each sends the whole history plus a new
   user message of 10-30 words, after an exponential think time (mean ``--think`` s)
-  from the previous answer's end; the answer joins the history.
+  from the previous answer's end; the answer joins the history: what the model said,
+  as a chat client resends it (``--history model``, the default), or the workload's
+  own text (``--history workload``, as before 2026-12-06, so a turn prefilled the
+  last answer again even where its history was cached).
 - **Answers:** ``max_tokens`` 12-32 with ``ignore_eos``; temperature 0 or 0.7.
 
 Reported per rate and mode (each set, then pooled): TTFT p50/p99 of the first turns
@@ -64,7 +67,7 @@ class Session:
     at: float
     history: list[dict[str, str]]
     questions: list[str]
-    answers: list[str]  # what the assistant "said" (the workload's text: both modes alike)
+    answers: list[str]  # the workload's answers (``--history workload``: both modes alike)
     params: list[dict[str, Any]]
     thinks: list[float]
 
@@ -105,6 +108,7 @@ class Turn:
     tpot: float | None
     prompt_tokens: int
     ok: bool
+    answer: str = ""
 
 
 async def ask(client: LeanHttpClient, messages: list[dict[str, str]],
@@ -114,14 +118,17 @@ async def ask(client: LeanHttpClient, messages: list[dict[str, str]],
     started = time.perf_counter()
     first: float | None = None
     usage: dict[str, int] = {}
+    answer: list[str] = []
     try:
         async for line in client.sse_lines("/v1/chat/completions", body, {}):
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
             event = json.loads(line[6:])
-            if first is None and any((c.get("delta") or {}).get("content")
-                                     for c in event.get("choices", [])):
+            pieces = [(c.get("delta") or {}).get("content") or ""
+                      for c in event.get("choices", [])]
+            if first is None and any(pieces):
                 first = time.perf_counter() - started
+            answer += pieces
             usage = event.get("usage") or usage
     except Exception as exc:
         print(f"  turn {turn} failed: {exc}", file=sys.stderr)
@@ -129,10 +136,12 @@ async def ask(client: LeanHttpClient, messages: list[dict[str, str]],
     ended = time.perf_counter() - started
     tokens = usage.get("completion_tokens", 0)
     tpot = (ended - first) / (tokens - 1) if first is not None and tokens > 1 else None
-    return Turn(turn, first, tpot, usage.get("prompt_tokens", 0), first is not None)
+    return Turn(turn, first, tpot, usage.get("prompt_tokens", 0), first is not None,
+                "".join(answer))
 
 
-async def run(base: str, sessions: list[Session]) -> list[Turn]:
+async def run(base: str, sessions: list[Session], resend_answers: bool = True
+              ) -> list[Turn]:
     client = LeanHttpClient(base)
     turns: list[Turn] = []
     start = time.perf_counter()
@@ -142,8 +151,10 @@ async def run(base: str, sessions: list[Session]) -> list[Turn]:
         messages = list(s.history)
         for i, question in enumerate(s.questions):
             messages.append({"role": "user", "content": question})
-            turns.append(await ask(client, list(messages), s.params[i], i))
-            messages.append({"role": "assistant", "content": s.answers[i]})
+            turn = await ask(client, list(messages), s.params[i], i)
+            turns.append(turn)
+            answer = turn.answer if resend_answers and turn.answer else s.answers[i]
+            messages.append({"role": "assistant", "content": answer})
             await asyncio.sleep(s.thinks[i])
 
     await asyncio.gather(*(one(s) for s in sessions))
@@ -226,6 +237,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--slo-ttft", type=float, default=3.0)
     parser.add_argument("--slo-tpot", type=float, default=0.15)
+    parser.add_argument("--history", choices=("model", "workload"), default="model",
+                        help="a session's assistant turns: what the model answered, or "
+                             "the workload's text")
     args = parser.parse_args()
     env = {"LLMOS_ENGINE__SLOTS": str(args.slots),
            "LLMOS_ENGINE__CTX_SIZE": str(args.slots * 2560),
@@ -251,7 +265,8 @@ def main() -> None:
                                             seed, seed * 10 + i)
                         gateway, base = start_gateway(home, env, on)
                         try:
-                            turns = asyncio.run(run(base, sessions))
+                            turns = asyncio.run(run(base, sessions,
+                                                    args.history == "model"))
                             counts[rate][mode].append(routed(base))
                         finally:
                             stop(gateway)
