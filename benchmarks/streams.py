@@ -35,28 +35,36 @@ from openloop import Call, one, words  # noqa: E402
 from serving import LeanHttpClient, OverHttp, gemma_pair  # noqa: E402
 
 
-@dataclass
+@dataclass(frozen=True)
 class ThreadStat:
-    name: str
-    run_ns: int
-    wait_ns: int
-    voluntary: int
-    involuntary: int
+    run_ns: int = 0
+    wait_ns: int = 0
+    voluntary: int = 0
+    involuntary: int = 0
+
+    def __add__(self, other: ThreadStat) -> ThreadStat:
+        return ThreadStat(self.run_ns + other.run_ns, self.wait_ns + other.wait_ns,
+                          self.voluntary + other.voluntary,
+                          self.involuntary + other.involuntary)
+
+    def __sub__(self, other: ThreadStat) -> ThreadStat:
+        return ThreadStat(self.run_ns - other.run_ns, self.wait_ns - other.wait_ns,
+                          self.voluntary - other.voluntary,
+                          self.involuntary - other.involuntary)
 
 
 def threads(pid: int) -> dict[int, ThreadStat]:
-    """Each thread of ``pid``: its name, CPU and run-queue time, context switches."""
+    """Each thread of ``pid``: its CPU and run-queue time, context switches."""
     stats: dict[int, ThreadStat] = {}
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
-            name = (task / "comm").read_text().strip()
             run_ns, wait_ns, _ = map(int, (task / "schedstat").read_text().split())
             status = dict(line.split(":\t", 1) for line in
                           (task / "status").read_text().splitlines() if ":\t" in line)
         except (FileNotFoundError, ProcessLookupError, ValueError):
             continue
         stats[int(task.name)] = ThreadStat(
-            name, run_ns, wait_ns, int(status["voluntary_ctxt_switches"]),
+            run_ns, wait_ns, int(status["voluntary_ctxt_switches"]),
             int(status["nonvoluntary_ctxt_switches"]))
     return stats
 
@@ -64,12 +72,7 @@ def threads(pid: int) -> dict[int, ThreadStat]:
 def spent(before: dict[int, ThreadStat], after: dict[int, ThreadStat]
           ) -> dict[int, ThreadStat]:
     """What each thread did between two readings (a new thread counts from zero)."""
-    out = {}
-    for tid, a in after.items():
-        b = before.get(tid, ThreadStat(a.name, 0, 0, 0, 0))
-        out[tid] = ThreadStat(a.name, a.run_ns - b.run_ns, a.wait_ns - b.wait_ns,
-                              a.voluntary - b.voluntary, a.involuntary - b.involuntary)
-    return out
+    return {tid: a - before.get(tid, ThreadStat()) for tid, a in after.items()}
 
 
 async def wave(server: OverHttp, seed: int, streams: int, tokens: int) -> tuple[float, int]:
@@ -136,11 +139,7 @@ def main() -> None:
                 generated[server.name] += tokens
                 total = totals.setdefault(server.name, {})
                 for tid, stat in after.items():
-                    t = total.setdefault(tid, ThreadStat(stat.name, 0, 0, 0, 0))
-                    t.run_ns += stat.run_ns
-                    t.wait_ns += stat.wait_ns
-                    t.voluntary += stat.voluntary
-                    t.involuntary += stat.involuntary
+                    total[tid] = total.get(tid, ThreadStat()) + stat
                 time.sleep(0.3)
     summary: dict[str, Any] = {"streams": args.streams, "tokens": args.tokens}
     for name, values in tpots.items():
