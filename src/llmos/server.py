@@ -97,9 +97,11 @@ async def serve(settings: Settings, *, deploy_default: bool = True,
     registry = open_registry(settings)
     bus = open_bus(settings.bus_url)
     await bus.connect()
-    # the embedded node: one agent running replicas in this process
+    # the embedded node: one agent running replicas in this process, heeding this store's
+    # cluster only (another control plane on the same bus has a store of its own)
+    cluster = await asyncio.to_thread(store.facts.cluster_id)
     agent = NodeAgent(bus, settings.node_name, InProcessRunner(bus, registry, settings.engine),
-                      detect())
+                      detect(), cluster=cluster)
     controller = Controller(store, registry, bus, settings.engine)
     app = create_app(settings, bus, store, registry, control_plane=not deploy_default)
     server = _server_class()(_uvicorn_config(app, settings))

@@ -118,3 +118,14 @@ def test_racing_for_a_lease_gives_it_to_one(store: Store) -> None:
     for t in threads:
         t.join()
     assert len(won) == 1
+
+
+def test_the_cluster_id_is_made_once_and_shared_by_every_store_on_the_database(
+        store: Store, url: str) -> None:
+    first = store.facts.cluster_id()
+    assert len(first) == 12 and store.facts.cluster_id() == first
+    other = Store(url)
+    try:
+        assert other.facts.cluster_id() == first  # (a second control plane on it)
+    finally:
+        other.close()

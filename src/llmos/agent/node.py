@@ -6,6 +6,11 @@ replica the node should run: the agent starts what is missing and drains what is
 listed, so a lost or repeated message changes nothing, and an agent that comes back
 after it was declared lost stops what was placed elsewhere meanwhile. An assignment
 of an older controller term than one already seen is ignored.
+
+A node heeds one cluster: the one it was started with (``llmos serve``: its own
+store's), or else the first whose assignment it hears. Assignments of another cluster
+(a control plane with a store of its own on the same bus) are ignored with a warning,
+so two such control planes never stop each other's replicas.
 """
 
 from __future__ import annotations
@@ -27,7 +32,8 @@ log = logging.getLogger(__name__)
 class NodeAgent:
     def __init__(self, bus: Bus, name: str, runner: Runner, capacity: Capacity, *,
                  labels: dict[str, str] | None = None,
-                 interval_s: float = names.NODE_INTERVAL_S) -> None:
+                 interval_s: float = names.NODE_INTERVAL_S, cluster: str | None = None
+                 ) -> None:
         self.bus = bus
         self.name = name
         self.runner = runner
@@ -36,6 +42,9 @@ class NodeAgent:
         self.interval_s = interval_s
         self.epoch = uuid.uuid4().hex[:12]
         self.term = 0
+        self.cluster = cluster or ""
+        """The cluster whose assignments this node heeds ("": the first it hears)."""
+        self._foreign: set[str] = set()
         self._subscription: Subscription | None = None
         self._beacon = Beacon(bus, names.NODE_STATUS_TOPIC, self.status, interval_s,
                               name=f"agent-{name}")
@@ -61,7 +70,7 @@ class NodeAgent:
             node=self.name, epoch=self.epoch, labels=self.labels, cpus=self.capacity.cpus,
             memory=self.capacity.memory, gpus=self.capacity.gpus, load=cpu_load(),
             cached=self.runner.cached(), replicas=self.runner.statuses(),
-            sent_at=time.time(), interval_s=self.interval_s)
+            sent_at=time.time(), interval_s=self.interval_s, cluster=self.cluster)
 
     async def send_status(self) -> None:
         await self._beacon.send()
@@ -70,12 +79,30 @@ class NodeAgent:
         assignment = decode_or_ignore(Assignment, message.body)
         if assignment is None or assignment.node != self.name:
             return
+        if not self._heeds(assignment.cluster):
+            return
         if assignment.term < self.term:
             log.warning("ignored an assignment of controller term %d (term %d seen)",
                         assignment.term, self.term)
             return
         self.term = assignment.term
         await self.apply(assignment)
+
+    def _heeds(self, cluster: str) -> bool:
+        """Whether this node takes orders from ``cluster`` (adopting the first it hears;
+        "" is a control plane from before cluster ids, heeded as before)."""
+        if not cluster or cluster == self.cluster:
+            return True
+        if not self.cluster:
+            self.cluster = cluster
+            log.info("node %s heeds cluster %s", self.name, cluster)
+            return True
+        if cluster not in self._foreign:
+            self._foreign.add(cluster)
+            log.warning("node %s ignores the assignments of cluster %s: it heeds cluster %s "
+                        "(another control plane with its own store shares this bus; restart "
+                        "the agent to follow another)", self.name, cluster, self.cluster)
+        return False
 
     async def apply(self, assignment: Assignment) -> None:
         wanted = {spec.replica_id: spec for spec in assignment.replicas}

@@ -218,17 +218,23 @@ class NodeStatus(_Message):
     replicas: list[ReplicaStatus] = []
     sent_at: float
     interval_s: float
+    cluster: str = ""
+    """The cluster whose orders the node heeds ("": none heard yet)."""
 
 
 class Assignment(_Message):
     """The active controller's word on what one node runs: every replica it should have.
     An agent starts what is missing and stops what is not listed. ``term`` is the
-    controller's lease term: orders of an older term than one already seen are void."""
+    controller's lease term: orders of an older term than one already seen are void.
+    ``cluster`` is its store's cluster id: a node heeds one cluster's orders, so two
+    control planes with their own stores on one bus do not fight over it ("": from
+    before cluster ids, heeded by any node)."""
 
     node: str
     term: int
     replicas: list[ReplicaSpec]
     issued_at: float
+    cluster: str = ""
 
 
 class RequestEvent(_Message):

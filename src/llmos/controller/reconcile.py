@@ -92,6 +92,10 @@ class Controller:
         self._moves: dict[str, int] = {}
         self._unhealthy: dict[str, int] = {}
         """Per replica, the count of worker replacements last reported."""
+        self.cluster = ""
+        """The store's cluster id, on every assignment (read at the first pass)."""
+        self._foreign: set[str] = set()
+        """Nodes heard heeding another cluster (warned about once each)."""
 
     # -- running ---------------------------------------------------------------------
 
@@ -129,8 +133,22 @@ class Controller:
 
     async def _on_status(self, message: TopicMessage) -> None:
         status = decode_or_ignore(NodeStatus, message.body)
-        if status is not None and self.directory.observe(status, self.clock()):
+        if status is None or self._heeds_another(status):
+            return
+        if self.directory.observe(status, self.clock()):
             self._wake.set()  # a node joined or restarted: look now
+
+    def _heeds_another(self, status: NodeStatus) -> bool:
+        """Whether the node takes its orders from another cluster's control plane (one
+        with a store of its own on this bus): not ours to place on, or to stop."""
+        if not status.cluster or not self.cluster or status.cluster == self.cluster:
+            return False
+        if status.node not in self._foreign:
+            self._foreign.add(status.node)
+            log.warning("node %s heeds cluster %s, not this one (%s): another control plane "
+                        "with its own store shares this bus; this one leaves the node alone",
+                        status.node, status.cluster, self.cluster)
+        return True
 
     async def _on_changed(self, message: TopicMessage) -> None:
         self._wake.set()
@@ -148,6 +166,8 @@ class Controller:
     # -- one pass --------------------------------------------------------------------
 
     async def run_once(self) -> None:
+        if not self.cluster:
+            self.cluster = await asyncio.to_thread(self.store.facts.cluster_id)
         now = self.clock()
         if self.term is None or now - self._renewed_at >= LEASE_RENEW_S:
             term = await asyncio.to_thread(self.store.leases.acquire, LEASE, self.holder,
@@ -353,8 +373,8 @@ class Controller:
                 replica_id=r.id, deployment=r.deployment, project=r.project,
                 model=r.model_version, engine=d.engine if d else "llama.cpp",
                 settings=dict(r.engine_settings or {}), generation=r.generation))
-        return [Assignment(node=node, term=term, replicas=specs, issued_at=now)
-                for node, specs in per_node.items()]
+        return [Assignment(node=node, term=term, replicas=specs, issued_at=now,
+                           cluster=self.cluster) for node, specs in per_node.items()]
 
     def _rebalance(self, d: Deployment, mine: list[Replica], replicas: list[Replica],
                    need: sched.Resources, nodes: list[Node], draining: frozenset[str],

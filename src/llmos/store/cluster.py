@@ -1,11 +1,13 @@
-"""The cluster's rows besides deployments: nodes, replicas, events and leases.
+"""The cluster's rows besides deployments: nodes, replicas, events, leases and the
+cluster's own facts.
 
 Each is a small repository over the store's sessions, reached as ``store.nodes``,
-``store.replicas``, ``store.events`` and ``store.leases``.
+``store.replicas``, ``store.events``, ``store.leases`` and ``store.facts``.
 """
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -13,7 +15,7 @@ from sqlalchemy import ColumnElement, delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from llmos.store.tables import Event, Lease, Node, Replica
+from llmos.store.tables import ClusterFact, Event, Lease, Node, Replica
 
 Sessions = Callable[[], Session]
 
@@ -150,3 +152,30 @@ class Leases:
     def get(self, name: str) -> Lease | None:
         with self._sessions() as s:
             return s.get(Lease, name)
+
+
+class Facts:
+    """The cluster's own facts, each written once."""
+
+    def __init__(self, sessions: Sessions) -> None:
+        self._sessions = sessions
+
+    def cluster_id(self) -> str:
+        """This cluster's id: made by the first caller on this store, the same for every
+        control plane sharing it (their orders carry it; a node heeds one cluster's)."""
+        return self._once("cluster_id", lambda: uuid.uuid4().hex[:12])
+
+    def _once(self, name: str, make: Callable[[], str]) -> str:
+        with self._sessions() as s:
+            row = s.get(ClusterFact, name)
+            if row is not None:
+                return row.value
+        try:
+            with self._sessions() as s, s.begin():
+                s.add(ClusterFact(name=name, value=make()))
+        except IntegrityError:  # another wrote it first: theirs stands
+            pass
+        with self._sessions() as s:
+            row = s.get(ClusterFact, name)
+            assert row is not None
+            return row.value

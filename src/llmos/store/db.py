@@ -10,7 +10,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from llmos.store.audit import Audit
-from llmos.store.cluster import Events, Leases, Nodes, Replicas
+from llmos.store.cluster import Events, Facts, Leases, Nodes, Replicas
 from llmos.store.grants import Grants
 from llmos.store.keys import Keys
 from llmos.store.tables import Deployment
@@ -31,6 +31,7 @@ class Store:
         self.replicas = Replicas(self._sessions)
         self.events = Events(self._sessions)
         self.leases = Leases(self._sessions)
+        self.facts = Facts(self._sessions)
         self.keys = Keys(self._sessions)
         self.grants = Grants(self._sessions)
         self.audit = Audit(self._sessions)

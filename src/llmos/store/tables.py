@@ -130,6 +130,16 @@ class Lease(Base):
     expires_at: Mapped[float] = mapped_column(Float, nullable=False)
 
 
+class ClusterFact(Base):
+    """One fact about the cluster itself, by name: ``cluster_id``, made once by the
+    first control plane on this store and shared by every one after it."""
+
+    __tablename__ = "cluster_facts"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(String(256), nullable=False)
+
+
 class ApiKey(Base):
     """An API key: who holds it (its name), what it may do (role, project) and until
     when. Only the SHA-256 of its secret is kept."""
