@@ -337,8 +337,10 @@ async def run_agent(settings: Settings, *, labels: dict[str, str], cpus: float |
                       log_dir=settings.logs_dir)
     settings.home.mkdir(parents=True, exist_ok=True)
     token = _join_token(settings, control)
+    cluster = None  # (without a join: the first cluster whose assignment comes)
     if token is not None and control:
-        await asyncio.to_thread(join, control, token, settings.node_name, "agent")
+        joined_as = await asyncio.to_thread(join, control, token, settings.node_name, "agent")
+        cluster = joined_as.get("cluster")
     bus = open_bus(settings.bus_url)
     await bus.connect()
     cache = None
@@ -350,7 +352,8 @@ async def run_agent(settings: Settings, *, labels: dict[str, str], cpus: float |
         cache = NodeCache(LocalRegistry(settings.models_dir), control, api_key=key)
     runner = ProcessRunner(bus, settings, cache=cache)
     await runner.open()
-    agent = NodeAgent(bus, settings.node_name, runner, detect(cpus, memory), labels=labels)
+    agent = NodeAgent(bus, settings.node_name, runner, detect(cpus, memory), labels=labels,
+                      cluster=cluster)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

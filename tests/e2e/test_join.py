@@ -184,6 +184,12 @@ def test_an_agent_joins_and_leaves_with_its_token(control: Control, tmp_path: Pa
                 timeout=10).json()["data"]}:
             assert process.poll() is None and time.monotonic() < deadline, log.read_text()
             time.sleep(0.2)
+        # It heeds the cluster it joined (the one the control plane's store made).
+        cluster = httpx.post(f"{control.server.url}/api/nodes/join",
+                             json={"name": "join-ok", "kind": "agent"},
+                             headers={"Authorization": f"Bearer {token}"},
+                             timeout=10).json()["cluster"]
+        assert f"heeding cluster {cluster}" in " ".join(log.read_text().split())
         revoke(control, key_id)
         assert process.wait(timeout=60) == 2
         assert "this node stops taking requests" in " ".join(log.read_text().split())

@@ -8,7 +8,8 @@ after it was declared lost stops what was placed elsewhere meanwhile. An assignm
 of an older controller term than one already seen is ignored.
 
 A node heeds one cluster: the one it was started with (``llmos serve``: its own
-store's), or else the first whose assignment it hears. Assignments of another cluster
+store's; ``llmos agent`` with a join token: the one it joined), or else the first whose
+assignment it hears. Assignments of another cluster
 (a control plane with a store of its own on the same bus) are ignored with a warning,
 so two such control planes never stop each other's replicas.
 """
@@ -56,8 +57,9 @@ class NodeAgent:
                                                       self._on_assignment)
         cpu_load()  # the first reading starts the interval
         self._beacon.start()
-        log.info("agent of node %s started (%g CPUs, %d MiB)", self.name,
-                 self.capacity.cpus, self.capacity.memory >> 20)
+        log.info("agent of node %s started (%g CPUs, %d MiB), heeding cluster %s", self.name,
+                 self.capacity.cpus, self.capacity.memory >> 20,
+                 self.cluster or "(the first whose assignment comes)")
 
     async def stop(self) -> None:
         if self._subscription is not None:

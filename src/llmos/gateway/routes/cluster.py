@@ -393,6 +393,8 @@ class Joined(BaseModel):
     key_id: str | None
     """The join token it presented (None: the server runs open)."""
     version: str
+    cluster: str
+    """The cluster's id: an agent heeds only its assignments."""
 
 
 @router.post("/api/nodes/join", response_model=Joined, responses=_ERRORS)
@@ -408,8 +410,9 @@ async def join(body: JoinBody, request: Request, state: StateDep,
         node=body.name if body.kind == "agent" else None,
         message=f"{body.kind} {body.name} joined from {client} with the join token "
                 f"{principal.key_id} ({principal.name})")])
+    cluster = await asyncio.to_thread(_store(state).facts.cluster_id)
     return Joined(name=body.name, kind=body.kind, key_id=principal.key_id,
-                  version=__version__)
+                  version=__version__, cluster=cluster)
 
 
 class BusPermissions(BaseModel):
