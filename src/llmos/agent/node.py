@@ -9,9 +9,9 @@ of an older controller term than one already seen is ignored.
 
 A node heeds one cluster: the one it was started with (``llmos serve``: its own
 store's; ``llmos agent`` with a join token: the one it joined), or else the first whose
-assignment it hears. Assignments of another cluster
-(a control plane with a store of its own on the same bus) are ignored with a warning,
-so two such control planes never stop each other's replicas.
+assignment it hears. Assignments of another cluster (a control plane with a store of
+its own on the same bus) are ignored with a warning, so two such control planes never
+stop each other's replicas.
 """
 
 from __future__ import annotations
