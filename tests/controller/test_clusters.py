@@ -27,8 +27,10 @@ async def test_nodes_of_another_cluster_are_left_alone(tmp_path: Path) -> None:
     settings = Settings(home=tmp_path)
     store = Store(settings.db_url)
     store.migrate()
-    controller = Controller(store, open_registry(settings), MemoryBus(), settings.engine)
-    await controller.run_once()
+    bus = MemoryBus()
+    await bus.connect()
+    controller = Controller(store, open_registry(settings), bus, settings.engine)
+    await controller.start()  # (it knows its cluster before any heartbeat comes)
     ours = store.facts.cluster_id()
     assert controller.cluster == ours
     await controller._on_status(status("mine", ours))
@@ -38,4 +40,6 @@ async def test_nodes_of_another_cluster_are_left_alone(tmp_path: Path) -> None:
     orders = controller._assignments([], {}, term=1, now=time.time())
     assert {o.node for o in orders} == {"mine", "new"}
     assert {o.cluster for o in orders} == {ours}
+    await controller.stop()
+    await bus.close()
     store.close()

@@ -93,13 +93,15 @@ class Controller:
         self._unhealthy: dict[str, int] = {}
         """Per replica, the count of worker replacements last reported."""
         self.cluster = ""
-        """The store's cluster id, on every assignment (read at the first pass)."""
+        """The store's cluster id, on every assignment (read at the start)."""
         self._foreign: set[str] = set()
         """Nodes heard heeding another cluster (warned about once each)."""
 
     # -- running ---------------------------------------------------------------------
 
     async def start(self) -> None:
+        # (Before the first heartbeat comes: another cluster's nodes are never observed.)
+        await self._know_the_cluster()
         self._listening_since = self.clock()
         self._subscriptions = [
             await self.bus.subscribe(names.NODE_STATUS_TOPIC, self._on_status),
@@ -165,9 +167,12 @@ class Controller:
 
     # -- one pass --------------------------------------------------------------------
 
-    async def run_once(self) -> None:
+    async def _know_the_cluster(self) -> None:
         if not self.cluster:
             self.cluster = await asyncio.to_thread(self.store.facts.cluster_id)
+
+    async def run_once(self) -> None:
+        await self._know_the_cluster()
         now = self.clock()
         if self.term is None or now - self._renewed_at >= LEASE_RENEW_S:
             term = await asyncio.to_thread(self.store.leases.acquire, LEASE, self.holder,
