@@ -30,10 +30,14 @@ objectives, TTFT <= ``--slo-ttft`` and TPOT <=
 ``--slo-tpot`` (failed requests count as missed).
 
 With ``--sets K``, each rate runs K sets of other seeds (the servers' order alternating),
-and then all of a rate's requests pooled: percentiles of K times the requests.
+and then all of a rate's requests pooled: percentiles of K times the requests, with a
+90 % bootstrap interval of the TTFT p99 ratio (``ttft_p99_ratio_90ci``: arrivals drawn
+with replacement, a session with all its turns, the same draw for both servers). With
+``--arrivals N``, each set of a rate lasts N / rate seconds instead of ``--seconds``, so
+the light rates' p99 rests on as many requests as the heavy ones'.
 
     .venv/bin/python benchmarks/openloop.py [--rates 0.25,0.5,1,1.5] [--seconds 40]
-        [--sets 1] [--slots 4] [--threads 2] [--slo-ttft 1.5] [--slo-tpot 0.15]
+        [--arrivals N] [--sets 1] [--slots 4] [--threads 2] [--slo-ttft 1.5] [--slo-tpot 0.15]
 """
 
 from __future__ import annotations
@@ -154,6 +158,8 @@ class Outcome:
     ok: bool
     unit: int = 0
     """The arrival it belongs to (its index in the workload), to pair the servers'."""
+    set: int = 0
+    """The set (seed) of the rate it belongs to."""
     sent: float = 0.0
     """When it was sent, in seconds from the set's start."""
     answer: str = ""
@@ -201,8 +207,8 @@ def with_answers(call: Call, answers: list[str]) -> Call:
     return Call(call.kind, dict(call.body, messages=messages), call.turn)
 
 
-async def run_rate(server: OverHttp, units: list[Unit], resend_answers: bool = True
-                   ) -> list[Outcome]:
+async def run_rate(server: OverHttp, units: list[Unit], resend_answers: bool = True,
+                   set_index: int = 0) -> list[Outcome]:
     client = LeanHttpClient(server.base)
     outcomes: list[Outcome] = []
     start = time.perf_counter()
@@ -215,7 +221,7 @@ async def run_rate(server: OverHttp, units: list[Unit], resend_answers: bool = T
             outcome = await one(server, client,
                                 with_answers(call, answers) if resend_answers else call)
             answers.append(outcome.answer)
-            outcome.unit, outcome.sent = index, sent
+            outcome.unit, outcome.sent, outcome.set = index, sent, set_index
             outcomes.append(outcome)
             if i < len(u.think_s):
                 await asyncio.sleep(u.think_s[i])
@@ -257,10 +263,40 @@ def ratios(direct: dict[str, Any], through: dict[str, Any]) -> dict[str, float |
                                if direct["ttft_p99"] and through["ttft_p99"] else None)}
 
 
+def p99_ratio_interval(direct: list[Outcome], through: list[Outcome], draws: int = 2000,
+                       seed: int = 7) -> list[float] | None:
+    """A 90 % bootstrap interval of LLMOS's TTFT p99 over llama.cpp's: arrivals (a
+    session with all its turns) drawn with replacement, the same ones for both servers."""
+    by_unit: dict[tuple[int, int], tuple[list[float], list[float]]] = {}
+    for side, outcomes in ((0, direct), (1, through)):
+        for o in outcomes:
+            if o.ok and o.ttft is not None:
+                by_unit.setdefault((o.set, o.unit), ([], []))[side].append(o.ttft)
+    keys = sorted(by_unit)
+    if not keys:
+        return None
+    rng, ratios_drawn = random.Random(seed), []
+    for _ in range(draws):
+        picked = [by_unit[rng.choice(keys)] for _ in keys]
+        a = pct([t for pair in picked for t in pair[0]], 0.99)
+        b = pct([t for pair in picked for t in pair[1]], 0.99)
+        if a and b:
+            ratios_drawn.append(b / a)
+    ratios_drawn.sort()
+    if not ratios_drawn:
+        return None
+    return [round(ratios_drawn[int(0.05 * len(ratios_drawn))], 3),
+            round(ratios_drawn[int(0.95 * len(ratios_drawn))], 3)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rates", default="0.25,0.5,1,1.5")
     parser.add_argument("--seconds", type=float, default=40.0)
+    parser.add_argument("--arrivals", type=float, default=0.0,
+                        help="instead of --seconds: each set of a rate lasts this many "
+                             "arrivals' time (ARRIVALS / rate seconds), so every rate's "
+                             "percentiles rest on about as many requests")
     parser.add_argument("--slots", type=int, default=4)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--ctx-size", type=int, default=8192)
@@ -293,14 +329,15 @@ def main() -> None:
                 asyncio.run(run_rate(server, warm))
             for i, rate in enumerate(float(r) for r in args.rates.split(",")):
                 pooled: dict[str, list[Outcome]] = {llama.name: [], llmos.name: []}
+                seconds = args.arrivals / rate if args.arrivals else args.seconds
                 for k in range(args.sets):
-                    units = workload(rate, args.seconds, seed=args.seed * 1000 + i * 10 + k)
+                    units = workload(rate, seconds, seed=args.seed * 1000 + i * 10 + k)
                     order = [llama, llmos] if (i + k) % 2 == 0 else [llmos, llama]
-                    row: dict[str, Any] = {"rate": rate, "set": k}
+                    row: dict[str, Any] = {"rate": rate, "set": k, "seconds": seconds}
                     for server in order:
                         before = holds(llmos)
                         outcomes = asyncio.run(run_rate(server, units,
-                                                        args.history == "model"))
+                                                        args.history == "model", k))
                         pooled[server.name] += outcomes
                         if args.requests_out is not None:
                             with args.requests_out.open("a") as out:
@@ -310,7 +347,7 @@ def main() -> None:
                                     out.write(json.dumps({"rate": rate, "set": k,
                                                           "server": server.name,
                                                           **record}) + "\n")
-                        row[server.name] = summarize(outcomes, args.seconds, args.slo_ttft,
+                        row[server.name] = summarize(outcomes, seconds, args.slo_ttft,
                                                      args.slo_tpot)
                         if server is llmos:  # how often the burst launcher held requests
                             after = holds(llmos)
@@ -323,9 +360,11 @@ def main() -> None:
                 if args.sets > 1:  # all sets of the rate together: steadier percentiles
                     row = {"rate": rate, "set": "pooled"}
                     for name, outcomes in pooled.items():
-                        row[name] = summarize(outcomes, args.seconds * args.sets,
+                        row[name] = summarize(outcomes, seconds * args.sets,
                                               args.slo_ttft, args.slo_tpot)
                     row.update(ratios(row[llama.name], row[llmos.name]))
+                    row["ttft_p99_ratio_90ci"] = p99_ratio_interval(pooled[llama.name],
+                                                                    pooled[llmos.name])
                     results.append(row)
                     print(json.dumps(row), flush=True)
         finally:
