@@ -56,7 +56,10 @@ class SyntheticEngine(Engine):
     GPU's batch decodes one token per sequence per step), ``max_tokens`` in all."""
 
     def __init__(self, slots: int) -> None:
-        self.config = EngineConfig(model_path=Path("synthetic"), slots=slots, ctx_size=0)
+        # (model_construct: a synthetic engine may have more slots, one per stream, than
+        # the settings allow a real one)
+        self.config = EngineConfig.model_construct(model_path=Path("synthetic"), slots=slots,
+                                                   ctx_size=0)
         self._streams: list[_Stream] = []
         self._lock = threading.Lock()
         self._clock = threading.Thread(target=self._tick, daemon=True, name="clock")

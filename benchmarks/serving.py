@@ -86,7 +86,8 @@ class InProcess:
         from llmos.engines import EngineConfig, load_engine
 
         self.engine = load_engine("llama.cpp", EngineConfig(
-            model, slots=slots, threads=threads, ctx_size=ctx, poll=poll, cache_ram_mib=64))
+            model_path=model, slots=slots, threads=threads, ctx_size=ctx, poll=poll,
+            cache_ram_mib=64))
         self.pool = ThreadPoolExecutor(max_workers=slots)
         self.busy = 0
         self.lock = threading.Lock()

@@ -54,13 +54,18 @@ class SamplingDefaults(BaseModel):
         return {k: v for k, v in self.model_dump().items() if v is not None}
 
 
-class EngineSettings(BaseModel):
-    """Per-model engine settings; the defaults suit a small CPU machine."""
+class EngineOptions(BaseModel):
+    """How an engine loads a model and runs requests: each such setting, defined once.
+
+    ``EngineSettings`` (what an operator sets, per model) adds what the gateway applies to
+    requests; ``EngineConfig`` (``engines/base.py``, what an engine is loaded with) adds
+    the model's path and its chat template's text."""
 
     slots: int = Field(8, ge=1, le=256, description="parallel sequences (continuous batching)")
     threads: int = Field(default_factory=_default_threads, ge=1, description="generation threads")
     batch_threads: int | None = Field(None, ge=1, description="prompt threads (default: threads)")
-    ctx_size: int = Field(8192, ge=0, description="total KV context; split across slots")
+    ctx_size: int = Field(8192, ge=0, description="total KV context, split across slots (0: "
+                          "the engine decides: the model's own context length)")
     kv_unified: bool = Field(False, description="share one KV cache across slots")
     batch_size: int = Field(
         512, ge=16, description="prompt tokens one engine step processes (llama.cpp's n_batch "
@@ -74,23 +79,39 @@ class EngineSettings(BaseModel):
         "start as one engine call (one prefill batch) when max_tokens is at most this; "
         "0 turns it off. When a member stops (its client gone), the call ends and the "
         "others go on alone from the text they have sent")
+    embedding: bool = Field(
+        False, description="serve embeddings (/v1/embeddings) instead of generating: "
+        "llama.cpp's embedding mode")
+    pooling: Literal["mean", "cls", "last"] = Field(
+        "mean", description="how an embedding is pooled from the tokens' states")
+    batch_wait_ms: float = Field(
+        2.0, ge=0, le=100, description="embedding requests that arrive within this many "
+        "milliseconds of the first of a batch are embedded together (up to `slots`)")
+
+    @property
+    def ctx_per_slot(self) -> int | None:
+        """Tokens one request can hold, or None when the engine decides (ctx_size 0)."""
+        if self.ctx_size == 0:
+            return None
+        return self.ctx_size if self.kv_unified else self.ctx_size // self.slots
+
+    def options(self) -> dict[str, Any]:
+        """These settings' engine options alone (to load an engine with)."""
+        return {name: getattr(self, name) for name in EngineOptions.model_fields}
+
+
+class EngineSettings(EngineOptions):
+    """Per-model engine settings; the defaults suit a small CPU machine."""
+
     sampling: SamplingDefaults = Field(default_factory=lambda: SamplingDefaults())
     default_max_tokens: int = Field(256, ge=1, description="max_tokens when a request has none")
     max_tokens_limit: int = Field(4096, ge=1, description="largest max_tokens a request may ask")
     chat_template: str | None = Field(
         None, description="the chat template: a built-in (gemma, chatml) or a Jinja "
         "template; default: the model version's own (see docs/models.md)")
-    embedding: bool = Field(
-        False, description="serve embeddings (/v1/embeddings) instead of generating: "
-        "llama.cpp's embedding mode")
-    pooling: Literal["mean", "cls", "last"] = Field(
-        "mean", description="how an embedding is pooled from the tokens' states")
     embedding_dimensions: list[int] = Field(
         default_factory=list, description="the shorter sizes the embedding model was "
         "trained to be cut to (Matryoshka); a request's `dimensions` must be one of them")
-    batch_wait_ms: float = Field(
-        2.0, ge=0, le=100, description="embedding requests that arrive within this many "
-        "milliseconds of the first of a batch are embedded together (up to `slots`)")
 
     @field_validator("chat_template")
     @classmethod
@@ -108,13 +129,6 @@ class EngineSettings(BaseModel):
         if not given:
             return self
         return EngineSettings.model_validate(self.model_dump() | dict(given))
-
-    @property
-    def ctx_per_slot(self) -> int:
-        """Tokens one request can hold (0 means the model's own context length)."""
-        if self.kv_unified or self.ctx_size == 0:
-            return self.ctx_size
-        return self.ctx_size // self.slots
 
 
 class RequestLimits(BaseModel):

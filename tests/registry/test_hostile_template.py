@@ -43,7 +43,7 @@ def test_a_template_escape_is_inert(attack: int, tmp_path: Path,
     with_string(gemma_path(tmp_path_factory), hostile, "tokenizer.chat_template", template)
     assert read_gguf(hostile).get("tokenizer.chat_template") == template  # (a real GGUF)
     try:
-        engine = load_engine("llama.cpp", EngineConfig(hostile, slots=1, ctx_size=512,
+        engine = load_engine("llama.cpp", EngineConfig(model_path=hostile, slots=1, ctx_size=512,
                                                        threads=2))
     except LLMOSError:
         assert not marker.exists()  # refused at load: fine, and inert
@@ -72,7 +72,8 @@ def test_the_rewritten_file_itself_loads_and_renders(tmp_path: Path,
     is the one rendered (so a refusal above is the attack's doing, not the file's)."""
     benign = tmp_path / "benign.gguf"
     with_string(gemma_path(tmp_path_factory), benign, "tokenizer.chat_template", RENDER)
-    engine = load_engine("llama.cpp", EngineConfig(benign, slots=1, ctx_size=512, threads=2))
+    engine = load_engine("llama.cpp", EngineConfig(model_path=benign, slots=1, ctx_size=512,
+                                                   threads=2))
     try:
         answer = engine.generate("chat", {"messages": [{"role": "user", "content": "Say hi"}],
                                           "max_tokens": 2, "temperature": 0}, lambda e: False)

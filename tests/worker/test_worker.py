@@ -34,7 +34,8 @@ PROMPT = "Numbers: 1, 2, 3, 4, 5, 6,"
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
     path: Path = gemma_path(tmp_path_factory)
-    loaded = load_engine("llama.cpp", EngineConfig(path, slots=SLOTS, ctx_size=1024, threads=2))
+    loaded = load_engine("llama.cpp", EngineConfig(model_path=path, slots=SLOTS, ctx_size=1024,
+                                                   threads=2))
     yield loaded
     loaded.close()
 

@@ -73,16 +73,8 @@ def engine_config(settings: EngineSettings, registry: LocalRegistry,
     log.info("%s: chat template %s (%s)", version.ref, template.name, template.source)
     if template.source == "fallback":
         log.warning("%s: %s", version.ref, template.describe()["warning"])
-    return EngineConfig(
-        model_path=registry.weights_path(version), slots=settings.slots,
-        threads=settings.threads,
-        batch_threads=settings.batch_threads, ctx_size=settings.ctx_size,
-        kv_unified=settings.kv_unified, batch_size=settings.batch_size,
-        cache_ram_mib=settings.cache_ram_mib,
-        poll=settings.poll, log_verbosity=settings.log_verbosity,
-        merge_max_tokens=settings.merge_max_tokens, chat_template=template.text or "",
-        embedding=settings.embedding, pooling=settings.pooling,
-        batch_wait_ms=settings.batch_wait_ms)
+    return EngineConfig(model_path=registry.weights_path(version),
+                        chat_template=template.text or "", **settings.options())
 
 
 @dataclass

@@ -20,39 +20,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from pydantic import ConfigDict
+
 from llmos.capabilities import EMBEDS, GENERATES, Capability
+from llmos.settings import EngineOptions
 
 Kind = Literal["chat", "completion"]
 
 
-@dataclass(frozen=True)
-class EngineConfig:
+class EngineConfig(EngineOptions):
+    """What an engine is loaded with: the engine settings (``EngineOptions``, defined
+    once in ``settings.py``), the model's path, and its chat template."""
+
+    model_config = ConfigDict(frozen=True)
+
     model_path: Path
-    slots: int = 8
-    threads: int = 2
-    batch_threads: int | None = None
-    ctx_size: int = 8192
-    kv_unified: bool = False
-    batch_size: int = 512
-    cache_ram_mib: int = 256
-    poll: int = 50
-    log_verbosity: int = 0
-    merge_max_tokens: int = 512
-    """Largest max_tokens of a request that may share an engine call (0: none do)."""
     chat_template: str = ""
     """The Jinja chat template; empty: the model file's own."""
-    embedding: bool = False
-    """Load for embeddings (``embed``) instead of generation."""
-    pooling: Literal["mean", "cls", "last"] = "mean"
-    batch_wait_ms: float = 2.0
-    """Embedding requests this close after a batch's first are embedded with it."""
-
-    @property
-    def ctx_per_slot(self) -> int | None:
-        """Tokens one request can hold, or None when the engine decides (ctx_size 0)."""
-        if self.ctx_size == 0:
-            return None
-        return self.ctx_size if self.kv_unified else self.ctx_size // self.slots
 
 
 @dataclass(frozen=True)
