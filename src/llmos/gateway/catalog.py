@@ -59,8 +59,15 @@ class Catalog:
         return self.store.list_deployments(), self.store.replicas.deployments_in(STARTING)
 
     def starting(self, deployment: Deployment) -> bool:
-        """Whether a replica of it is being started (placed, pulling or loading)."""
+        """Whether a replica of it is being started (placed, pulling or loading), as of
+        the last read (``current`` first, where a stale answer matters)."""
         return (deployment.project, deployment.name) in self._starting
+
+    async def current(self) -> None:
+        """Read the store again if the cache is older than its TTL. (``get`` answers from
+        the cache at once and refreshes behind it: right for the hot path, but the first
+        request after a quiet spell would see the replicas as they were then.)"""
+        await self._refresh()
 
     def cached(self, name: str, project: str = "default") -> Deployment | None:
         """What the cache holds for ``name`` (no store read)."""

@@ -83,8 +83,14 @@ async def replica_for(state: GatewayState, request: Request, deployment: Deploym
     """Count the request for the autoscaler and wait for a replica of ``deployment``
     (a 503 when none comes in time)."""
     bus_name = names.bus_name(deployment.name, deployment.project)
+    serving = state.workers.serving(bus_name)
     on_end(request, state.traffic.arrive(deployment.project, deployment.name,
-                                         urgent=not state.workers.serving(bus_name)))
+                                         urgent=not serving))
+    if serving:
+        return
+    # How long to wait depends on whether a replica is starting: ask the store, not a
+    # cache from before a quiet spell (a replica starting then is ready, or drained, now).
+    await state.catalog.current()
     if not await state.workers.wait_for_replica(bus_name, state.replica_wait_s(deployment)):
         raise NoReplica(no_replica_message(deployment))
 

@@ -1,0 +1,66 @@
+"""How long a request waits for a replica follows the store, not a stale cache."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from llmos.settings import Settings
+from llmos.store import Store
+from llmos.store.tables import Replica
+from tests.gateway.running import running
+
+
+def _replica(state: str) -> Replica:
+    return Replica(id="m-1", deployment="m", node="n", generation=1, model_version="m@1",
+                   engine_settings={}, reserved={}, state=state, rss=0, restarts=0)
+
+
+@pytest.mark.asyncio
+async def test_a_replica_seen_starting_before_a_quiet_spell_does_not_hold_a_request(
+        tmp_path: Path) -> None:
+    """The catalog answers from its cache and refreshes behind it. A replica that was
+    starting when the gateway last looked is ready (or drained) by now: a request that
+    finds no replica serving waits ``no_replica_wait_s``, not ``starting_replica_wait_s``."""
+    settings = Settings(home=tmp_path, limits={"no_replica_wait_s": 0.2,
+                                               "starting_replica_wait_s": 30})
+    store = Store(settings.db_url)
+    store.migrate()
+    store.upsert_deployment("m", "m")
+    store.replicas.add(_replica("starting"))
+    async with running(settings, Store(settings.db_url)) as (app, client):
+        catalog = app.state.gateway.catalog
+        deployment = await catalog.get("m")
+        assert catalog.starting(deployment)  # what it read then
+        store.replicas.update("m-1", state="ready")  # ... and later: ready, then drained
+        catalog._loaded_at -= 60  # a quiet spell: nothing asked it since
+        app.state.gateway.workers._listening_since -= 60  # (past its start's grace)
+        started = time.monotonic()
+        answer = await client.post("/v1/completions", json={
+            "model": "m", "prompt": "x", "max_tokens": 1})
+        took = time.monotonic() - started
+    store.close()
+    assert answer.status_code == 503 and answer.json()["error"]["code"] == "no_replica"
+    assert took < 3  # (30 s if it had believed the stale cache)
+    assert not catalog.starting(deployment)
+
+
+@pytest.mark.asyncio
+async def test_a_request_waits_longer_while_a_replica_is_starting(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path, limits={"no_replica_wait_s": 0.1,
+                                               "starting_replica_wait_s": 1.0})
+    store = Store(settings.db_url)
+    store.migrate()
+    store.upsert_deployment("m", "m")
+    store.replicas.add(_replica("starting"))
+    async with running(settings, Store(settings.db_url)) as (app, client):
+        app.state.gateway.workers._listening_since -= 60  # (past its start's grace)
+        started = time.monotonic()
+        answer = await client.post("/v1/completions", json={
+            "model": "m", "prompt": "x", "max_tokens": 1})
+        took = time.monotonic() - started
+    store.close()
+    assert answer.status_code == 503
+    assert 0.9 <= took < 5  # it waited for the replica that is starting, then gave up
