@@ -143,17 +143,3 @@ async def bus() -> AsyncIterator[MemoryBus]:
     await memory.connect()
     yield memory
     await memory.close()
-
-
-def wait_until(condition: object, timeout_s: float = 30.0, interval_s: float = 0.1,
-               what: str = "condition") -> object:
-    """Poll ``condition()`` until it returns something truthy (returned), or fail."""
-    assert callable(condition)
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = condition()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not met within {timeout_s:g} s")
-        time.sleep(interval_s)

@@ -11,15 +11,7 @@ import pytest_asyncio
 
 from llmos.bus import Bus, Delivery, QueueOptions, TopicMessage
 from llmos.errors import BusError, QueueFull
-
-
-async def eventually(condition: object, timeout_s: float = 5.0) -> None:
-    assert callable(condition)
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not condition():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.01)
+from tests.waiting import eventually
 
 
 class BusContract:

@@ -9,7 +9,7 @@ from pydantic import BaseModel
 
 from llmos.bus import TopicMessage, open_bus
 from llmos.errors import BusError
-from tests.bus.contract import eventually
+from tests.waiting import eventually
 
 
 class Ping(BaseModel):

@@ -5,7 +5,8 @@ import pytest
 from llmos.bus import Delivery, open_bus
 from llmos.bus.memory import MemoryBus
 from llmos.errors import ConfigError
-from tests.bus.contract import BusContract, eventually
+from tests.bus.contract import BusContract
+from tests.waiting import eventually
 
 
 class TestMemoryBus(BusContract):

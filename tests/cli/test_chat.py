@@ -10,7 +10,8 @@ import pexpect
 import pytest
 
 from llmos.cli.chat import Session
-from tests.conftest import RunningServer, wait_until
+from tests.conftest import RunningServer
+from tests.waiting import wait_until
 
 PROMPT = ">>> "
 

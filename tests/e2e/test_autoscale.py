@@ -18,7 +18,8 @@ import pytest
 from openai import OpenAI
 
 from tests.cli.test_cli import llmos
-from tests.conftest import RunningServer, start_server, stop_server, wait_until
+from tests.conftest import RunningServer, start_server, stop_server
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 

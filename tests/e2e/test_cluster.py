@@ -22,9 +22,10 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import free_port, require_service, stop_process, wait_until
+from tests.conftest import free_port, require_service, stop_process
 from tests.e2e import load
 from tests.postgres import postgres_database
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 

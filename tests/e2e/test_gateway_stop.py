@@ -12,8 +12,9 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from tests.bus.test_rabbitmq import AMQP_URL
-from tests.conftest import require_service, start_server, stop_server, wait_until
+from tests.conftest import require_service, start_server, stop_server
 from tests.e2e.test_gateway_workers import alive, children
+from tests.waiting import wait_until
 
 
 def test_stopping_the_server_stops_every_gateway_process(

@@ -15,7 +15,8 @@ import pytest
 
 from llmos.bus import names
 from tests.bus.test_rabbitmq import AMQP_URL, reset_queue
-from tests.conftest import RunningServer, require_service, start_server, stop_server, wait_until
+from tests.conftest import RunningServer, require_service, start_server, stop_server
+from tests.waiting import wait_until
 
 MODEL = "gemma-3-270m"
 

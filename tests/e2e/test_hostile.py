@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from tests.conftest import RunningServer
+from tests.waiting import wait_until
 
 MODEL = "gemma-3-270m"
 ANSWER_S = 5.0  # target: 2 s
@@ -185,10 +186,8 @@ def test_a_client_that_leaves_during_prefill_frees_its_slot(
     socks = [_open_request(llmos_server, "/v1/completions", {
         "model": MODEL, "prompt": f"{i} {prompt}", "max_tokens": 16, "stream": stream,
         "ignore_eos": True}) for i in range(4)]
-    deadline = time.monotonic() + 10
-    while busy_slots(llmos_server) < 1:
-        assert time.monotonic() < deadline, "the requests never reached the engine"
-        time.sleep(0.01)
+    wait_until(lambda: busy_slots(llmos_server) >= 1, 10, 0.01,
+               what="the requests reaching the engine")
     for sock in socks:
         sock.close()
     took = wait_idle(llmos_server)

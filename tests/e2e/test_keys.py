@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import openai
 import pytest
 
@@ -18,6 +19,7 @@ from llmos.settings import Settings
 from llmos.store import Store
 from tests.cli.test_cli import llmos
 from tests.conftest import RunningServer, start_server, stop_server
+from tests.waiting import wait_until
 
 MODEL = "gemma-3-270m"
 
@@ -109,7 +111,9 @@ def test_a_key_over_its_limit_gets_openais_rate_limit_error(guarded: Guarded) ->
                  env={"LLMOS_API_KEY": guarded.admin})
     assert made.returncode == 0, made.stderr
     bob = made.stdout.strip()
-    time.sleep(1.0)  # (every gateway knows a new key within 0.5 s)
+    wait_until(lambda: httpx.get(f"{guarded.server.url}/api/whoami", timeout=10,
+                                 headers={"authorization": f"Bearer {bob}"}).status_code == 200,
+               10, 0.05, what="the new key known")  # (every gateway reloads keys in 0.5 s)
     with openai.OpenAI(base_url=guarded.server.api, api_key=bob, max_retries=0) as client:
         client.completions.create(model=MODEL, prompt="1, 2,", max_tokens=2)
         with pytest.raises(openai.RateLimitError) as limited:

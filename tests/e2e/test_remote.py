@@ -24,9 +24,10 @@ import pytest
 from openai import OpenAI
 
 from tests.cli.test_cli import llmos
-from tests.conftest import RunningServer, start_server, stop_process, stop_server, wait_until
+from tests.conftest import RunningServer, start_server, stop_process, stop_server
 from tests.fake_provider import FakeProvider, Reply, fake_provider
 from tests.model import gemma_path
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 

@@ -18,8 +18,9 @@ import pytest
 from llmos.bus import names
 from tests.bus.test_rabbitmq import AMQP_URL, reset_queue
 from tests.cli.test_cli import llmos
-from tests.conftest import RunningServer, require_service, start_server, stop_server, wait_until
+from tests.conftest import RunningServer, require_service, start_server, stop_server
 from tests.e2e.test_worker_failover import start_worker, stop_worker, worker_id
+from tests.waiting import wait_until
 
 MODEL = "gemma-3-270m"
 

@@ -15,13 +15,8 @@ import pytest
 
 from llmos.bus import names
 from tests.bus.test_rabbitmq import AMQP_URL, reset_queue
-from tests.conftest import (
-    RunningServer,
-    require_service,
-    start_server,
-    stop_server,
-    wait_until,
-)
+from tests.conftest import RunningServer, require_service, start_server, stop_server
+from tests.waiting import wait_until
 
 MODEL = "gemma-3-270m"
 
@@ -69,10 +64,8 @@ def test_disconnect_frees_the_slot_through_rabbitmq(amqp_server: RunningServer) 
     with httpx.stream("POST", f"{amqp_server.api}/completions", json=body, timeout=30) as r:
         lines = r.iter_lines()
         assert next(line for line in lines if line.startswith("data: "))
-    started = time.monotonic()
-    while amqp_server.metric("llmos_worker_busy_slots") > 0:
-        assert time.monotonic() - started < 3, "the slot was not freed"
-        time.sleep(0.05)
+    wait_until(lambda: amqp_server.metric("llmos_worker_busy_slots") == 0, 3, 0.05,
+               what="the slot freed")
 
 
 def test_a_request_has_a_log_line_at_the_gateway_and_at_the_worker(

@@ -11,6 +11,7 @@ import pytest
 
 from tests.cli.test_cli import llmos
 from tests.conftest import RunningServer
+from tests.waiting import wait_until
 
 
 def workers(server: RunningServer) -> list[dict[str, Any]]:
@@ -21,12 +22,9 @@ def workers(server: RunningServer) -> list[dict[str, Any]]:
 
 
 def wait_for_state(server: RunningServer, worker_id: str, state: str) -> None:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        if any(w["id"] == worker_id and w["state"] == state for w in workers(server)):
-            return
-        time.sleep(0.05)
-    pytest.fail(f"worker {worker_id} did not become {state}: {workers(server)}")
+    wait_until(lambda: any(w["id"] == worker_id and w["state"] == state
+                           for w in workers(server)), 10, 0.05,
+               what=f"worker {worker_id} {state}")
 
 
 def test_the_embedded_worker_is_listed(llmos_server: RunningServer) -> None:

@@ -28,3 +28,14 @@ async def running(settings: Settings, store: Store, **options: Any
             yield app, client
     finally:
         await bus.close()
+
+
+async def knows_key(client: httpx.AsyncClient, *tokens: str) -> bool:
+    """Whether the gateway takes each of these keys yet (it reloads them every 0.5 s):
+    ``await eventually(lambda: knows_key(client, token))``."""
+    for token in tokens:
+        answer = await client.get("/api/whoami", headers={"authorization": f"Bearer {token}"})
+        # (Before it knows any key, a gateway on loopback is open: 200 with no key id.)
+        if answer.status_code != 200 or not answer.json().get("key_id"):
+            return False
+    return True

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 
 from llmos.bus import Delivery, TopicMessage, names
 from llmos.bus.memory import MemoryBus
 from llmos.bus.messages import Cancel, InferenceRequest, ReplyBatch, ReplyChunk, decode, encode
 from llmos.gateway.dispatch import Dispatcher, RequestHandle
+from tests.waiting import eventually
 
 
 async def _answering_bus(cancels: list[str]) -> MemoryBus:
@@ -58,8 +57,7 @@ async def test_a_request_read_to_the_final_chunk_sends_no_cancel() -> None:
     chunks = handle.chunks()
     await anext(chunks)
     await chunks.aclose()
-    await asyncio.sleep(0.05)
-    assert cancels == ["abandoned"]
+    await eventually(lambda: cancels == ["abandoned"], what="the cancel sent")
     await dispatcher.stop()
     await bus.close()
 

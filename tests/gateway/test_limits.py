@@ -4,10 +4,12 @@ x-ratelimit-* headers, per key and per project, held across two gateways."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -22,7 +24,8 @@ from llmos.gateway.metering import UsageBook
 from llmos.settings import Settings
 from llmos.store import Store
 from tests.conftest import require_service
-from tests.gateway.running import running
+from tests.gateway.running import knows_key, running
+from tests.waiting import eventually
 
 BODY = {"model": "m", "prompt": "x", "max_tokens": 4}
 
@@ -61,8 +64,10 @@ async def gateways(request: pytest.FixtureRequest, tmp_path: Path
     store.close()
 
 
-async def refreshed(clients: list[httpx.AsyncClient]) -> None:
-    await asyncio.sleep(1.2)  # (keys reload within 0.5 s; counts are shared every 0.5 s)
+async def refreshed(clients: list[httpx.AsyncClient], token: str) -> None:
+    """Until each gateway takes the key (with the key, its project's limits are loaded)."""
+    for client in clients:
+        await eventually(functools.partial(knows_key, client, token), what="the key known")
 
 
 @pytest.mark.asyncio
@@ -72,7 +77,7 @@ async def test_a_key_over_its_rate_gets_a_429_others_do_not(
     _, limited = store.keys.create("limited", Role.user, "default", now=time.time(),
                                    limits={"rpm": 2})
     _, free = store.keys.create("free", Role.user, "default", now=time.time())
-    await refreshed([first])
+    await refreshed([first], limited)
     for _ in range(2):
         answer = await first.post("/v1/completions", json=BODY, headers=bearer(limited))
         assert answer.status_code == 503  # (counted, then no replica)
@@ -99,7 +104,7 @@ async def test_limits_hold_across_gateways(
     (first, second), store = gateways
     store.keys.set_project_limits("default", {"rpm": 3}, time.time())
     _, token = store.keys.create("k", Role.user, "default", now=time.time())
-    await refreshed([first, second])
+    await refreshed([first, second], token)
     for _ in range(2):
         assert (await first.post("/v1/completions", json=BODY,
                                  headers=bearer(token))).status_code == 503
@@ -116,7 +121,7 @@ async def test_a_request_over_the_token_rate_alone_says_to_lower_max_tokens(
     (first, _), store = gateways
     _, token = store.keys.create("k", Role.user, "default", now=time.time(),
                                  limits={"tpm": 50})
-    await refreshed([first])
+    await refreshed([first], token)
     refused = await first.post("/v1/completions", headers=bearer(token), json=BODY | {
         "max_tokens": 64})
     assert refused.status_code == 429
@@ -130,11 +135,17 @@ async def test_usage_is_recorded_per_key_and_project(
     (first, _), store = gateways
     _, user = store.keys.create("u", Role.user, "default", now=time.time())
     row, admin = store.keys.create("a", Role.admin, "default", now=time.time())
-    await refreshed([first])
+    await refreshed([first], user)
+    await refreshed([first], admin)
     for _ in range(3):
         await first.post("/v1/completions", json=BODY, headers=bearer(user))
-    await asyncio.sleep(1.2)
-    mine = (await first.get("/api/usage", headers=bearer(user))).json()["data"]
+
+    async def recorded() -> list[dict[str, Any]]:  # (the counts reach the store in 0.5 s)
+        data: list[dict[str, Any]] = (await first.get("/api/usage", headers=bearer(user))
+                                      ).json()["data"]
+        return data if [d["requests"] for d in data] == [3] else []
+
+    mine = await eventually(recorded, what="the usage recorded")
     assert [(d["scope"].split(":")[0], d["requests"]) for d in mine] == [("key", 3)]
     every = (await first.get("/api/usage", headers=bearer(admin))).json()["data"]
     assert {d["scope"]: d["requests"] for d in every}["project:default"] == 3

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -19,7 +18,9 @@ from llmos.gateway.app import create_app
 from llmos.registry import LocalRegistry
 from llmos.settings import Settings
 from llmos.store import Store
+from tests.gateway.running import knows_key
 from tests.registry.test_gguf import make_gguf, uint32_entry
+from tests.waiting import eventually
 
 
 class Api:
@@ -346,7 +347,7 @@ async def test_verify_keeps_to_the_keys_project_unless_an_admins(api: Api) -> No
     now = time.time()
     _, operator = api.store.keys.create("op", Role.operator, "default", now=now)
     _, admin = api.store.keys.create("admin", Role.admin, "default", now=now)
-    await asyncio.sleep(1.2)  # (the gateway reloads its keys every 0.5 s)
+    await eventually(lambda: knows_key(api.client, operator, admin), what="the keys known")
 
     async def verify(token: str) -> tuple[int, list[dict[str, str]]]:
         response = await api.client.post("/api/registry/verify",

@@ -16,7 +16,7 @@ from llmos.bus.memory import MemoryBus
 from llmos.bus.messages import Heartbeat, InferenceRequest, ReplyBatch, ReplyChunk, decode, encode
 from llmos.gateway.affinity import PrefixRouter
 from llmos.gateway.dispatch import Dispatcher, ReplicaFailed, RequestHandle
-from tests.bus.contract import eventually
+from tests.waiting import eventually
 
 HISTORY = [{"role": "system", "content": "You answer in one word. " * 60},
            {"role": "user", "content": "Colour of the sky?"}]

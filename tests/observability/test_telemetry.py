@@ -13,6 +13,7 @@ from llmos.bus.memory import MemoryBus
 from llmos.bus.messages import LogEvent, decode
 from llmos.observability.metrics import REGISTRY
 from llmos.observability.telemetry import BusLogHandler, TelemetryPublisher
+from tests.waiting import eventually
 
 
 class StalledBus(MemoryBus):
@@ -54,10 +55,7 @@ async def test_a_stalled_bus_makes_telemetry_drop_not_wait() -> None:
     assert accepted == [True] * 4 + [False] * 6
     assert dropped("t.stalled") == before + 6
     bus.release.set()
-    for _ in range(100):
-        if len(got) == 4:
-            break
-        await asyncio.sleep(0.01)
+    await eventually(lambda: len(got) == 4, timeout_s=1.0, what="the buffered events sent")
     assert got == [b"0", b"1", b"2", b"3"]
     await publisher.stop()
     await bus.close()
@@ -82,7 +80,7 @@ async def test_warnings_and_errors_go_to_the_bus_info_does_not() -> None:
         logger.info("routine")
         logger.warning("slot %d is slow", 3)
         await asyncio.to_thread(logger.error, "from an engine thread")
-        await asyncio.sleep(0.05)
+        await eventually(lambda: len(events) == 2, what="the events on the bus")
     finally:
         logger.removeHandler(handler)
     assert [(e.level, e.message) for e in events] == [

@@ -9,7 +9,7 @@ from llmos.bus import Delivery
 from llmos.bus.memory import MemoryBus
 from llmos.bus.messages import ReplyBatch, ReplyChunk, decode
 from llmos.worker.outbox import Outbox
-from tests.bus.contract import eventually
+from tests.waiting import eventually
 
 
 def chunk(request: str, seq: int, *, final: bool = False) -> ReplyChunk:

@@ -26,6 +26,7 @@ from llmos.gateway.dispatch import Dispatcher, ReplicaFailed, RequestHandle
 from llmos.observability.metrics import REGISTRY
 from llmos.worker.worker import Worker
 from tests.model import gemma_path
+from tests.waiting import eventually
 
 SLOTS = 4
 PROMPT = "Numbers: 1, 2, 3, 4, 5, 6,"
@@ -128,11 +129,8 @@ async def test_the_engine_holds_one_request_on_standby_and_starts_it_as_a_slot_f
         gone = await submit(dispatcher, "s-gone", max_tokens=8)  # on standby in the engine
         after = await submit(dispatcher, "s-after", max_tokens=8)  # waits in the queue
         places = worker._engine_slots
-        for _ in range(500):
-            if places.in_use == SLOTS + 1:
-                break
-            await asyncio.sleep(0.01)
-        assert places.in_use == SLOTS + 1 and worker.busy_slots == SLOTS
+        await eventually(lambda: places.in_use == SLOTS + 1, what="a request on standby")
+        assert worker.busy_slots == SLOTS
         collecting = [asyncio.ensure_future(collect(h)) for h in (*long, short, after)]
         await gone.close()  # its client went away while it was on standby
         answers = await asyncio.wait_for(asyncio.gather(*collecting), 60)
@@ -152,8 +150,7 @@ async def test_a_request_of_a_dead_replica_is_retried_on_another(
     await dying.start()
     handle = await submit(dispatcher, "r-retry", max_tokens=40)
     collecting = asyncio.ensure_future(collect(handle))
-    await asyncio.sleep(0.1)
-    assert dying.busy_slots == 1
+    await eventually(lambda: dying.busy_slots == 1, what="the request running")
     survivor = Worker(bus, engine, "m")
     await survivor.start()
     for subscription in dying._requests:  # its connection is gone: the message is redelivered
@@ -196,11 +193,7 @@ async def test_cancel_stops_generation_and_frees_the_slot(
     await anext(chunks)
     assert worker.busy_slots == 1
     await chunks.aclose()  # the client went away
-    for _ in range(100):
-        if worker.busy_slots == 0:
-            break
-        await asyncio.sleep(0.01)
-    assert worker.busy_slots == 0
+    await eventually(lambda: worker.busy_slots == 0, timeout_s=1.0, what="its slot freed")
     await worker.stop()
 
 
@@ -215,8 +208,8 @@ async def test_a_request_cancelled_while_queued_is_never_run(
     await handle.close()  # the client went away: the workers hear a cancel
     await asyncio.sleep(0.01)
     await worker.resume()
-    await asyncio.sleep(0.2)
-    assert _skipped() == skipped + 1  # taken from the queue, and dropped unrun
+    # taken from the queue, and dropped unrun
+    await eventually(lambda: _skipped() == skipped + 1, what="the request skipped")
     assert worker.busy_slots == 0
     await worker.stop()
 
@@ -252,9 +245,8 @@ async def test_heartbeats_say_who_is_alive_and_how_busy(engine: Engine,
     beats = await _heartbeats(bus)
     worker = Worker(bus, engine, "m", heartbeat_interval_s=0.1)
     await worker.start()
-    await asyncio.sleep(0.35)
+    await eventually(lambda: len(beats) >= 3, what="3 heartbeats")
     await worker.stop()
-    assert len(beats) >= 3
     assert {(b.worker_id, b.epoch, b.deployment, b.slots) for b in beats} == {
         (worker.worker_id, worker.epoch, "m", SLOTS)}
     assert all(b.expires_at == b.sent_at + 0.2 for b in beats)
@@ -267,8 +259,7 @@ async def test_drain_finishes_what_runs_and_takes_nothing_new_until_resumed(
     worker = Worker(bus, engine, "m", heartbeat_interval_s=60)
     await worker.start()
     running = asyncio.ensure_future(collect(await submit(dispatcher, "d-running", max_tokens=24)))
-    await asyncio.sleep(0.1)
-    assert worker.busy_slots == 1
+    await eventually(lambda: worker.busy_slots == 1, what="the request running")
     await _command(bus, worker, "drain")
     assert worker.draining and beats[-1].draining
     waiting = asyncio.ensure_future(collect(await submit(dispatcher, "d-waiting")))
@@ -347,11 +338,7 @@ async def test_a_cancelled_member_of_a_merged_call_ends_at_once_and_the_others_f
             await anext(stream)
         assert worker.busy_slots == 3
         await streams[0].aclose()  # this client went away
-        for _ in range(100):
-            if worker.busy_slots == 2:
-                break
-            await asyncio.sleep(0.01)
-        assert worker.busy_slots == 2
+        await eventually(lambda: worker.busy_slots == 2, timeout_s=1.0, what="its slot freed")
         rest = await asyncio.gather(*(_rest(s) for s in streams[1:]))
     finally:
         await worker.stop()
