@@ -35,6 +35,7 @@ class Catalog:
         self._loaded_at = 0.0
         self._background: asyncio.Task[None] | None = None
         self._scheduled: asyncio.TimerHandle | None = None
+        self._reading = asyncio.Lock()
 
     async def deployments(self, project: str = "default") -> list[Deployment]:
         """The project's deployments."""
@@ -64,10 +65,15 @@ class Catalog:
         return (deployment.project, deployment.name) in self._starting
 
     async def current(self) -> None:
-        """Read the store again if the cache is older than its TTL. (``get`` answers from
-        the cache at once and refreshes behind it: right for the hot path, but the first
-        request after a quiet spell would see the replicas as they were then.)"""
-        await self._refresh()
+        """Read the store now (at most every ``_MIN_FORCED_REFRESH_S``). (``get`` answers
+        from the cache at once and refreshes behind it: right for the hot path, but the
+        first request after a quiet spell would see the replicas as they were then.) One
+        read for many callers; a store that cannot be read leaves the cache as it is."""
+        try:
+            async with self._reading:
+                await self._refresh(force=True)
+        except Exception as exc:
+            log.warning("could not refresh the model catalog: %s", exc)
 
     def cached(self, name: str, project: str = "default") -> Deployment | None:
         """What the cache holds for ``name`` (no store read)."""

@@ -88,10 +88,15 @@ async def replica_for(state: GatewayState, request: Request, deployment: Deploym
                                          urgent=not serving))
     if serving:
         return
-    # How long to wait depends on whether a replica is starting: ask the store, not a
-    # cache from before a quiet spell (a replica starting then is ready, or drained, now).
+    short = state.settings.limits.no_replica_wait_s
+    if await state.workers.wait_for_replica(bus_name, short):
+        return
+    # Longer only while a replica is starting (or the deployment scales from zero), as
+    # the store says now: the catalog's cache may be from before a quiet spell, when a
+    # replica that is ready (or drained) now was starting.
     await state.catalog.current()
-    if not await state.workers.wait_for_replica(bus_name, state.replica_wait_s(deployment)):
+    longer = state.replica_wait_s(deployment) - short
+    if longer <= 0 or not await state.workers.wait_for_replica(bus_name, longer):
         raise NoReplica(no_replica_message(deployment))
 
 
