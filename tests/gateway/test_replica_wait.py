@@ -13,9 +13,19 @@ from llmos.store.tables import Replica
 from tests.gateway.running import running
 
 
-def _replica(state: str) -> Replica:
-    return Replica(id="m-1", deployment="m", node="n", generation=1, model_version="m@1",
-                   engine_settings={}, reserved={}, state=state, rss=0, restarts=0)
+def _starting(tmp_path: Path, no_replica_wait_s: float,
+              starting_replica_wait_s: float) -> tuple[Settings, Store]:
+    """A store with deployment m, whose one replica (m-1) is starting, and no worker."""
+    settings = Settings(home=tmp_path, limits={
+        "no_replica_wait_s": no_replica_wait_s,
+        "starting_replica_wait_s": starting_replica_wait_s})
+    store = Store(settings.db_url)
+    store.migrate()
+    store.upsert_deployment("m", "m")
+    store.replicas.add(Replica(id="m-1", deployment="m", node="n", generation=1,
+                               model_version="m@1", engine_settings={}, reserved={},
+                               state="starting", rss=0, restarts=0))
+    return settings, store
 
 
 @pytest.mark.asyncio
@@ -24,18 +34,14 @@ async def test_a_replica_seen_starting_before_a_quiet_spell_does_not_hold_a_requ
     """The catalog answers from its cache and refreshes behind it. A replica that was
     starting when the gateway last looked is ready (or drained) by now: a request that
     finds no replica serving waits ``no_replica_wait_s``, not ``starting_replica_wait_s``."""
-    settings = Settings(home=tmp_path, limits={"no_replica_wait_s": 0.2,
-                                               "starting_replica_wait_s": 30})
-    store = Store(settings.db_url)
-    store.migrate()
-    store.upsert_deployment("m", "m")
-    store.replicas.add(_replica("starting"))
+    settings, store = _starting(tmp_path, 0.2, 30)
     async with running(settings, Store(settings.db_url)) as (app, client):
         catalog = app.state.gateway.catalog
         deployment = await catalog.get("m")
         assert catalog.starting(deployment)  # what it read then
-        store.replicas.update("m-1", state="ready")  # ... and later: ready, then drained
-        catalog._loaded_at -= 60  # a quiet spell: nothing asked it since
+        async with catalog._reading:  # (no read of the store in flight meanwhile)
+            store.replicas.update("m-1", state="ready")  # later: ready, then drained
+            catalog._loaded_at -= 60  # a quiet spell: nothing asked it since
         app.state.gateway.workers._listening_since -= 60  # (past its start's grace)
         started = time.monotonic()
         answer = await client.post("/v1/completions", json={
@@ -49,12 +55,7 @@ async def test_a_replica_seen_starting_before_a_quiet_spell_does_not_hold_a_requ
 
 @pytest.mark.asyncio
 async def test_a_request_waits_longer_while_a_replica_is_starting(tmp_path: Path) -> None:
-    settings = Settings(home=tmp_path, limits={"no_replica_wait_s": 0.1,
-                                               "starting_replica_wait_s": 1.0})
-    store = Store(settings.db_url)
-    store.migrate()
-    store.upsert_deployment("m", "m")
-    store.replicas.add(_replica("starting"))
+    settings, store = _starting(tmp_path, 0.1, 1.0)
     async with running(settings, Store(settings.db_url)) as (app, client):
         app.state.gateway.workers._listening_since -= 60  # (past its start's grace)
         started = time.monotonic()

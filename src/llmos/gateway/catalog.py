@@ -70,8 +70,7 @@ class Catalog:
         first request after a quiet spell would see the replicas as they were then.) One
         read for many callers; a store that cannot be read leaves the cache as it is."""
         try:
-            async with self._reading:
-                await self._refresh(force=True)
+            await self._refresh(force=True)
         except Exception as exc:
             log.warning("could not refresh the model catalog: %s", exc)
 
@@ -110,11 +109,13 @@ class Catalog:
             log.warning("could not refresh the model catalog: %s", exc)
 
     async def _refresh(self, *, force: bool = False) -> None:
-        age = time.monotonic() - self._loaded_at
-        if age < (_MIN_FORCED_REFRESH_S if force else _TTL_S):
-            return
-        rows, starting = await asyncio.to_thread(self._read)
-        self._cache = {(d.project, d.name): d for d in rows}
-        self._aliases = {(d.project, alias): d for d in rows for alias in d.aliases or []}
-        self._starting = starting
-        self._loaded_at = time.monotonic()
+        async with self._reading:  # one read at a time; those who waited use it
+            age = time.monotonic() - self._loaded_at
+            if age < (_MIN_FORCED_REFRESH_S if force else _TTL_S):
+                return
+            rows, starting = await asyncio.to_thread(self._read)
+            self._cache = {(d.project, d.name): d for d in rows}
+            self._aliases = {(d.project, alias): d
+                             for d in rows for alias in d.aliases or []}
+            self._starting = starting
+            self._loaded_at = time.monotonic()
