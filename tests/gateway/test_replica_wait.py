@@ -5,7 +5,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import httpx
 import pytest
+from fastapi import FastAPI
 
 from llmos.settings import Settings
 from llmos.store import Store
@@ -28,6 +30,16 @@ def _starting(tmp_path: Path, no_replica_wait_s: float,
     return settings, store
 
 
+async def _ask(app: FastAPI, client: httpx.AsyncClient) -> tuple[httpx.Response, float]:
+    """A completion for m from a gateway past its start's grace; the answer, and how long
+    it took."""
+    app.state.gateway.workers._listening_since -= 60
+    started = time.monotonic()
+    answer = await client.post("/v1/completions", json={
+        "model": "m", "prompt": "x", "max_tokens": 1})
+    return answer, time.monotonic() - started
+
+
 @pytest.mark.asyncio
 async def test_a_replica_seen_starting_before_a_quiet_spell_does_not_hold_a_request(
         tmp_path: Path) -> None:
@@ -42,11 +54,7 @@ async def test_a_replica_seen_starting_before_a_quiet_spell_does_not_hold_a_requ
         async with catalog._reading:  # (no read of the store in flight meanwhile)
             store.replicas.update("m-1", state="ready")  # later: ready, then drained
             catalog._loaded_at -= 60  # a quiet spell: nothing asked it since
-        app.state.gateway.workers._listening_since -= 60  # (past its start's grace)
-        started = time.monotonic()
-        answer = await client.post("/v1/completions", json={
-            "model": "m", "prompt": "x", "max_tokens": 1})
-        took = time.monotonic() - started
+        answer, took = await _ask(app, client)
     store.close()
     assert answer.status_code == 503 and answer.json()["error"]["code"] == "no_replica"
     assert took < 3  # (30 s if it had believed the stale cache)
@@ -57,11 +65,7 @@ async def test_a_replica_seen_starting_before_a_quiet_spell_does_not_hold_a_requ
 async def test_a_request_waits_longer_while_a_replica_is_starting(tmp_path: Path) -> None:
     settings, store = _starting(tmp_path, 0.1, 1.0)
     async with running(settings, Store(settings.db_url)) as (app, client):
-        app.state.gateway.workers._listening_since -= 60  # (past its start's grace)
-        started = time.monotonic()
-        answer = await client.post("/v1/completions", json={
-            "model": "m", "prompt": "x", "max_tokens": 1})
-        took = time.monotonic() - started
+        answer, took = await _ask(app, client)
     store.close()
     assert answer.status_code == 503
     assert 0.9 <= took < 5  # it waited for the replica that is starting, then gave up
