@@ -7,12 +7,10 @@ same code runs with the worker in another process once the bus is networked.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import socket
 import time
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from llmos import heap
@@ -186,21 +184,7 @@ async def _serve_gateway(settings: Settings, *, control_plane: bool) -> None:
 
 
 def _server_class() -> type[Any]:
-    """uvicorn's Server, except that it does not raise again the signal that stopped it
-    once it has shut down (uvicorn does, which kills the process before it stops its
-    replicas, releases its lease and closes the bus)."""
-    import uvicorn
-
-    class Server(uvicorn.Server):
-        @contextlib.contextmanager
-        def capture_signals(self) -> Iterator[None]:
-            inner = super().capture_signals()
-            inner.__enter__()
-            try:
-                yield
-            finally:
-                self._captured_signals.clear()
-                inner.__exit__(None, None, None)
+    from llmos.gateway.http_server import Server
 
     return Server
 

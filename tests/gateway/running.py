@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 from fastapi import FastAPI
 
+from llmos.bus import Bus
 from llmos.bus.memory import MemoryBus
 from llmos.gateway.app import create_app
 from llmos.settings import Settings
@@ -16,10 +17,13 @@ from llmos.store import Store
 
 
 @contextlib.asynccontextmanager
-async def running(settings: Settings, store: Store, **options: Any
-                  ) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
-    bus = MemoryBus()
-    await bus.connect()
+async def running(settings: Settings, store: Store, *, bus: Bus | None = None,
+                  **options: Any) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
+    """On ``bus`` (connected; the caller closes it), or on a bus of its own."""
+    own = bus is None
+    if bus is None:
+        bus = MemoryBus()
+        await bus.connect()
     app = create_app(settings, bus, store, **options)
     try:
         async with app.router.lifespan_context(app), httpx.AsyncClient(
@@ -27,11 +31,13 @@ async def running(settings: Settings, store: Store, **options: Any
                 timeout=30) as client:
             yield app, client
     finally:
-        await bus.close()
+        if own:
+            await bus.close()
 
 
 async def knows_key(client: httpx.AsyncClient, *tokens: str) -> bool:
-    """Whether the gateway takes each of these keys yet (it reloads them every 0.5 s):
+    """Whether the gateway takes each of these keys yet (one made in the store, not
+    through a gateway, shows within ``auth.RELOAD_INTERVAL_S``):
     ``await eventually(lambda: knows_key(client, token))``."""
     for token in tokens:
         answer = await client.get("/api/whoami", headers={"authorization": f"Bearer {token}"})

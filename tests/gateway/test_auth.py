@@ -23,6 +23,7 @@ from fastapi.routing import APIRoute
 
 from llmos.auth.roles import Role
 from llmos.bus.memory import MemoryBus
+from llmos.gateway import auth
 from llmos.gateway.app import ROUTERS, create_app
 from llmos.gateway.auth import UNDECLARED, declared, scoped_project
 from llmos.gateway.routes import health, openai
@@ -330,14 +331,22 @@ async def test_beyond_loopback_keys_are_needed_before_any_exists(tmp_path: Path)
 
 
 @pytest.mark.asyncio
-async def test_a_revoked_key_stops_working_on_every_gateway_within_a_second(
-        tmp_path: Path) -> None:
+@pytest.mark.parametrize("one_bus", [True, False], ids=["one bus", "message lost"])
+async def test_a_revoked_key_stops_working_on_every_gateway(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, one_bus: bool) -> None:
+    """At once where the gateways share a bus (the one that revoked it says so there:
+    here the books would look again only after a minute); within the reload interval
+    where that message is lost (here: two buses)."""
+    monkeypatch.setattr(auth, "RELOAD_INTERVAL_S", 60.0 if one_bus else 0.5)
     settings = Settings(home=tmp_path)
     store = Store(settings.db_url)
     store.migrate()
     row, token = store.keys.create("k", Role.admin, "default", now=time.time())
-    async with running(settings, Store(settings.db_url)) as (_, first), \
-            running(settings, Store(settings.db_url)) as (_, second):
+    bus = MemoryBus()
+    await bus.connect()
+    shared = bus if one_bus else None
+    async with running(settings, Store(settings.db_url), bus=shared) as (_, first), \
+            running(settings, Store(settings.db_url), bus=shared) as (_, second):
         assert (await second.get("/api/whoami", headers=bearer(token))).status_code == 200
         revoked = await first.delete(f"/api/keys/{row.id}", headers=bearer(token))
         assert revoked.status_code == 200 and revoked.json()["state"] == "revoked"
@@ -346,8 +355,9 @@ async def test_a_revoked_key_stops_working_on_every_gateway_within_a_second(
         async def refused() -> bool:
             return (await second.get("/api/whoami", headers=bearer(token))).status_code == 401
 
-        await eventually(refused, timeout_s=1.0, interval_s=0.02,
+        await eventually(refused, timeout_s=1.0 if one_bus else 2.0, interval_s=0.02,
                          what="the other gateway refusing the key")
+    await bus.close()
     store.close()
 
 
@@ -383,3 +393,20 @@ async def test_management_actions_and_refusals_are_audited(
     failed = await client.get("/api/audit", headers=bearer(keys.admin),
                               params={"failed": "true", "key_id": unknown["key_id"]})
     assert [e["status"] for e in failed.json()["data"]] == [401]
+
+
+@pytest.mark.asyncio
+async def test_a_reload_that_changed_the_keys_calls_back(tmp_path: Path) -> None:
+    """(The usage book's seldom exchange wakes so when a limit may have been set.)"""
+    store = Store(Settings(home=tmp_path).db_url)
+    store.migrate()
+    book = auth.KeyBook(store)
+    calls: list[int] = []
+    book.on_reload(lambda: calls.append(1))
+    await book.reload()
+    await book.reload()
+    assert len(calls) == 1  # the first load; then nothing changed
+    store.keys.create("k", Role.user, "default", now=time.time())
+    await book.reload()
+    assert len(calls) == 2
+    store.close()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from llmos.bus import Delivery, TopicMessage, names
@@ -76,5 +78,29 @@ async def test_chunks_that_arrive_out_of_order_are_read_in_order() -> None:
         handle.deliver(ReplyChunk(request_id="shuffled", attempt=1, seq=seq, text=str(seq),
                                   final=seq == 2))
     assert [c.text async for c in handle.chunks()] == ["0", "1", "2"]
+    await dispatcher.stop()
+    await bus.close()
+
+
+@pytest.mark.asyncio
+async def test_busy_returns_only_while_a_request_is_in_flight() -> None:
+    """What the stranded-request pass sleeps on while the gateway has nothing in flight."""
+    bus = await _answering_bus([])
+    dispatcher = Dispatcher(bus, timeout_s=10)
+    await dispatcher.start()
+    waiting = asyncio.create_task(dispatcher.busy())
+    await asyncio.sleep(0.1)
+    assert not waiting.done()
+    handle = await _submit(dispatcher, "r")
+    await asyncio.wait_for(waiting, 1.0)
+    await asyncio.wait_for(dispatcher.busy(), 1.0)  # (still in flight: at once)
+    async for chunk in handle.chunks():
+        if chunk.final:
+            break
+    assert dispatcher.forget("r")
+    waiting = asyncio.create_task(dispatcher.busy())
+    await asyncio.sleep(0.1)
+    assert not waiting.done()
+    waiting.cancel()
     await dispatcher.stop()
     await bus.close()

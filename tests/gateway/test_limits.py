@@ -200,6 +200,24 @@ async def test_counts_are_shared_often_only_while_some_limit_needs_them(
 
 
 @pytest.mark.asyncio
+async def test_a_limit_set_wakes_the_seldom_exchange(tmp_path: Path) -> None:
+    store = Store(Settings(home=tmp_path).db_url)
+    counters = CountingCounters()
+    book = UsageBook(store, counters)
+    limited = False
+    following = asyncio.create_task(book.follow(lambda: limited, interval_s=0.01,
+                                                unlimited_interval_s=60))
+    await asyncio.sleep(0.1)
+    assert counters.exchanges == 0
+    limited = True
+    book.limits_changed()  # (the key book calls it when a reload changed the keys)
+    await eventually(lambda: counters.exchanges >= 3, timeout_s=2.0,
+                     what="frequent exchanges")
+    await stop_task(following)
+    store.close()
+
+
+@pytest.mark.asyncio
 async def test_a_gateway_hands_its_last_counts_to_the_store_as_it_stops(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(metering, "UNLIMITED_SYNC_INTERVAL_S", 3600.0)  # (only the stop)

@@ -9,6 +9,7 @@ from llmos.bus import names
 from llmos.bus.memory import MemoryBus
 from llmos.bus.messages import TrafficReport, decode
 from llmos.gateway.traffic import TrafficMeter
+from tests.waiting import eventually
 
 
 def counts(report: TrafficReport | None) -> dict[str, tuple[int, int]]:
@@ -53,3 +54,44 @@ def test_an_urgent_arrival_is_reported_at_once() -> None:
             await subscription.cancel()
             await bus.close()
     assert counts(asyncio.run(main())) == {"cold": (1, 1)}
+
+
+def test_an_idle_meter_sleeps_until_a_request_arrives() -> None:
+    async def main() -> tuple[int, int, int, list[TrafficReport]]:
+        bus = MemoryBus()
+        await bus.connect()
+        heard: list[TrafficReport] = []
+
+        async def on_report(message: object) -> None:
+            heard.append(decode(TrafficReport, message.body))  # type: ignore[attr-defined]
+
+        subscription = await bus.subscribe(names.TRAFFIC_TOPIC, on_report)
+        meter = TrafficMeter(bus, "g1", interval_s=0.02)
+        looks = 0
+        report = meter.report
+
+        def counted() -> TrafficReport | None:
+            nonlocal looks
+            looks += 1
+            return report()
+
+        meter.report = counted  # type: ignore[method-assign]
+        meter.start()
+        try:
+            await asyncio.sleep(0.3)  # (15 intervals)
+            idle = looks
+            end = meter.arrive("default", "m")
+            await eventually(lambda: heard, what="a report")
+            end()
+            await eventually(lambda: counts(heard[-1]) == {"m": (0, 0)}, what="the last")
+            done = looks
+            await asyncio.sleep(0.3)
+            return idle, done, looks, heard
+        finally:
+            await meter.stop()
+            await subscription.cancel()
+            await bus.close()
+    idle, done, looks, heard = asyncio.run(main())
+    assert idle == 0
+    assert counts(heard[0]) == {"m": (1, 1)}
+    assert looks <= done + 1  # after the report at zero, one look that finds nothing

@@ -77,12 +77,13 @@ def create_app(settings: Settings, bus: Bus, store: Store,
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await asyncio.to_thread(state.keys.refresh)
+        state.keys.on_reload(state.usage.limits_changed)
         state.audit.start()
         await state.dispatcher.start()
         await state.workers.start()
         state.traffic.start()
         tasks = [asyncio.create_task(probe_until_ready(state), name="readiness-probe"),
-                 asyncio.create_task(state.keys.follow(), name="api-keys"),
+                 asyncio.create_task(state.keys.follow(bus), name="api-keys"),
                  asyncio.create_task(state.usage.follow(state.keys.limited), name="usage"),
                  asyncio.create_task(fail_stranded(state), name="stranded-requests")]
         try:

@@ -164,6 +164,7 @@ class Dispatcher:
         self.gateway_id = gateway_id or uuid.uuid4().hex[:12]
         self.reply_to = names.reply_queue(self.gateway_id)
         self._handles: dict[str, RequestHandle] = {}
+        self._submitted = asyncio.Event()
         self._declared: set[str] = set()
         self._replies: Subscription | None = None
         self._dead_letters: list[Subscription] = []
@@ -197,6 +198,7 @@ class Dispatcher:
             prefixes=found.hashes)
         handle = RequestHandle(self, request)
         self._handles[request_id] = handle
+        self._submitted.set()
         queue = names.infer_queue(key, tier)
         try:
             if key not in self._declared:  # (also for a request sent to a replica's own
@@ -306,6 +308,12 @@ class Dispatcher:
             handle.at = None
             if chunk.error is None:
                 self.router.learn(handle.request.prefixes, chunk.served_by, now)
+
+    async def busy(self) -> None:
+        """Return once a request is in flight (at once if one is)."""
+        while not self._handles:
+            self._submitted.clear()
+            await self._submitted.wait()
 
     def unanswered(self) -> dict[str, list[RequestHandle]]:
         """Requests in flight with no chunk read yet, by deployment (its bus name)."""

@@ -16,6 +16,7 @@ has ended, however it ended (finished, failed, or the client gone).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -92,6 +93,7 @@ class UsageBook:
         self._last_prune = 0.0
         self._sharing = asyncio.Lock()
         """One exchange at a time (``sync`` hands over what is new since the last)."""
+        self._limits_changed = asyncio.Event()
 
     def _count(self, window: Window) -> tuple[int, int]:
         shared, added = self._shared.get(window, (0, 0)), self._added.get(window, (0, 0))
@@ -182,17 +184,25 @@ class UsageBook:
                 return
             self._unrecorded = {}
 
+    def limits_changed(self) -> None:
+        """Some limit may have been set or lifted (``follow`` looks again now)."""
+        self._limits_changed.set()
+
     async def follow(self, limited: Callable[[], bool], interval_s: float = SYNC_INTERVAL_S,
                      unlimited_interval_s: float | None = None) -> None:
         """Share the counts every ``interval_s`` while ``limited()`` (some limit is set
-        and needs every gateway's counts), else every ``unlimited_interval_s``. (Each
-        exchange is a store transaction: a few milliseconds of CPU that, on a machine
-        whose cores the engine keeps busy, come out of its decoding.)"""
+        and needs every gateway's counts), else every ``unlimited_interval_s``, sleeping
+        in between (``limits_changed`` wakes it). (Each exchange is a store transaction: a
+        few milliseconds of CPU that, on a machine whose cores the engine keeps busy,
+        come out of its decoding.)"""
         seldom = UNLIMITED_SYNC_INTERVAL_S if unlimited_interval_s is None \
             else unlimited_interval_s
         last = time.monotonic()
         while True:
-            await asyncio.sleep(interval_s)
+            wait_s = interval_s if limited() else seldom - (time.monotonic() - last)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._limits_changed.wait(), max(wait_s, 0.0))
+            self._limits_changed.clear()
             if not limited() and time.monotonic() - last < seldom:
                 continue
             last = time.monotonic()

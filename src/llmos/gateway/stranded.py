@@ -2,10 +2,11 @@
 
 A request is checked for a live, undrained replica when it arrives; one already
 queued when the last replica drains, stops or dies would otherwise wait for its
-whole deadline. Every half second the gateway looks at the requests that have
-had no answer yet: while their model has no replica that takes requests and none
-still working (a drained replica finishes what it holds, and a non-streaming
-answer comes only at its end), a clock runs; after ``limits.no_replica_wait_s``
+whole deadline. Every half second while any request is in flight (with none, it
+sleeps until one is), the gateway looks at the requests that have had no answer yet:
+while their model has no replica that takes requests and none still working (a
+drained replica finishes what it holds, and a non-streaming answer comes only at its
+end), a clock runs; after ``limits.no_replica_wait_s``
 they fail with 503 ``no_replica`` and are cancelled on the bus, so a replica
 that comes later does not run them for nobody. In the same pass, requests sent to a
 replica's own queue whose replica left go to the shared queue (``Dispatcher.reroute``).
@@ -38,6 +39,7 @@ def stranded(since: dict[str, float], now: float, waiting: set[str],
 async def fail_stranded(state: GatewayState, interval_s: float = 0.5) -> None:
     since: dict[str, float] = {}
     while True:
+        await state.dispatcher.busy()
         await asyncio.sleep(interval_s)
         # Requests sent to a replica's own queue, whose replica left: the shared queue.
         await state.dispatcher.reroute(time.time())

@@ -6,7 +6,8 @@ for a replica; the function it returns ends it (called once the response has end
 whatever the outcome). Reports go out every ``interval_s`` while any deployment has
 traffic, once more at zero when a deployment's requests have all finished, and at once
 when a request arrives for a deployment with no replica taking requests (scaling
-from zero should not wait half an interval).
+from zero should not wait half an interval). With nothing to say, it sleeps until a
+request arrives.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ class TrafficMeter:
         self._in_flight: Counter[Key] = Counter()
         self._reported: set[Key] = set()
         self._now = asyncio.Event()
+        self._arrived = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
     def arrive(self, project: str, deployment: str, *, urgent: bool = False
@@ -45,6 +47,7 @@ class TrafficMeter:
         key = (project, deployment)
         self._arrivals[key] += 1
         self._in_flight[key] += 1
+        self._arrived.set()
         if urgent:
             self._now.set()
         ended = False
@@ -80,6 +83,9 @@ class TrafficMeter:
 
     async def _run(self) -> None:
         while True:
+            if not (self._arrivals or self._in_flight or self._reported):
+                self._arrived.clear()
+                await self._arrived.wait()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._now.wait(), self.interval_s)
             self._now.clear()

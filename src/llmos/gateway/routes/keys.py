@@ -97,7 +97,7 @@ async def create_key(body: KeyCreate, state: StateDep) -> KeyCreated:
     row, token = await asyncio.to_thread(
         state.keys.store.keys.create, body.name, Role[body.role], body.project, now=now,
         expires_at=expires_at, limits=body.limits.model_dump(exclude_none=True))
-    await asyncio.to_thread(state.keys.refresh)  # (here at once; elsewhere within 0.5 s)
+    await state.keys.changed(state.dispatcher.bus)  # (here, and on every gateway, at once)
     return KeyCreated(**public(row, now).model_dump(), key=token)
 
 
@@ -113,12 +113,13 @@ async def list_keys(state: StateDep, project: str | None = None) -> KeyList:
 @router.delete("/api/keys/{key_id}", response_model=KeyPublic, responses=_ERRORS)
 @requires(Role.admin)
 async def revoke_key(key_id: KeyIdPath, state: StateDep) -> KeyPublic:
-    """Revoke a key: refused here at once, by every other gateway within a second."""
+    """Revoke a key: refused here at once, by every other gateway as soon as it hears (within
+    2 s if it does not)."""
     now = time.time()
     row = await asyncio.to_thread(state.keys.store.keys.revoke, key_id, now)
     if row is None:
         raise NotFound(f"no API key {key_id}")
-    await asyncio.to_thread(state.keys.refresh)
+    await state.keys.changed(state.dispatcher.bus)
     return public(row, now)
 
 
@@ -131,7 +132,7 @@ async def change_key(key_id: KeyIdPath, body: KeyChange, state: StateDep) -> Key
                                   body.limits.model_dump(exclude_none=True), now)
     if row is None:
         raise NotFound(f"no API key {key_id}")
-    await asyncio.to_thread(state.keys.refresh)
+    await state.keys.changed(state.dispatcher.bus)
     return public(row, now)
 
 
@@ -156,7 +157,7 @@ async def set_project_limits(project: ProjectPath, body: LimitsBody,
     """Set a project's limits (those left out: no limit)."""
     await asyncio.to_thread(state.keys.store.keys.set_project_limits, project,
                             body.model_dump(exclude_none=True), time.time())
-    await asyncio.to_thread(state.keys.refresh)
+    await state.keys.changed(state.dispatcher.bus)
     return body
 
 
