@@ -6,10 +6,10 @@ whole deadline. Every half second while any request is in flight (with none, it
 sleeps until one is), the gateway looks at the requests that have had no answer yet:
 while their model has no replica that takes requests and none still working (a
 drained replica finishes what it holds, and a non-streaming answer comes only at its
-end), a clock runs; after ``limits.no_replica_wait_s``
-they fail with 503 ``no_replica`` and are cancelled on the bus, so a replica
-that comes later does not run them for nobody. In the same pass, requests sent to a
-replica's own queue whose replica left go to the shared queue (``Dispatcher.reroute``).
+end), a clock runs; after ``limits.no_replica_wait_s`` they fail with 503
+``no_replica`` and are cancelled on the bus, so a replica that comes later does not
+run them for nobody. In the same pass, requests sent to a replica's own queue whose
+replica left go to the shared queue (``Dispatcher.reroute``).
 """
 
 from __future__ import annotations
@@ -39,6 +39,8 @@ def stranded(since: dict[str, float], now: float, waiting: set[str],
 async def fail_stranded(state: GatewayState, interval_s: float = 0.5) -> None:
     since: dict[str, float] = {}
     while True:
+        # (It sleeps only after a pass that found nothing in flight: that pass, with no
+        # request waiting, cleared every clock, so none outlives an idle spell.)
         await state.dispatcher.busy()
         await asyncio.sleep(interval_s)
         # Requests sent to a replica's own queue, whose replica left: the shared queue.
