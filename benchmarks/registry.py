@@ -71,7 +71,7 @@ def baseline(source: Path, work: Path) -> float:
 
 
 def library(source: Path, work: Path) -> float:
-    from llmos.registry import LocalRegistry
+    from llmos.registry.local import LocalRegistry
 
     registry = LocalRegistry(work / "store")
     started = time.perf_counter()

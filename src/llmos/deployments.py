@@ -22,7 +22,7 @@ from typing import Any
 
 from llmos import capabilities
 from llmos.errors import Conflict, LLMOSError, NotFound
-from llmos.registry import LocalRegistry
+from llmos.registry.local import LocalRegistry
 from llmos.store import Deployment, Store
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ def pin(store: Store, registry: LocalRegistry, deployment: Deployment, *,
         return deployment
     project = deployment.project
     try:
-        version = registry.get(deployment.model_ref, project=project)
+        version = registry.catalog.get(deployment.model_ref, project=project)
     except LLMOSError as exc:
         if pinned:  # the reference no longer resolves: keep serving what is pinned
             log.warning("%s: %s; it keeps %s", holder(deployment), exc.message, pinned)
@@ -59,7 +59,7 @@ def pin(store: Store, registry: LocalRegistry, deployment: Deployment, *,
     deployment.model_version = version.ref
     if pinned:
         try:
-            registry.pins.unpin(registry.get(pinned, project=project), holder(deployment))
+            registry.pins.unpin(registry.catalog.get(pinned, project=project), holder(deployment))
         except NotFound:
             pass
     log.info("%s now serves %s", holder(deployment), version.ref)
@@ -141,7 +141,7 @@ def create(store: Store, registry: LocalRegistry, name: str, model_ref: str, *,
     autoscale = fields.pop("autoscale", None) or None
     asked = fields.pop("replicas", None)
     replicas = bounded(asked if asked is not None else 1, autoscale)
-    version = registry.get(model_ref, project=project)  # fails before anything is written
+    version = registry.catalog.get(model_ref, project=project)  # fails before anything is written
     fields.setdefault("engine", capabilities.engine_for((version.config or {}).get("format")))
     who = holder_of(name, project)
     registry.pins.pin(version, who)  # pinned before it is recorded
@@ -182,7 +182,7 @@ def update(store: Store, registry: LocalRegistry, name: str, *, project: str = "
     replace = any(k in REPLACING for k in changed)
     old_version = deployment.model_version
     if model_ref is not None and model_ref != deployment.model_ref:
-        version = registry.get(model_ref, project=project)
+        version = registry.catalog.get(model_ref, project=project)
         changed["model_ref"] = model_ref
         if version.ref != old_version:
             # pinned before it is recorded; recorded with its generation in one write, so
@@ -198,7 +198,7 @@ def update(store: Store, registry: LocalRegistry, name: str, *, project: str = "
     assert row is not None
     if "model_version" in changed and old_version:
         try:
-            registry.pins.unpin(registry.get(old_version, project=project),
+            registry.pins.unpin(registry.catalog.get(old_version, project=project),
                                 holder(deployment))
         except NotFound:
             pass
@@ -214,7 +214,7 @@ def delete(store: Store, registry: LocalRegistry, name: str, *,
     store.delete_deployment(name, project)
     if deployment.model_version:
         try:
-            registry.pins.unpin(registry.get(deployment.model_version, project=project),
+            registry.pins.unpin(registry.catalog.get(deployment.model_version, project=project),
                                 holder(deployment))
         except NotFound:
             pass

@@ -19,7 +19,8 @@ from llmos.errors import ConfigError, LLMOSError
 from llmos.settings import Settings
 
 if TYPE_CHECKING:
-    from llmos.registry import LocalRegistry, ModelVersion
+    from llmos.registry.local import LocalRegistry
+    from llmos.registry.manifest import ModelVersion
     from llmos.store import Store
 
 log = logging.getLogger(__name__)
@@ -240,8 +241,8 @@ async def run_worker(settings: Settings, model: str, deployment: str | None = No
     from llmos.engines import load_engine
     from llmos.observability.logs import configure_logging
     from llmos.observability.telemetry import BusLogHandler, TelemetryPublisher
-    from llmos.registry import parse_ref
     from llmos.registry.defaults import DEFAULT_MODEL_NAME, ensure_default_model, open_registry
+    from llmos.registry.refs import parse_ref
     from llmos.worker.worker import Worker
 
     configure_logging(settings.log_level, json_logs=settings.log_json)
@@ -255,7 +256,7 @@ async def run_worker(settings: Settings, model: str, deployment: str | None = No
     registry = open_registry(settings)
     if ref.name == DEFAULT_MODEL_NAME:
         await asyncio.to_thread(ensure_default_model, registry, project=project)
-    version = registry.get(ref, project=project)
+    version = registry.catalog.get(ref, project=project)
     config = await asyncio.to_thread(engine_config, settings.engine, registry, version)
     engine = await asyncio.to_thread(
         load_engine, engine_for((version.config or {}).get("format")), config)

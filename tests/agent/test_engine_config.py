@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from llmos.agent.runner import engine_config
-from llmos.registry import LocalRegistry
+from llmos.registry.local import LocalRegistry
 from llmos.settings import EngineOptions, EngineSettings
 from tests.registry.test_gguf import make_gguf
 
@@ -26,6 +26,6 @@ def test_every_engine_setting_reaches_the_engine_as_set(tmp_path: Path) -> None:
     config = engine_config(settings, registry, version)
 
     assert {name: getattr(config, name) for name in EngineOptions.model_fields} == given
-    assert config.model_path == registry.weights_path(version)
+    assert config.model_path == registry.files.weights_path(version)
     assert "<|im_start|>" in config.chat_template  # the built-in it names, as text
     assert config.ctx_per_slot == 3000  # one cache for all slots: a request may use it all

@@ -103,7 +103,7 @@ def test_models_commands_without_a_server(tmp_path: Path) -> None:
 
 
 def test_import_into_a_home_without_a_server(tmp_path: Path) -> None:
-    from llmos.registry import LocalRegistry
+    from llmos.registry.local import LocalRegistry
 
     source = tmp_path / "w.gguf"
     source.write_bytes(make_gguf())
@@ -111,7 +111,7 @@ def test_import_into_a_home_without_a_server(tmp_path: Path) -> None:
                    "--home", str(tmp_path / "home"))
     assert result.returncode == 0, result.stderr
     assert "imported local/w@1" in result.stdout
-    version = LocalRegistry(tmp_path / "home" / "models").get("local/w:prod")
+    version = LocalRegistry(tmp_path / "home" / "models").catalog.get("local/w:prod")
     assert version.tags == ("latest", "prod") and version.creator
 
 

@@ -27,7 +27,7 @@ def test_a_version_is_pulled_once_verified_and_found_by_its_files(
 
     local = cache.resolve("pulled-gemma@1")
     assert local == "pulled-gemma@1"
-    (blob,) = registry.get(local).blobs
+    (blob,) = registry.catalog.get(local).blobs
     assert blob.digest == base["blobs"][0]["digest"]
     assert registry.blobs.path(blob.digest).stat().st_size == blob.size
     assert cache.resolved == {"pulled-gemma@1": "pulled-gemma@1"}

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 import openai
 
 from llmos.bus import names
-from llmos.registry import LocalRegistry
+from llmos.registry.local import LocalRegistry
 from llmos.storage import open_storage
 from tests.bus.test_rabbitmq import AMQP_URL, reset_queue
 from tests.conftest import require_service, start_server, stop_server
@@ -46,7 +46,8 @@ def test_nodes_share_models_through_s3(seaweedfs: SeaweedFS, s3_env: None,
         assert "assembling the default model" in first_log.read_text()
         assert "assembling the default model" not in second_log.read_text()
         assert "assembling the default model" not in server.log.read_text()
-        shared = LocalRegistry(tmp_path / "reader", storage=open_storage(url)).get(MODEL)
+        shared = LocalRegistry(tmp_path / "reader", storage=open_storage(url)
+                               ).catalog.get(MODEL)
         digest = shared.blobs[0].digest.removeprefix("sha256:")
         assert (tmp_path / "node-2" / "models" / "blobs" / "sha256" / digest).is_file()
         assert not (tmp_path / "gateway" / "models" / "blobs" / "sha256" / digest).exists()

@@ -13,7 +13,7 @@ from llmos.capabilities import engine_for
 from llmos.engines.base import EngineConfig
 from llmos.engines.vllm import VllmEngine, available, command
 from llmos.errors import ConfigError
-from llmos.registry import LocalRegistry
+from llmos.registry.local import LocalRegistry
 
 
 def minilm_folder() -> Path:

@@ -15,7 +15,7 @@ from llmos.auth.roles import Role
 from llmos.bus.memory import MemoryBus
 from llmos.deployments import deploy
 from llmos.gateway.app import create_app
-from llmos.registry import LocalRegistry
+from llmos.registry.local import LocalRegistry
 from llmos.settings import Settings
 from llmos.store import Store
 from tests.gateway.running import knows_key
@@ -109,7 +109,7 @@ async def test_blob_download_by_range_and_existence(api: Api) -> None:
     end = await api.client.get(f"/api/blobs/{digest}", headers={"range": "bytes=-4"})
     assert end.content == b"tail"
     # A flipped byte on disk: the blob is refused, not served.
-    path = api.registry.blob_path(digest)
+    path = api.registry.files.blob_path(digest)
     path.write_bytes(content[:-1] + b"X")
     corrupt = await api.client.get(f"/api/blobs/{digest}")
     assert corrupt.status_code == 500 and error_of(corrupt)["code"] == "blob_corrupt"
@@ -200,7 +200,7 @@ async def test_verify_streams_progress_then_problems(api: Api) -> None:
     assert lines[-1] == {"problems": []}
     assert lines[-2]["checked"] == lines[-2]["total"] == pushed["size"]
     digest = pushed["blobs"][0]["digest"]  # type: ignore[index]
-    path = api.registry.blob_path(digest)
+    path = api.registry.files.blob_path(digest)
     path.write_bytes(b"Z" + path.read_bytes()[1:])
     response = await api.client.post("/api/registry/verify", params={"ref": "m@1"})
     problems = json.loads(response.text.splitlines()[-1])["problems"]
@@ -342,7 +342,7 @@ async def test_verify_keeps_to_the_keys_project_unless_an_admins(api: Api) -> No
                                  json={"files": [{"filename": "model.gguf",
                                                   "digest": theirs}]})
     assert made.status_code == 201, made.text
-    path = api.registry.blob_path(theirs)
+    path = api.registry.files.blob_path(theirs)
     path.write_bytes(b"Z" + path.read_bytes()[1:])  # project b's version is corrupt
     now = time.time()
     _, operator = api.store.keys.create("op", Role.operator, "default", now=now)

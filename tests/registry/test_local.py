@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 
 from llmos.errors import BadRequest, Conflict, NotFound
-from llmos.registry import LocalRegistry, parse_ref, upkeep
+from llmos.registry import upkeep
 from llmos.registry.blobs import StorageFull
 from llmos.registry.gguf import GGUFError, read_gguf
 from llmos.registry.lineage import lineage
+from llmos.registry.local import LocalRegistry
 from llmos.registry.manifest import (
     ADAPTER_MEDIA_TYPE,
     GGUF_MEDIA_TYPE,
@@ -24,6 +25,7 @@ from llmos.registry.manifest import (
     TOKENIZER_MEDIA_TYPE,
 )
 from llmos.registry.metadata import describe
+from llmos.registry.refs import parse_ref
 from tests.model import gemma_path
 from tests.registry.test_gguf import make_gguf, string_entry
 
@@ -50,15 +52,15 @@ def test_import_versions_and_tags(registry: LocalRegistry, tmp_path: Path) -> No
     v1 = registry.import_path(weights(tmp_path, b"one"), "acme/tiny").version
     v2 = registry.import_path(weights(tmp_path, b"two"), "acme/tiny", tag="staging").version
     assert (v1.version, v2.version) == (1, 2)
-    assert registry.get("acme/tiny").version == 1  # latest still names 1
-    assert registry.get("acme/tiny:staging").version == 2
-    assert registry.get("acme/tiny@2").blobs[0].digest == v2.blobs[0].digest
-    assert registry.get(f"acme/tiny@{v1.blobs[0].digest}").version == 1
-    assert [v.ref for v in registry.list()] == ["acme/tiny@1", "acme/tiny@2"]
-    assert registry.tags("acme/tiny") == {"latest": 1, "staging": 2}
+    assert registry.catalog.get("acme/tiny").version == 1  # latest still names 1
+    assert registry.catalog.get("acme/tiny:staging").version == 2
+    assert registry.catalog.get("acme/tiny@2").blobs[0].digest == v2.blobs[0].digest
+    assert registry.catalog.get(f"acme/tiny@{v1.blobs[0].digest}").version == 1
+    assert [v.ref for v in registry.catalog.list()] == ["acme/tiny@1", "acme/tiny@2"]
+    assert registry.catalog.tags("acme/tiny") == {"latest": 1, "staging": 2}
     # A repository and the namespace of another can share a name.
     registry.import_path(weights(tmp_path, b"three"), "acme")
-    assert [v.ref for v in registry.list()] == ["acme@1", "acme/tiny@1", "acme/tiny@2"]
+    assert [v.ref for v in registry.catalog.list()] == ["acme@1", "acme/tiny@1", "acme/tiny@2"]
 
 
 def test_a_version_keeps_what_its_gguf_says(registry: LocalRegistry, tmp_path: Path) -> None:
@@ -71,7 +73,7 @@ def test_a_version_keeps_what_its_gguf_says(registry: LocalRegistry, tmp_path: P
     assert version.metadata["chat_template_sha256"].startswith("sha256:")
     assert (version.label, version.creator) == ("first", "ana")
     assert version.blobs[0].media_type == GGUF_MEDIA_TYPE
-    again = registry.get("m@1")  # read back from the manifest on disk
+    again = registry.catalog.get("m@1")  # read back from the manifest on disk
     assert again == version
 
 
@@ -102,10 +104,10 @@ def test_same_content_is_one_blob_and_one_version(registry: LocalRegistry,
 
 def test_materialized_files_keep_their_names(registry: LocalRegistry, tmp_path: Path) -> None:
     version = registry.import_path(weights(tmp_path, name="w-q4.gguf"), "m").version
-    path = registry.weights_path(version)
+    path = registry.files.weights_path(version)
     assert path.name == "w-q4.gguf"
     assert path.read_bytes() == (tmp_path / "w-q4.gguf").read_bytes()
-    assert os.stat(path).st_ino == os.stat(registry.blob_path(version.blobs[0].digest)).st_ino
+    assert os.stat(path).st_ino == os.stat(registry.files.blob_path(version.blobs[0].digest)).st_ino
 
 
 def test_move_import_consumes_the_file(registry: LocalRegistry, tmp_path: Path) -> None:
@@ -127,7 +129,7 @@ def test_a_folder_is_one_version_with_typed_files(registry: LocalRegistry,
     assert {b.filename: b.media_type for b in version.blobs} == {
         "LICENSE": LICENSE_MEDIA_TYPE, "README.md": README_MEDIA_TYPE,
         "model-q4.gguf": GGUF_MEDIA_TYPE, "tokenizer.json": TOKENIZER_MEDIA_TYPE}
-    assert registry.weights_path(version).name == "model-q4.gguf"
+    assert registry.files.weights_path(version).name == "model-q4.gguf"
 
 
 def test_split_gguf_parts_come_together(registry: LocalRegistry, tmp_path: Path) -> None:
@@ -137,7 +139,7 @@ def test_split_gguf_parts_come_together(registry: LocalRegistry, tmp_path: Path)
     assert [b.filename for b in version.blobs] == [
         "big-00001-of-00003.gguf", "big-00002-of-00003.gguf", "big-00003-of-00003.gguf"]
     assert version.metadata["parameter_count"] == 3 * 3 * 64 * 32  # every part's tensors
-    assert registry.weights_path(version).name == "big-00001-of-00003.gguf"
+    assert registry.files.weights_path(version).name == "big-00001-of-00003.gguf"
     (tmp_path / "big-00002-of-00003.gguf").unlink()
     with pytest.raises(BadRequest, match=r"missing big-00002-of-00003\.gguf"):
         registry.import_path(tmp_path / "big-00001-of-00003.gguf", "big2")
@@ -176,17 +178,17 @@ def test_tag_untag_and_delete(registry: LocalRegistry, tmp_path: Path) -> None:
     assert registry.tag("m:staging", "latest").tags == ("latest", "prod", "staging")
     assert registry.untag("m:staging").tags == ("latest", "prod")
     with pytest.raises(NotFound):
-        registry.get("m:staging")
+        registry.catalog.get("m:staging")
     with pytest.raises(BadRequest):
         registry.untag("m@2")
     gone = registry.delete("m:prod")
     assert gone.version == 2
-    assert registry.tags("m") == {}
+    assert registry.catalog.tags("m") == {}
     with pytest.raises(NotFound, match="it has versions 1"):
-        registry.get("m")
-    assert [v.ref for v in registry.list()] == ["m@1"]
+        registry.catalog.get("m")
+    assert [v.ref for v in registry.catalog.list()] == ["m@1"]
     registry.delete("m@1")
-    assert registry.list() == []
+    assert registry.catalog.list() == []
     # Numbers are never reused: a new version is not mistaken for a deleted one.
     assert registry.import_path(weights(tmp_path, b"three"), "m").version.version == 3
 
@@ -194,7 +196,7 @@ def test_tag_untag_and_delete(registry: LocalRegistry, tmp_path: Path) -> None:
 def test_gc_removes_only_what_no_version_names(registry: LocalRegistry, tmp_path: Path) -> None:
     kept = registry.import_path(weights(tmp_path, b"kept"), "kept").version
     registry.import_path(weights(tmp_path, b"gone"), "gone")
-    registry.materialize(registry.get("gone"))
+    registry.files.materialize(registry.catalog.get("gone"))
     registry.delete("gone@1")
     stray = registry.root / "files" / "default" / "gone" / "_versions" / "7"
     stray.mkdir(parents=True)  # say, left by a version deleted while a replica used it
@@ -213,7 +215,7 @@ def test_gc_removes_only_what_no_version_names(registry: LocalRegistry, tmp_path
 def test_verify_finds_a_flipped_byte(registry: LocalRegistry, tmp_path: Path) -> None:
     version = registry.import_path(weights(tmp_path), "m").version
     assert upkeep.verify(registry, "m") == []
-    blob = registry.blob_path(version.blobs[0].digest)
+    blob = registry.files.blob_path(version.blobs[0].digest)
     data = bytearray(blob.read_bytes())
     data[-1] ^= 0x01
     blob.write_bytes(bytes(data))
@@ -260,7 +262,7 @@ def test_bad_refs_are_refused(ref: str) -> None:
                                     "sha256:" + "0" * 64 + "/x"])
 def test_bad_digests_are_refused(registry: LocalRegistry, digest: str) -> None:
     with pytest.raises(BadRequest):
-        registry.blob_path(digest)
+        registry.files.blob_path(digest)
     with pytest.raises(BadRequest):
         registry.create_version("m", [("w.gguf", digest)])
 
@@ -274,7 +276,7 @@ def test_bad_filenames_are_refused(registry: LocalRegistry, filename: str) -> No
 
 def test_unknown_model_is_not_found(registry: LocalRegistry) -> None:
     with pytest.raises(NotFound):
-        registry.get("nothing")
+        registry.catalog.get("nothing")
 
 
 def test_two_imports_at_once(registry: LocalRegistry, tmp_path: Path) -> None:
@@ -338,7 +340,7 @@ def test_a_new_version_gets_a_resource_estimate(tmp_path: Path) -> None:
     assert version.estimate is not None
     assert (version.estimate["slots"], version.estimate["ctx_size"]) == (4, 1024)
     assert version.estimate["loaded_bytes"] >= version.estimate["weights_bytes"] > 0
-    assert registry.get("m@1").estimate == version.estimate  # kept in the manifest
+    assert registry.catalog.get("m@1").estimate == version.estimate  # kept in the manifest
     adapter = registry.import_path(
         weights(tmp_path, extra=(string_entry("general.type", "adapter"),), name="a.gguf"),
         "m-adapter", derived_from="m@1").version
@@ -372,7 +374,7 @@ def test_import_from_a_hugging_face_cache(registry: LocalRegistry, tmp_path: Pat
     assert [b.filename for b in version.blobs] == ["README.md", "config.json",
                                                    "tiny-Q4_K_M.gguf"]
     assert version.label == "huggingface acme/tiny-GGUF @ 0123456789ab"
-    assert registry.weights_path(version).read_bytes() == make_gguf() + b"q4"
+    assert registry.files.weights_path(version).read_bytes() == make_gguf() + b"q4"
     with pytest.raises(BadRequest, match="no files match"):
         registry.import_path(entry, "acme/none", include=["*.safetensors"])
     (entry / "refs" / "main").unlink()
@@ -397,10 +399,10 @@ def test_reimporting_an_old_version_does_not_move_latest(registry: LocalRegistry
                                                          tmp_path: Path) -> None:
     registry.import_path(weights(tmp_path, b"one"), "m")
     registry.import_path(weights(tmp_path, b"two"), "m")
-    assert registry.get("m").version == 2  # a plain import moves latest to the new version
+    assert registry.catalog.get("m").version == 2  # a plain import moves latest to the new version
     again = registry.import_path(weights(tmp_path, b"one"), "m")
     assert not again.created and again.version.version == 1
-    assert registry.get("m").version == 2  # … and a re-import of old files moves nothing
+    assert registry.catalog.get("m").version == 2  # … and a re-import of old files moves nothing
     assert registry.import_path(weights(tmp_path, b"one"), "m", tag="old").version.tags == (
         "old",)
 
@@ -408,13 +410,13 @@ def test_reimporting_an_old_version_does_not_move_latest(registry: LocalRegistry
 def test_gc_keeps_tags_and_files_that_end_in_part(registry: LocalRegistry,
                                                   tmp_path: Path) -> None:
     registry.import_path(weights(tmp_path, b"x", name="notes.part"), "m", tag="v1.part")
-    registry.materialize(registry.get("m"))
+    registry.files.materialize(registry.catalog.get("m"))
     (registry.blobs.folder / "abc.partial").write_bytes(b"a cut pull")
     (registry.blobs.folder / ".import.part").write_bytes(b"a cut import")
     report = upkeep.gc(registry, grace_s=0)
     assert report.parts == 2 and report.blobs == 0
-    assert registry.get("m:v1.part").blobs[0].filename == "notes.part"
-    assert (registry.materialize(registry.get("m")) / "notes.part").is_file()
+    assert registry.catalog.get("m:v1.part").blobs[0].filename == "notes.part"
+    assert (registry.files.materialize(registry.catalog.get("m")) / "notes.part").is_file()
     assert upkeep.verify(registry) == []
 
 
@@ -460,4 +462,4 @@ def test_a_remote_models_spec_is_checked_and_typed(registry: LocalRegistry,
         spec.write_text(bad)
         with pytest.raises(BadRequest, match=says):
             registry.import_path(spec, "hosted")
-    assert len(registry.versions("hosted")) == 1
+    assert len(registry.catalog.versions("hosted")) == 1

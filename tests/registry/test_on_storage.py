@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from llmos.errors import NotFound
-from llmos.registry import LocalRegistry, upkeep
+from llmos.registry import upkeep
+from llmos.registry.local import LocalRegistry
 from llmos.storage import ObjectStorage, open_storage
 from llmos.storage import blobs as remote
 from tests.azurite import ACCOUNT, Azurite, azure_env, azurite
@@ -52,14 +53,14 @@ def test_a_version_made_on_one_node_is_served_on_another(
     made = a.import_path(gguf(tmp_path, b"1"), "acme/tiny", label="from a").version
     digest = made.blobs[0].digest
     assert remote.exists(storage, digest)
-    seen = b.get("acme/tiny")
-    assert seen == made and [v.ref for v in b.list()] == ["acme/tiny@1"]
+    seen = b.catalog.get("acme/tiny")
+    assert seen == made and [v.ref for v in b.catalog.list()] == ["acme/tiny@1"]
     assert not b.blobs.exists(digest)  # b has not needed it yet
-    path = b.weights_path(seen)  # pulled, verified, hard-linked under its name
+    path = b.files.weights_path(seen)  # pulled, verified, hard-linked under its name
     assert path.name == "w.gguf" and path.read_bytes() == (tmp_path / "w.gguf").read_bytes()
     assert b.blobs.exists(digest)
     b.tag("acme/tiny@1", "prod")
-    assert a.get("acme/tiny:prod").version == 1
+    assert a.catalog.get("acme/tiny:prod").version == 1
 
 
 def test_two_nodes_never_take_the_same_version_number(
@@ -98,7 +99,7 @@ def test_delete_gc_and_verify(storage: ObjectStorage, tmp_path: Path) -> None:
     gone = a.import_path(gguf(tmp_path, b"gone"), "gone").version
     a.delete("gone@1")
     with pytest.raises(NotFound):
-        node(tmp_path, storage, "b").get("gone@1")
+        node(tmp_path, storage, "b").catalog.get("gone@1")
     report = upkeep.gc(a, grace_s=0)
     assert report.blobs == 2  # the remote blob and the cached copy
     assert remote.digests(storage) == [kept.blobs[0].digest]
@@ -109,7 +110,7 @@ def test_delete_gc_and_verify(storage: ObjectStorage, tmp_path: Path) -> None:
     problems = upkeep.verify(a)
     assert len(problems) == 1 and "cached copy" in problems[0].problem
     assert not cached.exists()  # dropped: the next use pulls a good copy
-    assert a.blob_path(kept.blobs[0].digest).read_bytes() == make_gguf() + b"kept"
+    assert a.files.blob_path(kept.blobs[0].digest).read_bytes() == make_gguf() + b"kept"
 
 
 def test_a_corrupt_remote_part_is_never_used(storage: ObjectStorage, tmp_path: Path) -> None:
@@ -120,7 +121,7 @@ def test_a_corrupt_remote_part_is_never_used(storage: ObjectStorage, tmp_path: P
     storage.put(part.path, b"Z" * part.size)
     b = node(tmp_path, storage, "b")
     with pytest.raises(Exception, match="corrupt"):
-        b.weights_path(b.get("m"))
+        b.files.weights_path(b.catalog.get("m"))
     assert not b.blobs.exists(digest)
     assert not list((tmp_path / "b").rglob("*.partial"))
 
@@ -134,7 +135,7 @@ def test_nodes_pulling_one_blob_at_once_all_get_it(storage: ObjectStorage,
 
     def use() -> None:
         try:
-            results.append(b.weights_path(b.get("m")).read_bytes()[:4])
+            results.append(b.files.weights_path(b.catalog.get("m")).read_bytes()[:4])
         except Exception as exc:  # the assertion below shows it
             results.append(exc)
 

@@ -56,7 +56,7 @@ class NodeCache:
         pulled = 0
         for blob in remote["blobs"]:
             digest = blob["digest"]
-            if self.registry.blob_size(digest) is None:
+            if self.registry.files.blob_size(digest) is None:
                 log.info("pulling %s (%s, %d MiB) from %s", blob["filename"], digest[:19],
                          blob["size"] >> 20, self.control)
                 self.registry.put_blob(self._download(digest), filename=blob["filename"],
@@ -72,7 +72,7 @@ class NodeCache:
 
     def _held(self, name: str, files: set[tuple[str, str]], project: str) -> str | None:
         try:
-            versions = self.registry.versions(name, project=project)
+            versions = self.registry.catalog.versions(name, project=project)
         except (NotFound, LLMOSError):
             return None
         for version in versions:

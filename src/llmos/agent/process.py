@@ -269,7 +269,7 @@ def _local_versions(settings: Settings) -> list[str]:
     if not settings.models_dir.exists():
         return []
     try:
-        return [v.ref for v in LocalRegistry(settings.models_dir).list()]
+        return [v.ref for v in LocalRegistry(settings.models_dir).catalog.list()]
     except Exception as exc:  # a cache we cannot read counts as empty
         log.debug("cannot list the node's registry: %s", exc)
         return []

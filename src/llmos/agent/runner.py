@@ -20,7 +20,8 @@ from llmos.bus import Bus, names
 from llmos.bus.messages import ReplicaPhase, ReplicaSpec, ReplicaStatus
 from llmos.engines import EngineConfig, load_engine
 from llmos.errors import LLMOSError
-from llmos.registry import LocalRegistry, ModelVersion
+from llmos.registry.local import LocalRegistry
+from llmos.registry.manifest import ModelVersion
 from llmos.registry.templates import choose
 from llmos.settings import EngineSettings
 from llmos.worker.worker import Worker
@@ -57,23 +58,23 @@ def engine_config(settings: EngineSettings, registry: LocalRegistry,
     model_format = (version.config or {}).get("format")
     if model_format == providers.FORMAT:
         # The worker's slots are the requests it has in flight upstream at once.
-        return EngineConfig(model_path=registry.materialize(version) / providers.FILENAME,
+        return EngineConfig(model_path=registry.files.materialize(version) / providers.FILENAME,
                             slots=settings.slots, threads=1, ctx_size=0,
                             embedding=settings.embedding)
     if model_format == "transformers":  # vLLM: one sequence may use the whole context
-        return EngineConfig(model_path=registry.materialize(version), slots=settings.slots,
+        return EngineConfig(model_path=registry.files.materialize(version), slots=settings.slots,
                             threads=settings.threads, ctx_size=settings.ctx_size,
                             kv_unified=True, embedding=settings.embedding,
                             chat_template=settings.chat_template or "")
     if model_format == "sentence-transformers":
-        return EngineConfig(model_path=registry.materialize(version), slots=settings.slots,
+        return EngineConfig(model_path=registry.files.materialize(version), slots=settings.slots,
                             threads=settings.threads, embedding=True,
                             batch_wait_ms=settings.batch_wait_ms)
-    template = choose(version, settings.chat_template, files=registry.materialize(version))
+    template = choose(version, settings.chat_template, files=registry.files.materialize(version))
     log.info("%s: chat template %s (%s)", version.ref, template.name, template.source)
     if template.source == "fallback":
         log.warning("%s: %s", version.ref, template.describe()["warning"])
-    return EngineConfig(model_path=registry.weights_path(version),
+    return EngineConfig(model_path=registry.files.weights_path(version),
                         chat_template=template.text or "", **settings.options())
 
 
@@ -116,7 +117,7 @@ class InProcessRunner:
         spec = replica.spec
         try:
             settings = self.defaults.overlay(spec.settings)
-            version = await asyncio.to_thread(self.registry.get, spec.model,
+            version = await asyncio.to_thread(self.registry.catalog.get, spec.model,
                                               project=spec.project)
             config = await asyncio.to_thread(engine_config, settings, self.registry, version)
             engine = await asyncio.to_thread(load_engine, spec.engine, config)

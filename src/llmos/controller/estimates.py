@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import json
 
-from llmos.registry import LocalRegistry
 from llmos.registry.estimate import estimate_resources
+from llmos.registry.local import LocalRegistry
 from llmos.scheduler.model import Resources
 from llmos.settings import EngineSettings
 from llmos.store import Deployment
@@ -53,7 +53,7 @@ class Estimates:
         key = (deployment.served_ref, json.dumps(settings.model_dump(), sort_keys=True))
         known = self._memory.get(key)
         if known is None:
-            version = self.registry.get(deployment.served_ref, project=deployment.project)
+            version = self.registry.catalog.get(deployment.served_ref, project=deployment.project)
             stored = (version.estimate or {}).get("total_bytes")
             local = all(self.registry.blobs.path(b.digest).is_file() for b in version.blobs)
             if not local and stored:
@@ -75,7 +75,7 @@ class Estimates:
                 known = self._memory[key] = (TORCH_RUNTIME + 2 * weights
                                              + PROCESS_OVERHEAD)
                 return known
-            info, weights_bytes = self.registry.weights_info(version)
+            info, weights_bytes = self.registry.files.weights_info(version)
             estimate = estimate_resources(
                 info, weights_bytes=weights_bytes, slots=settings.slots,
                 ctx_size=settings.ctx_size, kv_unified=settings.kv_unified,

@@ -45,7 +45,7 @@ from llmos.controller.nodes import NodeDirectory
 from llmos.controller.snapshot import LIVE_STATES, Rollout, resources_of, rollout, snapshot
 from llmos.deployments import pin
 from llmos.errors import BusError, LLMOSError
-from llmos.registry import LocalRegistry
+from llmos.registry.local import LocalRegistry
 from llmos.scheduler import model as sched
 from llmos.scheduler.plan import plan
 from llmos.settings import EngineSettings

@@ -43,7 +43,7 @@ from llmos.gateway.routes import (
 from llmos.gateway.state import GatewayState
 from llmos.gateway.stranded import fail_stranded
 from llmos.gateway.traffic import TrafficMeter
-from llmos.registry import LocalRegistry
+from llmos.registry.local import LocalRegistry
 from llmos.settings import Settings
 from llmos.store import Store
 

@@ -39,7 +39,7 @@ from llmos.auth.roles import OPEN, Principal, Role
 from llmos.bus import Bus, TopicMessage, names
 from llmos.errors import BusError, Forbidden, LLMOSError, NotFound, Unauthorized
 from llmos.gateway.errors import error_response
-from llmos.registry.local import PROJECT_PATTERN
+from llmos.registry.refs import PROJECT_PATTERN
 from llmos.store import Store
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ from llmos.gateway.control import WorkerControl
 from llmos.gateway.dispatch import Dispatcher
 from llmos.gateway.metering import UsageBook
 from llmos.gateway.traffic import TrafficMeter
-from llmos.registry import LocalRegistry
+from llmos.registry.local import LocalRegistry
 from llmos.settings import EngineSettings, Settings
 from llmos.store import Deployment
 

@@ -1,7 +1,4 @@
-"""Model repositories: immutable versions, tags and content-addressed blobs."""
+"""Model repositories: immutable versions, tags and content-addressed blobs.
 
-from llmos.registry.local import Imported, LocalRegistry
-from llmos.registry.manifest import Blob, ModelVersion
-from llmos.registry.refs import ModelRef, parse_ref
-
-__all__ = ["Blob", "Imported", "LocalRegistry", "ModelRef", "ModelVersion", "parse_ref"]
+(Nothing is imported here: ``llmos.registry.local`` and the rest are imported where
+they are used, so importing a light part never loads the heavy ones.)"""

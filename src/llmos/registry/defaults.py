@@ -34,7 +34,7 @@ def ensure_default_model(registry: LocalRegistry, name: str = DEFAULT_MODEL_NAME
                          project: str = "default") -> ModelVersion:
     """Import the packaged Gemma file into the registry on first start; later, just find it."""
     try:
-        return registry.get(name, project=project)
+        return registry.catalog.get(name, project=project)
     except NotFound:
         pass
     try:

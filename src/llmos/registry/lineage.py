@@ -3,26 +3,27 @@
 from __future__ import annotations
 
 from llmos.errors import NotFound
-from llmos.registry.local import DEFAULT_PROJECT, LocalRegistry
+from llmos.registry.local import LocalRegistry
 from llmos.registry.manifest import ModelVersion
+from llmos.registry.refs import DEFAULT_PROJECT
 
 
 def lineage(registry: LocalRegistry, ref: str, *, project: str = DEFAULT_PROJECT
             ) -> tuple[list[ModelVersion], list[ModelVersion]]:
     """(ancestors, nearest first; descendants, all generations) of a version."""
-    version = registry.get(ref, project=project)
+    version = registry.catalog.get(ref, project=project)
     ancestors: list[ModelVersion] = []
     seen = {version.ref}
     current = version
     while current.derived_from and current.derived_from not in seen:
         seen.add(current.derived_from)
         try:
-            current = registry.get(current.derived_from, project=project)
+            current = registry.catalog.get(current.derived_from, project=project)
         except NotFound:
             break  # the parent was deleted: the chain ends here
         ancestors.append(current)
     children: dict[str, list[ModelVersion]] = {}
-    for other in registry.list(project=project):
+    for other in registry.catalog.list(project=project):
         if other.derived_from:
             children.setdefault(other.derived_from, []).append(other)
     descendants: list[ModelVersion] = []

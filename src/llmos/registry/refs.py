@@ -1,4 +1,5 @@
-"""Repository names and references: ``name``, ``name:tag``, ``name@3``, ``name@sha256:…``."""
+"""Repository names and references: ``name``, ``name:tag``, ``name@3``, ``name@sha256:…``;
+and the projects repositories live in."""
 
 from __future__ import annotations
 
@@ -19,6 +20,11 @@ TAG_RE = re.compile(TAG_PATTERN)
 DIGEST_RE = re.compile(DIGEST_PATTERN)
 RESERVED = frozenset({"lineage", "estimate", "tags", "versions"})
 """Words the API's paths use after a name: a name cannot end with one."""
+DEFAULT_PROJECT = "default"
+PROJECT_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
+PROJECT_RE = re.compile(PROJECT_PATTERN)
+PROJECT_RULE = ("a project name is at most 64 lowercase ASCII letters, digits, '-' and '_', "
+                "starting with a letter or digit")
 NAME_RULE = ("a model name is [namespace/]name of lowercase letters, digits, '-', '.' and '_', "
              "starting with a letter or digit, each part at most 128 characters, and not "
              "ending in /lineage, /estimate, /tags or /versions")
@@ -44,6 +50,13 @@ def check_name(name: str) -> str:
     if not NAME_RE.fullmatch(name) or name.rsplit("/", 1)[-1] in RESERVED:
         raise BadRequest(f"invalid model name {excerpt(name)}: {NAME_RULE}", param="name")
     return name
+
+
+def check_project(project: str) -> str:
+    if not PROJECT_RE.fullmatch(project):  # ASCII only: 'é'.islower() is True
+        raise BadRequest(f"invalid project {excerpt(project)}: {PROJECT_RULE}",
+                         param="project")
+    return project
 
 
 def check_tag(tag: str) -> str:

@@ -10,8 +10,9 @@ import time
 from dataclasses import dataclass
 
 from llmos.registry.blobs import Progress
-from llmos.registry.local import DEFAULT_PROJECT, LocalRegistry
+from llmos.registry.local import LocalRegistry
 from llmos.registry.manifest import ModelVersion
+from llmos.registry.refs import DEFAULT_PROJECT
 from llmos.storage import blobs as remote_blobs
 
 log = logging.getLogger(__name__)
@@ -35,14 +36,14 @@ class Problem:
 def _selected(registry: LocalRegistry, ref: str | None, project: str,
               everywhere: bool) -> list[ModelVersion]:
     if ref is not None:
-        return [registry.get(ref, project=project)]
-    return registry.all_versions() if everywhere else registry.list(project=project)
+        return [registry.catalog.get(ref, project=project)]
+    return registry.catalog.all_versions() if everywhere else registry.catalog.list(project=project)
 
 
 def referenced(registry: LocalRegistry) -> dict[str, list[str]]:
     """Every digest a manifest names, with the versions naming it."""
     refs: dict[str, list[str]] = {}
-    for version in registry.all_versions():
+    for version in registry.catalog.all_versions():
         for blob in version.blobs:
             refs.setdefault(blob.digest, []).append(f"{version.project}/{version.ref}")
     return refs
@@ -93,8 +94,8 @@ def gc(registry: LocalRegistry, *, grace_s: float = 3600.0) -> GcReport:
     """Remove blobs no version names (unless younger than ``grace_s``: an upload may be
     about to name them), stale ``*.part`` files and files folders of gone versions."""
     blobs = freed = parts = folders = 0
-    with registry.collecting():
-        versions = registry.all_versions()  # read once: on object storage, a full listing
+    with registry.locks.collecting():
+        versions = registry.catalog.all_versions()  # read once: on object storage, a full listing
         referenced = {b.digest for v in versions for b in v.blobs}
         now = time.time()
         for digest in registry.blobs.digests():
@@ -125,7 +126,7 @@ def gc(registry: LocalRegistry, *, grace_s: float = 3600.0) -> GcReport:
             with contextlib.suppress(OSError):
                 part.unlink()
                 parts += 1
-        live = {registry.files_path(v) for v in versions}
+        live = {registry.files.folder(v) for v in versions}
         files = registry.root / "files"
         for versioned in sorted(files.glob("**/_versions/*")) if files.is_dir() else []:
             if versioned.is_dir() and versioned not in live:

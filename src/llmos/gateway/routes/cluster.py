@@ -23,8 +23,7 @@ from llmos.gateway.auth import PrincipalDep, ProjectDep, requires
 from llmos.gateway.deps import StateDep
 from llmos.gateway.schemas import ErrorResponse
 from llmos.gateway.state import GatewayState
-from llmos.registry.local import PROJECT_PATTERN
-from llmos.registry.refs import REF_PATTERN
+from llmos.registry.refs import PROJECT_PATTERN, REF_PATTERN
 from llmos.settings import EngineSettings
 from llmos.store import Deployment, Store
 from llmos.store.tables import Event, Node, Replica

@@ -15,7 +15,7 @@ from llmos.errors import NotFound
 from llmos.gateway.auth import PrincipalDep, requires
 from llmos.gateway.deps import StateDep
 from llmos.gateway.schemas import ErrorResponse
-from llmos.registry.local import PROJECT_PATTERN
+from llmos.registry.refs import PROJECT_PATTERN
 from llmos.store.tables import ApiKey
 
 router = APIRouter(tags=["keys"])

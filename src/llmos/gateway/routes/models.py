@@ -31,11 +31,12 @@ from llmos.gateway.guard import has_body
 from llmos.gateway.routing import only_specific
 from llmos.gateway.schemas import ErrorResponse
 from llmos.gateway.state import GatewayState
-from llmos.registry import LocalRegistry, ModelVersion, templates, upkeep
+from llmos.registry import templates, upkeep
 from llmos.registry.blobs import CHUNK, BlobCorrupt, Stored, hash_file
 from llmos.registry.estimate import KV_TYPES
 from llmos.registry.lineage import lineage as find_lineage
-from llmos.registry.manifest import RELATIONS
+from llmos.registry.local import LocalRegistry
+from llmos.registry.manifest import RELATIONS, ModelVersion
 from llmos.registry.metadata import FILENAME_RE, PATH_RE
 from llmos.registry.refs import DIGEST_PATTERN, NAME_PATTERN, REF_PATTERN, TAG_PATTERN
 from llmos.registry.uploads import UPLOAD_ID_PATTERN
@@ -176,7 +177,7 @@ def _held(state: GatewayState, principal: Principal, digests: set[str]) -> set[s
     (store/grants.py): a digest alone proves nothing."""
     if principal.role in (Role.admin, Role.node):
         return set(digests)
-    named = {b.digest for v in _registry(state).list(project=principal.project)
+    named = {b.digest for v in _registry(state).catalog.list(project=principal.project)
              for b in v.blobs}
     held = digests & named
     return held | state.catalog.store.grants.granted(digests - held, principal.project)
@@ -200,7 +201,7 @@ async def _granted(state: GatewayState, principal: Principal, digest: str) -> No
 @requires(Role.user)
 async def list_models(state: StateDep, project: ProjectDep) -> VersionList:
     """Every version of every repository in the project, by name then version."""
-    versions = await asyncio.to_thread(_registry(state).list, project=project)
+    versions = await asyncio.to_thread(_registry(state).catalog.list, project=project)
     return VersionList(data=[public(v) for v in versions])
 
 
@@ -230,7 +231,7 @@ async def create_version(name: NamePath, body: NewVersion, state: StateDep,
 async def lineage(ref: RefPath, state: StateDep, project: ProjectDep) -> Lineage:
     """Where a version came from (``derived_from``, followed up) and what was made from it."""
     registry = _registry(state)
-    version = await asyncio.to_thread(registry.get, ref, project=project)
+    version = await asyncio.to_thread(registry.catalog.get, ref, project=project)
     ancestors, descendants = await asyncio.to_thread(find_lineage, registry, ref, project=project)
     return Lineage(version=public(version), ancestors=[public(v) for v in ancestors],
                    descendants=[public(v) for v in descendants])
@@ -258,8 +259,8 @@ async def estimate(
 
     registry = _registry(state)
     engine = state.settings.engine
-    version = await asyncio.to_thread(registry.get, ref, project=project)
-    info, weights_bytes = await asyncio.to_thread(registry.weights_info, version)
+    version = await asyncio.to_thread(registry.catalog.get, ref, project=project)
+    info, weights_bytes = await asyncio.to_thread(registry.files.weights_info, version)
     try:
         result = estimate_resources(
             info, weights_bytes=weights_bytes, slots=slots or engine.slots,
@@ -325,8 +326,8 @@ async def plan(ref: RefPath, body: PlanBody, state: StateDep,
 
     registry = _registry(state)
     engine = state.settings.engine
-    version = await asyncio.to_thread(registry.get, ref, project=project)
-    info, weights_bytes = await asyncio.to_thread(registry.weights_info, version)
+    version = await asyncio.to_thread(registry.catalog.get, ref, project=project)
+    info, weights_bytes = await asyncio.to_thread(registry.files.weights_info, version)
     per_slot = body.prompt_tokens + body.output_tokens
 
     def memory(slots: int) -> int:
@@ -374,7 +375,7 @@ async def show_model(ref: RefPath, request: Request, state: StateDep,
                      project: ProjectDep) -> VersionPublic:
     """One version: ``name`` (its ``latest``), ``name:tag``, ``name@3`` or ``name@sha256:…``."""
     only_specific(request)
-    return public(await asyncio.to_thread(_registry(state).get, ref, project=project))
+    return public(await asyncio.to_thread(_registry(state).catalog.get, ref, project=project))
 
 
 @router.delete("/api/models/{ref:path}", response_model=VersionPublic, responses={
@@ -471,7 +472,7 @@ async def blob_exists(digest: DigestPath, state: StateDep,
     """200 with the size when the store has the blob and the key's project holds it (its
     versions name it, or one of its keys uploaded it): an upload of it can be skipped."""
     await _must_hold(state, principal, digest)
-    size = await asyncio.to_thread(_registry(state).blob_size, digest)
+    size = await asyncio.to_thread(_registry(state).files.blob_size, digest)
     if size is None:
         raise NotFound(f"blob {digest} not found")
     return Response(media_type="application/octet-stream",
@@ -488,7 +489,7 @@ async def download_blob(digest: DigestPath, state: StateDep,
     of a blob the key's project holds (404 for another, as for none)."""
     await _must_hold(state, principal, digest)
     registry = _registry(state)
-    path = await asyncio.to_thread(registry.blob_path, digest)
+    path = await asyncio.to_thread(registry.files.blob_path, digest)
     stat = path.stat()
     key = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
     if state.verified_blobs.get(digest) != key:
