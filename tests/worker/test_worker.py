@@ -164,6 +164,32 @@ async def test_a_request_of_a_dead_replica_is_retried_on_another(
 
 
 @pytest.mark.asyncio
+async def test_a_worker_that_stops_mid_request_gives_it_back_to_another(
+        engine: Engine, bus: MemoryBus, dispatcher: Dispatcher) -> None:
+    """Its stop ends the generation, and the request goes back to the queue (not counted
+    as cancelled: nobody cancelled it), so the other replica answers it whole."""
+    def counted(outcome: str) -> float:
+        return REGISTRY.get_sample_value("llmos_worker_requests_total",
+                                         {"deployment": "m", "outcome": outcome}) or 0.0
+
+    requeued, cancelled = counted("requeue"), counted("cancelled")
+    stopping = Worker(bus, engine, "m")
+    await stopping.start()
+    handle = await submit(dispatcher, "r-stop", max_tokens=40)
+    collecting = asyncio.ensure_future(collect(handle))
+    await eventually(lambda: stopping.busy_slots == 1, what="the request running")
+    survivor = Worker(bus, engine, "m")
+    await survivor.start()
+    await stopping.stop()
+    chunks = await asyncio.wait_for(collecting, 30)
+    await survivor.stop()
+    assert counted("requeue") == requeued + 1 and counted("cancelled") == cancelled
+    assert chunks[-1].error is None
+    assert chunks[-1].attempt == 2
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 40
+
+
+@pytest.mark.asyncio
 async def test_a_stream_that_already_sent_text_fails_explicitly(
         engine: Engine, bus: MemoryBus, dispatcher: Dispatcher) -> None:
     dying = Worker(bus, engine, "m")
@@ -312,13 +338,13 @@ async def test_a_burst_of_like_completions_is_one_engine_call_answering_each_as_
     try:
         alone = [await collect(await submit_prompt(dispatcher, f"alone-{i}", p))
                  for i, p in enumerate(LIKE_PROMPTS)]
-        merged = worker._launcher.merged_calls
+        merged = worker._serving._launcher.merged_calls
         handles = [await submit_prompt(dispatcher, f"burst-{i}", p, stream=True)
                    for i, p in enumerate(LIKE_PROMPTS)]
         together = await asyncio.gather(*(collect(h) for h in handles))
     finally:
         await worker.stop()
-    assert worker._launcher.merged_calls == merged + 1
+    assert worker._serving._launcher.merged_calls == merged + 1
     assert [text(c) for c in together] == [text(c) for c in alone]
     assert [c[-1].usage for c in together] == [c[-1].usage for c in alone]
     assert all(c[-1].finish_reason == "length" for c in together)
@@ -330,7 +356,7 @@ async def test_a_cancelled_member_of_a_merged_call_ends_at_once_and_the_others_f
     worker = Worker(bus, engine, "m")
     await worker.start()
     try:
-        merged = worker._launcher.merged_calls
+        merged = worker._serving._launcher.merged_calls
         handles = [await submit_prompt(dispatcher, f"m-{i}", p, max_tokens=24, stream=True)
                    for i, p in enumerate(LIKE_PROMPTS[:3])]
         streams = [h.chunks() for h in handles]
@@ -342,7 +368,7 @@ async def test_a_cancelled_member_of_a_merged_call_ends_at_once_and_the_others_f
         rest = await asyncio.gather(*(_rest(s) for s in streams[1:]))
     finally:
         await worker.stop()
-    assert worker._launcher.merged_calls == merged + 1
+    assert worker._serving._launcher.merged_calls == merged + 1
     for chunks in rest:
         assert chunks[-1].error is None
         assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 24

@@ -1,4 +1,5 @@
-"""The Worker: consumes ``infer.<deployment>``, runs the engine, streams reply chunks.
+"""The Worker: consumes ``infer.<deployment>``, gives each request a slot and has the
+engine serve it (``serving.py``), which streams its reply chunks.
 
 The same class runs inside ``llmos serve`` (embedded) and as its own process.
 A request is acked only after its final chunk is published, so a worker that
@@ -16,7 +17,7 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Literal
+from typing import Literal
 
 from llmos import __version__
 from llmos.bus import Bus, Delivery, Subscription, TopicMessage, names
@@ -26,28 +27,24 @@ from llmos.bus.messages import (
     Heartbeat,
     InferenceRequest,
     RequestEvent,
-    TokenLogprob,
-    ToolCallDelta,
     Usage,
     decode,
     decode_or_ignore,
     encode,
 )
-from llmos.capabilities import require
-from llmos.engines.base import Engine, EngineEvent, GenerationResult, PromptReady, TextDelta
-from llmos.errors import BusError, ContextLengthExceeded, LLMOSError
+from llmos.engines.base import Engine
+from llmos.errors import BusError, LLMOSError
 from llmos.observability import metrics
 from llmos.observability.context import request_id_var
 from llmos.observability.telemetry import TelemetryPublisher
 from llmos.worker.cancels import CancelBook
-from llmos.worker.cohort import BURST_WINDOW_S, CohortLauncher
-from llmos.worker.embeddings import Gatherer, encoded, inputs_of
-from llmos.worker.mailbox import Mailbox
+from llmos.worker.cohort import BURST_WINDOW_S
 from llmos.worker.outbox import Outbox
 from llmos.worker.presence import Presence
 from llmos.worker.prompt import check_prompt_bound
 from llmos.worker.recent import RecentPrefixes
 from llmos.worker.replies import Replies
+from llmos.worker.serving import Serving, error_info, failure_outcome
 from llmos.worker.slots import STANDBY, TieredSlots
 
 log = logging.getLogger(__name__)
@@ -81,12 +78,8 @@ class Worker:
         """Slots and standby: a thread for each (the engine's calls block their thread)."""
         self._pool = ThreadPoolExecutor(max_workers=self._places,
                                         thread_name_prefix=f"engine-{deployment}")
-        self._launcher = CohortLauncher(self._pool, engine,
-                                        metrics.BURST_HOLDS.labels(deployment).observe)
+        self._serving = Serving(engine, deployment, self._pool)
         self._outbox = Outbox(bus)
-        self._gatherer = Gatherer(self._pool, engine, max_inputs=self.slots,
-                                  wait_s=engine.config.batch_wait_ms / 1000,
-                                  on_call=self._embedding_call)
         self._cancels_book = CancelBook()
         self._requests: list[Subscription] = []
         self.route: str | None = None
@@ -98,7 +91,6 @@ class Worker:
         labels = {"deployment": deployment, "worker": self.worker_id}
         self._slots_gauge = metrics.WORKER_SLOTS.labels(**labels)
         self._busy_gauge = metrics.WORKER_BUSY_SLOTS.labels(**labels)
-        self._tokens = metrics.GENERATED_TOKENS.labels(deployment)
 
     @property
     def busy_slots(self) -> int:
@@ -107,7 +99,7 @@ class Worker:
         return self._engine_slots.running
 
     async def start(self) -> None:
-        self._mailbox = Mailbox(asyncio.get_running_loop())
+        self._serving.start(asyncio.get_running_loop())
         for tier in names.TIERS:
             await self.bus.declare_queue(names.infer_queue(self.deployment, tier),
                                          names.infer_queue_options(self.deployment))
@@ -286,7 +278,7 @@ class Worker:
                 elif cancel.is_set() or time.time() > request.deadline:
                     outcome = "skipped"  # cancelled or expired while it waited for a slot
                 elif request.kind == "embedding":
-                    outcome = await self._embed(request, publish)
+                    outcome = await self._serving.embed(request, publish)
                 else:
                     # (Before its answer: the next turn may come as soon as it is read.)
                     self._recent.add(request.prefixes)
@@ -294,10 +286,13 @@ class Worker:
                     # queue) is never held back for a burst: only requests that just came
                     # may be a burst.
                     queued = queues or (queued_s is not None and queued_s > BURST_WINDOW_S)
-                    outcome = await self._serve(request, publish, cancel, queued=queued)
+                    outcome = await self._serving.generate(request, publish, cancel,
+                                                           queued=queued)
+                    if outcome == "cancelled" and self._stopping:
+                        outcome = "requeue"  # for another replica: nobody cancelled it
         except LLMOSError as exc:  # refused before it reached the engine
-            await publish.chunk(final=True, error=_error_info(exc))
-            outcome = _failure_outcome(exc)
+            await publish.chunk(final=True, error=error_info(exc))
+            outcome = failure_outcome(exc)
         except Exception:
             # A bug here must not bounce the request between replicas forever.
             log.exception("worker failed on a request")
@@ -338,134 +333,3 @@ class Worker:
             with contextlib.suppress(BusError):
                 await self._presence.send()  # drained: say so now, not at the next beat
         self._events.offer(encode(event))
-
-    def _embedding_call(self, inputs: int) -> None:
-        metrics.EMBEDDING_BATCHES.labels(self.deployment).inc()
-        metrics.EMBEDDING_BATCH_INPUTS.labels(self.deployment).observe(inputs)
-
-    async def _embed(self, request: InferenceRequest, publish: Replies) -> str:
-        """An embedding request: its vectors in one final chunk (base64 float32)."""
-        require("embeddings", self.engine.capabilities, self.deployment)
-        dimensions = request.body.get("dimensions")
-        embedded = await self._gatherer.embed(inputs_of(request.body))
-        await publish.chunk(
-            final=True, finish_reason="stop",
-            embeddings=[encoded(v, dimensions) for v in embedded.vectors],
-            usage=Usage(prompt_tokens=embedded.prompt_tokens,
-                        total_tokens=embedded.prompt_tokens))
-        return "ok"
-
-    async def _serve(self, request: InferenceRequest, publish: Replies,
-                     cancel: threading.Event, *, queued: bool = False) -> str:
-        require("chat" if request.kind == "chat" else "completions",
-                self.engine.capabilities, self.deployment)
-        mailbox = self._mailbox
-        deltas: list[TextDelta] = []
-        """Streamed: the tokens not sent yet. Not streamed: all of them."""
-        body = request.body
-        ctx_per_slot = self.engine.config.ctx_per_slot
-
-        def send_ready() -> None:  # on the loop, after the mailbox's drain
-            if deltas:
-                publish.add(**_joined(deltas))
-                deltas.clear()
-
-        def take(event: TextDelta) -> None:  # on the loop: tokens that came together join
-            if not deltas:
-                mailbox.after_items(send_ready)
-            deltas.append(event)
-
-        def on_event(event: EngineEvent) -> bool:  # on an engine thread
-            if cancel.is_set() or time.time() > request.deadline:
-                return True
-            if isinstance(event, PromptReady):
-                if request.max_tokens_explicit:
-                    _check_context(event.prompt_tokens, body, ctx_per_slot)
-            elif isinstance(event, TextDelta):
-                if request.stream:
-                    mailbox.post(take, event)
-                else:
-                    deltas.append(event)
-            return False
-
-        kind = request.kind
-        assert kind != "embedding"  # (_embed's)
-        future = self._launcher.submit(kind, body, on_event, hold=not queued)
-        try:
-            # (The engine's last tokens reach the loop before its end: the mailbox's drain
-            # is queued first. Any not sent by then ride on the final chunk.)
-            result: GenerationResult = await future
-        except Exception as exc:
-            if request.stream and deltas:  # the tokens that came before the failure
-                publish.add(**_joined(deltas))
-            deltas.clear()
-            if isinstance(exc, LLMOSError):
-                error = _error_info(exc)
-            else:
-                log.exception("engine failed")
-                error = ErrorInfo(status=500, type="server_error", code="engine_error",
-                                  message=f"the engine failed: {exc}")
-            await publish.chunk(final=True, error=error)
-            return _failure_outcome(exc)
-        if result.stopped and self._stopping:
-            return "requeue"
-        if result.stopped and cancel.is_set():
-            return "cancelled"
-        self._tokens.inc(result.completion_tokens)
-        last = _joined(deltas)
-        deltas.clear()
-        await publish.chunk(
-            **last, final=True, finish_reason=result.finish_reason,
-            usage=Usage(prompt_tokens=result.prompt_tokens,
-                        completion_tokens=result.completion_tokens,
-                        total_tokens=result.prompt_tokens + result.completion_tokens))
-        return "ok"
-
-
-def _joined(deltas: list[TextDelta]) -> dict[str, Any]:
-    """One reply chunk's text, its tokens' logprobs when the request asked for them, and
-    the pieces of tool calls (the pieces of one call that come in a row as one)."""
-    if len(deltas) == 1 and not deltas[0].logprobs and not deltas[0].tool_calls:
-        return {"text": deltas[0].text}  # (the common case: one token of text)
-    fields: dict[str, Any] = {"text": "".join(d.text for d in deltas)}
-    logprobs = [entry for d in deltas for entry in d.logprobs]
-    if logprobs:
-        fields["logprobs"] = [TokenLogprob.model_validate(e) for e in logprobs]
-    calls: list[ToolCallDelta] = []
-    for piece in (call for d in deltas for call in d.tool_calls):
-        function = piece.get("function") or {}
-        index = int(piece.get("index", 0))
-        arguments = str(function.get("arguments") or "")
-        if calls and calls[-1].index == index and not piece.get("id"):
-            last = calls[-1]
-            calls[-1] = last.model_copy(update={"arguments": last.arguments + arguments})
-        else:
-            calls.append(ToolCallDelta(index=index, id=piece.get("id"),
-                                       name=function.get("name"), arguments=arguments))
-    if calls:
-        fields["tool_calls"] = calls
-    return fields
-
-
-def _check_context(prompt_tokens: int, body: dict[str, Any], ctx_per_slot: int | None) -> None:
-    if ctx_per_slot is None:
-        return
-    max_tokens = int(body.get("max_tokens") or 0)
-    if prompt_tokens + max_tokens > ctx_per_slot:
-        raise ContextLengthExceeded(
-            f"the prompt has {prompt_tokens} tokens and max_tokens is {max_tokens}, "
-            f"together {prompt_tokens + max_tokens}, but a request slot holds {ctx_per_slot} "
-            "tokens (context size / slots); shorten the prompt or lower max_tokens",
-            param="max_tokens",
-        )
-
-
-def _failure_outcome(exc: BaseException) -> str:
-    """``rejected`` for the client's mistakes (a 4xx: context overflow, a bad grammar), so
-    that they are not counted as the worker's errors; ``error`` for everything else."""
-    return "rejected" if isinstance(exc, LLMOSError) and exc.status < 500 else "error"
-
-
-def _error_info(exc: LLMOSError) -> ErrorInfo:
-    return ErrorInfo(status=exc.status, type=exc.type, message=exc.message, param=exc.param,
-                     code=exc.code)
