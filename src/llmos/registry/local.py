@@ -10,8 +10,8 @@ It is made of four parts, one concept each:
 - ``locks`` (``locks.py``): ``flock`` files between processes on this node.
 
 ``LocalRegistry`` holds them and does what spans them: importing and creating versions,
-tagging, deleting. Readers use its parts (``registry.catalog.get``, ``registry.files
-.weights_path``), uploads its ``uploads`` and deployments its ``pins``.
+tagging, deleting. Readers use its parts: ``registry.catalog.get(ref)``,
+``registry.files.weights_path(version)``; uploads use ``uploads``, deployments ``pins``.
 
 A blob is written to ``*.part`` and renamed into place only once its digest is
 known (and, for GGUF, its header checks), so a half-written or refused blob is
