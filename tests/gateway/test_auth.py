@@ -260,6 +260,7 @@ async def test_a_key_sees_only_its_own_project(
 
 
 @pytest.mark.asyncio
+@pytest.mark.usefixtures("keys_seen_soon")
 async def test_a_digest_alone_opens_no_other_projects_blob(
         served: tuple[FastAPI, httpx.AsyncClient, Keys]) -> None:
     app, client, keys = served

@@ -39,10 +39,13 @@ COUNTERS_URL = "redis://127.0.0.1:6379/13"
 
 
 @pytest_asyncio.fixture(params=["store", "redis"])
-async def gateways(request: pytest.FixtureRequest, tmp_path: Path
+async def gateways(request: pytest.FixtureRequest, tmp_path: Path, keys_seen_soon: None,
+                   monkeypatch: pytest.MonkeyPatch
                    ) -> AsyncIterator[tuple[list[httpx.AsyncClient], Store]]:
     """Two gateways on one store (no replica: requests are counted, then 503), sharing
-    their counts through the store or through Redis."""
+    their counts through the store or through Redis: every 0.5 s, even while no limit is
+    set (then 5 s by default), so the usage a test makes is recorded soon."""
+    monkeypatch.setattr(metering, "UNLIMITED_SYNC_INTERVAL_S", metering.SYNC_INTERVAL_S)
     counters: dict[str, str] = {}
     if request.param == "redis":
         require_service("Redis", "127.0.0.1", 6379)

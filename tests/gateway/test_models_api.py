@@ -335,6 +335,7 @@ def test_one_writer_per_upload_session(tmp_path: Path) -> None:
 
 
 @pytest.mark.asyncio
+@pytest.mark.usefixtures("keys_seen_soon")
 async def test_verify_keeps_to_the_keys_project_unless_an_admins(api: Api) -> None:
     mine = await api.push("m", make_gguf() + b"mine")
     theirs = await api.upload(make_gguf() + b"theirs")

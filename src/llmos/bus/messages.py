@@ -158,11 +158,13 @@ class Heartbeat(_Message):
 
 
 class Command(_Message):
-    """An order to one worker process (its id and epoch), void after ``expires_at``."""
+    """An order to one worker process (its id and epoch), void after ``expires_at``;
+    ``beat`` (a heartbeat now) may also be for every worker (``names.EVERY_WORKER``, any
+    epoch): a gateway that has just started asks who is there."""
 
     worker_id: str
     epoch: str
-    action: Literal["drain", "resume"]
+    action: Literal["drain", "resume", "beat"]
     issued_at: float
     expires_at: float
 

@@ -48,6 +48,9 @@ class WorkerControl:
         self._subscriptions: list[Subscription] = []
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._listening_since = time.time()
+        self._unheard_s = names.HEARTBEAT_INTERVAL_S
+        """How long after its start the workers that run may not all have been heard:
+        until their next heartbeat, or, once they were asked to beat, until they answer."""
 
     def serving(self, deployment: str) -> bool:
         """Whether a live, undrained worker of ``deployment`` is known (hot path: cheap)."""
@@ -62,11 +65,12 @@ class WorkerControl:
 
     async def wait_for_replica(self, deployment: str, timeout_s: float) -> bool:
         """True once a live, undrained worker of ``deployment`` is known; False if none is
-        heard of within ``timeout_s`` (or, just after start, one heartbeat interval: the
-        workers that already run have not all been heard yet)."""
+        heard of within ``timeout_s`` (or, just after start, until the workers that
+        already run have all been heard: ``names.ROLL_CALL_WAIT_S`` after asking them,
+        one heartbeat interval if that could not be asked)."""
         if self.serving(deployment):
             return True
-        unheard = self._listening_since + names.HEARTBEAT_INTERVAL_S - time.time()
+        unheard = self._listening_since + self._unheard_s - time.time()
         waiter = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(deployment, []).append(waiter)
         try:
@@ -85,6 +89,23 @@ class WorkerControl:
                                (names.REQUEST_EVENTS_TOPIC, self._on_request_event),
                                (names.LOG_EVENTS_TOPIC, self._on_log_event)):
             self._subscriptions.append(await self.bus.subscribe(topic, handler))
+        await self._roll_call()
+
+    async def _roll_call(self) -> None:
+        """Ask every worker to beat now, so that the ones that run are known within
+        moments of this start rather than by their next heartbeat (up to an interval:
+        requests for their models would wait for it)."""
+        now = time.time()
+        ttl_s = names.ROLL_CALL_WAIT_S
+        call = Command(worker_id=names.EVERY_WORKER, epoch="", action="beat",
+                       issued_at=now, expires_at=now + ttl_s)
+        try:
+            await self.bus.broadcast(names.COMMAND_TOPIC, encode(call), ttl_s=ttl_s)
+        except BusError as exc:
+            log.warning("could not ask the workers to beat (%s): they are known by their "
+                        "next heartbeats", exc.message)
+            return
+        self._unheard_s = names.ROLL_CALL_WAIT_S
 
     async def stop(self) -> None:
         for subscription in self._subscriptions:

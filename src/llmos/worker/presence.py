@@ -1,8 +1,9 @@
 """A worker's presence on the bus: its heartbeats, and the drain/resume orders for it.
 
-Heartbeats go out every interval and at once when the worker's state changes; an
-order counts only for this worker's id and epoch (this start of the process), and
-only until it expires.
+Heartbeats go out every interval, at once when the worker's state changes, and when a
+gateway that has just started asks every worker to beat (a roll call); an order counts
+only for this worker's id and epoch (this start of the process), and only until it
+expires.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ log = logging.getLogger(__name__)
 CHANGE_BEAT_S = 0.25
 """A worker whose busy slots changed beats again within this (not at most every
 interval), but no more often."""
+ROLL_CALL_ANSWER_S = 0.05
+"""A roll call is answered within this (answers to calls meanwhile are one)."""
 
 OnCommand = Callable[[Literal["drain", "resume"]], Awaitable[None]]
 
@@ -59,7 +62,14 @@ class Presence:
 
     async def _on_message(self, message: TopicMessage) -> None:
         command = decode_or_ignore(Command, message.body)
-        if command is None or command.worker_id != self.worker_id:
+        if command is None:
+            return
+        if command.action == "beat":
+            if (command.worker_id in (names.EVERY_WORKER, self.worker_id)
+                    and time.time() <= command.expires_at):
+                self._beacon.send_within(ROLL_CALL_ANSWER_S)
+            return
+        if command.worker_id != self.worker_id:
             return
         if command.epoch != self.epoch:
             log.warning("ignored %s for an earlier start of this worker", command.action)
