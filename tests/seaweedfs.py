@@ -137,7 +137,8 @@ class SeaweedFS:
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
             try:
-                self.process.wait(timeout=5)  # (it can take longer: nothing to keep)
+                # (Its graceful stop takes more than 5 s, and no test keeps its data.)
+                self.process.wait(timeout=0.5)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(timeout=10)
