@@ -19,7 +19,7 @@ from tests.conftest import REQUIRE_SERVICES, free_port, stop_process
 from tests.seaweedfs import SeaweedFS
 
 # Tansu answers a fetch only at its deadline: keep it short (the default suits Kafka).
-KAFKA_QUERY = "partitions=2&session_timeout_ms=6000&fetch_max_wait_ms=10"
+KAFKA_QUERY = "partitions=2&session_timeout_ms=3000&fetch_max_wait_ms=10"
 
 
 def tansu_binary() -> str | None:
