@@ -1,9 +1,11 @@
 """A node heeds one cluster's orders: two control planes with their own stores on one
-bus never stop each other's replicas."""
+bus never stop each other's replicas; it reports at once when a controller starts."""
 
 from __future__ import annotations
 
+import asyncio
 import time
+from pathlib import Path
 
 import pytest
 
@@ -13,6 +15,11 @@ from llmos.agent.runner import Notify
 from llmos.bus import TopicMessage
 from llmos.bus.memory import MemoryBus
 from llmos.bus.messages import Assignment, ReplicaSpec, ReplicaStatus, encode
+from llmos.controller.reconcile import Controller
+from llmos.registry.defaults import open_registry
+from llmos.settings import Settings
+from llmos.store import Store
+from tests.waiting import eventually
 
 
 class Replicas:
@@ -81,3 +88,29 @@ async def test_a_node_started_for_a_cluster_never_heeds_another(bus: MemoryBus) 
     assert runner.ids == set() and agent.cluster == "aaa"
     await agent._on_assignment(order("aaa", 1, "r1"))
     assert runner.ids == {"r1"}
+
+
+@pytest.mark.asyncio
+async def test_a_controller_that_starts_hears_every_node_at_once(
+        bus: MemoryBus, tmp_path: Path) -> None:
+    """A node reports every minute here; a controller started after its report hears it
+    within moments all the same (its roll call), so it can act at once, not by the
+    node's next status."""
+    settings = Settings(home=tmp_path)
+    store = Store(settings.db_url)
+    store.migrate()
+    agent = NodeAgent(bus, "n1", Replicas(), Capacity(cpus=2, memory=1 << 30),
+                      interval_s=60)
+    await agent.start()
+    controller = Controller(store, open_registry(settings), bus, settings.engine)
+    try:
+        await asyncio.sleep(0.1)  # (its first status is gone by the time the controller starts)
+        await controller.start()
+        started = time.monotonic()
+        await eventually(lambda: [h.status.node for h in controller.directory.all()] == ["n1"],
+                         timeout_s=0.5, what="the node heard")
+        assert time.monotonic() - started < 0.5
+    finally:
+        await controller.stop()
+        await agent.stop()
+        store.close()

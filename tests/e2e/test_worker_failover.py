@@ -216,8 +216,9 @@ def test_kill_9_of_one_worker_loses_no_request(cluster: Cluster) -> None:
 
         async def one(i: int) -> tuple[int, openai.types.Completion]:
             raw = await client.completions.with_raw_response.create(
-                model=MODEL, prompt=f"Request {i}: 1, 2, 3,", max_tokens=PLAIN_TOKENS, temperature=0,
-                extra_body={"ignore_eos": True}, extra_headers={"x-request-id": f"plain-{i}"})
+                model=MODEL, prompt=f"Request {i}: 1, 2, 3,", max_tokens=PLAIN_TOKENS,
+                temperature=0, extra_body={"ignore_eos": True},
+                extra_headers={"x-request-id": f"plain-{i}"})
             return int(raw.headers["x-llmos-attempt"]), raw.parse()
 
         async def stream(i: int) -> str:

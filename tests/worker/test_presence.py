@@ -46,7 +46,7 @@ async def test_a_roll_call_is_answered_at_once_and_a_stale_or_anothers_is_not(
             await stale_or_anothers
         await asyncio.sleep(0.2)
         assert len(beats) == 1  # (the next is a minute away)
-        await _call(bus, names.EVERY_WORKER)
+        await _call(bus, names.EVERYONE)
         await eventually(lambda: len(beats) == 2, timeout_s=0.5, what="the answer")
         await _call(bus, "w1")  # (one worker may be called by its id too)
         await eventually(lambda: len(beats) == 3, timeout_s=0.5, what="the answer")

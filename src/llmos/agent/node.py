@@ -24,8 +24,8 @@ import uuid
 from llmos.agent.capacity import Capacity, cpu_load
 from llmos.agent.runner import Runner
 from llmos.bus import Bus, Subscription, TopicMessage, names
-from llmos.bus.beacon import Beacon
-from llmos.bus.messages import Assignment, NodeStatus, decode_or_ignore
+from llmos.bus.beacon import Beacon, calls
+from llmos.bus.messages import Assignment, Command, NodeStatus, decode_or_ignore
 
 log = logging.getLogger(__name__)
 
@@ -46,15 +46,16 @@ class NodeAgent:
         self.cluster = cluster or ""
         """The cluster whose assignments this node heeds ("": the first it hears)."""
         self._foreign: set[str] = set()
-        self._subscription: Subscription | None = None
+        self._subscriptions: list[Subscription] = []
         self._beacon = Beacon(bus, names.NODE_STATUS_TOPIC, self.status, interval_s,
                               name=f"agent-{name}")
         self._stopping: dict[str, asyncio.Task[None]] = {}
         runner.on_change = self._beacon.send_soon  # a replica changed: say so now
 
     async def start(self) -> None:
-        self._subscription = await self.bus.subscribe(names.ASSIGNMENT_TOPIC,
-                                                      self._on_assignment)
+        self._subscriptions = [
+            await self.bus.subscribe(names.ASSIGNMENT_TOPIC, self._on_assignment),
+            await self.bus.subscribe(names.COMMAND_TOPIC, self._on_command)]
         cpu_load()  # the first reading starts the interval
         self._beacon.start()
         log.info("agent of node %s started (%g CPUs, %d MiB), heeding cluster %s", self.name,
@@ -62,8 +63,9 @@ class NodeAgent:
                  self.cluster or "(the first whose assignment comes)")
 
     async def stop(self) -> None:
-        if self._subscription is not None:
-            await self._subscription.cancel()
+        for subscription in self._subscriptions:
+            await subscription.cancel()
+        self._subscriptions.clear()
         await self._beacon.stop()
         await self.runner.close()
 
@@ -76,6 +78,13 @@ class NodeAgent:
 
     async def send_status(self) -> None:
         await self._beacon.send()
+
+    async def _on_command(self, message: TopicMessage) -> None:
+        """A roll call (a controller that has just started asks who is there): a status
+        now. (The other commands are for workers.)"""
+        command = decode_or_ignore(Command, message.body)
+        if command is not None and calls(command, self.name):
+            self._beacon.answer()
 
     async def _on_assignment(self, message: TopicMessage) -> None:
         assignment = decode_or_ignore(Assignment, message.body)

@@ -1,19 +1,32 @@
 """A beacon: a message broadcast every interval, and at once when asked (a state
-changed). The one loop behind a worker's heartbeats and a node agent's status."""
+changed, or a roll call). The one loop behind a worker's heartbeats and a node agent's
+status.
+
+A roll call (``roll_call``) asks every beacon on the bus to send now: a gateway or a
+controller that has just started listening knows who is there within moments, not by
+their next beats. It is a ``beat`` command for everyone (``names.EVERYONE``) on the
+command topic, which workers and agents read already.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 
 from pydantic import BaseModel
 
 from llmos.aio import stop_task
+from llmos.bus import names
 from llmos.bus.base import Bus
+from llmos.bus.messages import Command, encode
 from llmos.errors import BusError
 
 log = logging.getLogger(__name__)
+
+ROLL_CALL_ANSWER_S = 0.05
+"""A roll call is answered within this (calls that come meanwhile get one answer)."""
 
 
 class Beacon:
@@ -58,6 +71,10 @@ class Beacon:
         if self._loop is not None and (self._soon is None or self._soon.done()):
             self._soon = asyncio.get_running_loop().create_task(self._send_after(delay_s))
 
+    def answer(self) -> None:
+        """A roll call came: send within ``ROLL_CALL_ANSWER_S``."""
+        self.send_within(ROLL_CALL_ANSWER_S)
+
     async def _send_after(self, delay_s: float) -> None:
         await asyncio.sleep(delay_s)
         await self.send()
@@ -66,3 +83,24 @@ class Beacon:
         while True:
             await self.send()
             await asyncio.sleep(self.interval_s)
+
+
+async def roll_call(bus: Bus) -> bool:
+    """Ask every worker and node agent on ``bus`` to beat now; False (logged) when it
+    could not be sent (then they are known by their next beats)."""
+    now = time.time()
+    call = Command(worker_id=names.EVERYONE, epoch="", action="beat", issued_at=now,
+                   expires_at=now + names.ROLL_CALL_WAIT_S)
+    try:
+        await bus.broadcast(names.COMMAND_TOPIC, encode(call), ttl_s=names.ROLL_CALL_WAIT_S)
+    except BusError as exc:
+        log.warning("could not ask the workers and agents to beat (%s): they are known by "
+                    "their next beats", exc.message)
+        return False
+    return True
+
+
+def calls(command: Command, name: str) -> bool:
+    """Whether ``command`` is a roll call, still live, that ``name`` answers."""
+    return (command.action == "beat" and command.worker_id in (names.EVERYONE, name)
+            and time.time() <= command.expires_at)

@@ -159,8 +159,8 @@ class Heartbeat(_Message):
 
 class Command(_Message):
     """An order to one worker process (its id and epoch), void after ``expires_at``;
-    ``beat`` (a heartbeat now) may also be for every worker (``names.EVERY_WORKER``, any
-    epoch): a gateway that has just started asks who is there."""
+    ``beat`` (beat now) may also be for every worker and node agent (``names.EVERYONE``,
+    any epoch): a roll call (``beacon.roll_call``)."""
 
     worker_id: str
     epoch: str

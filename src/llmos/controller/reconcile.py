@@ -30,6 +30,7 @@ from collections.abc import Callable
 from typing import Any
 
 from llmos.bus import Bus, Subscription, TopicMessage, names
+from llmos.bus.beacon import roll_call
 from llmos.bus.messages import (
     Assignment,
     NodeStatus,
@@ -108,6 +109,9 @@ class Controller:
             await self.bus.subscribe(names.CHANGED_TOPIC, self._on_changed),
             await self.bus.subscribe(names.TRAFFIC_TOPIC, self._on_traffic),
             await self.bus.subscribe(names.REQUEST_EVENTS_TOPIC, self._on_request)]
+        # Every node reports now, not by its next status (up to an interval): a controller
+        # that has just started (or taken over) acts once it has heard them all.
+        await roll_call(self.bus)
 
     async def stop(self) -> None:
         for subscription in self._subscriptions:

@@ -17,6 +17,7 @@ import time
 from typing import Literal
 
 from llmos.bus import Bus, Subscription, TopicMessage, names
+from llmos.bus.beacon import roll_call
 from llmos.bus.messages import (
     Command,
     Heartbeat,
@@ -95,17 +96,8 @@ class WorkerControl:
         """Ask every worker to beat now, so that the ones that run are known within
         moments of this start rather than by their next heartbeat (up to an interval:
         requests for their models would wait for it)."""
-        now = time.time()
-        ttl_s = names.ROLL_CALL_WAIT_S
-        call = Command(worker_id=names.EVERY_WORKER, epoch="", action="beat",
-                       issued_at=now, expires_at=now + ttl_s)
-        try:
-            await self.bus.broadcast(names.COMMAND_TOPIC, encode(call), ttl_s=ttl_s)
-        except BusError as exc:
-            log.warning("could not ask the workers to beat (%s): they are known by their "
-                        "next heartbeats", exc.message)
-            return
-        self._unheard_s = names.ROLL_CALL_WAIT_S
+        if await roll_call(self.bus):
+            self._unheard_s = names.ROLL_CALL_WAIT_S
 
     async def stop(self) -> None:
         for subscription in self._subscriptions:

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from typing import Literal
 
 from llmos.bus import Bus, Subscription, TopicMessage, names
-from llmos.bus.beacon import Beacon
+from llmos.bus.beacon import Beacon, calls
 from llmos.bus.messages import Command, Heartbeat, decode_or_ignore
 
 log = logging.getLogger(__name__)
@@ -22,8 +22,6 @@ log = logging.getLogger(__name__)
 CHANGE_BEAT_S = 0.25
 """A worker whose busy slots changed beats again within this (not at most every
 interval), but no more often."""
-ROLL_CALL_ANSWER_S = 0.05
-"""A roll call is answered within this (answers to calls meanwhile are one)."""
 
 OnCommand = Callable[[Literal["drain", "resume"]], Awaitable[None]]
 
@@ -65,9 +63,8 @@ class Presence:
         if command is None:
             return
         if command.action == "beat":
-            if (command.worker_id in (names.EVERY_WORKER, self.worker_id)
-                    and time.time() <= command.expires_at):
-                self._beacon.send_within(ROLL_CALL_ANSWER_S)
+            if calls(command, self.worker_id):
+                self._beacon.answer()
             return
         if command.worker_id != self.worker_id:
             return
