@@ -89,10 +89,13 @@ async def roll_call(bus: Bus) -> bool:
     """Ask every worker and node agent on ``bus`` to beat now; False (logged) when it
     could not be sent (then they are known by their next beats)."""
     now = time.time()
+    # (Void after two beats, as every command: a late answer costs one beat, and a roll
+    # call as short-lived as its wait would be void on a host whose clock is behind.)
+    ttl_s = 2 * names.HEARTBEAT_INTERVAL_S
     call = Command(worker_id=names.EVERYONE, epoch="", action="beat", issued_at=now,
-                   expires_at=now + names.ROLL_CALL_WAIT_S)
+                   expires_at=now + ttl_s)
     try:
-        await bus.broadcast(names.COMMAND_TOPIC, encode(call), ttl_s=names.ROLL_CALL_WAIT_S)
+        await bus.broadcast(names.COMMAND_TOPIC, encode(call), ttl_s=ttl_s)
     except BusError as exc:
         log.warning("could not ask the workers and agents to beat (%s): they are known by "
                     "their next beats", exc.message)

@@ -14,7 +14,7 @@ COMMAND_TOPIC = "llmos.control.command"
 EVERYONE = "*"
 """A ``beat`` command's worker id that names every worker and node agent (a roll call)."""
 ROLL_CALL_WAIT_S = 1.0
-"""How long one that made a roll call gives the workers and agents to answer it."""
+"""How long a gateway that made a roll call gives the workers to answer it."""
 NODE_STATUS_TOPIC = "llmos.control.node"
 ASSIGNMENT_TOPIC = "llmos.control.assignment"
 CHANGED_TOPIC = "llmos.control.changed"
