@@ -144,46 +144,32 @@ async def test_the_engine_holds_one_request_on_standby_and_starts_it_as_a_slot_f
 
 
 @pytest.mark.asyncio
-async def test_a_request_of_a_dead_replica_is_retried_on_another(
-        engine: Engine, bus: MemoryBus, dispatcher: Dispatcher) -> None:
-    dying = Worker(bus, engine, "m")
-    await dying.start()
-    handle = await submit(dispatcher, "r-retry", max_tokens=40)
-    collecting = asyncio.ensure_future(collect(handle))
-    await eventually(lambda: dying.busy_slots == 1, what="the request running")
-    survivor = Worker(bus, engine, "m")
-    await survivor.start()
-    for subscription in dying._requests:  # its connection is gone: the message is redelivered
-        await subscription.cancel()
-    await dying.stop()  # and it never answers
-    chunks = await asyncio.wait_for(collecting, 30)
-    await survivor.stop()
-    assert chunks[-1].error is None
-    assert chunks[-1].attempt == 2
-    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 40
-
-
-@pytest.mark.asyncio
-async def test_a_worker_that_stops_mid_request_gives_it_back_to_another(
-        engine: Engine, bus: MemoryBus, dispatcher: Dispatcher) -> None:
-    """Its stop ends the generation, and the request goes back to the queue (not counted
-    as cancelled: nobody cancelled it), so the other replica answers it whole."""
+@pytest.mark.parametrize("leaves", ["connection lost", "stopped"])
+async def test_a_request_of_a_replica_that_leaves_is_answered_whole_by_another(
+        engine: Engine, bus: MemoryBus, dispatcher: Dispatcher, leaves: str) -> None:
+    """Its connection lost (a kill -9): the broker hands what it held to another. Stopped:
+    its stop ends the generation and gives the request back, counted as requeued, not as
+    cancelled (nobody cancelled it). Either way the other replica answers it whole."""
     def counted(outcome: str) -> float:
         return REGISTRY.get_sample_value("llmos_worker_requests_total",
                                          {"deployment": "m", "outcome": outcome}) or 0.0
 
     requeued, cancelled = counted("requeue"), counted("cancelled")
-    stopping = Worker(bus, engine, "m")
-    await stopping.start()
-    handle = await submit(dispatcher, "r-stop", max_tokens=40)
+    leaving = Worker(bus, engine, "m")
+    await leaving.start()
+    handle = await submit(dispatcher, f"r-{leaves.split()[0]}", max_tokens=40)
     collecting = asyncio.ensure_future(collect(handle))
-    await eventually(lambda: stopping.busy_slots == 1, what="the request running")
+    await eventually(lambda: leaving.busy_slots == 1, what="the request running")
     survivor = Worker(bus, engine, "m")
     await survivor.start()
-    await stopping.stop()
+    if leaves == "connection lost":
+        for subscription in leaving._requests:  # the message is redelivered
+            await subscription.cancel()
+    await leaving.stop()  # (and it never answers)
     chunks = await asyncio.wait_for(collecting, 30)
     await survivor.stop()
-    assert counted("requeue") == requeued + 1 and counted("cancelled") == cancelled
+    if leaves == "stopped":
+        assert counted("requeue") == requeued + 1 and counted("cancelled") == cancelled
     assert chunks[-1].error is None
     assert chunks[-1].attempt == 2
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 40
