@@ -55,7 +55,9 @@ class Catalog:
 
     def versions(self, name: str, *, project: str = DEFAULT_PROJECT) -> list[ModelVersion]:
         check_name(name)
-        return [self._read(project, name, n) for n in self._numbers(project, name)]
+        numbers = self._numbers(project, name)
+        tags = self.tags(name, project=project) if numbers else {}  # (read once for all)
+        return [self._read(project, name, n, tags) for n in numbers]
 
     def tags(self, name: str, *, project: str = DEFAULT_PROJECT) -> dict[str, int]:
         """Each tag of a repository and the version number it names."""
@@ -133,7 +135,9 @@ class Catalog:
         return [int(i.path.removeprefix(prefix)) for i in self.meta.list(prefix.rstrip("/"))
                 if i.path.removeprefix(prefix).isdigit()]
 
-    def _read(self, project: str, name: str, number: int) -> ModelVersion:
+    def _read(self, project: str, name: str, number: int,
+              tags: dict[str, int] | None = None) -> ModelVersion:
+        """A manifest with the tags naming it (``tags``: the repository's, if read already)."""
         raw = self.meta.get(_manifest_key(project, name, number))
         if raw is None:
             raise NotFound(f"model {name}@{number} not found")
@@ -142,9 +146,10 @@ class Catalog:
         except ValueError as exc:
             raise RegistryError(f"the manifest of {name}@{number} cannot be read: {exc}"
                                 ) from exc
-        tags = tuple(tag for tag, n in self.tags(name, project=project).items() if n == number)
+        if tags is None:
+            tags = self.tags(name, project=project)
         data.setdefault("project", project)
-        return ModelVersion.from_dict(data, tags)
+        return ModelVersion.from_dict(data, tuple(t for t, n in tags.items() if n == number))
 
 
 def _manifest_key(project: str, name: str, number: int) -> str:

@@ -2,8 +2,10 @@
 tokens sent as reply chunks (those that come together travel together), or an
 embedding, gathered with others into one engine call.
 
-Each returns the request's outcome (``ok``, ``cancelled``, ``rejected``, ``error``);
-every ending, a failure too, has sent the request's final chunk.
+Each returns the request's outcome (``ok``, ``cancelled``, ``rejected``, ``error``).
+Every outcome but ``cancelled`` has sent the request's final chunk, a failure's too;
+a cancelled one sends none (its client is gone, or the worker stops and gives it back).
+A request refused before it reaches the engine raises, for the worker to answer.
 """
 
 from __future__ import annotations
@@ -61,7 +63,7 @@ class Serving:
         return "ok"
 
     async def generate(self, request: InferenceRequest, publish: Replies,
-                     cancel: threading.Event, *, queued: bool = False) -> str:
+                       cancel: threading.Event, *, queued: bool = False) -> str:
         require("chat" if request.kind == "chat" else "completions",
                 self.engine.capabilities, self.deployment)
         mailbox = self._mailbox
